@@ -1,0 +1,94 @@
+"""The H-adapter: cross-attention from the target's H-tokens to retrieved H-tokens.
+
+h = h_t + Σ_k λ_k · Block(h_t, h_r,k), where Block is one transformer block at H-space
+width (pre-norm cross-attention with queries from h_t and keys/values from the k-th
+neighbour, then a GEGLU feed-forward with a residual), followed by a zero-initialised
+output projection. Zero init makes an untrained adapter exactly the identity; λ_k = 0
+(no neighbour, or a score under the minimum) leaves h_t exactly unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+
+class _GEGLU(nn.Module):
+    def __init__(self, dim: int, inner: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, inner * 2)
+        self.out = nn.Linear(inner, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, g = self.proj(x).chunk(2, dim=-1)
+        return self.out(a * F.gelu(g))
+
+
+class HAdapter(ModelMixin, ConfigMixin):
+    """Cross-attention adapter over H-space features.
+
+    Args:
+        channels: H-space width C (1280 for SD 2.1 / SD-Turbo).
+        num_heads: attention heads; must divide ``channels``.
+        ff_mult: feed-forward expansion.
+        norm_eps: LayerNorm epsilon.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self, channels: int = 1280, num_heads: int = 20, ff_mult: int = 4, norm_eps: float = 1e-5
+    ) -> None:
+        super().__init__()
+        if channels % num_heads != 0:
+            raise ValueError(f"channels={channels} must be divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.norm_q = nn.LayerNorm(channels, eps=norm_eps)
+        self.norm_kv = nn.LayerNorm(channels, eps=norm_eps)
+        self.to_q = nn.Linear(channels, channels, bias=False)
+        self.to_k = nn.Linear(channels, channels, bias=False)
+        self.to_v = nn.Linear(channels, channels, bias=False)
+        self.to_out = nn.Linear(channels, channels)
+        self.norm_ff = nn.LayerNorm(channels, eps=norm_eps)
+        self.ff = _GEGLU(channels, channels * ff_mult)
+        self.proj_out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, h_tgt: torch.Tensor, h_ret: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """h_tgt (B,C,h,w), h_ret (B,k,C,h',w'), lam (B,k) -> (B,C,h,w)."""
+        if h_ret.ndim != 5 or lam.ndim != 2:
+            raise ValueError(
+                f"expected h_ret (B,k,C,h,w) and lam (B,k); got {tuple(h_ret.shape)}, {tuple(lam.shape)}"
+            )
+        b, c, hh, ww = h_tgt.shape
+        k = h_ret.shape[1]
+        if h_ret.shape[0] != b or h_ret.shape[2] != c or lam.shape != (b, k):
+            raise ValueError(
+                f"shape mismatch: h_tgt {tuple(h_tgt.shape)}, h_ret {tuple(h_ret.shape)}, lam {tuple(lam.shape)}"
+            )
+        nh = self.num_heads
+        hd = c // nh
+        tok_t = h_tgt.flatten(2).transpose(1, 2)  # (B, N, C)
+        n = tok_t.shape[1]
+        tok_r = h_ret.flatten(3).transpose(2, 3).reshape(b * k, -1, c)  # (B*k, M, C)
+        q = self.to_q(self.norm_q(tok_t))  # (B, N, C)
+        q = q.repeat_interleave(k, dim=0)  # (B*k, N, C)
+        kv = self.norm_kv(tok_r)
+        key = self.to_k(kv)
+        val = self.to_v(kv)
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(x.shape[0], x.shape[1], nh, hd).transpose(1, 2)
+
+        a = F.scaled_dot_product_attention(heads(q), heads(key), heads(val))
+        a = self.to_out(a.transpose(1, 2).reshape(b * k, n, c))
+        y = a + self.ff(self.norm_ff(a))
+        y = y.reshape(b, k, n, c)
+        mixed = (lam.to(y.dtype)[:, :, None, None] * y).sum(1)  # (B, N, C)
+        delta = self.proj_out(mixed)
+        return h_tgt + delta.transpose(1, 2).reshape(b, c, hh, ww)

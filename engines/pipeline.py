@@ -1,0 +1,363 @@
+"""The one-step retrieval-augmented pipeline (ImageRAGTurbo) over torch modules.
+
+Thin orchestrator: text encoder -> UNet encoder at the student timestep -> H-adapter
+or slerp injection or nothing -> UNet decoder -> x0 -> VAE decoder -> uint8. It takes
+retrieved H-features and λ as tensors and knows nothing of the index (DESIGN.md).
+Also provides what ingest needs: ``encode_images`` (VAE posterior mean) and
+``retrieval_features`` (UNet encoder at t=0 on the clean latent with its caption).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import torch
+
+from engines.hadapter import HAdapter
+from engines.inject import slerp_inject
+from engines.unet_split import HSplitUNet
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["adapter", "inject", "off"]
+MODES: tuple[str, ...] = ("adapter", "inject", "off")
+
+
+@dataclass
+class TextEmbeddings:
+    """context (B,T,D): per-token states for cross-attention; pooled (B,D): the prompt vector."""
+
+    context: torch.Tensor
+    pooled: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.context.shape[0])
+
+    def select(self, idx: Sequence[int]) -> TextEmbeddings:
+        i = torch.as_tensor(list(idx), device=self.context.device, dtype=torch.long)
+        return TextEmbeddings(self.context.index_select(0, i), self.pooled.index_select(0, i))
+
+
+@dataclass
+class GenerateOutput:
+    images: np.ndarray  # uint8 (B,H,W,3)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def alphas_cumprod_from_config(cfg: dict[str, Any]) -> torch.Tensor:
+    """ᾱ_t for the scheduler config (linear or scaled_linear betas), float64 (T,)."""
+    n = int(cfg.get("num_train_timesteps", 1000))
+    b0, b1 = float(cfg.get("beta_start", 0.00085)), float(cfg.get("beta_end", 0.012))
+    sched = cfg.get("beta_schedule", "scaled_linear")
+    if sched == "scaled_linear":
+        betas = torch.linspace(b0**0.5, b1**0.5, n, dtype=torch.float64) ** 2
+    elif sched == "linear":
+        betas = torch.linspace(b0, b1, n, dtype=torch.float64)
+    else:
+        raise ValueError(f"unsupported beta_schedule {sched!r} (linear, scaled_linear)")
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+class OneStepPipeline:
+    """One-step generation with optional retrieved H-features.
+
+    Build with ``from_pretrained(model_dir)`` (local files only) or ``from_arch`` (random
+    weights of an in-code config, for speed work and tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer: Any,
+        text_encoder: torch.nn.Module,
+        unet: torch.nn.Module,
+        vae: torch.nn.Module,
+        hadapter: HAdapter,
+        scheduler_config: dict[str, Any],
+        student_timestep: int = 999,
+        name: str = "model",
+        fingerprint: str = "unknown",
+        inject_weight: float = 0.8,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.unet = HSplitUNet(unet) if not isinstance(unet, HSplitUNet) else unet
+        self.vae = vae
+        self.hadapter = hadapter
+        self.scheduler_config = dict(scheduler_config)
+        self.prediction_type = str(self.scheduler_config.get("prediction_type", "epsilon"))
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+        self.alphas_cumprod = alphas_cumprod_from_config(self.scheduler_config)
+        n = len(self.alphas_cumprod)
+        if not 0 <= student_timestep < n:
+            raise ValueError(f"student_timestep {student_timestep} outside [0, {n})")
+        self.student_timestep = int(student_timestep)
+        self.name = name
+        self.fingerprint = fingerprint
+        if not 0.0 <= inject_weight <= 1.0:
+            raise ValueError(f"inject_weight must be in [0,1], got {inject_weight}")
+        self.inject_weight = inject_weight
+        self.max_length = int(getattr(tokenizer, "model_max_length", 77) or 77)
+        if self.max_length > 77:
+            self.max_length = 77
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        inject_weight: float = 0.8,
+    ) -> OneStepPipeline:
+        from engines.modeldir import fingerprint, load_components
+
+        comps = load_components(model_dir, device=device, dtype=dtype)
+        info = comps.pop("info")
+        return cls(
+            **comps,
+            student_timestep=info.student_timestep,
+            name=info.name,
+            fingerprint=fingerprint(info.path),
+            inject_weight=inject_weight,
+        )
+
+    @classmethod
+    def from_arch(
+        cls,
+        arch: str = "tiny",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+    ) -> OneStepPipeline:
+        """Random weights of an in-code config (no files, no download)."""
+        from engines.random_models import build_random_components
+
+        comps = build_random_components(arch, seed=seed)
+        pipe = cls(**comps, name=f"{arch}-random", fingerprint=f"{arch}-random-{seed}")
+        return pipe.to(device, dtype)
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> OneStepPipeline:
+        for m in self.modules().values():
+            m.to(device=device, dtype=dtype) if dtype is not None else m.to(device)
+        return self
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {
+            "text_encoder": self.text_encoder,
+            "unet": self.unet,
+            "vae": self.vae,
+            "hadapter": self.hadapter,
+        }
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return int(self.unet.unet.config.sample_size)
+
+    @property
+    def resolution(self) -> int:
+        return self.latent_size * self.vae_scale
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.unet.config.in_channels)
+
+    @property
+    def h_shape(self) -> tuple[int, int, int]:
+        return self.unet.h_shape((self.latent_size, self.latent_size))
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.text_encoder.config.hidden_size)
+
+    # ------------------------------------------------------------------ stages
+    @contextmanager
+    def _timed(self, timings: dict[str, float], key: str) -> Iterator[None]:
+        sync = self.device.type == "cuda"
+        if sync:
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        yield
+        if sync:
+            torch.cuda.synchronize(self.device)
+        timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t0) * 1e3
+
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, not a single string")
+        ids = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return ids.to(self.device)
+
+    @torch.inference_mode()
+    def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings:
+        """prompts (B) -> context (B,77,D), pooled (B,D)."""
+        out = self.text_encoder(self.tokenize(prompts))
+        return TextEmbeddings(out.last_hidden_state, out.pooler_output)
+
+    @torch.inference_mode()
+    def encode_images(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (B,H,W,3) at the native resolution -> latents (B,4,h,w), deterministic (posterior mean)."""
+        x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 (B,H,W,3), got shape {tuple(x.shape)}")
+        if tuple(x.shape[1:3]) != (self.resolution, self.resolution):
+            raise ValueError(
+                f"images must be {self.resolution}x{self.resolution}, got {tuple(x.shape[1:3])}"
+            )
+        x = x.to(self.device).permute(0, 3, 1, 2).to(self.dtype) / 127.5 - 1.0
+        lat = self.vae.encode(x).latent_dist.mean
+        return lat * float(self.vae.config.scaling_factor)
+
+    @torch.inference_mode()
+    def retrieval_features(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Clean latents (B,4,h,w) + caption context (B,T,D) -> H-features (B,C,h',w') at t=0."""
+        t = torch.zeros((), device=self.device, dtype=torch.long)
+        h, _, _ = self.unet.encode(latents.to(self.device, self.dtype), t, context.to(self.dtype))
+        return h
+
+    def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        """Per-image CPU generators, so an image depends only on its own seed."""
+        shape = (self.latent_channels, self.latent_size, self.latent_size)
+        z = torch.stack(
+            [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        )
+        return z.to(self.device, self.dtype)
+
+    def predict_x0(self, z: torch.Tensor, model_out: torch.Tensor) -> torch.Tensor:
+        a = float(self.alphas_cumprod[self.student_timestep])
+        sa, s1a = a**0.5, (1 - a) ** 0.5
+        if self.prediction_type == "epsilon":
+            return (z - s1a * model_out) / sa
+        if self.prediction_type == "v_prediction":
+            return sa * z - s1a * model_out
+        return model_out
+
+    def noisy_input(self, noise: torch.Tensor) -> torch.Tensor:
+        """The model input at the student timestep for an unknown x0: sqrt(1-ᾱ_T)·ε (as diffusers' Euler)."""
+        a = float(self.alphas_cumprod[self.student_timestep])
+        return noise * (1 - a) ** 0.5
+
+    def apply_retrieval(
+        self,
+        h: torch.Tensor,
+        modes: Sequence[str],
+        h_retr: torch.Tensor | None,
+        lam: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Per-sample: adapter, slerp injection (top-1 neighbour) or nothing."""
+        if h_retr is None or lam is None:
+            return h
+        if h_retr.shape[0] != h.shape[0] or lam.shape[0] != h.shape[0]:
+            raise ValueError(
+                f"retrieved batch {h_retr.shape[0]}/{lam.shape[0]} does not match batch {h.shape[0]}"
+            )
+        h_retr = h_retr.to(h.device, h.dtype)
+        lam = lam.to(h.device, torch.float32)
+        is_ad = torch.tensor([m == "adapter" for m in modes], device=h.device)
+        is_inj = torch.tensor([m == "inject" for m in modes], device=h.device)
+        out = h
+        if bool(is_ad.any()):
+            lam_ad = lam * is_ad[:, None]
+            out = self.hadapter(h, h_retr, lam_ad.to(h.dtype))
+        if bool(is_inj.any()):
+            inj = slerp_inject(h, h_retr[:, 0], self.inject_weight)
+            use = (is_inj & (lam[:, 0] > 0))[:, None, None, None]
+            out = torch.where(use, inj, out)
+        return out
+
+    @torch.inference_mode()
+    def denoise(
+        self,
+        text: TextEmbeddings,
+        seeds: Sequence[int],
+        modes: Sequence[str] | str = "adapter",
+        h_retr: torch.Tensor | None = None,
+        lam: torch.Tensor | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> torch.Tensor:
+        """One step: -> x0 latents (B,4,h,w)."""
+        b = len(text)
+        if len(seeds) != b:
+            raise ValueError(f"got {len(seeds)} seeds for a batch of {b}")
+        modes = [modes] * b if isinstance(modes, str) else list(modes)
+        if len(modes) != b:
+            raise ValueError(f"got {len(modes)} modes for a batch of {b}")
+        bad = [m for m in modes if m not in MODES]
+        if bad:
+            raise ValueError(f"unknown retrieval mode(s) {bad}; choose from {MODES}")
+        timings = {} if timings is None else timings
+        with self._timed(timings, "unet"):
+            z = self.noisy_input(self.initial_noise(seeds))
+            t = torch.full((b,), self.student_timestep, device=self.device, dtype=torch.long)
+            ctx = text.context.to(self.dtype)
+            h, skips, temb = self.unet.encode(z, t, ctx)
+            h = self.apply_retrieval(h, modes, h_retr, lam)
+            out = self.unet.decode(h, skips, temb, ctx)
+            x0 = self.predict_x0(z, out)
+        return x0
+
+    @torch.inference_mode()
+    def decode_latents(self, x0: torch.Tensor) -> np.ndarray:
+        """x0 latents -> uint8 (B,H,W,3)."""
+        img = self.vae.decode(x0 / float(self.vae.config.scaling_factor)).sample
+        img = ((img.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return img.permute(0, 2, 3, 1).cpu().numpy()
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        text: TextEmbeddings,
+        seeds: Sequence[int],
+        modes: Sequence[str] | str = "adapter",
+        h_retr: torch.Tensor | None = None,
+        lam: torch.Tensor | None = None,
+    ) -> GenerateOutput:
+        """Text embeddings (B) + seeds (B) [+ h_retr (B,k,C,h,w), λ (B,k)] -> uint8 images (B,H,W,3)."""
+        timings: dict[str, float] = {}
+        x0 = self.denoise(text, seeds, modes, h_retr, lam, timings)
+        with self._timed(timings, "vae"):
+            images = self.decode_latents(x0)
+        return GenerateOutput(images=images, timings_ms=timings)
+
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        modes: Sequence[str] | str = "adapter",
+        h_retr: torch.Tensor | None = None,
+        lam: torch.Tensor | None = None,
+    ) -> GenerateOutput:
+        """Convenience: prompts -> images (text encoding timed as 'text')."""
+        timings: dict[str, float] = {}
+        with self._timed(timings, "text"):
+            text = self.encode_text(prompts)
+        out = self.generate(text, seeds, modes, h_retr, lam)
+        out.timings_ms = {**timings, **out.timings_ms}
+        return out

@@ -1,0 +1,3 @@
+"""ragturbo: one-step retrieval-augmented text-to-image service (ImageRAGTurbo)."""
+
+__version__ = "0.1.0"

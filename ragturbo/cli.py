@@ -1,0 +1,58 @@
+"""The ``ragturbo`` console script (DESIGN.md, CLI).
+
+Each package contributes its commands through ``<package>.cli.register(app, bench)``;
+heavy imports happen inside the commands, so ``ragturbo --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+import typer
+
+app = typer.Typer(
+    name="ragturbo",
+    help="One-step retrieval-augmented text-to-image (ImageRAGTurbo).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Latency and throughput tables (PERF.md).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+PACKAGES = ("engines", "retrieval", "service", "training", "toyworld")
+
+
+def _register_all() -> None:
+    from ragturbo.generate import generate
+
+    app.command("generate")(generate)
+    for pkg in PACKAGES:
+        try:
+            mod = importlib.import_module(f"{pkg}.cli")
+        except ModuleNotFoundError as e:
+            if e.name == f"{pkg}.cli":
+                continue
+            raise
+        mod.register(app, bench_app)
+
+
+@app.callback()
+def _root(
+    log_level: str = typer.Option(
+        os.environ.get("RAGTURBO_LOG_LEVEL", "INFO"), help="Logging level."
+    ),
+) -> None:
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def main() -> None:
+    _register_all()
+    app()
+
+
+if __name__ == "__main__":
+    main()
