@@ -39,3 +39,23 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+# --- deploy: images, Helm chart, load tests (docs/deploy.md) ---
+IMAGE ?= ragturbo
+TAG ?= $(shell $(BIN)/python -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])" 2>/dev/null || echo dev)
+HELM_OUT ?= out/helm
+LOAD_OUT ?= out/load
+
+docker: $(STAMP)
+	$(BIN)/hadolint --config docker/hadolint.yaml docker/Dockerfile.cpu docker/Dockerfile.cuda
+	@command -v docker >/dev/null 2>&1 || { echo "make docker: no 'docker' CLI on PATH; install Docker (or set DOCKER_HOST to a reachable engine) and re-run. Dockerfiles lint clean." >&2; exit 2; }
+	@docker info >/dev/null 2>&1 || { echo "make docker: no Docker engine reachable (docker info failed; DOCKER_HOST=$${DOCKER_HOST:-unix:///var/run/docker.sock}). Start the engine and re-run." >&2; exit 2; }
+	DOCKER_BUILDKIT=1 docker build -f docker/Dockerfile.cpu -t $(IMAGE)-cpu:$(TAG) .
+	DOCKER_BUILDKIT=1 docker build -f docker/Dockerfile.cuda -t $(IMAGE)-cuda:$(TAG) .
+
+helm: $(STAMP)
+	$(BIN)/python k8s/render_validate.py --out $(HELM_OUT)
+
+load: $(STAMP)
+	@$(BIN)/python -c "import locust" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[load]'
+	$(BIN)/python loadtests/run.py --out $(LOAD_OUT) $(if $(LOAD_URL),--url $(LOAD_URL),)

@@ -1,0 +1,107 @@
+{{/* Names and labels. */}}
+{{- define "ragturbo.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "ragturbo.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ragturbo.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ragturbo.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "ragturbo.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "ragturbo.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "ragturbo.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "ragturbo.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ragturbo.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "ragturbo.modelClaim" -}}
+{{- default (printf "%s-models" (include "ragturbo.fullname" .)) .Values.model.persistence.existingClaim -}}
+{{- end -}}
+
+{{- define "ragturbo.secretName" -}}
+{{- default (printf "%s-secrets" (include "ragturbo.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{/* Qdrant URL: the dependency's service, else the external URL, else "" (embedded Edge). */}}
+{{- define "ragturbo.qdrantUrl" -}}
+{{- if .Values.qdrant.enabled -}}
+{{- printf "http://%s-qdrant:6333" .Release.Name -}}
+{{- else -}}
+{{- .Values.externalQdrant.url -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ragturbo.qdrantKeySet" -}}
+{{- if or .Values.externalQdrant.existingSecret (and .Values.qdrant.enabled .Values.qdrant.apiKey) (and (not .Values.qdrant.enabled) .Values.externalQdrant.apiKey) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* Grace period: preStop sleep + drain + margin; refuse a smaller explicit value. */}}
+{{- define "ragturbo.gracePeriod" -}}
+{{- $min := add .Values.lifecycle.preStopSleepS .Values.config.drainTimeoutS .Values.lifecycle.shutdownMarginS -}}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds -}}
+{{- $min -}}
+{{- else if lt (int .Values.terminationGracePeriodSeconds) (int $min) -}}
+{{- fail (printf "terminationGracePeriodSeconds=%v is below preStopSleepS + drainTimeoutS + shutdownMarginS = %v: pods would be killed mid-drain" .Values.terminationGracePeriodSeconds $min) -}}
+{{- else -}}
+{{- .Values.terminationGracePeriodSeconds -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment shared by the service and the Jobs. */}}
+{{- define "ragturbo.env" -}}
+- name: RAGTURBO_MODEL_DIR
+  value: {{ printf "%s/%s" .Values.model.mountPath .Values.model.subPath | quote }}
+- name: {{ .Values.model.engineDirEnv }}
+  value: {{ printf "%s/%s" .Values.model.mountPath .Values.model.engineSubPath | quote }}
+- name: RAGTURBO_BACKEND
+  value: {{ .Values.config.backend | quote }}
+- name: RAGTURBO_DEVICE
+  value: {{ .Values.config.device | quote }}
+- name: RAGTURBO_DB_PATH
+  value: /data
+{{- with (include "ragturbo.qdrantUrl" .) }}
+- name: RAGTURBO_QDRANT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- if include "ragturbo.qdrantKeySet" . }}
+- name: RAGTURBO_QDRANT_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ default (printf "%s-secrets" (include "ragturbo.fullname" .)) .Values.externalQdrant.existingSecret }}
+      key: {{ .Values.externalQdrant.secretKey }}
+{{- end }}
+- name: HOME
+  value: /tmp
+- name: XDG_CACHE_HOME
+  value: /tmp/cache
+- name: HF_HUB_OFFLINE
+  value: "1"
+{{- end -}}

@@ -1,0 +1,163 @@
+"""Render the ragturbo Helm chart and validate every manifest (what `make helm` runs).
+
+Rendering uses Helm's own Go template engine (Helm SDK v4, through the
+`helm-python-sdk` wheel's `libhelm_c`), so `include`, `tpl`, `fail`, sprig and
+`.Files` behave exactly as under `helm template`. No cluster is contacted.
+
+Validation:
+  * core kinds: `kubernetes-validate` with the Kubernetes OpenAPI schemas it
+    ships (offline), in strict mode (unknown fields rejected), for every
+    Kubernetes version in KUBE_VERSIONS;
+  * ServiceMonitor (a CRD, absent from the core schemas): the subset schema
+    in k8s/schemas/ with jsonschema.
+
+Usage: python k8s/render_validate.py [--out DIR]   (exit 1 on any failure)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("ragturbo.k8s")
+
+CHART = Path(__file__).resolve().parent / "ragturbo"
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+# The chart's kubeVersion floor and the newest schema set shipped by kubernetes-validate.
+KUBE_VERSIONS = ("1.30.0", "1.37.0")
+CRD_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json"}
+# Lint findings that are expected offline: the Qdrant dependency is fetched by
+# `helm dependency update` on a machine that reaches its repository.
+EXPECTED_LINT = ("chart directory is missing these dependencies: qdrant",)
+
+# Value sets rendered by `make helm` and the tests: name -> values overlay.
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "production": {
+        "qdrant": {"enabled": True, "apiKey": "qdrant-secret"},
+        "auth": {"apiKeys": ["key-a", "key-b"]},
+        "jobs": {"ingest": {"enabled": True, "dataClaim": "dataset"}, "trt": {"enabled": True}},
+        "model": {"persistence": {"existingClaim": "models-rox"}},
+    },
+    "cpu": {
+        "image": {"repository": "ghcr.io/example/ragturbo-cpu"},
+        "gpu": {"enabled": False},
+        "config": {"backend": "torch", "device": "cpu", "maxBatch": 4},
+        "autoscaling": {"enabled": False},
+        "serviceMonitor": {"enabled": False},
+        "externalQdrant": {"url": "http://qdrant.db:6333", "apiKey": "k"},
+        "tolerations": [],
+    },
+}
+
+
+@dataclass
+class Report:
+    """What one render + validation produced."""
+
+    manifests: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def render(values: dict[str, Any] | None = None, *, name: str = "rt",
+           namespace: str = "ragturbo") -> list[dict[str, Any]]:
+    """Render the chart with `values`; return the Kubernetes objects (NOTES.txt dropped).
+
+    Raises helm_python.HelmRenderError when a template fails (including the
+    chart's own `fail` checks, e.g. a grace period below the drain time).
+    """
+    import helm_python as helm
+
+    with helm.Chart.load(str(CHART)) as chart:
+        files = chart.render(values or {}, name=name, namespace=namespace,
+                             is_install=True)
+    objs: list[dict[str, Any]] = []
+    for path in sorted(files):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        for doc in yaml.safe_load_all(files[path]):
+            if doc:
+                doc.setdefault("metadata", {})
+                objs.append(doc)
+    return objs
+
+
+def lint() -> list[str]:
+    """`helm lint` through the SDK; return unexpected warnings and errors."""
+    import helm_python as helm
+
+    res = helm.lint(str(CHART), namespace="ragturbo", kube_version="v" + KUBE_VERSIONS[0])
+    return [m["error"] for m in res["messages"]
+            if m["severity"] >= 2 and m["error"] not in EXPECTED_LINT]
+
+
+def _crd_validator(api_version: str, kind: str) -> Any | None:
+    import jsonschema
+
+    fname = CRD_SCHEMAS.get((api_version, kind))
+    if fname is None:
+        return None
+    schema = json.loads((SCHEMAS / fname).read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def validate(objs: list[dict[str, Any]]) -> Report:
+    """Validate each object against its schema; collect every failure."""
+    import kubernetes_validate
+    from kubernetes_validate.utils import SchemaNotFoundError
+
+    rep = Report(manifests=objs)
+    for obj in objs:
+        ident = f"{obj.get('kind')}/{obj['metadata'].get('name')}"
+        crd = _crd_validator(obj.get("apiVersion", ""), obj.get("kind", ""))
+        if crd is not None:
+            rep.errors += [f"{ident}: {e.json_path}: {e.message}" for e in crd.iter_errors(obj)]
+            continue
+        for ver in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, ver, strict=True)
+            except SchemaNotFoundError:
+                rep.errors.append(f"{ident}: no schema for {obj.get('apiVersion')} in {ver}")
+                break
+            except kubernetes_validate.ValidationError as e:
+                where = "/".join(str(p) for p in e.path)
+                rep.errors.append(f"{ident} (k8s {ver}): {where}: {e.message}")
+    return rep
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("out/helm"),
+                    help="where the rendered manifests are written (one file per scenario)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    failed = False
+    for msg in lint():
+        log.error("lint: %s", msg)
+        failed = True
+    for scen, values in SCENARIOS.items():
+        objs = render(values)
+        rep = validate(objs)
+        (args.out / f"{scen}.yaml").write_text(yaml.safe_dump_all(objs, sort_keys=False))
+        kinds = ", ".join(sorted({o["kind"] for o in objs}))
+        log.info("%-10s %2d manifests valid=%s [%s] -> %s", scen, len(objs),
+                 not rep.errors, kinds, args.out / f"{scen}.yaml")
+        for err in rep.errors:
+            log.error("  %s", err)
+        failed |= bool(rep.errors)
+    log.info("validated against Kubernetes %s (strict) + CRD subset schemas in %s",
+             ", ".join(KUBE_VERSIONS), SCHEMAS)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
