@@ -1,0 +1,132 @@
+"""UNet split, H-adapter and slerp injection: the model graph of METHOD.md."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from engines.configs import get_arch, sd_turbo, tiny
+from engines.hadapter import HAdapter
+from engines.inject import slerp_inject
+from engines.unet_split import HSplitUNet
+
+
+def _unet_inputs(unet: UNet2DConditionModel, hw: int, b: int = 2, t: int = 999) -> tuple:
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(b, unet.config.in_channels, hw, hw, generator=g)
+    ctx = torch.randn(b, 77, unet.config.cross_attention_dim, generator=g)
+    return z, torch.tensor([t] * b), ctx
+
+
+def test_split_equals_plain_forward_tiny() -> None:
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**tiny().unet).eval()
+    split = HSplitUNet(unet)
+    for t in (0, 500, 999):
+        z, ts, ctx = _unet_inputs(unet, 8, t=t)
+        with torch.no_grad():
+            ref = unet(z, ts, ctx).sample
+            h, skips, temb = split.encode(z, ts, ctx)
+            out = split.decode(h, skips, temb, ctx)
+        assert h.shape == (2, 64, 4, 4)
+        assert (out - ref).abs().max().item() < 1e-5
+
+
+@pytest.mark.slow
+def test_split_equals_plain_forward_sd_turbo_architecture() -> None:
+    """SD-Turbo's real architecture (866M params, random weights); a 16x16 latent keeps CPU time low."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**sd_turbo().unet).eval()
+    assert sum(p.numel() for p in unet.parameters()) > 800e6
+    split = HSplitUNet(unet)
+    z, ts, ctx = _unet_inputs(unet, 16, b=1)
+    with torch.no_grad():
+        ref = unet(z, ts, ctx).sample
+        h, skips, temb = split.encode(z, ts, ctx)
+        out = split.decode(h, skips, temb, ctx)
+    assert h.shape == (1, 1280, 2, 2)  # 8x8 at the native 64x64 latent
+    assert split.h_shape((64, 64)) == (1280, 8, 8)
+    assert (out - ref).abs().max().item() < 1e-5
+
+
+def test_split_rejects_indivisible_latent() -> None:
+    unet = UNet2DConditionModel(**tiny().unet).eval()
+    z, ts, ctx = _unet_inputs(unet, 8)
+    with pytest.raises(ValueError, match="divisible"):
+        HSplitUNet(unet).encode(z[..., :7, :7], ts, ctx)
+
+
+def test_untrained_adapter_is_identity_and_lambda_zero_is_identity() -> None:
+    torch.manual_seed(0)
+    ad = HAdapter(channels=64, num_heads=4, ff_mult=2).eval()
+    h = torch.randn(3, 64, 4, 4)
+    r = torch.randn(3, 2, 64, 4, 4)
+    lam = torch.rand(3, 2)
+    assert torch.equal(ad(h, r, lam), h)  # zero-initialised output projection
+    torch.nn.init.normal_(ad.proj_out.weight, std=0.1)
+    assert not torch.allclose(ad(h, r, lam), h)
+    assert torch.equal(ad(h, r, torch.zeros(3, 2)), h)
+
+
+def test_adapter_k_neighbours_sum_with_their_own_lambda() -> None:
+    torch.manual_seed(0)
+    ad = HAdapter(channels=64, num_heads=4, ff_mult=2).eval()
+    torch.nn.init.normal_(ad.proj_out.weight, std=0.1)
+    h = torch.randn(2, 64, 4, 4)
+    r = torch.randn(2, 3, 64, 4, 4)
+    lam = torch.tensor([[0.9, 0.5, 0.0], [0.3, 0.0, 0.7]])
+    with torch.no_grad():
+        joint = ad(h, r, lam) - h
+        parts = sum(ad(h, r[:, i : i + 1], lam[:, i : i + 1]) - h for i in range(3))
+    assert (joint - parts).abs().max().item() < 1e-5
+
+
+def test_adapter_shape_errors_name_shapes() -> None:
+    ad = HAdapter(channels=64, num_heads=4)
+    with pytest.raises(ValueError, match=r"\(2, 64, 4, 4\)"):
+        ad(torch.randn(2, 64, 4, 4), torch.randn(3, 1, 64, 4, 4), torch.ones(3, 1))
+    with pytest.raises(ValueError, match="divisible"):
+        HAdapter(channels=64, num_heads=5)
+
+
+def test_adapter_save_load_roundtrip(tmp_path) -> None:
+    torch.manual_seed(0)
+    ad = HAdapter(channels=64, num_heads=4, ff_mult=2).eval()
+    torch.nn.init.normal_(ad.proj_out.weight, std=0.1)
+    ad.save_pretrained(tmp_path / "hadapter")
+    assert (tmp_path / "hadapter" / "config.json").is_file()
+    assert list((tmp_path / "hadapter").glob("*.safetensors"))
+    back = HAdapter.from_pretrained(tmp_path / "hadapter", local_files_only=True).eval()
+    h, r, lam = torch.randn(1, 64, 4, 4), torch.randn(1, 1, 64, 4, 4), torch.ones(1, 1)
+    with torch.no_grad():
+        assert torch.equal(ad(h, r, lam), back(h, r, lam))
+
+
+def test_sd_turbo_adapter_size_matches_paper_scale() -> None:
+    """The paper's adapter is ~36M parameters (4% of the UNet); ours is one block at 1280."""
+    ad = HAdapter(**sd_turbo().hadapter)
+    n = sum(p.numel() for p in ad.parameters())
+    assert 25e6 < n < 45e6
+
+
+def test_slerp_endpoints_and_norm() -> None:
+    torch.manual_seed(0)
+    t, r = torch.randn(2, 8, 2, 2), torch.randn(2, 8, 2, 2)
+    assert torch.allclose(slerp_inject(t, r, w=1.0), t, atol=1e-5)
+    assert torch.allclose(slerp_inject(t, r, w=0.0), r, atol=1e-5)
+    # Unit vectors stay unit along the great circle.
+    tu = t / t.flatten(1).norm(dim=1)[:, None, None, None]
+    ru = r / r.flatten(1).norm(dim=1)[:, None, None, None]
+    mid = slerp_inject(tu, ru, w=0.8)
+    assert torch.allclose(mid.flatten(1).norm(dim=1), torch.ones(2), atol=1e-5)
+    # Parallel vectors fall back to linear interpolation (no NaN).
+    assert torch.isfinite(slerp_inject(t, 2 * t, w=0.8)).all()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        slerp_inject(t, r, w=1.5)
+
+
+def test_get_arch_names_choices() -> None:
+    assert get_arch("sd-turbo").unet["block_out_channels"][-1] == 1280
+    with pytest.raises(ValueError, match="sd-turbo"):
+        get_arch("sdxl")
