@@ -21,18 +21,28 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Latency and throughput tables (PERF.md).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-PACKAGES = ("engines", "retrieval", "service", "training", "toyworld")
+# Modules that expose ``register(app, bench)``; the package CLIs first (toyworld.cli
+# creates the ``toyworld`` sub-app that toyworld.cli_models extends).
+CLI_MODULES = (
+    "engines.cli",
+    "engines.bench_cli",
+    "retrieval.cli",
+    "service.cli",
+    "training.cli",
+    "toyworld.cli",
+    "toyworld.cli_models",
+)
 
 
 def _register_all() -> None:
     from ragturbo.generate import generate
 
     app.command("generate")(generate)
-    for pkg in PACKAGES:
+    for name in CLI_MODULES:
         try:
-            mod = importlib.import_module(f"{pkg}.cli")
+            mod = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name == f"{pkg}.cli":
+            if e.name == name:  # that package has no commands (yet)
                 continue
             raise
         mod.register(app, bench_app)
