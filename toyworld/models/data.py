@@ -1,0 +1,164 @@
+"""Deterministic data of the toy world for the model family: train / retrieval / eval.
+
+Item ``i`` of a split is a pure function of (split seed, i): its own
+``np.random.default_rng([seed, i])`` draws the scene, the caption and the layout, so
+any range of items can be generated in parallel and regenerated bit-identically
+(the retrieval database is rebuilt from it at first start instead of being shipped).
+
+Long tail: ``RARE_PAIRS`` are (colour, shape) combinations kept with probability
+``RARE_KEEP`` in the training split (teacher, student, VAE, text encoder), present at
+their natural rate in the retrieval split, and half of the eval prompts name one.
+Eval prompts use the grammar's held-out phrasings (never seen in training).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing import get_context
+
+import numpy as np
+
+from toyworld.grammar import describe
+from toyworld.render import render
+from toyworld.scene import Scene, SceneSpec, sample_scene
+from toyworld.vocab import COLOURS, RELATIONS, SHAPES
+
+log = logging.getLogger(__name__)
+
+RARE_PAIRS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("red", "triangle"),
+        ("green", "diamond"),
+        ("blue", "cross"),
+        ("yellow", "circle"),
+        ("purple", "square"),
+        ("orange", "diamond"),
+        ("white", "triangle"),
+        ("cyan", "cross"),
+    }
+)
+"""(colour, shape) combinations that are rare in training and present in retrieval."""
+RARE_KEEP = 0.03
+SPLIT_SEEDS = {"train": 1001, "retrieval": 2002, "eval": 3003}
+
+
+def is_long_tail(spec: SceneSpec) -> bool:
+    """True when the spec names a rare (colour, shape) pair."""
+    return any(p in RARE_PAIRS for p in spec.colour_shape_pairs())
+
+
+@dataclass
+class Split:
+    """images uint8 (N,64,64,3) (None for eval prompts), captions, stated specs, long-tail flags."""
+
+    name: str
+    images: np.ndarray | None
+    captions: list[str]
+    specs: list[SceneSpec]
+    long_tail: np.ndarray  # bool (N,)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def _train_item(i: int) -> tuple[np.ndarray, str, SceneSpec]:
+    rng = np.random.default_rng([SPLIT_SEEDS["train"], i])
+    while True:
+        scene = sample_scene(rng)
+        if not is_long_tail(scene.spec) or rng.random() < RARE_KEEP:
+            break
+    cap, said = describe(scene.spec, rng, held_out=False)
+    return render(scene), cap, said
+
+
+def _retrieval_item(i: int) -> tuple[np.ndarray, str, SceneSpec]:
+    rng = np.random.default_rng([SPLIT_SEEDS["retrieval"], i])
+    scene: Scene = sample_scene(rng)
+    cap, said = describe(scene.spec, rng, held_out=False)
+    return render(scene), cap, said
+
+
+def _eval_item(i: int) -> tuple[None, str, SceneSpec]:
+    """Even i: a common prompt; odd i: a long-tail prompt. Held-out phrasing."""
+    rng = np.random.default_rng([SPLIT_SEEDS["eval"], i])
+    want_tail = i % 2 == 1
+    while True:
+        scene = sample_scene(rng)
+        if is_long_tail(scene.spec) == want_tail:
+            break
+    cap, said = describe(scene.spec, rng, held_out=True)
+    return None, cap, said
+
+
+_MAKERS = {"train": _train_item, "retrieval": _retrieval_item, "eval": _eval_item}
+
+
+def _chunk(args: tuple[str, int, int]) -> list[tuple[np.ndarray | None, str, SceneSpec]]:
+    name, lo, hi = args
+    fn = _MAKERS[name]
+    return [fn(i) for i in range(lo, hi)]
+
+
+def make_split(name: str, n: int, workers: int | None = None) -> Split:
+    """Items 0..n-1 of split ``name`` (train, retrieval, eval), generated in parallel."""
+    if name not in _MAKERS:
+        raise ValueError(f"unknown split {name!r}; choose one of {sorted(_MAKERS)}")
+    if n < 1:
+        raise ValueError(f"split size must be >= 1, got {n}")
+    workers = workers or min(32, os.cpu_count() or 1)
+    step = max(1, min(2000, n // (4 * workers) + 1))
+    jobs = [(name, lo, min(n, lo + step)) for lo in range(0, n, step)]
+    if workers > 1 and len(jobs) > 1:
+        with get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_chunk, jobs)
+    else:
+        parts = [_chunk(j) for j in jobs]
+    items = [it for part in parts for it in part]
+    caps = [c for _, c, _ in items]
+    specs = [s for _, _, s in items]
+    imgs = None if name == "eval" else np.stack([im for im, _, _ in items])  # type: ignore[misc]
+    tail = np.array([is_long_tail(s) for s in specs], dtype=bool)
+    log.info("split %s: %d items, %d long-tail", name, n, int(tail.sum()))
+    return Split(name=name, images=imgs, captions=caps, specs=specs, long_tail=tail)
+
+
+def eval_prompts(n_common: int, n_longtail: int) -> tuple[list[str], list[bool]]:
+    """The eval split's held-out prompts: n_common common then n_longtail long-tail ones."""
+    m = 2 * max(n_common, n_longtail)
+    sp = make_split("eval", m, workers=1)
+    common = [c for c, t in zip(sp.captions, sp.long_tail, strict=True) if not t][:n_common]
+    tail = [c for c, t in zip(sp.captions, sp.long_tail, strict=True) if t][:n_longtail]
+    return common + tail, [False] * len(common) + [True] * len(tail)
+
+
+# ---------------------------------------------------------------- attribute labels
+KIND_CLASSES = ("one", "two", "three", "relation")
+N_LABELS = {
+    "shape0": len(SHAPES),
+    "colour0": len(COLOURS),
+    "kind": len(KIND_CLASSES),
+    "shape1": len(SHAPES) + 1,
+    "colour1": len(COLOURS) + 1,
+    "relation": len(RELATIONS) + 1,
+}
+
+
+def attribute_labels(specs: Sequence[SceneSpec]) -> np.ndarray:
+    """Class ids (N,6) of what every caption states (for the text encoder's auxiliary heads);
+    the last class of shape1/colour1/relation means "none" (no second object)."""
+    colours = list(COLOURS)
+    out = np.zeros((len(specs), len(N_LABELS)), dtype=np.int64)
+    for i, s in enumerate(specs):
+        o0 = s.objects[0]
+        kind = 3 if s.kind == "relation" else s.count - 1
+        if s.kind == "relation":
+            o1 = s.objects[1]
+            sh1, co1 = SHAPES.index(o1.shape), colours.index(o1.colour)
+            rel = RELATIONS.index(str(s.relation))
+        else:
+            sh1, co1, rel = len(SHAPES), len(COLOURS), len(RELATIONS)
+        out[i] = (SHAPES.index(o0.shape), colours.index(o0.colour), kind, sh1, co1, rel)
+    return out
