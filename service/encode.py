@@ -1,0 +1,40 @@
+"""uint8 images -> PNG/JPEG/WebP bytes (Pillow). Runs on the encode thread pool, never on
+the event loop."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def encode_image(image: np.ndarray, fmt: str, size: tuple[int, int] | None = None) -> bytes:
+    """(H,W,3) uint8 -> encoded bytes; ``size`` (W,H) resizes with Lanczos first.
+
+    PNG uses compress_level 1: ~3x faster than Pillow's default 6 for ~10% more bytes,
+    which is the right trade in a latency service. JPEG/WebP use quality 90.
+    """
+    from PIL import Image
+
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected uint8 (H,W,3), got {image.dtype} {image.shape}")
+    if fmt not in MEDIA_TYPES:
+        raise ValueError(f"unknown format {fmt!r}; choose from {sorted(MEDIA_TYPES)}")
+    img = Image.fromarray(image)
+    if size is not None and size != img.size:
+        img = img.resize(size, Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    if fmt == "png":
+        img.save(buf, format="PNG", compress_level=1)
+    elif fmt == "jpeg":
+        img.save(buf, format="JPEG", quality=90)
+    else:
+        img.save(buf, format="WEBP", quality=90, method=4)
+    return buf.getvalue()
+
+
+def encode_b64(image: np.ndarray, fmt: str, size: tuple[int, int] | None = None) -> str:
+    return base64.b64encode(encode_image(image, fmt, size)).decode("ascii")

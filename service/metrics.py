@@ -1,0 +1,85 @@
+"""The service's Prometheus metrics (DESIGN.md, Metrics): prefix ``ragturbo_``, seconds.
+
+One ``Metrics`` object per app with its own registry, so several apps (tests) never
+collide and ``/metrics`` shows exactly this service. Buckets come from service.buckets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.buckets import (
+    BATCH_SIZE_BUCKETS,
+    QUEUE_BUCKETS,
+    REQUEST_BUCKETS,
+    SCORE_BUCKETS,
+    STAGE_BUCKETS,
+)
+
+STAGES: tuple[str, ...] = ("text", "retrieval", "unet", "vae", "encode")
+REJECT_REASONS: tuple[str, ...] = (
+    "queue_full", "timeout", "disconnected", "unauthorized", "too_large", "not_ready", "invalid",
+)  # fmt: skip
+
+
+class Metrics:
+    """All service metrics on one registry; names exactly as DESIGN.md."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "ragturbo_requests", "HTTP requests by route and status code.",
+            ["route", "status"], registry=r,
+        )  # fmt: skip
+        self.request_duration = Histogram(
+            "ragturbo_request_duration_seconds", "HTTP request latency, arrival to response.",
+            ["route"], buckets=REQUEST_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "ragturbo_queue_wait_seconds", "Time a request waited before its batch started.",
+            buckets=QUEUE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.stage_duration = Histogram(
+            "ragturbo_stage_duration_seconds", "Pipeline stage time per batch (encode: per request).",
+            ["stage"], buckets=STAGE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "ragturbo_batch_size", "Real images per pipeline call (padding excluded).",
+            buckets=BATCH_SIZE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "ragturbo_queue_depth", "Requests admitted and waiting for the pipeline.", registry=r
+        )
+        self.rejected = Counter(
+            "ragturbo_rejected", "Requests refused or dropped, by reason.", ["reason"], registry=r
+        )
+        self.retrieval_score = Histogram(
+            "ragturbo_retrieval_score", "Cosine score of each retrieved neighbour.",
+            buckets=SCORE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.retrieval_unavailable = Counter(
+            "ragturbo_retrieval_unavailable",
+            "Requests served without retrieval because it was down.", registry=r,
+        )  # fmt: skip
+        self.images_generated = Counter(
+            "ragturbo_images_generated", "Images returned to clients.", registry=r
+        )
+        self.build_info = Gauge(
+            "ragturbo_build_info", "Version, runtime backend and model of this process.",
+            ["version", "backend", "model"], registry=r,
+        )  # fmt: skip
+        # Pre-create label sets so dashboards see zeros instead of missing series.
+        for stage in STAGES:
+            self.stage_duration.labels(stage=stage)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason=reason)
+
+    def set_build_info(self, version: str, backend: str, model: str) -> None:
+        self.build_info.clear()
+        self.build_info.labels(version=version, backend=backend, model=model).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,169 @@
+"""The service's one typed settings class (DESIGN.md, Settings).
+
+Read from the environment with the prefix ``RAGTURBO_`` (e.g. ``RAGTURBO_MAX_BATCH=16``).
+Bounds live in the types, choices are ``Literal``; cross-field checks name the values.
+Nothing is read at import time: build ``Settings()`` at startup; an invalid value raises
+``pydantic.ValidationError`` whose message names the field and the offending value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(",") if p.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Defaults give the embedded setup on this machine."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAGTURBO_", extra="ignore", validate_default=True, frozen=True
+    )
+
+    # ------------------------------------------------------------------ model
+    model_dir: Path | None = None
+    """Model directory (diffusers layout + hadapter/). None: the shipped toy model, or a
+    random tiny model written under ``db_path`` (engines.default_model)."""
+    backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
+    """Runtime backend, chosen once. If it cannot start the service stays not ready."""
+    device: str = ""
+    """torch device, e.g. ``cpu`` or ``cuda:0``. Empty: cuda:0 if available else cpu."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Compute dtype of the model weights."""
+
+    # ------------------------------------------------------------------ retrieval
+    db_path: Path = Path("data")
+    """Data directory: the embedded Qdrant Edge index and H-feature store."""
+    qdrant_url: str | None = None
+    """Qdrant server URL for production; None uses the embedded Qdrant Edge under db_path."""
+    qdrant_api_key: SecretStr | None = None
+    """API key of the Qdrant server (never logged)."""
+    min_score: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.0
+    """Neighbours whose cosine score is below this get λ=0 (contribute nothing)."""
+
+    # ------------------------------------------------------------------ batching
+    max_batch: Annotated[int, Field(ge=1, le=256)] = 8
+    """Most images in one pipeline call. 1 turns batching off."""
+    max_wait_ms: Annotated[float, Field(ge=0.0, le=10_000.0)] = 5.0
+    """How long the first request of a batch waits for company before the batch runs."""
+    batch_buckets: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    """Comma-separated batch sizes an engine was built for (e.g. ``1,2,4,8``). A batch is
+    padded with dummy work up to the next bucket. Empty: any size runs as is."""
+
+    # ------------------------------------------------------------------ admission
+    max_queue: Annotated[int, Field(ge=1, le=100_000)] = 64
+    """Requests waiting for the pipeline (not yet started). Beyond it: 429 + Retry-After."""
+    request_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0
+    """Per-request deadline from arrival; past it: 504, and the work is dropped if not started."""
+    drain_timeout_s: Annotated[float, Field(ge=0.0, le=3600.0)] = 30.0
+    """On SIGTERM: how long accepted requests may take to finish before the process exits."""
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = 64 * 1024
+    """Largest request body, enforced while reading (413 beyond)."""
+    max_prompt_chars: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    """Longest prompt in characters (422 beyond)."""
+
+    # ------------------------------------------------------------------ security/logs
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Comma-separated API keys. Empty: no authentication. /healthz and /readyz are open."""
+    metrics_require_key: bool = False
+    """Whether /metrics needs an API key too (only when api_keys is set)."""
+    log_prompts: bool = False
+    """Log prompt text with each request (off by default: prompts may be private)."""
+    log_format: Literal["json", "text"] = "json"
+    """Log line format of ``ragturbo serve``."""
+
+    # ------------------------------------------------------------------ server
+    host: str = "127.0.0.1"
+    """Bind address of ``ragturbo serve`` (the --host option overrides)."""
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    """Bind port of ``ragturbo serve`` (the --port option overrides)."""
+
+    @field_validator("batch_buckets", "api_keys", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("batch_buckets")
+    @classmethod
+    def _buckets_sorted(cls, value: list[int]) -> list[int]:
+        bad = [b for b in value if b < 1]
+        if bad:
+            raise ValueError(f"batch_buckets must be positive, got {value}")
+        return sorted(set(value))
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        value = value.strip() or _default_device()
+        if not (value == "cpu" or value == "cuda" or value.startswith("cuda:")):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Settings:
+        if self.batch_buckets and max(self.batch_buckets) < self.max_batch:
+            raise ValueError(
+                f"max_batch={self.max_batch} exceeds the largest batch bucket "
+                f"{max(self.batch_buckets)} (batch_buckets={self.batch_buckets})"
+            )
+        if self.metrics_require_key and not self.api_keys:
+            raise ValueError("metrics_require_key=true needs api_keys to be set (it is empty)")
+        if self.backend == "tensorrt" and not self.device.startswith("cuda"):
+            raise ValueError(f"backend='tensorrt' needs a CUDA device, got device={self.device!r}")
+        if self.dtype != "float32" and self.device == "cpu" and self.backend == "torch":
+            raise ValueError(f"dtype={self.dtype!r} on device='cpu' is not supported; use float32")
+        if any(len(k.get_secret_value()) < 8 for k in self.api_keys):
+            raise ValueError("every API key must have at least 8 characters")
+        return self
+
+    def resolved_model_dir(self) -> Path:
+        """model_dir, or the embedded default (may write a random tiny model under db_path)."""
+        if self.model_dir is not None:
+            return self.model_dir
+        from engines.default_model import default_model_dir
+
+        return default_model_dir(self.db_path)
+
+    def bucket_for(self, n: int) -> int:
+        """The batch size an engine runs for ``n`` real images (n itself without buckets)."""
+        for b in self.batch_buckets:
+            if b >= n:
+                return b
+        return n
+
+
+_SECRET_FIELDS = frozenset({"api_keys", "qdrant_api_key"})
+
+
+def settings_error_message(exc: Exception) -> str:
+    """One line per invalid setting, naming the env variable and the offending value.
+
+    Secret fields show no value (pydantic's own message would echo every input).
+    """
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return str(exc)
+    lines = []
+    for err in errors(include_url=False):
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        if not loc:  # cross-field check: its message carries the values
+            lines.append(str(err.get("msg", "")).removeprefix("Value error, "))
+            continue
+        name = f"RAGTURBO_{loc.split('.')[0].upper()}"
+        value = "<hidden>" if loc.split(".")[0] in _SECRET_FIELDS else repr(err.get("input"))
+        lines.append(f"{name}: {err.get('msg', '')} (got {value})")
+    return "invalid settings:\n  " + "\n  ".join(lines)
