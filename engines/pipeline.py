@@ -286,6 +286,9 @@ class OneStepPipeline:
         if bool(is_ad.any()):
             lam_ad = lam * is_ad[:, None]
             out = self.hadapter(h, h_retr, lam_ad.to(h.dtype))
+            # Non-adapter samples keep h exactly: with λ=0 the adapter still adds proj_out's
+            # bias, which would make a sample depend on its batch-mates' modes.
+            out = torch.where(is_ad[:, None, None, None], out, h)
         if bool(is_inj.any()):
             inj = slerp_inject(h, h_retr[:, 0], self.inject_weight)
             use = (is_inj & (lam[:, 0] > 0))[:, None, None, None]
