@@ -1,0 +1,114 @@
+"""Stage 3: the multi-step teacher UNet (v-prediction) and its DDIM + CFG sampler.
+
+Training: x_t = sqrt(ᾱ_t)·z0 + sqrt(1-ᾱ_t)·ε with t uniform over the 1000 training
+steps, target v = sqrt(ᾱ_t)·ε - sqrt(1-ᾱ_t)·z0, MSE; the caption is replaced by the
+empty prompt with probability ``caption_dropout`` (for classifier-free guidance).
+The EMA of the weights is the teacher. Sampling: deterministic DDIM over
+``steps`` trailing timesteps (999 first), guidance ``w``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+
+from engines.pipeline import alphas_cumprod_from_config
+from toyworld.models.common import EMA, LossLog, autocast, batches, out_of_time
+from toyworld.models.configs import SCHEDULER, FamilyConfig
+
+log = logging.getLogger(__name__)
+
+
+def v_target(z0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    a = a.view(-1, 1, 1, 1)
+    return a.sqrt() * eps - (1 - a).sqrt() * z0
+
+
+def train_teacher(
+    cfg: FamilyConfig,
+    latents: torch.Tensor,
+    context: torch.Tensor,
+    uncond: torch.Tensor,
+    device: torch.device,
+    time_limit_s: float | None = None,
+    init: torch.nn.Module | None = None,
+) -> tuple[torch.nn.Module, LossLog]:
+    """latents (N,4,h,w), context (N,77,D), uncond (1,77,D) -> (EMA UNet, loss log)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(cfg.seed + 2)
+    unet = init if init is not None else UNet2DConditionModel(**cfg.unet_kwargs())
+    unet = unet.to(device).train()
+    ema = EMA(unet, 0.999 if cfg.teacher.steps >= 2000 else 0.9)
+    run = cfg.teacher
+    opt = torch.optim.AdamW(unet.parameters(), lr=run.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 200) * (0.55 + 0.45 * math.cos(math.pi * min(1.0, s / run.steps)))
+    )
+    ac = alphas_cumprod_from_config(SCHEDULER).float().to(device)
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    lg = LossLog("teacher")
+    step = 0
+    for step, idx in enumerate(batches(len(latents), run.batch_size, gen, device), start=1):
+        z0 = latents[idx].float()
+        b = z0.shape[0]
+        ctx = context[idx]
+        drop = torch.rand(b, device=device) < cfg.caption_dropout
+        ctx = torch.where(drop[:, None, None], uncond.to(ctx.dtype).expand_as(ctx), ctx)
+        t = torch.randint(0, len(ac), (b,), device=device)
+        eps = torch.randn_like(z0)
+        a = ac[t]
+        zt = a.sqrt().view(-1, 1, 1, 1) * z0 + (1 - a).sqrt().view(-1, 1, 1, 1) * eps
+        with autocast(device):
+            pred = unet(zt, t, ctx).sample.float()
+        loss = F.mse_loss(pred, v_target(z0, eps, a))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema.update(unet)
+        lg.add(step, loss.item(), run.log_every)
+        if step >= run.steps or out_of_time(lg.t0, time_limit_s):
+            break
+    return ema.shadow.float().eval(), lg.finish(step)
+
+
+def trailing_timesteps(steps: int, n_train: int = 1000) -> list[int]:
+    """[999, ...] ``steps`` trailing timesteps (diffusers' 'trailing' spacing)."""
+    ratio = n_train / steps
+    return [int(round(n_train - i * ratio)) - 1 for i in range(steps)]
+
+
+@torch.no_grad()
+def sample(
+    unet: torch.nn.Module,
+    context: torch.Tensor,
+    uncond: torch.Tensor,
+    noise: torch.Tensor,
+    steps: int = 25,
+    guidance: float = 3.0,
+) -> torch.Tensor:
+    """DDIM (eta=0) with classifier-free guidance: noise (B,4,h,w) -> x0 latents (B,4,h,w)."""
+    dev = noise.device
+    ac = alphas_cumprod_from_config(SCHEDULER).float().to(dev)
+    ts = trailing_timesteps(steps, len(ac))
+    x = noise.float()
+    b = x.shape[0]
+    ctx2 = torch.cat([uncond.to(context.dtype).expand_as(context), context])
+    x0 = x
+    for i, t in enumerate(ts):
+        with autocast(dev):
+            out = unet(torch.cat([x, x]), torch.full((2 * b,), t, device=dev), ctx2).sample.float()
+        vu, vc = out.chunk(2)
+        v = vu + guidance * (vc - vu)
+        a = ac[t]
+        x0 = a.sqrt() * x - (1 - a).sqrt() * v
+        eps = (1 - a).sqrt() * x + a.sqrt() * v
+        if i + 1 < len(ts):
+            ap = ac[ts[i + 1]]
+            x = ap.sqrt() * x0 + (1 - ap).sqrt() * eps
+    return x0

@@ -1,0 +1,323 @@
+"""The end-to-end recipe: data -> VAE -> text encoder -> teacher -> student -> adapter + control.
+
+``run_recipe(workdir, family)`` runs the stages in order; each stage writes its
+weights under ``workdir/<stage>/`` plus a ``done.json`` (steps, wall time, first and
+final loss) and is skipped when that file exists, so a killed run resumes at the
+stage it was in. ``export`` assembles ``workdir/model`` in the OneStepPipeline layout
+(the student UNet, VAE, text encoder, tokenizer, scheduler, hadapter/,
+ragturbo.json). The adapter stages call the training job
+(``training.adapter.train``) on the student dir with retrieval on, and again with
+its control switch (λ = 0). Stage weights are stored as fp16 safetensors (small,
+and what ships); they are loaded back as fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from toyworld.models.configs import SCHEDULER, FamilyConfig, get_family
+
+log = logging.getLogger(__name__)
+
+STAGES = ("vae", "text", "teacher", "student", "export", "adapter", "control")
+
+
+@dataclass
+class RecipeState:
+    """What the stages hand each other, built lazily and cached for one process."""
+
+    cfg: FamilyConfig
+    work: Path
+    device: torch.device
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def train_split(self) -> Any:
+        if "train" not in self.cache:
+            from toyworld.models.data import make_split
+
+            t0 = time.perf_counter()
+            self.cache["train"] = make_split("train", self.cfg.n_train)
+            self.cache["data_s"] = time.perf_counter() - t0
+        return self.cache["train"]
+
+    def tokenizer(self) -> Any:
+        if "tok" not in self.cache:
+            from transformers import CLIPTokenizer
+
+            from toyworld.models.common import build_tokenizer
+
+            d = self.work / "text" / "tokenizer"
+            self.cache["tok"] = (
+                CLIPTokenizer.from_pretrained(str(d), local_files_only=True)
+                if (d / "vocab.json").is_file()
+                else build_tokenizer(d)
+            )
+        return self.cache["tok"]
+
+    def input_ids(self) -> torch.Tensor:
+        if "ids" not in self.cache:
+            from toyworld.models.common import tokenize
+
+            self.cache["ids"] = tokenize(self.tokenizer(), self.train_split().captions)
+        return self.cache["ids"]
+
+    def load(self, stage: str) -> Any:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        key = f"model:{stage}"
+        if key not in self.cache:
+            d = self.work / stage
+            if stage == "vae":
+                m = AutoencoderKL.from_pretrained(str(d), torch_dtype=torch.float32)
+            elif stage == "text":
+                m = CLIPTextModel.from_pretrained(str(d / "text_encoder"), dtype=torch.float32)
+            else:
+                m = UNet2DConditionModel.from_pretrained(str(d / "unet"), torch_dtype=torch.float32)
+            self.cache[key] = m.to(self.device).eval().requires_grad_(False)
+        return self.cache[key]
+
+    def latents(self) -> torch.Tensor:
+        if "lat" not in self.cache:
+            from toyworld.models.vae import encode_latents
+
+            self.cache["lat"] = encode_latents(self.load("vae"), self.train_split().images, self.device)
+        return self.cache["lat"]
+
+    def text_features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """context (N,77,D), pooled (N,D) of the train captions and the empty prompt's context (1,77,D)."""
+        if "ctx" not in self.cache:
+            from toyworld.models.common import tokenize
+            from toyworld.models.text import encode_all
+
+            te = self.load("text")
+            ctx, pooled = encode_all(te, self.input_ids(), self.device)
+            unc, _ = encode_all(te, tokenize(self.tokenizer(), [""]), self.device)
+            self.cache["ctx"] = (ctx, pooled, unc)
+        return self.cache["ctx"]
+
+
+def _save_fp16(module: torch.nn.Module, path: Path) -> None:
+    import copy
+
+    copy.deepcopy(module).to("cpu", torch.float16).save_pretrained(str(path), safe_serialization=True)
+
+
+def _done(work: Path, stage: str) -> dict[str, Any] | None:
+    p = work / stage / "done.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _mark(work: Path, stage: str, summary: dict[str, Any]) -> None:
+    (work / stage).mkdir(parents=True, exist_ok=True)
+    (work / stage / "done.json").write_text(json.dumps(summary, indent=1))
+
+
+# ---------------------------------------------------------------- stages
+def stage_vae(st: RecipeState, limit: float | None) -> dict[str, Any]:
+    from toyworld.models.vae import train_vae
+
+    vae, lg = train_vae(st.cfg, st.train_split().images, st.device, limit)
+    _save_fp16(vae, st.work / "vae")
+    st.cache["model:vae"] = vae.requires_grad_(False)
+    return {**lg.summary(), "scaling_factor": float(vae.config.scaling_factor)}
+
+
+def stage_text(st: RecipeState, limit: float | None) -> dict[str, Any]:
+    from toyworld.models.data import attribute_labels
+    from toyworld.models.text import train_text_encoder
+
+    sp = st.train_split()
+    tok = st.tokenizer()
+    te, lg = train_text_encoder(
+        st.cfg, tok, st.input_ids(), sp.images, attribute_labels(sp.specs), st.device, limit
+    )
+    _save_fp16(te, st.work / "text" / "text_encoder")
+    tok.save_pretrained(str(st.work / "text" / "tokenizer"))
+    st.cache["model:text"] = te.requires_grad_(False)
+    return lg.summary()
+
+
+def stage_teacher(st: RecipeState, limit: float | None) -> dict[str, Any]:
+    from toyworld.models.teacher import train_teacher
+
+    ctx, _, unc = st.text_features()
+    unet, lg = train_teacher(st.cfg, st.latents(), ctx, unc, st.device, limit)
+    _save_fp16(unet, st.work / "teacher" / "unet")
+    st.cache["model:teacher"] = unet.requires_grad_(False)
+    return lg.summary()
+
+
+def teacher_targets(st: RecipeState) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed noise (N,4,h,w) and the teacher's CFG samples from it for the first n_distill prompts."""
+    from toyworld.models.teacher import sample
+
+    ctx, _, unc = st.text_features()
+    n = min(st.cfg.n_distill, len(ctx))
+    s = st.cfg.latent_size
+    noise = torch.randn((n, 4, s, s), generator=torch.Generator().manual_seed(st.cfg.seed + 7)).to(st.device)
+    teacher = st.load("teacher")
+    bs = 2048 if st.device.type == "cuda" else 64
+    out = [
+        sample(teacher, ctx[i : i + bs], unc, noise[i : i + bs], st.cfg.teacher_steps, st.cfg.guidance)
+        for i in range(0, n, bs)
+    ]
+    return noise, torch.cat(out)
+
+
+def stage_student(st: RecipeState, limit: float | None) -> dict[str, Any]:
+    from toyworld.models.student import distill_student
+
+    t0 = time.perf_counter()
+    noise, targets = teacher_targets(st)
+    sample_s = time.perf_counter() - t0
+    ctx, pooled, _ = st.text_features()
+    n = len(noise)
+    student, lg = distill_student(
+        st.cfg, st.load("teacher"), noise, targets, ctx[:n], pooled[:n], st.latents(), pooled, st.device, limit
+    )
+    _save_fp16(student, st.work / "student" / "unet")
+    st.cache["model:student"] = student.requires_grad_(False)
+    return {**lg.summary(), "teacher_sampling_s": round(sample_s, 2), "n_distill": n}
+
+
+def stage_export(st: RecipeState, limit: float | None) -> dict[str, Any]:
+    """Assemble workdir/model (OneStepPipeline layout) from the stage outputs."""
+    export_model_dir(st.work, st.work / "model", st.cfg)
+    return {"stage": "export", "wall_s": 0.0}
+
+
+def export_model_dir(work: Path, out: Path, cfg: FamilyConfig, hadapter: torch.nn.Module | None = None) -> Path:
+    from engines.hadapter import HAdapter
+    from engines.random_models import save_components
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for src, dst in (("vae", "vae"), ("text/text_encoder", "text_encoder"), ("text/tokenizer", "tokenizer"), ("student/unet", "unet")):
+        shutil.copytree(work / src, tmp / dst)
+    if hadapter is None:
+        hadapter = HAdapter(**cfg.adapter_kwargs())
+    _save_fp16(hadapter, tmp / "hadapter")
+    comps = {"scheduler_config": dict(SCHEDULER)}
+    (tmp / "scheduler").mkdir()
+    (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(comps["scheduler_config"], indent=2))
+    meta = {"name": cfg.name, "student_timestep": 999, "resolution": 64, "family": cfg.name}
+    (tmp / "ragturbo.json").write_text(json.dumps(meta, indent=2))
+    _ = save_components  # the layout matches engines.random_models.save_components
+    model_index = {
+        "_class_name": "RagTurboOneStepPipeline",
+        "_diffusers_version": "0.42.1",
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (tmp / "model_index.json").write_text(json.dumps(model_index, indent=2))
+    for f in tmp.rglob("done.json"):
+        f.unlink()
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
+
+
+STAGE_FNS = {
+    "vae": stage_vae,
+    "text": stage_text,
+    "teacher": stage_teacher,
+    "student": stage_student,
+    "export": stage_export,
+}
+
+
+def pack_stage(work: Path, stage: str, out_dir: Path) -> Path:
+    """workdir/<stage> -> out_dir/<stage>.tar (what comes back from the GPU machine)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dst = out_dir / f"{stage}.tar"
+    with tarfile.open(dst, "w") as tar:
+        tar.add(work / stage, arcname=stage)
+    return dst
+
+
+def run_recipe(
+    work: str | Path,
+    family: str | FamilyConfig = "full",
+    stages: tuple[str, ...] = STAGES,
+    device: str = "auto",
+    time_limits: dict[str, float] | None = None,
+    pack_to: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the stages; returns {stage: summary}. Also writes workdir/stages.json."""
+    from toyworld.models.common import pick_device
+
+    cfg = get_family(family) if isinstance(family, str) else family
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ValueError(f"unknown stage(s) {bad}; choose from {STAGES}")
+    wd = Path(work)
+    wd.mkdir(parents=True, exist_ok=True)
+    (wd / "family.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    st = RecipeState(cfg=cfg, work=wd, device=pick_device(device))
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    summaries: dict[str, Any] = {}
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        prev = _done(wd, stage)
+        if prev is not None:
+            log.info("stage %s already done (%s); skipping", stage, prev.get("wall_s"))
+            summaries[stage] = prev
+            continue
+        log.info("stage %s on %s", stage, st.device)
+        t0 = time.perf_counter()
+        if stage in ("adapter", "control"):
+            from toyworld.adapter_stage import stage_adapter
+
+            summ = stage_adapter(st, control=stage == "control", limit=(time_limits or {}).get(stage))
+        else:
+            summ = STAGE_FNS[stage](st, (time_limits or {}).get(stage))
+        summ["stage_wall_s"] = round(time.perf_counter() - t0, 2)
+        summ["device"] = torch.cuda.get_device_name() if st.device.type == "cuda" else "cpu"
+        if "data_s" in st.cache and stage == "vae":
+            summ["data_gen_s"] = round(st.cache["data_s"], 2)
+        _mark(wd, stage, summ)
+        summaries[stage] = summ
+        if pack_to is not None:
+            pack_stage(wd, stage, Path(pack_to))
+    (wd / "stages.json").write_text(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "curve"} for k, v in summaries.items()}, indent=1))
+    return summaries
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m toyworld.recipes WORKDIR [--family full] [--stages a,b] [--pack DIR] [--limits vae=60,...]"""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("work")
+    ap.add_argument("--family", default="full")
+    ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--pack", default=None)
+    ap.add_argument("--limits", default="")
+    ap.add_argument("--device", default="auto")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    limits = {k: float(v) for k, v in (kv.split("=") for kv in a.limits.split(",") if kv)}
+    res = run_recipe(a.work, a.family, tuple(a.stages.split(",")), a.device, limits, a.pack)
+    for k, v in res.items():
+        print(k, {kk: vv for kk, vv in v.items() if kk != "curve"})
+
+
+if __name__ == "__main__":
+    main()
