@@ -1,0 +1,145 @@
+"""Qdrant Edge (``qdrant-edge-py``): the Qdrant engine in-process, one shard on disk.
+
+The embedded default under ``<db>/edge``. Writes go through Qdrant's WAL and are
+flushed before ``upsert`` returns. One process opens a shard for writing at a time
+(ingest); run ingest while the service is stopped, or use the server backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.index import VectorIndex, as_matrix, per_query
+from retrieval.types import Neighbour, RetrievalError
+
+log = logging.getLogger(__name__)
+
+
+class EdgeIndex(VectorIndex):
+    """Qdrant Edge shard at ``path`` with one cosine vector of width ``dim``.
+
+    hnsw_m / ef_construct: graph build parameters (Qdrant defaults 16 / 100);
+    hnsw_ef: search beam (None = Qdrant's default, max(ef_construct, k)); exact: brute force.
+    """
+
+    name = "qdrant-edge"
+
+    def __init__(
+        self,
+        path: str | Path,
+        dim: int,
+        *,
+        hnsw_m: int = 16,
+        ef_construct: int = 100,
+        hnsw_ef: int | None = 128,
+        full_scan_threshold_kb: int = 10_000,
+        exact: bool = False,
+        max_search_threads: int | None = None,
+    ) -> None:
+        import qdrant_edge as qe
+
+        self._qe = qe
+        self.path = Path(path)
+        self.dim = int(dim)
+        if self.dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        cfg = qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=self.dim, distance=qe.Distance.Cosine),
+            hnsw_config=qe.HnswIndexConfig(
+                m=hnsw_m, ef_construct=ef_construct, full_scan_threshold=full_scan_threshold_kb
+            ),
+            max_search_threads=max_search_threads,
+        )
+        try:
+            if (self.path / "edge_config.json").is_file():
+                self._shard = qe.EdgeShard.load(str(self.path), cfg)
+            else:
+                self.path.mkdir(parents=True, exist_ok=True)
+                self._shard = qe.EdgeShard.create(str(self.path), cfg)
+        except Exception as e:  # the binding raises plain exceptions with Qdrant's message
+            raise RetrievalError(f"cannot open Qdrant Edge shard at {self.path} (dim {dim}): {e}") from e
+        self._params = qe.SearchParams(hnsw_ef=hnsw_ef, exact=exact)
+        self._lock = threading.RLock()
+        self._closed = False
+
+    def upsert(
+        self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    ) -> None:
+        x = as_matrix(vectors, self.dim)
+        if not len(ids) == len(x) == len(payloads):
+            raise ValueError(f"ids {len(ids)}, vectors {len(x)}, payloads {len(payloads)} differ")
+        if not len(ids):
+            return
+        qe = self._qe
+        pts = [qe.Point(i, v.tolist(), dict(p)) for i, v, p in zip(ids, x, payloads)]
+        with self._lock:
+            self._shard.update(qe.UpdateOperation.upsert_points(pts))
+            self._shard.flush()
+
+    def search(
+        self,
+        embeddings: Any,
+        k: int | Sequence[int],
+        exclude_ids: Collection[str] | Sequence[Collection[str]] | None = None,
+    ) -> list[list[Neighbour]]:
+        x = as_matrix(embeddings, self.dim)
+        ks, ex = per_query(len(x), k, exclude_ids)
+        qe = self._qe
+        reqs = [
+            qe.QueryRequest(
+                limit=kk,
+                query=qe.Query.Nearest(v.tolist()),
+                with_payload=["caption"],
+                filter=qe.Filter(must_not=[qe.HasIdCondition(set(e))]) if e else None,
+                params=self._params,
+            )
+            for v, kk, e in zip(x, ks, ex)
+        ]
+        if not reqs:
+            return []
+        res = self._shard.query_batch(qe.QueryBatchRequest(reqs))
+        return [
+            [Neighbour(str(p.id), str((p.payload or {}).get("caption", "")), float(p.score)) for p in r]
+            for r in res
+        ]
+
+    def count(self) -> int:
+        return int(self._shard.count(self._qe.CountRequest(exact=True)))
+
+    def contains(self, ids: Sequence[str]) -> list[bool]:
+        if not ids:
+            return []
+        found = {str(r.id) for r in self._shard.retrieve(list(ids), False, False)}
+        return [i in found for i in ids]
+
+    def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        return {str(r.id): dict(r.payload or {}) for r in self._shard.retrieve(list(ids), True, False)}
+
+    def optimize(self) -> None:
+        with self._lock:
+            changed = self._shard.optimize()
+            self._shard.flush()
+        log.info("qdrant edge optimize at %s: %s", self.path, "rebuilt" if changed else "already optimal")
+
+    def info(self) -> dict[str, int]:
+        i = self._shard.info()
+        return {
+            "points": int(i.points_count),
+            "segments": int(i.segments_count),
+            "indexed_vectors": int(i.indexed_vectors_count),
+        }
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with self._lock:
+                self._shard.flush()
+                self._shard.close()

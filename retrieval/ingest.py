@@ -1,0 +1,270 @@
+"""Ingest text-image pairs: caption table + image directory -> index + feature store.
+
+Per batch: read and hash each file, reject bad rows, skip pairs already fully ingested,
+then ``pipe.encode_text`` (pooled embedding for the index, context for H),
+``pipe.encode_images`` (VAE latents) and ``pipe.retrieval_features`` (H at t=0).
+Every ``commit_every`` new pairs the features are written durably, then indexed
+(``RetrievalDB.upsert``), so an interrupted run loses at most the uncommitted pairs and
+a second run resumes where it stopped.
+
+Image policy: any size/aspect is centre-cropped to a square and resized (bicubic) to the
+model resolution; images whose short side is below a quarter of that resolution are
+rejected ("too small"), as are missing/unreadable files and empty captions.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.db import DbConfig, RetrievalDB, open_db_for_pipeline
+from retrieval.feature_store import MANIFEST, FeatureStore
+from retrieval.types import point_id
+
+log = logging.getLogger(__name__)
+MAX_CAPTION_CHARS = 1000
+
+
+@dataclass
+class Reject:
+    row: int
+    file: str
+    caption: str
+    reason: str
+
+
+@dataclass
+class IngestReport:
+    rows: int = 0
+    added: int = 0
+    already_present: int = 0
+    duplicates: int = 0
+    rejects: list[Reject] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        by: dict[str, int] = {}
+        for r in self.rejects:
+            key = r.reason.split(":")[0]
+            by[key] = by.get(key, 0) + 1
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(by.items())) or "none"
+        return (
+            f"{self.rows} rows: {self.added} added, {self.already_present} already present, "
+            f"{self.duplicates} duplicate rows, {len(self.rejects)} rejected ({why}) in {self.seconds:.1f}s"
+        )
+
+
+def read_captions(path: str | Path) -> list[dict[str, str]]:
+    """Rows {"file", "caption"} from .jsonl, .csv or .parquet (other columns ignored)."""
+    p = Path(path)
+    suf = p.suffix.lower()
+    if suf in (".jsonl", ".ndjson"):
+        rows = []
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}:{n}: not valid JSON ({e})") from e
+            rows.append(obj if isinstance(obj, dict) else {})
+    elif suf == ".csv":
+        with open(p, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    elif suf == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(p).to_pylist()
+    else:
+        raise ValueError(f"captions file {p} must end in .jsonl, .csv or .parquet (got {suf!r})")
+    if rows and not any("file" in r and "caption" in r for r in rows):
+        raise ValueError(f"captions file {p} needs columns 'file' and 'caption'; got {sorted(rows[0])}")
+    return [{"file": str(r.get("file") or ""), "caption": str(r.get("caption") or "")} for r in rows]
+
+
+def load_image(data: bytes, resolution: int) -> np.ndarray:
+    """Encoded image bytes -> uint8 (R,R,3): centre-crop to square, bicubic resize. Raises ValueError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+    except UnidentifiedImageError as e:
+        raise ValueError("unreadable image: not a format Pillow can decode") from e
+    except (OSError, Image.DecompressionBombError) as e:
+        raise ValueError(f"unreadable image: {e}") from e
+    w, h = im.size
+    if min(w, h) < max(1, resolution // 4):
+        raise ValueError(f"too small: {w}x{h} (< {resolution // 4} px short side)")
+    im = im.convert("RGB")
+    if (w, h) != (resolution, resolution):
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        im = im.crop((left, top, left + s, top + s)).resize((resolution, resolution), Image.BICUBIC)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def _chunks(n: int, size: int) -> Iterable[range]:
+    for s in range(0, n, size):
+        yield range(s, min(n, s + size))
+
+
+def ingest(
+    pipe: Any,
+    db: RetrievalDB,
+    images_dir: str | Path,
+    rows: list[dict[str, str]],
+    *,
+    batch: int = 32,
+    commit_every: int = 256,
+    rejects_path: str | Path | None = None,
+    progress: bool = True,
+    on_commit: Callable[[int], None] | None = None,
+) -> IngestReport:
+    """Add ``rows`` ({"file","caption"}) to ``db``; idempotent and resumable. See module doc."""
+    import torch
+    from tqdm import tqdm
+
+    if batch < 1 or commit_every < 1:
+        raise ValueError(f"batch and commit_every must be >= 1; got {batch}, {commit_every}")
+    t0 = time.perf_counter()
+    rep = IngestReport(rows=len(rows))
+    root = Path(images_dir)
+    res = pipe.resolution
+    seen: set[str] = set()
+    pend: dict[str, list[Any]] = {k: [] for k in ("ids", "emb", "h", "lat", "cap", "file")}
+
+    def commit() -> None:
+        if not pend["ids"]:
+            return
+        db.upsert(
+            pend["ids"], torch.cat(pend["emb"]), torch.cat(pend["h"]), torch.cat(pend["lat"]), pend["cap"], pend["file"]
+        )
+        rep.added += len(pend["ids"])
+        if on_commit:
+            on_commit(rep.added)
+        for v in pend.values():
+            v.clear()
+
+    bar = tqdm(total=len(rows), unit="pair", disable=not progress, desc="ingest")
+    for rng in _chunks(len(rows), batch):
+        ids, imgs, caps, files = [], [], [], []
+        for i in rng:
+            file, cap = rows[i]["file"], rows[i]["caption"].strip()
+            if not cap:
+                rep.rejects.append(Reject(i, file, cap, "empty caption"))
+                continue
+            if len(cap) > MAX_CAPTION_CHARS:
+                rep.rejects.append(Reject(i, file, cap[:80], f"caption too long: {len(cap)} chars"))
+                continue
+            if not file:
+                rep.rejects.append(Reject(i, file, cap, "missing file: no file name"))
+                continue
+            path = root / file
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                rep.rejects.append(Reject(i, file, cap, f"missing file: {e.strerror or e}"))
+                continue
+            pid = point_id(cap, data)
+            if pid in seen:
+                rep.duplicates += 1
+                continue
+            seen.add(pid)
+            try:
+                img = load_image(data, res)
+            except ValueError as e:
+                rep.rejects.append(Reject(i, file, cap, str(e)))
+                continue
+            ids.append(pid), imgs.append(img), caps.append(cap), files.append(file)
+        done = db.contains(ids)
+        rep.already_present += sum(done)
+        todo = [j for j, d in enumerate(done) if not d]
+        if todo:
+            ids, caps, files = [ids[j] for j in todo], [caps[j] for j in todo], [files[j] for j in todo]
+            text = pipe.encode_text(caps)
+            lat = pipe.encode_images(np.stack([imgs[j] for j in todo]))
+            h = pipe.retrieval_features(lat, text.context)
+            pend["ids"] += ids
+            pend["cap"] += caps
+            pend["file"] += files
+            pend["emb"].append(text.pooled.float().cpu())
+            pend["h"].append(h.float().cpu())
+            pend["lat"].append(lat.float().cpu())
+            if len(pend["ids"]) >= commit_every:
+                commit()
+        bar.update(len(rng))
+    commit()
+    bar.close()
+    if rep.added:
+        db.index.optimize()
+    rep.seconds = time.perf_counter() - t0
+    if rejects_path is not None:
+        write_rejects(rep.rejects, rejects_path)
+    log.info("ingest: %s", rep.summary())
+    return rep
+
+
+def write_rejects(rejects: list[Reject], path: str | Path) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r.__dict__) + "\n" for r in rejects), encoding="utf-8")
+    os.replace(tmp, p)
+
+
+def rebuild_features(pipe: Any, cfg: DbConfig, *, batch: int = 64, progress: bool = True) -> int:
+    """Recompute H-features and index embeddings of every stored pair for ``pipe``'s model.
+
+    Uses the stored latents and captions (no images needed). Writes a new store beside
+    the old one, then swaps directories; the index vectors are re-upserted with the new
+    text embeddings. Returns the number of pairs rebuilt.
+    """
+    from tqdm import tqdm
+
+    root = Path(cfg.db_path) / "features"
+    m = json.loads((root / MANIFEST).read_text())
+    old = FeatureStore(root, m["fingerprint"])
+    new_root = Path(cfg.db_path) / f"features.rebuild-{pipe.fingerprint}"
+    shutil.rmtree(new_root, ignore_errors=True)
+    ls = pipe.latent_size
+    new = FeatureStore(new_root, pipe.fingerprint, pipe.h_shape, (pipe.latent_channels, ls, ls))
+    from retrieval.db import open_index
+
+    index = open_index(cfg, pipe.embed_dim)
+    ids = list(old.ids())
+    try:
+        for rng in tqdm(list(_chunks(len(ids), batch)), disable=not progress, desc="rebuild"):
+            bid = [ids[i] for i in rng]
+            rows = [old.row(p) for p in bid]
+            caps = [r["caption"] for r in rows]
+            text = pipe.encode_text(caps)
+            lat = old.latents(bid).to(pipe.device, pipe.dtype)
+            h = pipe.retrieval_features(lat, text.context)
+            new.put(bid, h, lat, caps, [r["file"] for r in rows])
+            index.upsert(
+                bid,
+                text.pooled.float().cpu().numpy(),
+                [{"caption": r["caption"], "file": r["file"], "fingerprint": pipe.fingerprint} for r in rows],
+            )
+        index.optimize()
+    finally:
+        index.close()
+    retired = Path(cfg.db_path) / f"features.old-{m['fingerprint']}"
+    shutil.rmtree(retired, ignore_errors=True)
+    os.replace(root, retired)
+    os.replace(new_root, root)
+    shutil.rmtree(retired, ignore_errors=True)
+    log.info("rebuilt features of %d pairs for model %s (was %s)", len(ids), pipe.fingerprint, m["fingerprint"])
+    return len(ids)

@@ -1,0 +1,186 @@
+"""Qdrant server/cluster through ``qdrant-client`` (URL, API key, timeouts, retries).
+
+For production (DESIGN.md). ``location=":memory:"`` or ``path=...`` selects
+qdrant-client's *local mode* — a pure-Python brute-force implementation of the same
+API, used in tests and for small setups; it is not the Qdrant engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from retrieval.index import COLLECTION, VectorIndex, as_matrix, per_query
+from retrieval.types import Neighbour, RetrievalError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _transient(e: BaseException) -> bool:
+    """Errors worth retrying: transport failures, timeouts, 5xx and 429 from the server."""
+    import httpx
+    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+    if isinstance(e, UnexpectedResponse):
+        return e.status_code is not None and (e.status_code >= 500 or e.status_code == 429)
+    return isinstance(e, (ResponseHandlingException, httpx.TransportError, TimeoutError, ConnectionError))
+
+
+class QdrantServerIndex(VectorIndex):
+    """A collection on a Qdrant server (``url``) or in qdrant-client local mode (``location``/``path``).
+
+    timeout_s: per-request HTTP timeout; retries: extra attempts on transient errors with
+    exponential backoff starting at ``backoff_s`` (0.05, 0.1, 0.2 ... s).
+    """
+
+    name = "qdrant-server"
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        location: str | None = None,
+        path: str | Path | None = None,
+        collection: str = COLLECTION,
+        timeout_s: float = 5.0,
+        retries: int = 2,
+        backoff_s: float = 0.05,
+        hnsw_m: int = 16,
+        ef_construct: int = 100,
+        hnsw_ef: int | None = 128,
+    ) -> None:
+        from qdrant_client import QdrantClient, models
+
+        if sum(v is not None for v in (url, location, path)) != 1:
+            raise ValueError(
+                f"give exactly one of url, location, path; got url={url!r} location={location!r} path={path!r}"
+            )
+        if retries < 0 or timeout_s <= 0:
+            raise ValueError(f"retries must be >= 0 and timeout_s > 0; got {retries}, {timeout_s}")
+        self._m = models
+        self.dim = int(dim)
+        self.collection = collection
+        self.retries, self.backoff_s = retries, backoff_s
+        if url is not None:
+            self.name = "qdrant-server"
+            self.where = url
+            # local mode is brute force and warns on search params, so only the server gets them
+            self._search_params = models.SearchParams(hnsw_ef=hnsw_ef)
+            self._client = QdrantClient(
+                url=url, api_key=api_key, timeout=max(1, int(np.ceil(timeout_s))), check_compatibility=False
+            )
+        else:
+            self.name = "qdrant-client-local"
+            self._search_params = None
+            self.where = str(path) if path is not None else str(location)
+            if path is not None:
+                Path(path).mkdir(parents=True, exist_ok=True)
+            self._client = QdrantClient(location=location, path=str(path) if path is not None else None)
+        self._ensure_collection(hnsw_m, ef_construct)
+
+    # ------------------------------------------------------------------ plumbing
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except Exception as e:
+                if attempt < self.retries and _transient(e):
+                    delay = self.backoff_s * 2**attempt
+                    log.warning("qdrant %s failed (%s); retry %d in %.2fs", what, e, attempt + 1, delay)
+                    time.sleep(delay)
+                    continue
+                raise RetrievalError(f"qdrant {what} at {self.where} failed: {e}") from e
+        raise AssertionError("unreachable")
+
+    def _ensure_collection(self, hnsw_m: int, ef_construct: int) -> None:
+        m = self._m
+        if self._call("collection_exists", lambda: self._client.collection_exists(self.collection)):
+            info = self._call("get_collection", lambda: self._client.get_collection(self.collection))
+            size = info.config.params.vectors.size  # type: ignore[union-attr]
+            if size != self.dim:
+                raise RetrievalError(
+                    f"collection {self.collection!r} at {self.where} has vectors of width {size}, "
+                    f"the model's embeddings have width {self.dim}"
+                )
+            return
+        self._call(
+            "create_collection",
+            lambda: self._client.create_collection(
+                self.collection,
+                vectors_config=m.VectorParams(size=self.dim, distance=m.Distance.COSINE),
+                hnsw_config=m.HnswConfigDiff(m=hnsw_m, ef_construct=ef_construct),
+            ),
+        )
+
+    # ------------------------------------------------------------------ interface
+    def upsert(
+        self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    ) -> None:
+        x = as_matrix(vectors, self.dim)
+        if not len(ids) == len(x) == len(payloads):
+            raise ValueError(f"ids {len(ids)}, vectors {len(x)}, payloads {len(payloads)} differ")
+        if not len(ids):
+            return
+        pts = [self._m.PointStruct(id=i, vector=v.tolist(), payload=dict(p)) for i, v, p in zip(ids, x, payloads)]
+        self._call("upsert", lambda: self._client.upsert(self.collection, points=pts, wait=True))
+
+    def search(
+        self,
+        embeddings: Any,
+        k: int | Sequence[int],
+        exclude_ids: Collection[str] | Sequence[Collection[str]] | None = None,
+    ) -> list[list[Neighbour]]:
+        x = as_matrix(embeddings, self.dim)
+        ks, ex = per_query(len(x), k, exclude_ids)
+        m = self._m
+        reqs = [
+            m.QueryRequest(
+                query=v.tolist(),
+                limit=kk,
+                with_payload=["caption"],
+                params=self._search_params,
+                filter=m.Filter(must_not=[m.HasIdCondition(has_id=sorted(e))]) if e else None,
+            )
+            for v, kk, e in zip(x, ks, ex)
+        ]
+        if not reqs:
+            return []
+        res = self._call("query", lambda: self._client.query_batch_points(self.collection, requests=reqs))
+        return [
+            [Neighbour(str(p.id), str((p.payload or {}).get("caption", "")), float(p.score)) for p in r.points]
+            for r in res
+        ]
+
+    def count(self) -> int:
+        return int(self._call("count", lambda: self._client.count(self.collection, exact=True)).count)
+
+    def _retrieve(self, ids: Sequence[str], payload: bool) -> list[Any]:
+        return self._call(
+            "retrieve",
+            lambda: self._client.retrieve(self.collection, ids=list(ids), with_payload=payload, with_vectors=False),
+        )
+
+    def contains(self, ids: Sequence[str]) -> list[bool]:
+        if not ids:
+            return []
+        found = {str(r.id) for r in self._retrieve(ids, False)}
+        return [i in found for i in ids]
+
+    def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        return {str(r.id): dict(r.payload or {}) for r in self._retrieve(ids, True)}
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception as e:  # closing must not mask the caller's error
+            log.debug("qdrant client close: %s", e)

@@ -1,0 +1,50 @@
+"""Types shared by the retrieval package: neighbours, point ids, errors.
+
+A point is one text-image pair. Its id is a UUID derived from the pair's content
+(caption text and the image file's bytes), so re-ingesting the same pair is an
+idempotent upsert on every backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+
+# Fixed namespace: ids must not change between releases (they key the feature store).
+ID_NAMESPACE = uuid.UUID("6f0c1d2e-8a4b-5c3d-9e7f-a1b2c3d4e5f6")
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One retrieved pair: its point id, caption and cosine score against the query."""
+
+    id: str
+    caption: str
+    score: float
+
+
+def point_id(caption: str, image_bytes: bytes) -> str:
+    """Stable id of a pair: uuid5 over sha256(caption utf-8 ‖ 0x00 ‖ image bytes)."""
+    h = hashlib.sha256()
+    h.update(caption.encode("utf-8"))
+    h.update(b"\x00")
+    h.update(image_bytes)
+    return str(uuid.uuid5(ID_NAMESPACE, h.hexdigest()))
+
+
+class RetrievalError(RuntimeError):
+    """The index or feature store failed (I/O, timeout, server down)."""
+
+
+class FingerprintMismatchError(RetrievalError):
+    """Stored features were produced by a different model than the one loaded."""
+
+    def __init__(self, stored: str, current: str, where: str) -> None:
+        super().__init__(
+            f"feature store at {where} was built with model fingerprint {stored}, but the "
+            f"loaded model has fingerprint {current}; rebuild it with "
+            f"`ragturbo ingest --rebuild-features --db ...` or point --db elsewhere"
+        )
+        self.stored = stored
+        self.current = current
