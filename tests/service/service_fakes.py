@@ -1,0 +1,115 @@
+"""Test doubles and helpers for the service tests.
+
+``PipelineT2I`` runs the real tiny ``OneStepPipeline`` (retrieval off) behind the
+TextToImage contract; ``FakeT2I`` is a fast deterministic stand-in with a knob for how
+long a batch takes. ``real_factory`` prefers ``retrieval.compose`` when it exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FakeRequest:
+    prompt: str
+    seed: int
+    mode: str = "adapter"
+    k: int = 1
+    exclude_ids: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class FakeNeighbour:
+    id: str
+    caption: str
+    score: float
+
+
+@dataclass
+class FakeResult:
+    image: np.ndarray
+    seed: int
+    retrieved: list[Any]
+    retrieval_status: str
+
+
+@dataclass
+class FakeT2I:
+    """Image = a colour from sha256(prompt, seed, mode, k); every batch sleeps ``batch_s``."""
+
+    batch_s: float = 0.0
+    retrieval_down: bool = False
+    fail_on: str | None = None
+    model_name: str = "fake-model"
+    backend_name: str = "torch"
+    resolution: int = 16
+    request_type: type = FakeRequest
+    batches: list[int] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def generate(self, reqs: Sequence[Any]) -> tuple[list[Any], dict[str, float]]:
+        with self.lock:
+            self.batches.append(len(reqs))
+        t0 = time.perf_counter()
+        if self.batch_s:
+            time.sleep(self.batch_s)
+        out = []
+        for r in reqs:
+            if self.fail_on is not None and r.prompt == self.fail_on:
+                raise RuntimeError("/secret/path/model.bin exploded")
+            h = hashlib.sha256(f"{r.prompt}|{r.seed}|{r.mode}|{r.k}".encode()).digest()
+            img = np.empty((self.resolution, self.resolution, 3), np.uint8)
+            img[...] = np.frombuffer(h[:3], np.uint8)
+            if r.mode == "off":
+                out.append(FakeResult(img, r.seed, [], "off"))
+            elif self.retrieval_down:
+                out.append(FakeResult(img, r.seed, [], "unavailable"))
+            else:
+                nbs = [FakeNeighbour(f"id{i}", f"caption {i}", 0.9 - 0.1 * i) for i in range(r.k)]
+                out.append(FakeResult(img, r.seed, nbs, "ok"))
+        ms = (time.perf_counter() - t0) * 1000
+        return out, {"text": ms / 4, "retrieval": ms / 4, "unet": ms / 4, "vae": ms / 4}
+
+
+class PipelineT2I:
+    """The real tiny OneStepPipeline behind the TextToImage contract, retrieval off."""
+
+    backend_name = "torch"
+    request_type = FakeRequest
+
+    def __init__(self, model_dir: str) -> None:
+        from engines.pipeline import OneStepPipeline
+
+        self.pipe = OneStepPipeline.from_pretrained(model_dir, device="cpu")
+        self.model_name = self.pipe.name
+        self.resolution = self.pipe.resolution
+
+    def generate(self, reqs: Sequence[Any]) -> tuple[list[Any], dict[str, float]]:
+        out = self.pipe([r.prompt for r in reqs], [r.seed for r in reqs], "off")
+        res = [FakeResult(img, r.seed, [], "off") for img, r in zip(out.images, reqs)]
+        return res, {"retrieval": 0.0, **out.timings_ms}
+
+
+def compose_available() -> bool:
+    try:
+        import retrieval.compose  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def real_factory(settings: Any) -> Any:
+    """The production factory when retrieval.compose exists, else the pipeline adapter."""
+    if compose_available():
+        from service.engine import build_from_settings
+
+        return build_from_settings(settings)
+    return PipelineT2I(str(settings.model_dir))
