@@ -1,0 +1,320 @@
+"""The offline adapter training job: latent adversarial training (LADD) of the H-adapter and
+an up-block LoRA of the one-step student, with retrieval in the loop (METHOD.md, training).
+
+``train(config) -> TrainResult`` is the Python entry point; ``ragturbo train adapter
+--config FILE`` calls it (through ``torchrun`` for several GPUs). One step:
+
+1. a global batch of pairs (order: a function of seed and step), this rank's share;
+   target latents z0 (cached VAE means or precomputed teacher latents), caption context
+   and pooled embedding from the frozen text encoder;
+2. retrieval with the pair itself excluded -> h_retr (B,k,C,h,w), λ (B,k)
+   (the control run uses a null neighbour: λ = 0);
+3. the student's one-step path -> ẑ0 (``training.model.StudentForward``);
+4. generator: L = w_adv·(-D(q_s(ẑ0))) + 2.5·smoothL1(ẑ0, z0) + 1.0·LPIPS_lat(ẑ0, z0),
+   where q_s re-noises at a timestep s uniform over the teacher's steps;
+5. discriminator heads: hinge on D(q_s(z0)) (real) vs D(q_s(ẑ0)) (fake, detached).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.checkpoint import LATEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from training.config import TrainConfig, config_from_dict, load_config
+from training.data import batch_indices, shard
+from training.dist import (
+    average_gradients,
+    barrier,
+    broadcast_params,
+    gather_objects,
+    init_distributed,
+    mean_scalars,
+    pick_device,
+    shutdown,
+)
+from training.discriminator import hinge_d_loss, hinge_g_loss
+from training.losses import Augment, latent_perceptual_loss, smooth_l1
+from training.retriever import Retriever
+from training.setup import Job, build_job
+
+log = logging.getLogger(__name__)
+
+METRICS = ("loss_g", "loss_d", "adv_g", "l1", "lpips", "d_real", "d_fake", "lam_mean", "lr")
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or resumed-and-finished) run produced."""
+
+    steps: int
+    final: dict[str, float]
+    output_dir: Path
+    checkpoint: Path
+    log_csv: Path
+    control: bool
+    trainable: dict[str, int] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "final": self.final,
+            "output_dir": str(self.output_dir),
+            "checkpoint": str(self.checkpoint),
+            "log_csv": str(self.log_csv),
+            "control": self.control,
+            "trainable": self.trainable,
+        }
+
+
+def _as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config.validate()
+    if isinstance(config, dict):
+        return config_from_dict(config)
+    return load_config(config)
+
+
+def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The step's own RNG: noise, timesteps and augmentations depend on (seed, step, rank) only."""
+    s = int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(s & ((1 << 63) - 1))
+
+
+def _disc_timesteps(n_train: int, n_steps: int) -> torch.Tensor:
+    if n_steps <= 0:
+        return torch.arange(n_train)
+    ts = np.round(np.arange(n_train, 0, -n_train / n_steps)).astype(np.int64) - 1
+    return torch.as_tensor(np.unique(np.clip(ts, 0, n_train - 1)))
+
+
+def _renoise(z0: torch.Tensor, s: torch.Tensor, eps: torch.Tensor, acp: torch.Tensor) -> torch.Tensor:
+    a = acp[s].to(z0.device, torch.float32)[:, None, None, None]
+    return (a.sqrt() * z0.float() + (1 - a).sqrt() * eps.float()).to(z0.dtype)
+
+
+def _lr_lambda(warmup: int):  # noqa: ANN202
+    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def train(
+    config: TrainConfig | dict[str, Any] | str | Path, retriever: Retriever | None = None
+) -> TrainResult:
+    """Run (or resume) the job. ``retriever`` overrides ``config.retrieval`` (e.g. an
+    in-memory one in tests); the control run ignores it. Returns final losses and paths."""
+    cfg = _as_config(config)
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, retriever, info)
+    finally:
+        shutdown(info)
+
+
+def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainResult:
+    if cfg.batch_size % info.world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {info.world} processes")
+    device = pick_device(cfg.device, info)
+    out = Path(cfg.output_dir)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+    torch.manual_seed(cfg.seed)
+    job: Job = build_job(cfg, device, retriever)
+    broadcast_params([job.gen.hadapter, job.gen.unet, job.heads], info)
+
+    g_params = [p for _, p in job.gen.trainable()]
+    d_params = [p for p in job.heads.parameters() if p.requires_grad]
+    oc = cfg.optim
+    opt_g = torch.optim.AdamW(g_params, lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
+    opt_d = torch.optim.AdamW(d_params, lr=oc.disc_lr, betas=oc.betas, weight_decay=oc.weight_decay)
+    sch_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(oc.warmup_steps))
+    sch_d = torch.optim.lr_scheduler.LambdaLR(opt_d, _lr_lambda(oc.warmup_steps))
+    ema: dict[str, torch.Tensor] | None = None
+    if cfg.ema_decay is not None:
+        ema = {n: p.detach().clone().float() for n, p in job.gen.trainable()}
+
+    start = 0
+    latest = out / LATEST
+    if cfg.resume and latest.is_file():
+        ck = load_checkpoint(latest, map_location=device)
+        job.load_trainable(ck)
+        opt_g.load_state_dict(ck["opt_g"])
+        opt_d.load_state_dict(ck["opt_d"])
+        sch_g.load_state_dict(ck["sch_g"])
+        sch_d.load_state_dict(ck["sch_d"])
+        if ema is not None and ck.get("ema") is not None:
+            ema = {k: v.to(device) for k, v in ck["ema"].items()}
+        rngs = ck.get("rng") or []
+        if len(rngs) == info.world:
+            set_rng_state(rngs[info.rank])
+        else:
+            log.warning("checkpoint has RNG states of %d ranks, running %d: not restored",
+                        len(rngs), info.world)
+        start = int(ck["step"])
+        log.info("resumed from %s at step %d", latest, start)
+    if start >= cfg.steps:
+        log.info("nothing to do: checkpoint step %d >= steps %d", start, cfg.steps)
+
+    csv_path = out / "log.csv"
+    writer = _Logger(csv_path, start, info.is_main)
+    acp = job.pipe.alphas_cumprod
+    disc_ts = _disc_timesteps(len(acp), cfg.loss.disc_t_steps)
+    amp = device.type == "cuda" and cfg.mixed_precision == "bf16"
+    lc = cfg.loss
+    k = cfg.retrieval.k if cfg.retrieval is not None else 1
+    history: list[dict[str, float]] = []
+    final: dict[str, float] = {}
+    last_ckpt = latest
+    bar = None
+    if cfg.progress and info.is_main and start < cfg.steps:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="train adapter", unit="step")
+    t_last = time.perf_counter()
+    for step in range(start, cfg.steps):
+        gen_rng = _step_generator(cfg.seed, step, info.rank)
+        idx = shard(batch_indices(len(job.pairs), cfg.batch_size, step, cfg.seed), info.rank, info.world)
+        z0, ctx, pooled, ids = job.batch(idx)
+        b = z0.shape[0]
+        h_retr, lam = job.retriever(pooled, k, [frozenset({i}) for i in ids])
+        h_retr, lam = h_retr.to(device), lam.to(device)
+        noise = torch.randn(z0.shape, generator=gen_rng).to(device)
+        s = disc_ts[torch.randint(len(disc_ts), (b,), generator=gen_rng)].to(device)
+        eps_f = torch.randn(z0.shape, generator=gen_rng).to(device)
+        eps_r = torch.randn(z0.shape, generator=gen_rng).to(device)
+        aug = Augment.draw(b, tuple(z0.shape[-2:]), gen_rng, lc.aug_translate, lc.aug_cutout, lc.aug_flip)
+
+        # ---------------- generator step (adapter + LoRA)
+        job.heads.requires_grad_(False)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            x0_hat = job.gen(noise, ctx, h_retr, lam)
+            feats_fake, temb = job.tfeats(_renoise(x0_hat, s, eps_f, acp), s, ctx)
+            logits_fake = job.heads(feats_fake, pooled, temb)
+            adv_g = hinge_g_loss(logits_fake)
+            l1 = smooth_l1(x0_hat, z0, lc.l1_beta)
+            lp = (latent_perceptual_loss(job.tfeats, x0_hat, z0, ctx, aug)
+                  if lc.lpips_weight > 0 else torch.zeros((), device=device))
+            loss_g = lc.adv_weight * adv_g + lc.l1_weight * l1 + lc.lpips_weight * lp
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        average_gradients(g_params, info)
+        if oc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(g_params, oc.grad_clip)
+        opt_g.step()
+        sch_g.step()
+        if ema is not None:
+            with torch.no_grad():
+                for n, p in job.gen.trainable():
+                    ema[n].mul_(cfg.ema_decay).add_(p.detach().float(), alpha=1 - cfg.ema_decay)
+
+        # ---------------- discriminator step (heads only; teacher frozen)
+        job.heads.requires_grad_(True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.no_grad():
+                feats_real, _ = job.tfeats(_renoise(z0, s, eps_r, acp), s, ctx)
+            logits_real = job.heads(feats_real, pooled, temb.detach())
+            logits_fake_d = job.heads([f.detach() for f in feats_fake], pooled, temb.detach())
+            loss_d = hinge_d_loss(logits_real, logits_fake_d)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        average_gradients(d_params, info)
+        if oc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(d_params, oc.grad_clip)
+        opt_d.step()
+        sch_d.step()
+
+        done = step + 1
+        row = {
+            "loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach()),
+            "adv_g": float(adv_g.detach()), "l1": float(l1.detach()), "lpips": float(lp.detach()),
+            "d_real": float(torch.stack([r.float().mean() for r in logits_real]).mean().detach()),
+            "d_fake": float(torch.stack([f.float().mean() for f in logits_fake_d]).mean().detach()),
+            "lam_mean": float(lam.float().mean()), "lr": float(sch_g.get_last_lr()[0]),
+        }
+        if not all(math.isfinite(v) for v in row.values()):
+            raise FloatingPointError(f"non-finite loss at step {done}: {row}")
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            row = mean_scalars(row, info, device)
+            now = time.perf_counter()
+            row["sec_per_step"] = (now - t_last) / (done % cfg.log_every or cfg.log_every)
+            t_last = now
+            writer.write(done, row)
+        final = {"step": float(done), **row}
+        history.append(final)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(g=f"{row['loss_g']:.3f}", d=f"{row['loss_d']:.3f}")
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            rngs = gather_objects(rng_state(), info)
+            if info.is_main:
+                state = job.trainable_state()
+                state.update(
+                    step=done, config=cfg.to_dict(), opt_g=opt_g.state_dict(),
+                    opt_d=opt_d.state_dict(), sch_g=sch_g.state_dict(), sch_d=sch_d.state_dict(),
+                    ema=None if ema is None else {n: v.cpu() for n, v in ema.items()}, rng=rngs,
+                    world=info.world,
+                )
+                last_ckpt = save_checkpoint(out, done, state, cfg.keep_checkpoints)
+            barrier(info)
+    if bar is not None:
+        bar.close()
+    writer.close()
+    result = TrainResult(
+        steps=cfg.steps, final=final, output_dir=out, checkpoint=last_ckpt, log_csv=csv_path,
+        control=cfg.is_control, trainable=job.trainable_counts(), history=history,
+    )
+    if info.is_main:
+        (out / "result.json").write_text(json.dumps(result.to_json(), indent=2))
+    return result
+
+
+class _Logger:
+    """CSV (and TensorBoard when installed) on rank 0; on resume, later rows are dropped."""
+
+    def __init__(self, path: Path, start: int, active: bool) -> None:
+        self.active = active
+        self.path = path
+        self.tb = None
+        if not active:
+            return
+        rows: list[dict[str, str]] = []
+        if start > 0 and path.is_file():
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
+        self.f = path.open("w", newline="")
+        self.cols = ["step", *METRICS, "sec_per_step"]
+        self.w = csv.DictWriter(self.f, fieldnames=self.cols, extrasaction="ignore")
+        self.w.writeheader()
+        self.w.writerows(rows)
+        self.f.flush()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(path.parent / "tb"))
+        except ImportError:  # tensorboard is optional
+            self.tb = None
+
+    def write(self, step: int, row: dict[str, float]) -> None:
+        if not self.active:
+            return
+        self.w.writerow({"step": step, **{k: f"{v:.6g}" for k, v in row.items()}})
+        self.f.flush()
+        if self.tb is not None:
+            for key, v in row.items():
+                self.tb.add_scalar(f"train/{key}", v, step)
+
+    def close(self) -> None:
+        if self.active:
+            self.f.close()
+            if self.tb is not None:
+                self.tb.close()

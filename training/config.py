@@ -1,0 +1,254 @@
+"""The training job's configuration: typed dataclasses, every field with its default.
+
+A config file (YAML ``.yaml/.yml`` or TOML ``.toml``) mirrors ``TrainConfig``: top-level
+keys are its fields, ``data``, ``retrieval``, ``loss`` and ``optim`` are nested tables.
+Unknown keys fail loudly with their names. ``retrieval: null`` (or ``control: true``) is
+the control run: the same training with a null neighbour (λ = 0) in place of retrieval.
+docs/training.md is the reference; the field docstrings below are its source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    """Dataset: a folder (images + ``captions.jsonl`` with ``file``, ``caption`` [, ``id``]) or a
+    ``.parquet`` file with ``caption`` [, ``id``] and ``image`` (encoded bytes) or ``latent``."""
+    format: Literal["auto", "folder", "parquet"] = "auto"
+    """How to read ``path``; ``auto`` picks parquet for a ``.parquet`` file, else folder."""
+    max_items: int | None = None
+    """Use only the first N pairs (None: all)."""
+    cache_latents: bool = True
+    """Encode every pair's latent once at start-up (VAE posterior mean) and keep them in host
+    memory; False: load and encode each batch's images at every step."""
+
+
+@dataclass
+class RetrievalConfig:
+    source: Literal["dataset", "db"] = "dataset"
+    """``dataset``: an in-memory index built from the training pairs themselves (pooled caption
+    embeddings + H-features computed with the student at start-up; right for the toy world).
+    ``db``: the ragturbo vector index + feature store (``retrieval`` package) at ``db_path`` or
+    ``qdrant_url`` — the same index the service uses."""
+    k: int = 1
+    """Neighbours per sample (1..8)."""
+    min_score: float = 0.0
+    """Neighbours with a cosine score below this get λ = 0 (as in the service)."""
+    db_path: str | None = None
+    """Qdrant Edge directory / feature store for ``source: db``."""
+    qdrant_url: str | None = None
+    """Qdrant server URL for ``source: db`` (feature store still under ``db_path``)."""
+    qdrant_api_key: str | None = None
+    """API key for ``qdrant_url``."""
+
+
+@dataclass
+class LossConfig:
+    adv_weight: float = 1.0
+    """Weight of the generator's hinge adversarial loss -D(fake)."""
+    l1_weight: float = 2.5
+    """α: weight of smooth-L1(ẑ0, z0) (METHOD.md)."""
+    l1_beta: float = 1.0
+    """Transition point of the smooth-L1 (torch ``beta``)."""
+    lpips_weight: float = 1.0
+    """β: weight of the latent perceptual loss (teacher-encoder features under augmentation)."""
+    disc_t_steps: int = 0
+    """Timesteps s for re-noising before the discriminator: 0 = uniform over all training
+    timesteps; N > 0 = uniform over the N steps of the teacher's sampler (trailing spacing)."""
+    disc_head_channels: int = 64
+    """Hidden width of each spectral-normalised discriminator head."""
+    disc_stages: list[int] | None = None
+    """Teacher encoder stages with a head (indices into down blocks, then mid = last);
+    None: every down block and the mid block."""
+    aug_translate: float = 0.125
+    """Max random translation (fraction of the latent size) of the perceptual-loss augmentation."""
+    aug_cutout: float = 0.25
+    """Cutout square side (fraction of the latent size); 0 disables."""
+    aug_flip: bool = True
+    """Random horizontal flips in the perceptual-loss augmentation."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    """Generator (adapter + LoRA) learning rate, constant after warm-up (paper: 1e-5)."""
+    disc_lr: float = 1e-5
+    """Discriminator heads' learning rate."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 over this many steps, then constant."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas (generator and discriminator)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    grad_clip: float | None = 1.0
+    """Clip each model's gradient norm (None: no clipping)."""
+
+
+@dataclass
+class TrainConfig:
+    student: str = ""
+    """Student model directory (OneStepPipeline layout: unet/ vae/ text_encoder/ tokenizer/
+    scheduler/ [hadapter/]). Its hadapter/ (if any) initialises the adapter."""
+    teacher_unet: str = ""
+    """Teacher UNet: a diffusers ``UNet2DConditionModel`` folder (config.json + weights), sharing the
+    student's text encoder, VAE and scheduler."""
+    output_dir: str = "runs/adapter"
+    """Where checkpoints, ``log.csv``, ``config.json`` and ``result.json`` go."""
+    data: DataConfig = field(default_factory=DataConfig)
+    retrieval: RetrievalConfig | None = field(default_factory=RetrievalConfig)
+    """Retrieval during training; None (``retrieval: null``) = control run."""
+    control: bool = False
+    """Control run: replace every neighbour by a null one (λ = 0); same as ``retrieval: null``."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 1000
+    """Total optimiser steps."""
+    batch_size: int = 8
+    """Global batch size (split evenly across torchrun processes)."""
+    seed: int = 0
+    """Seeds LoRA init, data order, noise, timesteps and augmentations."""
+    lora_rank: int = 16
+    """Rank of the LoRA on the student's up blocks (0 disables the LoRA)."""
+    lora_alpha: float | None = None
+    """LoRA alpha (None: equal to the rank)."""
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
+                                 "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]
+    )
+    """Module-name suffixes inside ``unet.up_blocks`` that get a LoRA."""
+    device: str = "auto"
+    """``auto`` (cuda:LOCAL_RANK if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``."""
+    mixed_precision: Literal["no", "bf16"] = "bf16"
+    """bf16 autocast on GPU (ignored on CPU)."""
+    gradient_checkpointing: bool = False
+    """Recompute UNet blocks in backward (student decoder, teacher encoder) to save memory."""
+    ema_decay: float | None = None
+    """EMA of the trained generator weights (e.g. 0.999); export uses the EMA when present."""
+    log_every: int = 10
+    """Write a CSV (and TensorBoard, if installed) row every N steps."""
+    ckpt_every: int = 500
+    """Checkpoint every N steps (and at the end); ``latest.pt`` is replaced atomically."""
+    keep_checkpoints: int = 2
+    """How many step-numbered checkpoints to keep besides ``latest.pt``."""
+    resume: bool = True
+    """Resume from ``output_dir/latest.pt`` if it exists (exact: RNG states and data order)."""
+    progress: bool = True
+    """tqdm progress bar on rank 0."""
+
+    # ------------------------------------------------------------------ checks
+    def __post_init__(self) -> None:
+        if self.control:
+            self.retrieval = None
+
+    def validate(self) -> TrainConfig:
+        """Raise ValueError naming every bad value."""
+        errs: list[str] = []
+        if not self.student:
+            errs.append("student (model dir) is required")
+        if not self.teacher_unet:
+            errs.append("teacher_unet (UNet dir) is required")
+        if not self.data.path:
+            errs.append("data.path is required")
+        if self.steps < 1:
+            errs.append(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            errs.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lora_rank < 0:
+            errs.append(f"lora_rank must be >= 0, got {self.lora_rank}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            errs.append(f"ema_decay must be in (0,1), got {self.ema_decay}")
+        if self.log_every < 1 or self.ckpt_every < 1:
+            errs.append(f"log_every/ckpt_every must be >= 1, got {self.log_every}/{self.ckpt_every}")
+        if self.optim.lr <= 0 or self.optim.disc_lr <= 0:
+            errs.append(f"learning rates must be > 0, got {self.optim.lr}/{self.optim.disc_lr}")
+        if self.retrieval is not None:
+            r = self.retrieval
+            if not 1 <= r.k <= 8:
+                errs.append(f"retrieval.k must be in 1..8, got {r.k}")
+            if r.source == "db" and not (r.db_path or r.qdrant_url):
+                errs.append("retrieval.source 'db' needs retrieval.db_path or retrieval.qdrant_url")
+        if self.loss.disc_t_steps < 0:
+            errs.append(f"loss.disc_t_steps must be >= 0, got {self.loss.disc_t_steps}")
+        if errs:
+            raise ValueError("invalid training config: " + "; ".join(errs))
+        return self
+
+    @property
+    def is_control(self) -> bool:
+        return self.retrieval is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ValueError(f"unknown config key(s) in {where}: {unknown}; valid: {sorted(names)}")
+    kw: dict[str, Any] = {}
+    nested = {"data": DataConfig, "retrieval": RetrievalConfig, "loss": LossConfig,
+              "optim": OptimConfig}
+    for k, v in raw.items():
+        if cls is TrainConfig and k in nested:
+            if v is None and k == "retrieval":
+                kw[k] = None
+            elif isinstance(v, dict):
+                kw[k] = _build(nested[k], v, f"{where}.{k}")
+            else:
+                raise ValueError(f"{where}.{k} must be a table/mapping, got {v!r}")
+        elif k == "betas":
+            kw[k] = tuple(float(x) for x in v)
+        else:
+            kw[k] = v
+    return cls(**kw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from a plain mapping (as read from YAML/TOML/JSON)."""
+    return _build(TrainConfig, dict(raw), "config").validate()
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML/TOML/JSON config; relative paths in it are resolved against its folder."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {p} does not exist")
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        raw = yaml.safe_load(text) or {}
+    elif p.suffix == ".toml":
+        raw = tomllib.loads(text)
+    elif p.suffix == ".json":
+        raw = json.loads(text)
+    else:
+        raise ValueError(f"config {p} must end in .yaml, .yml, .toml or .json")
+    if not isinstance(raw, dict):
+        raise ValueError(f"config {p} must be a mapping at top level, got {type(raw).__name__}")
+    raw.update(overrides or {})
+    base = p.resolve().parent
+
+    def rel(v: str | None) -> str | None:
+        if not v:
+            return v
+        q = Path(v).expanduser()
+        return str(q if q.is_absolute() else base / q)
+
+    for key in ("student", "teacher_unet", "output_dir"):
+        if key in raw:
+            raw[key] = rel(raw[key])
+    if isinstance(raw.get("data"), dict) and "path" in raw["data"]:
+        raw["data"]["path"] = rel(raw["data"]["path"])
+    if isinstance(raw.get("retrieval"), dict) and raw["retrieval"].get("db_path"):
+        raw["retrieval"]["db_path"] = rel(raw["retrieval"]["db_path"])
+    return config_from_dict(raw)

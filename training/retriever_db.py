@@ -1,0 +1,64 @@
+"""The training-side adapter over the ``retrieval`` package (the service's index + feature store).
+
+Same calls as serving (``RetrievalDB.search`` and ``.features``), same λ rule as
+``retrieval.compose``: the cosine score, or 0 when it is negative or under ``min_score``.
+Missing neighbours are null (zero features, λ = 0).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class DbRetriever:
+    """Retriever over a ``retrieval.db.RetrievalDB``."""
+
+    def __init__(self, db: Any, h_shape: tuple[int, int, int], min_score: float = 0.0) -> None:
+        self.db = db
+        self.h_shape = tuple(h_shape)
+        self.min_score = float(min_score)
+
+    @classmethod
+    def open(
+        cls,
+        pipe: Any,
+        *,
+        db_path: str | None = None,
+        qdrant_url: str | None = None,
+        qdrant_api_key: str | None = None,
+        min_score: float = 0.0,
+    ) -> DbRetriever:
+        """Open the database ingested for the student model (fingerprint-checked by retrieval)."""
+        from retrieval.db import DbConfig, open_db_for_pipeline
+
+        cfg = DbConfig(db_path=Path(db_path or "data"), qdrant_url=qdrant_url,
+                       qdrant_api_key=qdrant_api_key)
+        db = open_db_for_pipeline(cfg, pipe)
+        log.info("training retrieval: %s, %d pairs", db.backend_name, db.count())
+        return cls(db, pipe.h_shape, min_score)
+
+    def __call__(
+        self, pooled: torch.Tensor, k: int, exclude_ids: Sequence[frozenset[str]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b = pooled.shape[0]
+        neigh = self.db.search(pooled.detach().float().cpu(), k, list(exclude_ids))
+        flat = [n.id for ns in neigh for n in ns]
+        feats = self.db.features(flat).float().cpu() if flat else torch.zeros((0, *self.h_shape))
+        h = torch.zeros((b, k, *self.h_shape))
+        lam = torch.zeros((b, k))
+        pos = 0
+        for i, ns in enumerate(neigh):
+            for j, n in enumerate(ns[:k]):
+                if n.score > 0 and n.score >= self.min_score:
+                    h[i, j] = feats[pos]
+                    lam[i, j] = float(n.score)
+                pos += 1
+            pos += max(0, len(ns) - k)
+        return h, lam

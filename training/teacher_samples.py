@@ -1,0 +1,143 @@
+"""Teacher-generated targets: the teacher UNet's multi-step sampler with classifier-free guidance.
+
+The teacher shares the student directory's tokenizer, text encoder, VAE and scheduler
+config; a diffusers DDIM or Euler scheduler runs ``steps`` steps with guidance ``cfg``
+(ε_u + cfg·(ε_c − ε_u), the unconditional branch on the empty prompt). Output is a
+training dataset: a folder (``images/*.png`` + ``captions.jsonl``) or a parquet file with
+``id``, ``caption``, ``image`` (PNG bytes) and ``latent`` (the exact teacher latent, so
+training needs no VAE round trip).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """A .txt (one prompt a line) or .jsonl (``caption`` or ``prompt`` per line) file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"prompts file {p} does not exist")
+    out: list[str] = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        if p.suffix == ".jsonl":
+            rec = json.loads(line)
+            text = rec.get("caption", rec.get("prompt"))
+            if not isinstance(text, str):
+                raise ValueError(f"{p}:{n}: needs a 'caption' or 'prompt' string")
+            out.append(text)
+        else:
+            out.append(line.strip())
+    if not out:
+        raise ValueError(f"prompts file {p} is empty")
+    return out
+
+
+@torch.no_grad()
+def sample_teacher(
+    student: str | Path,
+    teacher_unet: str | Path,
+    prompts: Sequence[str],
+    *,
+    steps: int = 50,
+    cfg: float = 7.5,
+    scheduler: Literal["ddim", "euler"] = "ddim",
+    seed: int = 0,
+    batch_size: int = 8,
+    device: str = "cpu",
+    prediction_type: str | None = None,
+) -> tuple[np.ndarray, torch.Tensor]:
+    """-> images uint8 (N,H,W,3), latents (N,4,h,w) float32 CPU. Sample i uses seed + i."""
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    from engines.pipeline import OneStepPipeline
+    from training.setup import load_teacher
+
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+    dev = torch.device(device)
+    pipe = OneStepPipeline.from_pretrained(student, device=dev)
+    teacher = load_teacher(teacher_unet, pipe, dev).unet
+    sc = dict(pipe.scheduler_config)
+    if prediction_type:
+        sc["prediction_type"] = prediction_type
+    if scheduler not in ("ddim", "euler"):
+        raise ValueError(f"scheduler must be ddim or euler, got {scheduler!r}")
+    cls = DDIMScheduler if scheduler == "ddim" else EulerDiscreteScheduler
+    uncond = pipe.encode_text([""]).context
+    shape = (pipe.latent_channels, pipe.latent_size, pipe.latent_size)
+    imgs, lats = [], []
+    for i in range(0, len(prompts), batch_size):
+        chunk = list(prompts[i : i + batch_size])
+        b = len(chunk)
+        sched = cls.from_config(sc)
+        sched.set_timesteps(steps, device=dev)
+        ctx = pipe.encode_text(chunk).context
+        ctx2 = torch.cat([uncond.expand(b, -1, -1), ctx])
+        z = torch.stack([
+            torch.randn(shape, generator=torch.Generator().manual_seed(seed + i + j)) for j in range(b)
+        ]).to(dev) * float(sched.init_noise_sigma)
+        for t in sched.timesteps:
+            inp = sched.scale_model_input(torch.cat([z, z]), t)
+            e_u, e_c = teacher(inp, t, encoder_hidden_states=ctx2).sample.chunk(2)
+            z = sched.step(e_u + cfg * (e_c - e_u), t, z).prev_sample
+        lats.append(z.float().cpu())
+        imgs.append(pipe.decode_latents(z))
+        log.info("teacher samples %d/%d", min(i + b, len(prompts)), len(prompts))
+    return np.concatenate(imgs), torch.cat(lats)
+
+
+def write_dataset(
+    out: str | Path,
+    prompts: Sequence[str],
+    images: np.ndarray,
+    latents: torch.Tensor,
+    fmt: Literal["folder", "parquet"] = "folder",
+) -> Path:
+    """Write samples as a training dataset; returns the path to pass as ``data.path``."""
+    from PIL import Image
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    if fmt == "folder":
+        (root / "images").mkdir(exist_ok=True)
+        lines = []
+        for i, (p, im) in enumerate(zip(prompts, images, strict=True)):
+            name = f"images/{i:06d}.png"
+            Image.fromarray(im).save(root / name)
+            lines.append(json.dumps({"file": name, "caption": p}))
+        (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
+        return root
+    if fmt != "parquet":
+        raise ValueError(f"format must be folder or parquet, got {fmt!r}")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from training.data import pair_id
+
+    pngs = []
+    for im in images:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    table = pa.table({
+        "id": [pair_id(p, b) for p, b in zip(prompts, pngs, strict=True)],
+        "caption": list(prompts),
+        "image": pngs,
+        "latent": [lat.flatten().numpy().tolist() for lat in latents],
+    })
+    path = root / "data.parquet"
+    pq.write_table(table, path)
+    return path
