@@ -89,6 +89,8 @@ class HAdapter(ModelMixin, ConfigMixin):
         a = self.to_out(a.transpose(1, 2).reshape(b * k, n, c))
         y = a + self.ff(self.norm_ff(a))
         y = y.reshape(b, k, n, c)
-        mixed = (lam.to(y.dtype)[:, :, None, None] * y).sum(1)  # (B, N, C)
-        delta = self.proj_out(mixed)
+        lam_y = lam.to(y.dtype)
+        mixed = (lam_y[:, :, None, None] * y).sum(1)  # (B, N, C)
+        # Σ_k λ_k · proj_out(y_k): the bias is scaled by Σλ too, so λ = 0 is exactly h_t.
+        delta = F.linear(mixed, self.proj_out.weight) + lam_y.sum(1)[:, None, None] * self.proj_out.bias
         return h_tgt + delta.transpose(1, 2).reshape(b, c, hh, ww)

@@ -65,6 +65,7 @@ def test_untrained_adapter_is_identity_and_lambda_zero_is_identity() -> None:
     lam = torch.rand(3, 2)
     assert torch.equal(ad(h, r, lam), h)  # zero-initialised output projection
     torch.nn.init.normal_(ad.proj_out.weight, std=0.1)
+    torch.nn.init.normal_(ad.proj_out.bias, std=0.1)  # a trained adapter has a bias too
     assert not torch.allclose(ad(h, r, lam), h)
     assert torch.equal(ad(h, r, torch.zeros(3, 2)), h)
 
@@ -73,6 +74,7 @@ def test_adapter_k_neighbours_sum_with_their_own_lambda() -> None:
     torch.manual_seed(0)
     ad = HAdapter(channels=64, num_heads=4, ff_mult=2).eval()
     torch.nn.init.normal_(ad.proj_out.weight, std=0.1)
+    torch.nn.init.normal_(ad.proj_out.bias, std=0.1)
     h = torch.randn(2, 64, 4, 4)
     r = torch.randn(2, 3, 64, 4, 4)
     lam = torch.tensor([[0.9, 0.5, 0.0], [0.3, 0.0, 0.7]])
