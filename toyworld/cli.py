@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -21,10 +22,12 @@ SPLITS = ("train", "retrieval", "eval")
 
 @toyworld_app.command("data")
 def data(
-    out: Path = typer.Option(..., "--out", help="Output folder (created if missing)."),
-    split: str = typer.Option(..., "--split", help="train | retrieval | eval"),
-    n: int = typer.Option(1000, "--n", min=1, help="Number of examples."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Split seed (same seed, same data)."),
+    out: Annotated[Path, typer.Option("--out", help="Output folder (created if missing).")],
+    split: Annotated[str, typer.Option("--split", help="train | retrieval | eval")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of examples.")] = 1000,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, help="Split seed (same seed, same data).")
+    ] = 0,
 ) -> None:
     """Write N examples of a split: NNNNNN.png (64x64 RGB) + captions.jsonl (file, caption,
     ...) and, for eval, prompts.txt (one prompt per line)."""
@@ -38,9 +41,9 @@ def data(
 
 @toyworld_app.command("checker-report")
 def checker_report_cmd(
-    n: int = typer.Option(300, "--n", min=2, help="Eval-split examples per condition."),
-    seed: int = typer.Option(12345, "--seed", min=0, help="Eval-split seed."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    n: Annotated[int, typer.Option("--n", min=2, help="Eval-split examples per condition.")] = 300,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Eval-split seed.")] = 12345,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
 ) -> None:
     """Accuracy of the fidelity checker on clean, degraded, mismatched and noise images."""
     from toyworld.report import checker_report, format_table

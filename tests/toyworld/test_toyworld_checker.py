@@ -81,3 +81,15 @@ def test_analysis_works_on_blurry_generations_and_other_sizes() -> None:
     assert score(big, ex.caption).score == 1.0
     assert analyse(noise_image(np.random.default_rng(1))).blobs == ()
     assert chance_level(questions("a red circle")) == pytest.approx((0.5 + 1 / 8 + 1 / 3) / 3)
+
+
+def test_evaluate_images_aggregates_per_prompt() -> None:
+    from toyworld.report import evaluate_images
+
+    exs = eval_split(8, seed=3)
+    good = evaluate_images([render(e.scene) for e in exs], [e.caption for e in exs])
+    assert good.score == 1.0 and good.n_images == 8 and good.realism == 1.0
+    swapped = evaluate_images([render(e.scene) for e in exs[::-1]], [e.caption for e in exs])
+    assert swapped.score < 0.6
+    with pytest.raises(ValueError, match="one image per prompt"):
+        evaluate_images([], ["a red circle"])
