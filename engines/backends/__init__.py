@@ -1,0 +1,71 @@
+"""Runtime backends behind one interface, chosen by name with ``create_backend``.
+
+``torch`` (eager pipeline), ``torch-opt`` (fp16/bf16, channels-last, torch.compile, CUDA
+graphs per batch bucket), ``onnxruntime`` (CPU or CUDA execution provider) and
+``tensorrt`` (plans from ``ragturbo build trt``). A backend that cannot start raises
+``BackendUnavailable``; nothing falls back to another backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engines.backends.base import Backend, BackendUnavailable
+
+BACKENDS: tuple[str, ...] = ("torch", "torch-opt", "onnxruntime", "tensorrt")
+
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "create_backend"]
+
+
+def create_backend(
+    name: str,
+    model_dir: str | Path,
+    device: str = "cpu",
+    dtype: Any = None,
+    onnx_dir: str | Path | None = None,
+    engine_dir: str | Path | None = None,
+    inject_weight: float = 0.8,
+    **options: Any,
+) -> Backend:
+    """Build the named backend for ``model_dir`` on ``device``.
+
+    ``dtype``: torch dtype (or "float32"/"float16"/"bfloat16"); default float32 except
+    torch-opt on CUDA (float16). ``onnx_dir`` is required for onnxruntime, ``engine_dir``
+    for tensorrt. ``options`` go to the backend (e.g. torch-opt's ``compile``).
+    Raises ValueError for an unknown name and ``BackendUnavailable`` when it cannot start.
+    """
+    import torch
+
+    if isinstance(dtype, str):
+        table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+                 "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+        if dtype not in table:
+            raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(table)}")
+        dtype = table[dtype]
+    if name == "torch":
+        if options.pop("optimize", False):
+            name = "torch-opt"
+        else:
+            if options:
+                raise ValueError(f"torch backend takes no options, got {sorted(options)}")
+            from engines.backends.torch_backend import TorchBackend
+
+            return TorchBackend(model_dir, device, dtype or torch.float32, inject_weight)
+    if name == "torch-opt":
+        from engines.backends.torch_backend import TorchOptBackend
+
+        return TorchOptBackend(model_dir, device, dtype, inject_weight, **options)
+    if name == "onnxruntime":
+        if onnx_dir is None:
+            raise BackendUnavailable("onnxruntime backend needs onnx_dir (from `ragturbo export onnx`)")
+        from engines.backends.ort_backend import OrtBackend
+
+        return OrtBackend(model_dir, onnx_dir, device, dtype or torch.float32, inject_weight, **options)
+    if name == "tensorrt":
+        if engine_dir is None:
+            raise BackendUnavailable("tensorrt backend needs engine_dir (from `ragturbo build trt`)")
+        from engines.backends.trt_backend import TrtBackend
+
+        return TrtBackend(model_dir, engine_dir, device, inject_weight, **options)
+    raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")

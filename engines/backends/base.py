@@ -1,0 +1,323 @@
+"""The backend interface: what the compose layer calls, whatever runs the graphs.
+
+A backend exposes the same surface as ``OneStepPipeline`` for serving —
+``encode_text``, ``generate``, ``name``, ``fingerprint``, ``resolution``, ``h_shape``,
+``embed_dim`` — plus ``backend_name``. ``GraphBackend`` implements the host side once
+(tokenisation, per-seed noise, padding of missing neighbours, per-sample mode masks,
+x0 from the model output, uint8 images, timings); a runtime only supplies
+``_run(component, inputs) -> outputs`` for the three graphs of ``engines.shapes``.
+Ingest-only calls (``encode_images``, ``retrieval_features``) use a torch pipeline
+loaded on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from engines.pipeline import MODES, GenerateOutput, TextEmbeddings, alphas_cumprod_from_config
+from engines.shapes import ShapeSpec, spec_from_model_dir
+
+log = logging.getLogger(__name__)
+
+
+class BackendUnavailable(RuntimeError):
+    """The chosen backend cannot start here; the message says why and what to do.
+
+    The service reports not-ready on this error; there is no fallback to another backend.
+    """
+
+
+class Backend(ABC):
+    """What ``TextToImage`` needs from an engine (see module docstring)."""
+
+    backend_name: str
+    name: str
+    fingerprint: str
+
+    @property
+    @abstractmethod
+    def resolution(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def h_shape(self) -> tuple[int, int, int]: ...
+
+    @property
+    @abstractmethod
+    def embed_dim(self) -> int: ...
+
+    @abstractmethod
+    def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings: ...
+
+    @abstractmethod
+    def generate(
+        self,
+        text: TextEmbeddings,
+        seeds: Sequence[int],
+        modes: Sequence[str] | str = "adapter",
+        h_retr: torch.Tensor | None = None,
+        lam: torch.Tensor | None = None,
+    ) -> GenerateOutput: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What runs, for the startup log and the build-info metric."""
+        return {"backend": self.backend_name, "model": self.name, "fingerprint": self.fingerprint}
+
+
+def normalize_modes(modes: Sequence[str] | str, b: int) -> list[str]:
+    ms = [modes] * b if isinstance(modes, str) else list(modes)
+    if len(ms) != b:
+        raise ValueError(f"got {len(ms)} modes for a batch of {b}")
+    bad = [m for m in ms if m not in MODES]
+    if bad:
+        raise ValueError(f"unknown retrieval mode(s) {bad}; choose from {MODES}")
+    return ms
+
+
+class GraphBackend(Backend):
+    """Host-side logic shared by the graph runtimes (torch-opt, onnxruntime, tensorrt).
+
+    Subclasses set ``backend_name`` and implement ``_run``; ``max_batch`` (None: any)
+    splits larger batches into chunks, which is exact because samples are independent.
+    """
+
+    max_batch: int | None = None
+    max_k: int | None = None
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        spec: ShapeSpec | None = None,
+        inject_weight: float = 0.8,
+    ) -> None:
+        from transformers import CLIPTokenizer
+
+        from engines.modeldir import fingerprint, validate_model_dir
+
+        info = validate_model_dir(model_dir)
+        self.model_dir = info.path
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.spec = spec or spec_from_model_dir(self.model_dir)
+        self.name = info.name
+        self.fingerprint = fingerprint(self.model_dir)
+        self.inject_weight = float(inject_weight)
+        self.tokenizer = CLIPTokenizer.from_pretrained(
+            str(self.model_dir / "tokenizer"), local_files_only=True
+        )
+        sched = json.loads((self.model_dir / "scheduler" / "scheduler_config.json").read_text())
+        self.prediction_type = str(sched.get("prediction_type", "epsilon"))
+        self.alphas_cumprod = alphas_cumprod_from_config(sched)
+        self.student_timestep = int(info.student_timestep)
+        self._torch_pipe: Any = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def resolution(self) -> int:
+        return self.spec.resolution
+
+    @property
+    def h_shape(self) -> tuple[int, int, int]:
+        return self.spec.h_shape
+
+    @property
+    def embed_dim(self) -> int:
+        return self.spec.embed_dim
+
+    @property
+    def latent_size(self) -> int:
+        return self.spec.latent_size
+
+    # ------------------------------------------------------------------ runtime hook
+    @abstractmethod
+    def _run(self, component: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run one graph. Inputs are on ``self.device``; outputs keyed by the spec's names."""
+
+    # ------------------------------------------------------------------ helpers
+    @contextmanager
+    def _timed(self, timings: dict[str, float], key: str) -> Iterator[None]:
+        sync = self.device.type == "cuda"
+        if sync:
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        yield
+        if sync:
+            torch.cuda.synchronize(self.device)
+        timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t0) * 1e3
+
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, not a single string")
+        ids = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.spec.text_len,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return ids.to(self.device, torch.int64)
+
+    def _chunks(self, b: int) -> list[slice]:
+        step = self.max_batch or b
+        return [slice(i, min(i + step, b)) for i in range(0, b, step)]
+
+    def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        """Per-image CPU generators (as ``OneStepPipeline.initial_noise``), float32 (B,4,L,L)."""
+        s = self.spec
+        shape = (s.latent_channels, s.latent_size, s.latent_size)
+        return torch.stack(
+            [torch.randn(shape, generator=torch.Generator().manual_seed(int(x))) for x in seeds]
+        )
+
+    def predict_x0(self, z: torch.Tensor, model_out: torch.Tensor) -> torch.Tensor:
+        a = float(self.alphas_cumprod[self.student_timestep])
+        sa, s1a = a**0.5, (1 - a) ** 0.5
+        if self.prediction_type == "epsilon":
+            return (z - s1a * model_out) / sa
+        if self.prediction_type == "v_prediction":
+            return sa * z - s1a * model_out
+        return model_out
+
+    # ------------------------------------------------------------------ API
+    @torch.inference_mode()
+    def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings:
+        """prompts (B) -> context (B,T,D), pooled (B,D) on ``self.device``, float32."""
+        ids = self.tokenize(prompts)
+        ctx, pooled = [], []
+        for sl in self._chunks(len(ids)):
+            out = self._run("text_encoder", {"input_ids": ids[sl]})
+            ctx.append(out["context"].float())
+            pooled.append(out["pooled"].float())
+        return TextEmbeddings(torch.cat(ctx), torch.cat(pooled))
+
+    def _retrieval_inputs(
+        self, b: int, modes: list[str], h_retr: torch.Tensor | None, lam: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        c, hh, ww = self.h_shape
+        if (h_retr is None) != (lam is None):
+            raise ValueError("pass both h_retr and lam, or neither")
+        if h_retr is None or lam is None:
+            h_retr = torch.zeros((b, 1, c, hh, ww))
+            lam = torch.zeros((b, 1))
+        if h_retr.ndim != 5 or tuple(h_retr.shape[2:]) != (c, hh, ww) or h_retr.shape[0] != b:
+            raise ValueError(
+                f"h_retr must be (B={b},k,{c},{hh},{ww}), got {tuple(h_retr.shape)}"
+            )
+        if tuple(lam.shape) != tuple(h_retr.shape[:2]):
+            raise ValueError(f"lam must be (B,k)={tuple(h_retr.shape[:2])}, got {tuple(lam.shape)}")
+        if self.max_k is not None and h_retr.shape[1] > self.max_k:
+            raise ValueError(f"k={h_retr.shape[1]} neighbours exceeds this backend's maximum {self.max_k}")
+        ad = torch.tensor([m == "adapter" for m in modes], dtype=torch.float32)
+        inj = torch.tensor([m == "inject" for m in modes], dtype=torch.float32)
+        return h_retr.float(), lam.float(), ad, inj
+
+    @torch.inference_mode()
+    def denoise(
+        self,
+        text: TextEmbeddings,
+        seeds: Sequence[int],
+        modes: Sequence[str] | str = "adapter",
+        h_retr: torch.Tensor | None = None,
+        lam: torch.Tensor | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> torch.Tensor:
+        """One step -> x0 latents (B,4,L,L) float32 on ``self.device`` (as ``OneStepPipeline.denoise``)."""
+        b = len(text)
+        if len(seeds) != b:
+            raise ValueError(f"got {len(seeds)} seeds for a batch of {b}")
+        ms = normalize_modes(modes, b)
+        hr, lm, ad, inj = self._retrieval_inputs(b, ms, h_retr, lam)
+        timings = {} if timings is None else timings
+        a = float(self.alphas_cumprod[self.student_timestep])
+        dev = self.device
+        x0s = []
+        with self._timed(timings, "unet"):
+            for sl in self._chunks(b):
+                n = sl.stop - sl.start
+                z = (self.initial_noise(seeds[sl]) * (1 - a) ** 0.5).to(dev)
+                feeds = {
+                    "sample": z,
+                    "timestep": torch.full((n,), float(self.student_timestep), device=dev),
+                    "context": text.context[sl].to(dev, torch.float32),
+                    "h_retr": hr[sl].to(dev),
+                    "lam": lm[sl].to(dev),
+                    "adapter_mask": ad[sl].to(dev),
+                    "inject_mask": inj[sl].to(dev),
+                }
+                out = self._run("unet", feeds)["model_output"].float()
+                x0s.append(self.predict_x0(z, out))
+        return torch.cat(x0s)
+
+    @torch.inference_mode()
+    def decode_latents(self, x0: torch.Tensor) -> np.ndarray:
+        """x0 latents (B,4,L,L) -> uint8 (B,H,W,3)."""
+        from engines.backends.graphs import images_to_uint8
+
+        imgs = [
+            images_to_uint8(self._run("vae_decoder", {"latent": x0[sl].to(self.device)})["image"])
+            .cpu()
+            .numpy()
+            for sl in self._chunks(len(x0))
+        ]
+        return np.concatenate(imgs)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        text: TextEmbeddings,
+        seeds: Sequence[int],
+        modes: Sequence[str] | str = "adapter",
+        h_retr: torch.Tensor | None = None,
+        lam: torch.Tensor | None = None,
+    ) -> GenerateOutput:
+        """Text embeddings (B) + seeds (B) [+ h_retr (B,k,C,h,w), λ (B,k)] -> uint8 (B,H,W,3)."""
+        timings: dict[str, float] = {}
+        x0 = self.denoise(text, seeds, modes, h_retr, lam, timings)
+        with self._timed(timings, "vae"):
+            images = self.decode_latents(x0)
+        return GenerateOutput(images=images, timings_ms=timings)
+
+    # ------------------------------------------------------------------ ingest (torch)
+    def torch_pipeline(self) -> Any:
+        """The torch pipeline of the same model dir (loaded once, on this device, fp32)."""
+        if self._torch_pipe is None:
+            from engines.pipeline import OneStepPipeline
+
+            log.info("%s backend: loading the torch pipeline for ingest calls", self.backend_name)
+            self._torch_pipe = OneStepPipeline.from_pretrained(
+                self.model_dir, device=self.device, inject_weight=self.inject_weight
+            )
+        return self._torch_pipe
+
+    def encode_images(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.torch_pipeline().encode_images(images)
+
+    def retrieval_features(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.torch_pipeline().retrieval_features(latents, context)
+
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        modes: Sequence[str] | str = "adapter",
+        h_retr: torch.Tensor | None = None,
+        lam: torch.Tensor | None = None,
+    ) -> GenerateOutput:
+        timings: dict[str, float] = {}
+        with self._timed(timings, "text"):
+            text = self.encode_text(prompts)
+        out = self.generate(text, seeds, modes, h_retr, lam)
+        out.timings_ms = {**timings, **out.timings_ms}
+        return out

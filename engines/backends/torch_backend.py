@@ -1,0 +1,286 @@
+"""torch backends: ``torch`` (the eager pipeline as is) and ``torch-opt`` (optimised).
+
+``torch`` wraps ``OneStepPipeline`` and adds nothing: the reference every other backend
+is compared with.
+
+``torch-opt`` runs the same graphs as the exported engines (``engines.backends.graphs``)
+with, on CUDA: fp16/bf16 weights, channels-last UNet/VAE, ``torch.compile`` and one CUDA
+graph per batch bucket (batches padded up to the next bucket, neighbours padded to
+``k_max`` with λ=0, so each bucket is one static-shape graph captured on first use or in
+``warmup``). Padding is exact: padded rows are computed and dropped; a zero-λ neighbour
+adds exactly zero. On CPU the defaults turn compile and CUDA graphs off and the graph
+modules run eagerly (what the CPU tests exercise, with bucket padding on).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engines.backends.base import Backend, BackendUnavailable, GraphBackend
+from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
+
+
+def _check_device(device: torch.device) -> None:
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailable(f"device {device} requested but torch sees no CUDA device")
+
+
+class TorchBackend(Backend):
+    """The eager ``OneStepPipeline`` behind the backend interface."""
+
+    backend_name = "torch"
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        inject_weight: float = 0.8,
+    ) -> None:
+        _check_device(torch.device(device))
+        self.pipe = OneStepPipeline.from_pretrained(
+            model_dir, device=device, dtype=dtype, inject_weight=inject_weight
+        )
+        self.name = self.pipe.name
+        self.fingerprint = self.pipe.fingerprint
+
+    @property
+    def resolution(self) -> int:
+        return self.pipe.resolution
+
+    @property
+    def h_shape(self) -> tuple[int, int, int]:
+        return self.pipe.h_shape
+
+    @property
+    def embed_dim(self) -> int:
+        return self.pipe.embed_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.device
+
+    def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings:
+        return self.pipe.encode_text(prompts)
+
+    def generate(
+        self,
+        text: TextEmbeddings,
+        seeds: Sequence[int],
+        modes: Sequence[str] | str = "adapter",
+        h_retr: torch.Tensor | None = None,
+        lam: torch.Tensor | None = None,
+    ) -> GenerateOutput:
+        return self.pipe.generate(text, seeds, modes, h_retr, lam)
+
+    def denoise(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.pipe.denoise(*args, **kwargs)
+
+    def decode_latents(self, x0: torch.Tensor) -> Any:
+        return self.pipe.decode_latents(x0)
+
+    def encode_images(self, images: Any) -> torch.Tensor:
+        return self.pipe.encode_images(images)
+
+    def retrieval_features(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.pipe.retrieval_features(latents, context)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> GenerateOutput:
+        return self.pipe(*args, **kwargs)
+
+
+class _BucketRunner:
+    """Pads a batch to the next bucket (and K to ``k_pad``) and runs ``fn`` on static shapes.
+
+    With ``cuda_graphs`` each (bucket) shape is captured once into a ``torch.cuda.CUDAGraph``
+    over static input/output buffers and replayed afterwards.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        input_names: Sequence[str],
+        buckets: Sequence[int],
+        k_pad: int | None,
+        cuda_graphs: bool,
+        channels_last_inputs: Sequence[str] = (),
+    ) -> None:
+        self.fn = fn
+        self.input_names = list(input_names)
+        self.buckets = sorted(set(int(b) for b in buckets))
+        self.k_pad = k_pad
+        self.cuda_graphs = cuda_graphs
+        self.channels_last_inputs = set(channels_last_inputs)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], Any]] = {}
+
+    def bucket(self, b: int) -> int:
+        for x in self.buckets:
+            if x >= b:
+                return x
+        raise ValueError(f"batch {b} exceeds the largest bucket {self.buckets[-1]}")
+
+    def _pad(self, inputs: dict[str, torch.Tensor], bb: int) -> dict[str, torch.Tensor]:
+        out = {}
+        for n in self.input_names:
+            x = inputs[n]
+            shape = list(x.shape)
+            shape[0] = bb
+            if self.k_pad is not None and n in ("h_retr", "lam"):
+                shape[1] = self.k_pad
+            buf = x.new_zeros(shape)
+            buf[tuple(slice(0, s) for s in x.shape)] = x
+            if n in self.channels_last_inputs:
+                buf = buf.contiguous(memory_format=torch.channels_last)
+            out[n] = buf
+        return out
+
+    def _outputs(self, res: Any) -> tuple[torch.Tensor, ...]:
+        return res if isinstance(res, tuple) else (res,)
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        b = int(inputs[self.input_names[0]].shape[0])
+        bb = self.bucket(b)
+        if self.k_pad is not None and "h_retr" in inputs and inputs["h_retr"].shape[1] > self.k_pad:
+            raise ValueError(f"k={inputs['h_retr'].shape[1]} exceeds k_max {self.k_pad}")
+        padded = self._pad(inputs, bb)
+        if not self.cuda_graphs:
+            return tuple(o[:b] for o in self._outputs(self.fn(*padded.values())))
+        if bb not in self.graphs:
+            self.graphs[bb] = self._capture(padded)
+        graph, static_in, static_out = self.graphs[bb]
+        for n, x in padded.items():
+            static_in[n].copy_(x)
+        graph.replay()
+        return tuple(o[:b].clone() for o in static_out)
+
+    def _capture(
+        self, example: dict[str, torch.Tensor]
+    ) -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+        static_in = {n: x.clone() for n, x in example.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # compile/autotune and allocator warm-up happen outside capture
+                self.fn(*static_in.values())
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self._outputs(self.fn(*static_in.values()))
+        log.info("captured a CUDA graph for batch bucket %d", example[self.input_names[0]].shape[0])
+        return graph, static_in, static_out
+
+
+class TorchOptBackend(GraphBackend):
+    """Optimised torch: reduced precision, channels-last, torch.compile, CUDA graphs per bucket.
+
+    Args:
+        compile: ``torch.compile`` the UNet and VAE graphs (default: on CUDA only).
+        cuda_graphs: capture a CUDA graph per batch bucket (default: on CUDA only).
+        channels_last: channels-last memory format for UNet/VAE (default: on CUDA only).
+        buckets: batch buckets; larger batches are split into chunks of the largest.
+        pad_to_buckets: pad to buckets even without CUDA graphs (tests the padding path).
+        compile_mode: ``torch.compile`` mode ("default", "max-autotune-no-cudagraphs").
+    """
+
+    backend_name = "torch-opt"
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        inject_weight: float = 0.8,
+        compile: bool | None = None,
+        cuda_graphs: bool | None = None,
+        channels_last: bool | None = None,
+        buckets: Sequence[int] = DEFAULT_BUCKETS,
+        pad_to_buckets: bool | None = None,
+        compile_mode: str = "default",
+    ) -> None:
+        from engines.backends.graphs import TextEncoderGraph, UNetGraph, VaeDecoderGraph
+
+        dev = torch.device(device)
+        _check_device(dev)
+        on_cuda = dev.type == "cuda"
+        if dtype is None:
+            dtype = torch.float16 if on_cuda else torch.float32
+        if not on_cuda and dtype == torch.float16:
+            raise BackendUnavailable("torch-opt: float16 needs CUDA; use float32 or bfloat16 on CPU")
+        super().__init__(model_dir, dev, dtype, inject_weight=inject_weight)
+        self.compile = on_cuda if compile is None else compile
+        self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs and not on_cuda:
+            raise BackendUnavailable("torch-opt: cuda_graphs=True needs a CUDA device")
+        self.channels_last = on_cuda if channels_last is None else channels_last
+        pad = self.cuda_graphs if pad_to_buckets is None else (pad_to_buckets or self.cuda_graphs)
+        pipe = OneStepPipeline.from_pretrained(
+            self.model_dir, device=dev, dtype=dtype, inject_weight=inject_weight
+        )
+        self._torch_pipe = pipe  # ingest calls reuse it
+        if self.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+        text = TextEncoderGraph(pipe.text_encoder).eval()
+        unet = UNetGraph(pipe.unet, pipe.hadapter, inject_weight).eval()
+        vae = VaeDecoderGraph(pipe.vae).eval()
+        unet_fn: Callable[..., Any] = unet
+        vae_fn: Callable[..., Any] = vae
+        if self.compile:
+            unet_fn = torch.compile(unet, mode=compile_mode, dynamic=False, fullgraph=False)
+            vae_fn = torch.compile(vae, mode=compile_mode, dynamic=False, fullgraph=False)
+        self.buckets = tuple(sorted(set(int(x) for x in buckets)))
+        self.max_batch = self.buckets[-1] if pad else None
+        k_pad = self.spec.k.max if pad else None
+        self.max_k = self.spec.k.max if pad else None
+        cl = ("sample",) if self.channels_last else ()
+        specs = {c: self.spec.component(c) for c in ("text_encoder", "unet", "vae_decoder")}
+        self._text = text
+        self._runners: dict[str, Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, ...]]] = {}
+        if pad:
+            self._runners["unet"] = _BucketRunner(
+                unet_fn, specs["unet"].input_names, self.buckets, k_pad, self.cuda_graphs, cl
+            )
+            self._runners["vae_decoder"] = _BucketRunner(
+                vae_fn, ["latent"], self.buckets, None, self.cuda_graphs,
+                ("latent",) if self.channels_last else (),
+            )
+        else:
+            names = specs["unet"].input_names
+            self._runners["unet"] = lambda x: (unet_fn(*(x[n] for n in names)),)
+            self._runners["vae_decoder"] = lambda x: (vae_fn(x["latent"]),)
+        log.info(
+            "torch-opt on %s %s: compile=%s cuda_graphs=%s channels_last=%s buckets=%s",
+            dev, dtype, self.compile, self.cuda_graphs, self.channels_last,
+            self.buckets if pad else "none",
+        )
+
+    def _run(self, component: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        spec = self.spec.component(component)
+        cast = {
+            n: (x.to(self.dtype) if x.is_floating_point() and n not in ("timestep",) else x)
+            for n, x in inputs.items()
+        }
+        if component == "text_encoder":
+            ctx, pooled = self._text(cast["input_ids"])
+            return {"context": ctx, "pooled": pooled}
+        outs = self._runners[component](cast)
+        return dict(zip(spec.output_names, outs))
+
+    def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
+        """Compile and capture every bucket now instead of on the first requests."""
+        for b in batch_sizes or self.buckets:
+            self(["warmup"] * b, list(range(b)), "adapter")
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(compile=self.compile, cuda_graphs=self.cuda_graphs, dtype=str(self.dtype))
+        return d

@@ -1,0 +1,81 @@
+"""``ragturbo export onnx`` and ``ragturbo build trt`` (``make onnx``, ``make trt``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+
+def _model_dir(model_dir: Path | None) -> Path:
+    if model_dir is not None:
+        return model_dir
+    if os.environ.get("RAGTURBO_MODEL_DIR"):
+        return Path(os.environ["RAGTURBO_MODEL_DIR"])
+    from engines.default_model import default_model_dir
+
+    return default_model_dir("data")
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    export_app = typer.Typer(help="Export graphs (ONNX).", no_args_is_help=True)
+    build_app = typer.Typer(help="Build engines (TensorRT).", no_args_is_help=True)
+    app.add_typer(export_app, name="export")
+    app.add_typer(build_app, name="build")
+
+    @export_app.command("onnx")
+    def export_onnx_cmd(
+        out: Path = typer.Option(..., "--out", help="Output directory."),
+        model_dir: Path | None = typer.Option(
+            None, "--model-dir", help="Model directory (default: RAGTURBO_MODEL_DIR or the shipped model)."
+        ),
+        opset: int = typer.Option(17, "--opset", min=14, help="ONNX opset."),
+        min_batch: int = typer.Option(1, "--min-batch", min=1),
+        opt_batch: int = typer.Option(4, "--opt-batch", min=1),
+        max_batch: int = typer.Option(16, "--max-batch", min=1),
+        max_k: int = typer.Option(8, "--max-k", min=1, help="Most retrieved neighbours per image."),
+        verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare with torch in onnxruntime."),
+    ) -> None:
+        """ONNX graphs of text encoder, UNet+H-adapter and VAE decoder, plus manifest.json."""
+        from engines.export_onnx import export_onnx
+        from engines.shapes import DimRange
+
+        try:
+            batch = DimRange(min_batch, opt_batch, max_batch)
+            k = DimRange(1, 1, max_k)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from e
+        man = export_onnx(_model_dir(model_dir), out, opset=opset, batch=batch, k=k, verify=verify)
+        typer.echo(
+            f"wrote {out} (model {man['model_name']}, fingerprint {man['fingerprint']}, "
+            f"opset {man['opset']}, {man['export_seconds']} s)"
+        )
+        if verify:
+            typer.echo("onnxruntime vs torch max abs diff: " + json.dumps(man["verify_max_abs_diff"]))
+
+    @build_app.command("trt")
+    def build_trt_cmd(
+        onnx: Path = typer.Option(..., "--onnx", help="Directory from `ragturbo export onnx`."),
+        out: Path = typer.Option(..., "--out", help="Output directory for plans."),
+        precision: str = typer.Option("fp16", "--precision", help="fp16, bf16, fp8 or fp32."),
+        timing_cache: Path | None = typer.Option(
+            None, "--timing-cache", help="Timing cache file (default: OUT/timing.cache)."
+        ),
+        workspace_gb: float = typer.Option(8.0, "--workspace-gb", min=0.25),
+        force: bool = typer.Option(False, "--force", help="Rebuild even on an engine-cache hit."),
+    ) -> None:
+        """TensorRT plans (one optimisation profile each, from the shape spec)."""
+        from engines.export_onnx import ManifestError
+        from engines.trt_build import PRECISIONS, TensorRTUnavailable, build_engines
+
+        if precision not in PRECISIONS:
+            raise typer.BadParameter(f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        try:
+            sides = build_engines(onnx, out, precision, timing_cache, workspace_gb, force)
+        except (TensorRTUnavailable, ManifestError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from e
+        for comp, side in sides.items():
+            typer.echo(f"{comp}: {out / (comp + '.plan')} key {side['key']}")
