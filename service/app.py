@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 
 from service.batcher import Job, JobResult
 from service.encode import MEDIA_TYPES, encode_b64, encode_image
-from service.engine import EngineFactory, build_from_settings, gen_request_for
+from service.engine import EngineFactory, build_from_settings, gen_request
 from service.errors import (
     BadRequest,
     ClientGone,
@@ -131,7 +131,7 @@ async def _run_job(request: Request, prompt: str, n: int, seed: int | None, mode
         seeds = [secrets.randbelow(MAX_SEED + 1) for _ in range(n)]
     else:
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(n)]
-    reqs = [gen_request_for(state.t2i, prompt, sd, mode, k) for sd in seeds]
+    reqs = [gen_request(prompt, sd, mode, k) for sd in seeds]
     deadline = arrival + s.request_timeout_s
     job: Job = state.batcher.submit(reqs, deadline)  # raises QueueFull (counted)
     state.inflight += 1

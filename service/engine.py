@@ -32,7 +32,7 @@ EngineFactory = Callable[["Settings"], TextToImageLike]
 
 
 def gen_request(prompt: str, seed: int, mode: str, k: int) -> Any:
-    """A ``retrieval.compose.GenRequest`` (imported lazily: heavy)."""
+    """A ``retrieval.compose.GenRequest`` (imported lazily)."""
     from retrieval.compose import GenRequest
 
     return GenRequest(prompt=prompt, seed=seed, mode=mode, k=k)  # type: ignore[arg-type]
@@ -68,11 +68,3 @@ def build_from_settings(settings: Settings) -> TextToImageLike:
         )
     return t2i
 
-
-def gen_request_for(t2i: Any, prompt: str, seed: int, mode: str, k: int) -> Any:
-    """A request object for ``t2i``: its own ``request_type`` if it names one (test
-    doubles), else ``retrieval.compose.GenRequest``."""
-    cls = getattr(t2i, "request_type", None)
-    if cls is not None:
-        return cls(prompt=prompt, seed=seed, mode=mode, k=k)
-    return gen_request(prompt, seed, mode, k)

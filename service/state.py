@@ -62,11 +62,11 @@ class ServiceState:
         t0 = time.perf_counter()
         try:
             t2i = await loop.run_in_executor(self.gpu_pool, self.factory, s)
-            from service.engine import gen_request_for
+            from service.engine import gen_request
 
             sizes = sorted({1, s.bucket_for(s.max_batch)})
             for n in sizes:
-                reqs = [gen_request_for(t2i, "warm-up", i, "adapter", 1) for i in range(n)]
+                reqs = [gen_request("warm-up", i, "adapter", 1) for i in range(n)]
                 results, _ = await loop.run_in_executor(self.gpu_pool, t2i.generate, reqs)
                 if len(results) != n:
                     raise RuntimeError(f"warm-up returned {len(results)} results for {n}")

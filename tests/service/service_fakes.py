@@ -1,8 +1,7 @@
 """Test doubles and helpers for the service tests.
 
-``PipelineT2I`` runs the real tiny ``OneStepPipeline`` (retrieval off) behind the
-TextToImage contract; ``FakeT2I`` is a fast deterministic stand-in with a knob for how
-long a batch takes. ``real_factory`` prefers ``retrieval.compose`` when it exists.
+``FakeT2I`` is a fast deterministic stand-in for ``retrieval.compose.TextToImage`` with
+knobs for batch time, retrieval outage and failures; ``real_factory`` is the real one.
 """
 
 from __future__ import annotations
@@ -15,15 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-
-@dataclass(frozen=True)
-class FakeRequest:
-    prompt: str
-    seed: int
-    mode: str = "adapter"
-    k: int = 1
-    exclude_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -51,7 +41,6 @@ class FakeT2I:
     model_name: str = "fake-model"
     backend_name: str = "torch"
     resolution: int = 16
-    request_type: type = FakeRequest
     batches: list[int] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -79,37 +68,8 @@ class FakeT2I:
         return out, {"text": ms / 4, "retrieval": ms / 4, "unet": ms / 4, "vae": ms / 4}
 
 
-class PipelineT2I:
-    """The real tiny OneStepPipeline behind the TextToImage contract, retrieval off."""
-
-    backend_name = "torch"
-    request_type = FakeRequest
-
-    def __init__(self, model_dir: str) -> None:
-        from engines.pipeline import OneStepPipeline
-
-        self.pipe = OneStepPipeline.from_pretrained(model_dir, device="cpu")
-        self.model_name = self.pipe.name
-        self.resolution = self.pipe.resolution
-
-    def generate(self, reqs: Sequence[Any]) -> tuple[list[Any], dict[str, float]]:
-        out = self.pipe([r.prompt for r in reqs], [r.seed for r in reqs], "off")
-        res = [FakeResult(img, r.seed, [], "off") for img, r in zip(out.images, reqs)]
-        return res, {"retrieval": 0.0, **out.timings_ms}
-
-
-def compose_available() -> bool:
-    try:
-        import retrieval.compose  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def real_factory(settings: Any) -> Any:
-    """The production factory when retrieval.compose exists, else the pipeline adapter."""
-    if compose_available():
-        from service.engine import build_from_settings
+    """The production factory (retrieval.compose behind the settings)."""
+    from service.engine import build_from_settings
 
-        return build_from_settings(settings)
-    return PipelineT2I(str(settings.model_dir))
+    return build_from_settings(settings)

@@ -33,7 +33,9 @@ def test_generate_returns_the_documented_json(real_server: Server) -> None:
     assert all(im["format"] == "png" for im in body["images"])
     a, b = (_img(im["b64"]) for im in body["images"])
     assert a.shape == (64, 64, 3) and not np.array_equal(a, b)  # different seeds
-    assert body["retrieval_status"] in ("ok", "unavailable", "off")
+    assert body["retrieval_status"] == "ok"
+    assert len(body["retrieved"]) == 1 and body["retrieved"][0]["caption"].startswith("a ")
+    assert -1.0 <= body["retrieved"][0]["score"] <= 1.0
     assert body["timings_ms"]["total"] >= body["timings_ms"]["unet"] > 0
 
 
@@ -83,6 +85,7 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_image(real_server:
     assert _maxdiff(_img(rs[0].json()["images"][0]["b64"]), ref) <= 1
     assert _maxdiff(_img(rs[-1].json()["images"][0]["b64"]), ref) <= 1
     assert rs[-1].json()["images"][1]["seed"] == 8
+    assert rs[2].json()["retrieval_status"] == "ok" and len(rs[2].json()["retrieved"]) == 2
     for r, b in zip(rs[1:-1], others):
         assert r.json()["images"][0]["seed"] == b["seed"]
         assert _maxdiff(_img(r.json()["images"][0]["b64"]), ref) > 10
@@ -166,6 +169,7 @@ def test_health_and_metrics(real_server: Server) -> None:
     assert 'backend="torch"' in text
     assert metric_value(text, "ragturbo_requests_total", route="/generate", status="200") > 0
     assert metric_value(text, "ragturbo_rejected_total", reason="invalid") > 0
+    assert metric_value(text, "ragturbo_retrieval_score_count") > 0
     # A millisecond bucket exists: 5 ms latency is distinguishable from 10 ms.
     assert 'ragturbo_request_duration_seconds_bucket{le="0.005",route="/generate"}' in text
 
