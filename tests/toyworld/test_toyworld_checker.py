@@ -20,7 +20,7 @@ def _render_prompt(prompt: str, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def report() -> dict:
-    return checker_report(n=150, seed=99)
+    return checker_report(n=100, seed=99)
 
 
 def test_questions_cover_what_the_prompt_states() -> None:
@@ -38,7 +38,7 @@ def test_questions_cover_what_the_prompt_states() -> None:
 
 
 def test_clean_renders_score_at_least_098() -> None:
-    examples = eval_split(200, seed=5) + train_split(150, seed=5)
+    examples = eval_split(200, seed=5) + train_split(100, seed=5)
     scores = [score(render(ex.scene), ex.caption).score for ex in examples]
     assert float(np.mean(scores)) >= 0.98
 
