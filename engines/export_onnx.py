@@ -238,10 +238,11 @@ def export_onnx(
         },
         "export_seconds": round(time.perf_counter() - t0, 2),
     }
+    text = json.dumps(manifest, indent=2)
     tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.write_text(text)
     tmp.replace(out / MANIFEST)
-    return manifest
+    return json.loads(text)  # exactly what load_manifest returns (lists, not tuples)
 
 
 class ManifestError(RuntimeError):
