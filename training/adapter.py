@@ -85,10 +85,31 @@ def _as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig
     return load_config(config)
 
 
-def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """The step's own RNG: noise, timesteps and augmentations depend on (seed, step, rank) only."""
-    s = int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0])
+def _sample_generator(seed: int, step: int, pos: int) -> torch.Generator:
+    """RNG of one sample: keyed by (seed, step, position in the global batch) only, so the
+    draws do not depend on the number of processes or on where a run was resumed."""
+    s = int(np.random.SeedSequence([seed, step, pos]).generate_state(1, dtype=np.uint64)[0])
     return torch.Generator().manual_seed(s & ((1 << 63) - 1))
+
+
+def _draw(
+    cfg: TrainConfig, step: int, positions: range, shape: torch.Size, disc_ts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Augment]:
+    """Per-sample noise (B,4,h,w), timestep s (B,), re-noising ε fake/real, augmentation."""
+    lc = cfg.loss
+    noise, s, eps_f, eps_r, augs = [], [], [], [], []
+    for pos in positions:
+        g = _sample_generator(cfg.seed, step, pos)
+        noise.append(torch.randn(tuple(shape), generator=g))
+        s.append(disc_ts[torch.randint(len(disc_ts), (1,), generator=g)])
+        eps_f.append(torch.randn(tuple(shape), generator=g))
+        eps_r.append(torch.randn(tuple(shape), generator=g))
+        augs.append(Augment.draw(1, tuple(shape[-2:]), g, lc.aug_translate, lc.aug_cutout, lc.aug_flip))
+    aug = Augment(
+        theta=torch.cat([a.theta for a in augs]),
+        mask=None if augs[0].mask is None else torch.cat([a.mask for a in augs]),  # type: ignore[misc]
+    )
+    return torch.stack(noise), torch.cat(s), torch.stack(eps_f), torch.stack(eps_r), aug
 
 
 def _disc_timesteps(n_train: int, n_steps: int) -> torch.Tensor:
@@ -182,17 +203,15 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
         bar = tqdm(total=cfg.steps, initial=start, desc="train adapter", unit="step")
     t_last = time.perf_counter()
     for step in range(start, cfg.steps):
-        gen_rng = _step_generator(cfg.seed, step, info.rank)
-        idx = shard(batch_indices(len(job.pairs), cfg.batch_size, step, cfg.seed), info.rank, info.world)
+        idx_all = batch_indices(len(job.pairs), cfg.batch_size, step, cfg.seed)
+        idx = shard(idx_all, info.rank, info.world)
         z0, ctx, pooled, ids = job.batch(idx)
         b = z0.shape[0]
         h_retr, lam = job.retriever(pooled, k, [frozenset({i}) for i in ids])
         h_retr, lam = h_retr.to(device), lam.to(device)
-        noise = torch.randn(z0.shape, generator=gen_rng).to(device)
-        s = disc_ts[torch.randint(len(disc_ts), (b,), generator=gen_rng)].to(device)
-        eps_f = torch.randn(z0.shape, generator=gen_rng).to(device)
-        eps_r = torch.randn(z0.shape, generator=gen_rng).to(device)
-        aug = Augment.draw(b, tuple(z0.shape[-2:]), gen_rng, lc.aug_translate, lc.aug_cutout, lc.aug_flip)
+        first = info.rank * b  # position of this rank's first sample in the global batch
+        noise, s, eps_f, eps_r, aug = _draw(cfg, step, range(first, first + b), z0.shape[1:], disc_ts)
+        noise, s, eps_f, eps_r = (x.to(device) for x in (noise, s, eps_f, eps_r))
 
         # ---------------- generator step (adapter + LoRA)
         job.heads.requires_grad_(False)
