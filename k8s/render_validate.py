@@ -42,14 +42,15 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "default": {},
     "production": {
         "qdrant": {"enabled": True, "apiKey": "qdrant-secret"},
-        "auth": {"apiKeys": ["key-a", "key-b"]},
+        "retrievalData": {"persistence": {"enabled": True}},
+        "auth": {"apiKeys": ["key-a-0123", "key-b-4567"]},
         "jobs": {"ingest": {"enabled": True, "dataClaim": "dataset"}, "trt": {"enabled": True}},
         "model": {"persistence": {"existingClaim": "models-rox"}},
     },
     "cpu": {
         "image": {"repository": "ghcr.io/example/ragturbo-cpu"},
         "gpu": {"enabled": False},
-        "config": {"backend": "torch", "device": "cpu", "maxBatch": 4},
+        "config": {"backend": "torch", "device": "cpu", "maxBatch": 4, "batchBuckets": ""},
         "autoscaling": {"enabled": False},
         "serviceMonitor": {"enabled": False},
         "externalQdrant": {"url": "http://qdrant.db:6333", "apiKey": "k"},

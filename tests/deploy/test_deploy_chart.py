@@ -148,12 +148,14 @@ def test_api_keys_come_from_a_secret(rendered) -> None:
     env = _env(_container(objs))
     ref = env["RAGTURBO_API_KEYS"]["secretKeyRef"]
     assert ref["name"] == secret["metadata"]["name"]
-    assert secret["stringData"][ref["key"]] == "key-a,key-b"
+    assert secret["stringData"][ref["key"]] == "key-a-0123,key-b-4567"
     qref = env["RAGTURBO_QDRANT_API_KEY"]["secretKeyRef"]
     assert secret["stringData"][qref["key"]] == "qdrant-secret"
     # no key material in plain env values
     assert not any(isinstance(v, str) and "key-a" in v for v in env.values())
     assert "RAGTURBO_API_KEYS" not in _env(_container(rendered["default"]))
+    with pytest.raises(Exception, match="8 characters"):
+        rv.render({"auth": {"apiKeys": ["short"]}})
 
 
 def test_qdrant_url_follows_the_dependency_or_external(rendered) -> None:
@@ -170,8 +172,27 @@ def test_jobs_run_the_cli_commands(rendered) -> None:
     trt = next(j for n, j in jobs.items() if "trt" in n)["spec"]["template"]["spec"]
     assert trt["initContainers"][0]["args"][:2] == ["export", "onnx"]
     assert trt["containers"][0]["args"][:2] == ["build", "trt"]
+    assert "--device" in ingest["containers"][0]["args"]
     with pytest.raises(Exception, match="dataClaim"):
-        rv.render({"jobs": {"ingest": {"enabled": True}}, "qdrant": {"enabled": True}})
+        rv.render({"jobs": {"ingest": {"enabled": True}}, "qdrant": {"enabled": True},
+                   "retrievalData": {"persistence": {"enabled": True}}})
+
+
+def test_feature_store_is_shared_between_ingest_and_serving(rendered) -> None:
+    objs = rendered["production"]
+    pod = _one(objs, "Deployment")["spec"]["template"]["spec"]
+    serve_data = next(v for v in pod["volumes"] if v["name"] == "data")
+    job = next(o for o in objs if o["kind"] == "Job" and "ingest" in o["metadata"]["name"])
+    job_data = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "data")
+    claim = serve_data["persistentVolumeClaim"]["claimName"]
+    assert job_data["persistentVolumeClaim"]["claimName"] == claim
+    pvcs = {o["metadata"]["name"] for o in objs if o["kind"] == "PersistentVolumeClaim"}
+    assert claim in pvcs
+    assert _env(_container(objs))["RAGTURBO_DB_PATH"] == "/data"
+    # an ingest Job without the shared volume would write features nobody reads
+    with pytest.raises(Exception, match="retrievalData"):
+        rv.render({"jobs": {"ingest": {"enabled": True, "dataClaim": "d"}},
+                   "qdrant": {"enabled": True}})
 
 
 def test_dashboard_configmap_carries_the_dashboard(rendered) -> None:

@@ -44,6 +44,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-models" (include "ragturbo.fullname" .)) .Values.model.persistence.existingClaim -}}
 {{- end -}}
 
+{{- define "ragturbo.dataClaim" -}}
+{{- default (printf "%s-data" (include "ragturbo.fullname" .)) .Values.retrievalData.persistence.existingClaim -}}
+{{- end -}}
+
+{{/* The /data volume: the shared feature-store PVC, or a per-pod emptyDir. */}}
+{{- define "ragturbo.dataVolume" -}}
+- name: data
+{{- if .Values.retrievalData.persistence.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ include "ragturbo.dataClaim" . }}
+{{- else }}
+  emptyDir:
+    sizeLimit: 10Gi
+{{- end }}
+{{- end -}}
+
 {{- define "ragturbo.secretName" -}}
 {{- default (printf "%s-secrets" (include "ragturbo.fullname" .)) .Values.auth.existingSecret -}}
 {{- end -}}
@@ -60,6 +76,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "ragturbo.qdrantKeySet" -}}
 {{- if or .Values.externalQdrant.existingSecret (and .Values.qdrant.enabled .Values.qdrant.apiKey) (and (not .Values.qdrant.enabled) .Values.externalQdrant.apiKey) -}}
 true
+{{- end -}}
+{{- end -}}
+
+{{/* The service refuses API keys shorter than 8 characters: fail at render time instead. */}}
+{{- define "ragturbo.checkKeys" -}}
+{{- range .Values.auth.apiKeys -}}
+{{- if lt (len .) 8 -}}
+{{- fail (printf "auth.apiKeys: every key needs >= 8 characters (one has %d)" (len .)) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
