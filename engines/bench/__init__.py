@@ -1,0 +1,1 @@
+"""Benchmarks of the one-step pipeline (``ragturbo bench pipeline``, ``make bench``)."""

@@ -1,0 +1,3 @@
+from engines.bench.cli_impl import main
+
+main()

@@ -1,0 +1,108 @@
+"""Shared entry for the typer command and ``python -m engines.bench``: options -> run -> table/JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from engines.bench.pipeline_bench import VARIANTS, BenchOptions, run_pipeline_bench
+from engines.bench.report import format_table
+from engines.bench.timing import TimingPolicy
+
+log = logging.getLogger(__name__)
+
+
+def parse_int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as e:
+        raise ValueError(f"{what} must be comma-separated integers, got {text!r}") from e
+    if not vals or any(v < 1 for v in vals):
+        raise ValueError(f"{what} must be integers >= 1, got {text!r}")
+    return vals
+
+
+def parse_variants(text: str) -> tuple[str, ...]:
+    vals = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in vals if v not in VARIANTS]
+    if not vals or bad:
+        raise ValueError(f"--backend takes a comma list of {VARIANTS}, got {text!r}")
+    return vals
+
+
+def bench_pipeline(
+    arch: str,
+    batch: str,
+    backend: str,
+    json_out: Path | None,
+    device: str = "auto",
+    dtype: str = "fp16",
+    k: int = 4,
+    compile_mode: str = "regional",
+    cuda_graphs: bool = True,
+    subpixel_vae: bool = True,
+    ablate_subpixel: bool = False,
+    parity_batch: str = "1,8",
+    min_time_s: float = 1.0,
+    min_iters: int = 10,
+    time_budget_s: float | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark, print the table, write JSON; returns the result dict."""
+    opts = BenchOptions(
+        arch=arch,
+        batches=parse_int_list(batch, "--batch"),
+        variants=parse_variants(backend),
+        device=device,
+        dtype=dtype,
+        k=k,
+        compile=compile_mode,
+        cuda_graphs=cuda_graphs,
+        subpixel_vae=subpixel_vae,
+        ablate_subpixel=ablate_subpixel,
+        parity_batches=parse_int_list(parity_batch, "--parity-batch") if parity_batch else (),
+        time_budget_s=time_budget_s,
+        policy=TimingPolicy(min_time_s=min_time_s, min_iters=min_iters),
+    )
+
+    def write(result: dict[str, Any]) -> None:
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(result, indent=2, default=str))
+
+    result = run_pipeline_bench(opts, checkpoint=write)
+    if json_out is not None:
+        log.info("wrote %s", json_out)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m engines.bench`` (argparse, no typer needed: the GPU machine may lack it)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m engines.bench", description=__doc__)
+    p.add_argument("--arch", default="tiny")
+    p.add_argument("--batch", default="1,4,16")
+    p.add_argument("--backend", default=",".join(VARIANTS))
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="fp16")
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--compile", default="regional", choices=["none", "regional"])
+    p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument("--no-subpixel-vae", action="store_true")
+    p.add_argument("--ablate-subpixel", action="store_true")
+    p.add_argument("--parity-batch", default="1,8")
+    p.add_argument("--min-time-s", type=float, default=1.0)
+    p.add_argument("--min-iters", type=int, default=10)
+    p.add_argument("--time-budget-s", type=float, default=None)
+    p.add_argument("--random-weights", action="store_true", help="accepted for CLI parity (always random)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    res = bench_pipeline(
+        a.arch, a.batch, a.backend, a.json, a.device, a.dtype, a.k, a.compile,
+        not a.no_cuda_graphs, not a.no_subpixel_vae, a.ablate_subpixel, a.parity_batch,
+        a.min_time_s, a.min_iters, a.time_budget_s,
+    )
+    print(format_table(res))
