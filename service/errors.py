@@ -146,7 +146,10 @@ def install_handlers(app: FastAPI) -> None:
         else:
             err = ServiceError(str(exc.detail))
             err.status = exc.status_code
-        return error_response(err)
+        resp = error_response(err)
+        for k, v in (exc.headers or {}).items():  # e.g. Allow on 405 (RFC 9110)
+            resp.headers[k] = v
+        return resp
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP API (DESIGN.md, HTTP API).
 
-Types are strict (a string is not an int, 1.0 is not an int) so wrong types get a 422
-that names the field. The prompt's upper bound is a setting (max_prompt_chars); the
+Types are strict (a string is not an int; 2.0 is, as in JSON Schema) so wrong types get
+a 422 that names the field. The prompt's upper bound is a setting (max_prompt_chars); the
 handler checks it and the app's OpenAPI document states the configured value.
 """
 
@@ -9,12 +9,25 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 MAX_SEED = 2**32 - 1
 MAX_IMAGES = 8
 ImageFormat = Literal["png", "jpeg", "webp"]
 Mode = Literal["adapter", "inject", "off"]
+OpenAISize = Literal["64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024",
+                     "1024x1792", "1792x1024"]  # fmt: skip
+
+
+def _integral(v: object) -> object:
+    # JSON Schema counts 3.0 as an integer; strings and 3.5 stay errors (strict mode).
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+# Constraints go before the validator in Annotated, or the JSON schema loses them.
+_INT = BeforeValidator(_integral)
 
 
 class _Strict(BaseModel):
@@ -24,7 +37,7 @@ class _Strict(BaseModel):
 class RetrievalOptions(_Strict):
     mode: Mode = Field("adapter", description="adapter: cross-attention H-adapter; inject: "
                        "slerp in H-space; off: no retrieval.")
-    k: Annotated[int, Field(ge=1, le=8, description="Neighbours to retrieve.")] = 1
+    k: Annotated[int, Field(ge=1, le=8, description="Neighbours to retrieve."), _INT] = 1
 
 
 def _non_blank(v: str) -> str:
@@ -35,8 +48,8 @@ def _non_blank(v: str) -> str:
 
 class GenerateRequest(_Strict):
     prompt: Annotated[str, Field(min_length=1, max_length=100_000, description="Text prompt.")]
-    num_images: Annotated[int, Field(ge=1, le=MAX_IMAGES)] = 1
-    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = Field(
+    num_images: Annotated[int, Field(ge=1, le=MAX_IMAGES), _INT] = 1
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), _INT] | None = Field(
         None,
         description="Seed of the first image; image i uses (seed + i) mod 2**32. "
         "null: an independent random seed per image (returned in images[].seed).",
@@ -85,23 +98,14 @@ class OpenAIImagesRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
     prompt: Annotated[str, Field(min_length=1, max_length=100_000)]
-    n: Annotated[int, Field(ge=1, le=MAX_IMAGES)] = 1
-    size: Annotated[str, Field(pattern=r"^[1-9][0-9]{1,3}x[1-9][0-9]{1,3}$")] | None = Field(
-        None, description="WIDTHxHEIGHT, each 16..2048; the image is resized from the "
-        "model's native size. null: native size."
+    n: Annotated[int, Field(ge=1, le=MAX_IMAGES), _INT] = 1
+    size: OpenAISize | None = Field(
+        None, description="WIDTHxHEIGHT; the image is resized (Lanczos) from the model's "
+        "native size. null: native size."
     )
     response_format: Literal["b64_json"] = "b64_json"
 
     _prompt = field_validator("prompt")(_non_blank)
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str | None) -> str | None:
-        if v is not None:
-            w, h = (int(x) for x in v.split("x"))
-            if not (16 <= w <= 2048 and 16 <= h <= 2048):
-                raise ValueError(f"width and height must be in 16..2048, got {v}")
-        return v
 
     def size_wh(self) -> tuple[int, int] | None:
         if self.size is None:

@@ -125,7 +125,7 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def real_server(tiny_model_dir: Path, ingested_db: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:  # fmt: skip
     """The real tiny pipeline and retrieval over 6 pairs; a 150 ms batching window so

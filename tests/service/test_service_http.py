@@ -142,12 +142,12 @@ def test_body_limit_is_enforced_while_reading(real_server: Server) -> None:
 
 def test_openai_compatible_route(real_server: Server) -> None:
     r = httpx.post(f"{real_server.url}/v1/images/generations", timeout=30,
-                   json={"prompt": "a red circle", "n": 2, "size": "32x32",
+                   json={"prompt": "a red circle", "n": 2, "size": "128x128",
                          "response_format": "b64_json", "model": "anything"})  # fmt: skip
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {"created", "data"} and len(body["data"]) == 2
-    assert _img(body["data"][0]["b64_json"]).shape == (32, 32, 3)
+    assert _img(body["data"][0]["b64_json"]).shape == (128, 128, 3)
     r = httpx.post(f"{real_server.url}/v1/images/generations", timeout=10,
                    json={"prompt": "a", "response_format": "url"})  # fmt: skip
     assert r.status_code == 422 and "response_format" in r.json()["error"]["message"]
