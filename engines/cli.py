@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -27,16 +28,19 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @export_app.command("onnx")
     def export_onnx_cmd(
-        out: Path = typer.Option(..., "--out", help="Output directory."),
-        model_dir: Path | None = typer.Option(
-            None, "--model-dir", help="Model directory (default: RAGTURBO_MODEL_DIR or the shipped model)."
-        ),
-        opset: int = typer.Option(17, "--opset", min=14, help="ONNX opset."),
-        min_batch: int = typer.Option(1, "--min-batch", min=1),
-        opt_batch: int = typer.Option(4, "--opt-batch", min=1),
-        max_batch: int = typer.Option(16, "--max-batch", min=1),
-        max_k: int = typer.Option(8, "--max-k", min=1, help="Most retrieved neighbours per image."),
-        verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare with torch in onnxruntime."),
+        out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+        model_dir: Annotated[
+            Path | None,
+            typer.Option(help="Model directory (default: RAGTURBO_MODEL_DIR or the shipped model)."),
+        ] = None,
+        opset: Annotated[int, typer.Option(min=14, help="ONNX opset.")] = 17,
+        min_batch: Annotated[int, typer.Option(min=1)] = 1,
+        opt_batch: Annotated[int, typer.Option(min=1)] = 4,
+        max_batch: Annotated[int, typer.Option(min=1)] = 16,
+        max_k: Annotated[int, typer.Option(min=1, help="Most retrieved neighbours per image.")] = 8,
+        verify: Annotated[
+            bool, typer.Option("--verify/--no-verify", help="Compare with torch in onnxruntime.")
+        ] = True,
     ) -> None:
         """ONNX graphs of text encoder, UNet+H-adapter and VAE decoder, plus manifest.json."""
         from engines.export_onnx import export_onnx
@@ -57,21 +61,23 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @build_app.command("trt")
     def build_trt_cmd(
-        onnx: Path = typer.Option(..., "--onnx", help="Directory from `ragturbo export onnx`."),
-        out: Path = typer.Option(..., "--out", help="Output directory for plans."),
-        precision: str = typer.Option("fp16", "--precision", help="fp16, bf16, fp8 or fp32."),
-        timing_cache: Path | None = typer.Option(
-            None, "--timing-cache", help="Timing cache file (default: OUT/timing.cache)."
-        ),
-        workspace_gb: float = typer.Option(8.0, "--workspace-gb", min=0.25),
-        force: bool = typer.Option(False, "--force", help="Rebuild even on an engine-cache hit."),
+        onnx: Annotated[Path, typer.Option("--onnx", help="Directory from `ragturbo export onnx`.")],
+        out: Annotated[Path, typer.Option("--out", help="Output directory for plans.")],
+        precision: Annotated[str, typer.Option(help="fp16, bf16, fp8 or fp32.")] = "fp16",
+        timing_cache: Annotated[
+            Path | None, typer.Option(help="Timing cache file (default: OUT/timing.cache).")
+        ] = None,
+        workspace_gb: Annotated[float, typer.Option(min=0.25)] = 8.0,
+        force: Annotated[bool, typer.Option(help="Rebuild even on an engine-cache hit.")] = False,
     ) -> None:
         """TensorRT plans (one optimisation profile each, from the shape spec)."""
         from engines.export_onnx import ManifestError
         from engines.trt_build import PRECISIONS, TensorRTUnavailable, build_engines
 
         if precision not in PRECISIONS:
-            raise typer.BadParameter(f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+            raise typer.BadParameter(
+                f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}"
+            )
         try:
             sides = build_engines(onnx, out, precision, timing_cache, workspace_gb, force)
         except (TensorRTUnavailable, ManifestError) as e:

@@ -180,7 +180,6 @@ def export_onnx(
     """
     import onnx
 
-    from engines.modeldir import fingerprint
     from engines.pipeline import OneStepPipeline
 
     if opset < 14:

@@ -116,7 +116,7 @@ class _BucketRunner:
     ) -> None:
         self.fn = fn
         self.input_names = list(input_names)
-        self.buckets = sorted(set(int(b) for b in buckets))
+        self.buckets = sorted({int(b) for b in buckets})
         self.k_pad = k_pad
         self.cuda_graphs = cuda_graphs
         self.channels_last_inputs = set(channels_last_inputs)
@@ -237,7 +237,7 @@ class TorchOptBackend(GraphBackend):
         if self.compile:
             unet_fn = torch.compile(unet, mode=compile_mode, dynamic=False, fullgraph=False)
             vae_fn = torch.compile(vae, mode=compile_mode, dynamic=False, fullgraph=False)
-        self.buckets = tuple(sorted(set(int(x) for x in buckets)))
+        self.buckets = tuple(sorted({int(x) for x in buckets}))
         self.max_batch = self.buckets[-1] if pad else None
         k_pad = self.spec.k.max if pad else None
         self.max_k = self.spec.k.max if pad else None

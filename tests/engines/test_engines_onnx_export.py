@@ -74,7 +74,7 @@ def test_spec_from_model_dir_equals_spec_from_arch(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- export
 def test_export_writes_checked_graphs_with_external_unet_data(exported) -> None:
-    model, out, man = exported
+    _, out, man = exported
     for comp in COMPONENTS:
         onnx.checker.check_model(str(out / comp / "model.onnx"))
     assert (out / "unet" / "model.onnx.data").stat().st_size > 100_000

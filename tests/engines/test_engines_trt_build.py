@@ -65,8 +65,8 @@ def test_profiles_come_from_the_shape_spec() -> None:
 
 def test_engine_key_changes_with_every_field() -> None:
     prof = profile_for(spec_from_arch("tiny"), "unet")
-    base = dict(onnx_hash="a" * 64, tensorrt_version="10.9.0", compute_capability="9.0",
-                precision="fp16", profile=prof, shape_key="k1")
+    base = {"onnx_hash": "a" * 64, "tensorrt_version": "10.9.0", "compute_capability": "9.0",
+            "precision": "fp16", "profile": prof, "shape_key": "k1"}
     k0 = engine_key(**base)["key"]
     assert engine_key(**base)["key"] == k0
     other_prof = {**prof, "sample": [[1, 4, 8, 8], [8, 4, 8, 8], [16, 4, 8, 8]]}
