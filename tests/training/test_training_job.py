@@ -119,3 +119,14 @@ def test_bad_config_names_the_offending_values(tmp_path: Path) -> None:
     toml.write_text('student = "s"\nteacher_unet = "t"\ncontrol = true\n[data]\npath = "d"\n[loss]\nl1_weight = 3.0\n')
     cfg = load_config(toml)
     assert cfg.is_control and cfg.loss.l1_weight == 3.0 and cfg.data.path == str(tmp_path / "d")
+
+
+def test_gradient_checkpointing_gives_the_same_step(make_config: Any, tmp_path: Path,
+                                                   full_run: tuple[dict[str, Any], TrainResult]) -> None:
+    _, ref = full_run
+    cfg = make_config(tmp_path / "gc", steps=1)
+    cfg["gradient_checkpointing"] = True
+    res = train(cfg)
+    got, want = _rows(res.log_csv)[0], _rows(ref.log_csv)[0]
+    for key in ("loss_g", "loss_d", "l1", "lpips"):
+        assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-5), key
