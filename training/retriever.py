@@ -69,7 +69,8 @@ class InMemoryRetriever:
         self.ids = list(ids)
         self._row = {pid: i for i, pid in enumerate(self.ids)}
         self.emb = torch.nn.functional.normalize(embeddings.detach().float().cpu(), dim=-1)
-        self.features = features.detach().float().cpu()
+        # fp16 in host memory, as the service's feature store keeps them (SD: 160 KiB a pair)
+        self.features = features.detach().cpu().to(torch.float16)
         self.min_score = float(min_score)
 
     def __len__(self) -> int:
@@ -89,7 +90,7 @@ class InMemoryRetriever:
                 sims[i, rows] = float("-inf")
         kk = min(k, sims.shape[1])
         score, idx = sims.topk(kk, dim=1)
-        h = self.features[idx]  # (B,kk,C,h,w)
+        h = self.features[idx].float()  # (B,kk,C,h,w)
         lam = torch.where(
             torch.isfinite(score) & (score >= self.min_score), score, torch.zeros_like(score)
         )

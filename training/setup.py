@@ -118,7 +118,8 @@ def _encode_all(
         if with_features:
             text = pipe.encode_text([p.caption for p in chunk])
             pooled.append(text.pooled.float().cpu())
-            feats.append(pipe.retrieval_features(lat.to(pipe.device), text.context).float().cpu())
+            h = pipe.retrieval_features(lat.to(pipe.device), text.context)
+            feats.append(h.cpu().to(torch.float16))
     return (
         torch.cat(lats),
         torch.cat(pooled) if with_features else None,
