@@ -111,8 +111,9 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
-async def _run_job(request: Request, prompt: str, n: int, seed: int | None, mode: str,
-                   k: int) -> tuple[JobResult, list[int], float]:  # fmt: skip
+async def _run_job(
+    request: Request, prompt: str, n: int, seed: int | None, mode: str, k: int
+) -> tuple[JobResult, list[int], float]:
     """Admission + batching for one request; returns its results, seeds and arrival."""
     state = _state(request)
     arrival = time.monotonic()
@@ -134,26 +135,23 @@ async def _run_job(request: Request, prompt: str, n: int, seed: int | None, mode
     reqs = [gen_request(prompt, sd, mode, k) for sd in seeds]
     deadline = arrival + s.request_timeout_s
     job: Job = state.batcher.submit(reqs, deadline)  # raises QueueFull (counted)
-    state.inflight += 1
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
-        watcher = asyncio.ensure_future(_wait_disconnect(request))
-        try:
-            done, _ = await asyncio.wait(
-                {job.future, watcher}, timeout=max(0.0, deadline - time.monotonic()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )  # fmt: skip
-        finally:
-            watcher.cancel()
-        if job.future in done:
-            return job.future.result(), seeds, arrival  # may raise DeadlineExceeded
-        if watcher in done:
-            state.batcher.abandon(job, "disconnected")
-            raise ClientGone("client disconnected")
-        if not state.batcher.abandon(job, "timeout"):
-            state.metrics.rejected.labels(reason="timeout").inc()
-        raise DeadlineExceeded(f"request took longer than {s.request_timeout_s} s")
+        done, _ = await asyncio.wait(
+            {job.future, watcher},
+            timeout=max(0.0, deadline - time.monotonic()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
     finally:
-        state.inflight -= 1
+        watcher.cancel()
+    if job.future in done:
+        return job.future.result(), seeds, arrival  # may raise DeadlineExceeded
+    if watcher in done:
+        state.batcher.abandon(job, "disconnected")
+        raise ClientGone("client disconnected")
+    if not state.batcher.abandon(job, "timeout"):
+        state.metrics.rejected.labels(reason="timeout").inc()
+    raise DeadlineExceeded(f"request took longer than {s.request_timeout_s} s")
 
 
 def _record(state: ServiceState, res: JobResult, encode_s: float) -> None:
@@ -203,20 +201,32 @@ def create_app(settings: Settings, factory: EngineFactory | None = None) -> Fast
     @app.post(
         "/generate",
         response_model=GenerateResponse,
-        responses={**GEN_RESPONSES, 200: {"content": {m: {} for m in MEDIA_TYPES.values()},
-                   "description": "JSON; or the image itself with Accept: image/* and "
-                   "num_images 1."}},  # fmt: skip
+        responses={
+            **GEN_RESPONSES,
+            200: {
+                "content": {m: {} for m in MEDIA_TYPES.values()},
+                "description": "JSON; or the image itself with Accept: image/* and num_images 1.",
+            },
+        },
     )
     async def generate(body: GenerateRequest, request: Request, _: Auth) -> Any:
         """Generate ``num_images`` images for ``prompt`` (batched with other requests)."""
         state = _state(request)
+        with state.track():
+            return await _generate(body, request, state)
+
+    async def _generate(body: GenerateRequest, request: Request, state: ServiceState) -> Any:
         as_image = _wants_image(request)
         if as_image and body.num_images != 1:
             raise BadRequest(f"Accept: image/* needs num_images 1, got {body.num_images}")
         res, seeds, arrival = await _run_job(
-            request, body.prompt, body.num_images, body.seed, body.retrieval.mode,
+            request,
+            body.prompt,
+            body.num_images,
+            body.seed,
+            body.retrieval.mode,
             body.retrieval.k,
-        )  # fmt: skip
+        )
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         if as_image:
@@ -224,11 +234,15 @@ def create_app(settings: Settings, factory: EngineFactory | None = None) -> Fast
                 state.encode_pool, encode_image, res.results[0].image, body.format
             )
             _record(state, res, time.perf_counter() - t0)
-            return Response(data, media_type=MEDIA_TYPES[body.format],
-                            headers={"X-Seed": str(seeds[0])})  # fmt: skip
-        b64s = await asyncio.gather(*(
-            loop.run_in_executor(state.encode_pool, encode_b64, r.image, body.format)
-            for r in res.results))  # fmt: skip
+            return Response(
+                data, media_type=MEDIA_TYPES[body.format], headers={"X-Seed": str(seeds[0])}
+            )
+        b64s = await asyncio.gather(
+            *(
+                loop.run_in_executor(state.encode_pool, encode_b64, r.image, body.format)
+                for r in res.results
+            )
+        )
         encode_s = time.perf_counter() - t0
         _record(state, res, encode_s)
         first = res.results[0]
@@ -238,32 +252,46 @@ def create_app(settings: Settings, factory: EngineFactory | None = None) -> Fast
             id=f"gen-{uuid.uuid4().hex}",
             created=int(time.time()),
             model=state.t2i.model_name,
-            images=[ImageOut(b64=b, seed=r.seed, format=body.format)
-                    for b, r in zip(b64s, res.results)],  # fmt: skip
-            retrieved=[NeighbourOut(id=str(nb.id), caption=nb.caption, score=float(nb.score))
-                       for nb in first.retrieved],  # fmt: skip
+            images=[
+                ImageOut(b64=b, seed=r.seed, format=body.format) for b, r in zip(b64s, res.results)
+            ],
+            retrieved=[
+                NeighbourOut(id=str(nb.id), caption=nb.caption, score=float(nb.score))
+                for nb in first.retrieved
+            ],
             retrieval_status=first.retrieval_status,
             timings_ms=Timings(
-                queue=res.queue_s * 1000, text=t.get("text", 0.0),
-                retrieval=t.get("retrieval", 0.0), unet=t.get("unet", 0.0),
-                vae=t.get("vae", 0.0), encode=encode_s * 1000,
+                queue=res.queue_s * 1000,
+                text=t.get("text", 0.0),
+                retrieval=t.get("retrieval", 0.0),
+                unet=t.get("unet", 0.0),
+                vae=t.get("vae", 0.0),
+                encode=encode_s * 1000,
                 total=(time.monotonic() - arrival) * 1000,
-            ),  # fmt: skip
+            ),
         )
 
-    @app.post("/v1/images/generations", response_model=OpenAIImagesResponse,
-              responses=GEN_RESPONSES)  # fmt: skip
+    @app.post(
+        "/v1/images/generations", response_model=OpenAIImagesResponse, responses=GEN_RESPONSES
+    )
     async def openai_images(body: OpenAIImagesRequest, request: Request, _: Auth) -> Any:
         """OpenAI-compatible subset (prompt, n, size, response_format=b64_json); retrieval
         runs with the defaults (adapter, k=1), seeds are random."""
         state = _state(request)
+        with state.track():
+            return await _openai(body, request, state)
+
+    async def _openai(body: OpenAIImagesRequest, request: Request, state: ServiceState) -> Any:
         res, _seeds, _ = await _run_job(request, body.prompt, body.n, None, "adapter", 1)
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         size = body.size_wh()
-        b64s = await asyncio.gather(*(
-            loop.run_in_executor(state.encode_pool, encode_b64, r.image, "png", size)
-            for r in res.results))  # fmt: skip
+        b64s = await asyncio.gather(
+            *(
+                loop.run_in_executor(state.encode_pool, encode_b64, r.image, "png", size)
+                for r in res.results
+            )
+        )
         _record(state, res, time.perf_counter() - t0)
         return OpenAIImagesResponse(
             created=int(time.time()), data=[OpenAIImage(b64_json=b) for b in b64s]
@@ -279,12 +307,18 @@ def create_app(settings: Settings, factory: EngineFactory | None = None) -> Fast
         """200 only after a real warm-up generation; 503 while starting, failed or draining."""
         state = _state(request)
         if not state.ready or state.t2i is None:
-            raise NotReady(f"service is {state.status}" + (
-                f": {state.detail}" if state.detail else ""), code=state.status)  # fmt: skip
+            raise NotReady(
+                f"service is {state.status}" + (f": {state.detail}" if state.detail else ""),
+                code=state.status,
+            )
         return Health(status="ready", backend=state.t2i.backend_name, model=state.t2i.model_name)
 
-    @app.get("/metrics", response_class=Response, responses={401: _ERR},
-             dependencies=[Depends(require_metrics_key)])  # fmt: skip
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={401: _ERR},
+        dependencies=[Depends(require_metrics_key)],
+    )
     async def metrics_route(request: Request) -> Response:
         """Prometheus text format."""
         m = _state(request).metrics
@@ -293,8 +327,9 @@ def create_app(settings: Settings, factory: EngineFactory | None = None) -> Fast
     def custom_openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version,
-                             description=app.description, routes=app.routes)  # fmt: skip
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
         comps = schema.get("components", {}).get("schemas", {})
         for name in ("GenerateRequest", "OpenAIImagesRequest"):
             if name in comps:
@@ -305,9 +340,14 @@ def create_app(settings: Settings, factory: EngineFactory | None = None) -> Fast
             for op in path.values():
                 resp = op.get("responses", {})
                 if "422" in resp:
-                    resp["422"] = {"description": GEN_RESPONSES[422]["description"],
-                                   "content": {"application/json": {"schema": {
-                                       "$ref": "#/components/schemas/ErrorResponse"}}}}
+                    resp["422"] = {
+                        "description": GEN_RESPONSES[422]["description"],
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ErrorResponse"}
+                            }
+                        },
+                    }
         if settings.api_keys:
             comps_root = schema.setdefault("components", {})
             comps_root["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
@@ -321,4 +361,4 @@ def create_app(settings: Settings, factory: EngineFactory | None = None) -> Fast
     return app
 
 
-__all__ = ["create_app", "ServiceError", "JSONResponse"]
+__all__ = ["JSONResponse", "ServiceError", "create_app"]

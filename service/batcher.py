@@ -96,8 +96,9 @@ class Batcher:
                 f"queue full ({self.max_queue} requests waiting); retry later",
                 retry_after_s=self.retry_after_s(),
             )
-        job = Job(reqs=list(reqs), deadline=deadline,
-                  future=asyncio.get_running_loop().create_future())  # fmt: skip
+        job = Job(
+            reqs=list(reqs), deadline=deadline, future=asyncio.get_running_loop().create_future()
+        )
         self._queue.append(job)
         self._metrics.queue_depth.set(len(self._queue))
         self._changed.set()

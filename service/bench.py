@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -30,10 +31,19 @@ def start_server(env: dict[str, str], port: int, timeout_s: float = 120.0) -> su
     """``ragturbo serve`` on 127.0.0.1:port; returns once /readyz is 200."""
     import httpx
 
-    cmd = [sys.executable, "-m", "ragturbo.cli", "serve", "--host", "127.0.0.1", "--port",
-           str(port)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "ragturbo.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -85,7 +95,7 @@ async def _load(url: str, clients: int, seconds: float) -> tuple[list[float], in
 
 def _pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] if xs else float("nan")
 
 
 def bench_service(
@@ -93,12 +103,17 @@ def bench_service(
     max_batch: int = typer.Option(16, help="RAGTURBO_MAX_BATCH with batching on."),
     max_wait_ms: float = typer.Option(5.0, help="RAGTURBO_MAX_WAIT_MS with batching on."),
     seconds: float = typer.Option(8.0, help="Measured seconds per row."),
-    model_dir: Path | None = typer.Option(None, help="Model dir (default: a tiny random one)."),
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Model dir (default: a tiny random one).")
+    ] = None,
 ) -> None:
     """p50/p99 latency and images/s at several concurrencies, batching on and off."""
+    import logging
     import tempfile
 
     import httpx
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     counts = [int(c) for c in clients.split(",") if c.strip()]
     tmp = tempfile.TemporaryDirectory(prefix="ragturbo-bench-")
@@ -110,10 +125,15 @@ def bench_service(
     rows = []
     for label, mb in (("on", max_batch), ("off", 1)):
         port = _free_port()
-        env = {"RAGTURBO_MODEL_DIR": str(model_dir), "RAGTURBO_DB_PATH": str(Path(tmp.name) / "db"),
-               "RAGTURBO_MAX_BATCH": str(mb), "RAGTURBO_MAX_WAIT_MS": str(max_wait_ms),
-               "RAGTURBO_MAX_QUEUE": str(max(64, 2 * max(counts))),
-               "RAGTURBO_DEVICE": "cpu", "RAGTURBO_LOG_LEVEL": "WARNING"}  # fmt: skip
+        env = {
+            "RAGTURBO_MODEL_DIR": str(model_dir),
+            "RAGTURBO_DB_PATH": str(Path(tmp.name) / "db"),
+            "RAGTURBO_MAX_BATCH": str(mb),
+            "RAGTURBO_MAX_WAIT_MS": str(max_wait_ms),
+            "RAGTURBO_MAX_QUEUE": str(max(64, 2 * max(counts))),
+            "RAGTURBO_DEVICE": "cpu",
+            "RAGTURBO_LOG_LEVEL": "WARNING",
+        }
         proc = start_server(env, port)
         base = f"http://127.0.0.1:{port}"
         try:
@@ -125,20 +145,39 @@ def bench_service(
                 wall = time.perf_counter() - t0
                 m1 = _metric_sum_count(httpx.get(f"{base}/metrics").text, "ragturbo_batch_size")
                 mean_batch = (m1[0] - m0[0]) / max(1.0, m1[1] - m0[1])
-                rows.append((label, mb, c, _pct(lat, 0.5) * 1000, _pct(lat, 0.99) * 1000,
-                             ok / wall, mean_batch, errors))  # fmt: skip
-                typer.echo(f"batching {label} clients {c}: p50 {rows[-1][3]:.1f} ms "
-                           f"p99 {rows[-1][4]:.1f} ms {rows[-1][5]:.1f} img/s "
-                           f"mean batch {mean_batch:.2f} errors {errors}", err=True)  # fmt: skip
+                rows.append(
+                    (
+                        label,
+                        mb,
+                        c,
+                        _pct(lat, 0.5) * 1000,
+                        _pct(lat, 0.99) * 1000,
+                        ok / wall,
+                        mean_batch,
+                        errors,
+                    )
+                )
+                typer.echo(
+                    f"batching {label} clients {c}: p50 {rows[-1][3]:.1f} ms "
+                    f"p99 {rows[-1][4]:.1f} ms {rows[-1][5]:.1f} img/s "
+                    f"mean batch {mean_batch:.2f} errors {errors}",
+                    err=True,
+                )
         finally:
             proc.terminate()
             proc.wait(30)
-    typer.echo(f"\nmachine: {platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}; "
-               f"date {time.strftime('%Y-%m-%d')}; model {model_dir}; max_wait_ms {max_wait_ms}; "
-               f"{seconds:g} s per row\n")  # fmt: skip
-    typer.echo("| batching | max_batch | clients | p50 ms | p99 ms | images/s | mean batch | errors |")
+    typer.echo(
+        f"\nmachine: {platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}; "
+        f"date {time.strftime('%Y-%m-%d')}; model {model_dir}; max_wait_ms {max_wait_ms}; "
+        f"{seconds:g} s per row\n"
+    )
+    typer.echo(
+        "| batching | max_batch | clients | p50 ms | p99 ms | images/s | mean batch | errors |"
+    )
     typer.echo("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        typer.echo(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} | "
-                   f"{r[6]:.2f} | {r[7]} |")  # fmt: skip
+        typer.echo(
+            f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} | "
+            f"{r[6]:.2f} | {r[7]} |"
+        )
     tmp.cleanup()

@@ -48,9 +48,12 @@ def build_from_settings(settings: Settings) -> TextToImageLike:
     model_dir = settings.resolved_model_dir()
     log.info(
         "building text-to-image: model_dir=%s backend=%s device=%s dtype=%s index=%s",
-        model_dir, settings.backend, settings.device, settings.dtype,
+        model_dir,
+        settings.backend,
+        settings.device,
+        settings.dtype,
         settings.qdrant_url or f"qdrant-edge:{settings.db_path}",
-    )  # fmt: skip
+    )
     key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
     t2i = build_text_to_image(
         model_dir,
@@ -67,4 +70,3 @@ def build_from_settings(settings: Settings) -> TextToImageLike:
             f"backend {settings.backend!r} was asked for but {t2i.backend_name!r} runs"
         )
     return t2i
-

@@ -109,7 +109,9 @@ def validation_to_error(exc: RequestValidationError) -> ServiceError:
     if any(e.get("type") == "json_invalid" for e in errors):
         e = next(e for e in errors if e.get("type") == "json_invalid")
         detail = (e.get("ctx") or {}).get("error", "")
-        return BadRequest(f"request body is not valid JSON: {detail}".rstrip(": "), code="invalid_json")
+        return BadRequest(
+            f"request body is not valid JSON: {detail}".rstrip(": "), code="invalid_json"
+        )
     msgs = []
     for e in errors[:5]:
         field = _field(tuple(e.get("loc", ())))

@@ -6,8 +6,14 @@ collide and ``/metrics`` shows exactly this service. Buckets come from service.b
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from service.buckets import (
     BATCH_SIZE_BUCKETS,
@@ -19,8 +25,14 @@ from service.buckets import (
 
 STAGES: tuple[str, ...] = ("text", "retrieval", "unet", "vae", "encode")
 REJECT_REASONS: tuple[str, ...] = (
-    "queue_full", "timeout", "disconnected", "unauthorized", "too_large", "not_ready", "invalid",
-)  # fmt: skip
+    "queue_full",
+    "timeout",
+    "disconnected",
+    "unauthorized",
+    "too_large",
+    "not_ready",
+    "invalid",
+)
 
 
 class Metrics:
@@ -31,25 +43,37 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "ragturbo_requests", "HTTP requests by route and status code.",
-            ["route", "status"], registry=r,
-        )  # fmt: skip
+            "ragturbo_requests",
+            "HTTP requests by route and status code.",
+            ["route", "status"],
+            registry=r,
+        )
         self.request_duration = Histogram(
-            "ragturbo_request_duration_seconds", "HTTP request latency, arrival to response.",
-            ["route"], buckets=REQUEST_BUCKETS, registry=r,
-        )  # fmt: skip
+            "ragturbo_request_duration_seconds",
+            "HTTP request latency, arrival to response.",
+            ["route"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
         self.queue_wait = Histogram(
-            "ragturbo_queue_wait_seconds", "Time a request waited before its batch started.",
-            buckets=QUEUE_BUCKETS, registry=r,
-        )  # fmt: skip
+            "ragturbo_queue_wait_seconds",
+            "Time a request waited before its batch started.",
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
         self.stage_duration = Histogram(
-            "ragturbo_stage_duration_seconds", "Pipeline stage time per batch (encode: per request).",
-            ["stage"], buckets=STAGE_BUCKETS, registry=r,
-        )  # fmt: skip
+            "ragturbo_stage_duration_seconds",
+            "Pipeline stage time per batch (encode: per request).",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "ragturbo_batch_size", "Real images per pipeline call (padding excluded).",
-            buckets=BATCH_SIZE_BUCKETS, registry=r,
-        )  # fmt: skip
+            "ragturbo_batch_size",
+            "Real images per pipeline call (padding excluded).",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "ragturbo_queue_depth", "Requests admitted and waiting for the pipeline.", registry=r
         )
@@ -57,20 +81,25 @@ class Metrics:
             "ragturbo_rejected", "Requests refused or dropped, by reason.", ["reason"], registry=r
         )
         self.retrieval_score = Histogram(
-            "ragturbo_retrieval_score", "Cosine score of each retrieved neighbour.",
-            buckets=SCORE_BUCKETS, registry=r,
-        )  # fmt: skip
+            "ragturbo_retrieval_score",
+            "Cosine score of each retrieved neighbour.",
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
         self.retrieval_unavailable = Counter(
             "ragturbo_retrieval_unavailable",
-            "Requests served without retrieval because it was down.", registry=r,
-        )  # fmt: skip
+            "Requests served without retrieval because it was down.",
+            registry=r,
+        )
         self.images_generated = Counter(
             "ragturbo_images_generated", "Images returned to clients.", registry=r
         )
         self.build_info = Gauge(
-            "ragturbo_build_info", "Version, runtime backend and model of this process.",
-            ["version", "backend", "model"], registry=r,
-        )  # fmt: skip
+            "ragturbo_build_info",
+            "Version, runtime backend and model of this process.",
+            ["version", "backend", "model"],
+            registry=r,
+        )
         # Pre-create label sets so dashboards see zeros instead of missing series.
         for stage in STAGES:
             self.stage_duration.labels(stage=stage)

@@ -22,9 +22,16 @@ from service.metrics import Metrics
 log = logging.getLogger("ragturbo.access")
 
 ROUTES = frozenset(
-    {"/generate", "/v1/images/generations", "/healthz", "/readyz", "/metrics", "/openapi.json",
-     "/docs"}
-)  # fmt: skip
+    {
+        "/generate",
+        "/v1/images/generations",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+    }
+)
 _RID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -72,9 +79,13 @@ class RequestContextMiddleware:
             self.metrics.requests.labels(route=route, status=str(status)).inc()
             self.metrics.request_duration.labels(route=route).observe(dt)
             log.info(
-                "%s %s %d %.1fms", scope.get("method"), scope.get("path"), status, dt * 1000,
+                "%s %s %d %.1fms",
+                scope.get("method"),
+                scope.get("path"),
+                status,
+                dt * 1000,
                 extra={"route": route, "status": status, "duration_ms": round(dt * 1000, 2)},
-            )  # fmt: skip
+            )
             request_id_var.reset(token)
 
 
@@ -92,9 +103,17 @@ class BodyLimitMiddleware:
         self.metrics.rejected.labels(reason="too_large").inc()
         err = PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
         body = json.dumps(envelope(err)).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close")]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

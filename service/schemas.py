@@ -15,8 +15,9 @@ MAX_SEED = 2**32 - 1
 MAX_IMAGES = 8
 ImageFormat = Literal["png", "jpeg", "webp"]
 Mode = Literal["adapter", "inject", "off"]
-OpenAISize = Literal["64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024",
-                     "1024x1792", "1792x1024"]  # fmt: skip
+OpenAISize = Literal[
+    "64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024", "1024x1792", "1792x1024"
+]
 
 
 def _integral(v: object) -> object:
@@ -35,8 +36,11 @@ class _Strict(BaseModel):
 
 
 class RetrievalOptions(_Strict):
-    mode: Mode = Field("adapter", description="adapter: cross-attention H-adapter; inject: "
-                       "slerp in H-space; off: no retrieval.")
+    mode: Mode = Field(
+        "adapter",
+        description="adapter: cross-attention H-adapter; inject: "
+        "slerp in H-space; off: no retrieval.",
+    )
     k: Annotated[int, Field(ge=1, le=8, description="Neighbours to retrieve."), _INT] = 1
 
 
@@ -100,8 +104,9 @@ class OpenAIImagesRequest(BaseModel):
     prompt: Annotated[str, Field(min_length=1, max_length=100_000)]
     n: Annotated[int, Field(ge=1, le=MAX_IMAGES), _INT] = 1
     size: OpenAISize | None = Field(
-        None, description="WIDTHxHEIGHT; the image is resized (Lanczos) from the model's "
-        "native size. null: native size."
+        None,
+        description="WIDTHxHEIGHT; the image is resized (Lanczos) from the model's "
+        "native size. null: native size.",
     )
     response_format: Literal["b64_json"] = "b64_json"
 

@@ -55,8 +55,11 @@ class DrainingServer(uvicorn.Server):
             if drained:
                 log.info("drained: every accepted request answered; exiting (signal %d)", sig)
             else:
-                log.warning("drain timeout %.1fs passed with %d requests in flight; exiting",
-                            self._drain_timeout_s, state.inflight)  # fmt: skip
+                log.warning(
+                    "drain timeout %.1fs passed with %d requests in flight; exiting",
+                    self._drain_timeout_s,
+                    state.inflight,
+                )
         self.should_exit = True
 
 
@@ -75,6 +78,5 @@ def serve(settings: Settings, app: FastAPI | None = None) -> None:
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         timeout_keep_alive=5,
     )
-    log.info("serving on http://%s:%d (backend=%s)", settings.host, settings.port,
-             settings.backend)  # fmt: skip
+    log.info("serving on http://%s:%d (backend=%s)", settings.host, settings.port, settings.backend)
     DrainingServer(config, app, settings.drain_timeout_s).run()

@@ -7,7 +7,9 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from service.batcher import Batcher
@@ -79,18 +81,38 @@ class ServiceState:
         self.t2i = t2i
         self.metrics.set_build_info(_version(), t2i.backend_name, t2i.model_name)
         self.batcher = Batcher(
-            t2i.generate, self.gpu_pool, self.metrics, max_batch=s.max_batch,
-            max_wait_ms=s.max_wait_ms, max_queue=s.max_queue, bucket_for=s.bucket_for,
-        )  # fmt: skip
+            t2i.generate,
+            self.gpu_pool,
+            self.metrics,
+            max_batch=s.max_batch,
+            max_wait_ms=s.max_wait_ms,
+            max_queue=s.max_queue,
+            bucket_for=s.bucket_for,
+        )
         self.batcher.start()
         if self.status == "starting":
             self.status = "ready"
         log.info(
             "ready: backend=%s model=%s device=%s resolution=%d warm-up %.0f ms "
-            "(max_batch=%d max_wait_ms=%g buckets=%s)", t2i.backend_name, t2i.model_name,
-            s.device, t2i.resolution, (time.perf_counter() - t0) * 1000, s.max_batch,
-            s.max_wait_ms, s.batch_buckets or "none",
-        )  # fmt: skip
+            "(max_batch=%d max_wait_ms=%g buckets=%s)",
+            t2i.backend_name,
+            t2i.model_name,
+            s.device,
+            t2i.resolution,
+            (time.perf_counter() - t0) * 1000,
+            s.max_batch,
+            s.max_wait_ms,
+            s.batch_buckets or "none",
+        )
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        """Counts a request handler from entry to its response body: what a drain waits for."""
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
 
     def begin_drain(self) -> None:
         if self.status != "draining":

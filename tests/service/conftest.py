@@ -39,9 +39,16 @@ def ingested_db(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
     root = tmp_path_factory.mktemp("service-db")
     rows = []
-    for i, (colour, shape) in enumerate([("red", "circle"), ("blue", "square"),
-                                         ("green", "circle"), ("yellow", "square"),
-                                         ("red", "square"), ("blue", "circle")]):  # fmt: skip
+    for i, (colour, shape) in enumerate(
+        [
+            ("red", "circle"),
+            ("blue", "square"),
+            ("green", "circle"),
+            ("yellow", "square"),
+            ("red", "square"),
+            ("blue", "circle"),
+        ]
+    ):
         img = Image.new("RGB", (64, 64), "white")
         draw = ImageDraw.Draw(img)
         (draw.ellipse if shape == "circle" else draw.rectangle)((16, 16, 48, 48), fill=colour)
@@ -67,15 +74,30 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"server-{self.port}.log"
-        full_env = {**os.environ, "RAGTURBO_HOST": "127.0.0.1", "RAGTURBO_PORT": str(self.port),
-                    "RAGTURBO_DEVICE": "cpu", "RAGTURBO_DB_PATH": str(tmp / "db"),
-                    "OMP_NUM_THREADS": "1", **env}  # fmt: skip
-        self._log = open(self.log_path, "wb")
+        full_env = {
+            **os.environ,
+            "RAGTURBO_HOST": "127.0.0.1",
+            "RAGTURBO_PORT": str(self.port),
+            "RAGTURBO_DEVICE": "cpu",
+            "RAGTURBO_DB_PATH": str(tmp / "db"),
+            "OMP_NUM_THREADS": "1",
+            **env,
+        }
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 — open for the process lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "service_server_main.py"), "--engine", engine,
-             "--batch-s", str(batch_s)],
-            env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(tmp),
-        )  # fmt: skip
+            [
+                sys.executable,
+                str(HERE / "service_server_main.py"),
+                "--engine",
+                engine,
+                "--batch-s",
+                str(batch_s),
+            ],
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=str(tmp),
+        )
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -126,14 +148,22 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="session")
-def real_server(tiny_model_dir: Path, ingested_db: Path,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:  # fmt: skip
+def real_server(
+    tiny_model_dir: Path, ingested_db: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     """The real tiny pipeline and retrieval over 6 pairs; a 150 ms batching window so
     concurrent clients share batches."""
-    srv = Server({"RAGTURBO_MODEL_DIR": str(tiny_model_dir), "RAGTURBO_MAX_BATCH": "8",
-                  "RAGTURBO_DB_PATH": str(ingested_db),
-                  "RAGTURBO_MAX_WAIT_MS": "150", "RAGTURBO_MAX_QUEUE": "64"}, "real",
-                 tmp_path_factory.mktemp("real-server"))  # fmt: skip
+    srv = Server(
+        {
+            "RAGTURBO_MODEL_DIR": str(tiny_model_dir),
+            "RAGTURBO_MAX_BATCH": "8",
+            "RAGTURBO_DB_PATH": str(ingested_db),
+            "RAGTURBO_MAX_WAIT_MS": "150",
+            "RAGTURBO_MAX_QUEUE": "64",
+        },
+        "real",
+        tmp_path_factory.mktemp("real-server"),
+    )
     try:
         srv.wait_ready()
         yield srv

@@ -36,9 +36,17 @@ def test_api_keys_guard_generation_not_health() -> None:
         body = {"prompt": "a red circle"}
         r = c.post("/generate", json=body)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-        assert c.post("/generate", json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
-        assert c.post("/generate", json=body, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
-        assert c.post("/generate", json=body, headers={"X-API-Key": "other-key-2"}).status_code == 200
+        assert (
+            c.post("/generate", json=body, headers={"Authorization": "Bearer nope"}).status_code
+            == 401
+        )
+        assert (
+            c.post("/generate", json=body, headers={"Authorization": f"Bearer {KEY}"}).status_code
+            == 200
+        )
+        assert (
+            c.post("/generate", json=body, headers={"X-API-Key": "other-key-2"}).status_code == 200
+        )
         assert c.post("/v1/images/generations", json=body).status_code == 401
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
         assert c.get("/metrics").status_code == 200  # open unless metrics_require_key
@@ -77,8 +85,13 @@ def test_a_bug_is_a_500_without_internals() -> None:
     with client(lambda _: FakeT2I(fail_on="boom")) as c:
         r = c.post("/generate", json={"prompt": "boom"})
         assert r.status_code == 500
-        assert r.json() == {"error": {"message": "internal error", "type": "internal_error",
-                                      "code": "internal_error"}}  # fmt: skip
+        assert r.json() == {
+            "error": {
+                "message": "internal error",
+                "type": "internal_error",
+                "code": "internal_error",
+            }
+        }
         assert c.post("/generate", json={"prompt": "fine"}).status_code == 200
 
 
@@ -106,8 +119,13 @@ def test_openapi_states_the_configured_limits_and_error_envelope() -> None:
         doc = c.get("/openapi.json").json()
         req = doc["components"]["schemas"]["GenerateRequest"]
         assert req["properties"]["prompt"]["maxLength"] == 300
-        assert set(doc["paths"]) >= {"/generate", "/v1/images/generations", "/healthz",
-                                     "/readyz", "/metrics"}  # fmt: skip
+        assert set(doc["paths"]) >= {
+            "/generate",
+            "/v1/images/generations",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        }
         ops = doc["paths"]["/generate"]["post"]["responses"]
         assert {"200", "401", "413", "422", "429", "503", "504"} <= set(ops)
         assert ops["422"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorResponse")

@@ -22,8 +22,9 @@ def _reqs(prompt: str, n: int, seed: int = 0, mode: str = "adapter", k: int = 1)
 async def _with_batcher(t2i: FakeT2I, body, **kw):  # type: ignore[no-untyped-def]
     pool = ThreadPoolExecutor(1)
     metrics = Metrics()
-    b = Batcher(t2i.generate, pool, metrics, **{"max_batch": 8, "max_wait_ms": 50,
-                                                "max_queue": 16, **kw})  # fmt: skip
+    b = Batcher(
+        t2i.generate, pool, metrics, **{"max_batch": 8, "max_wait_ms": 50, "max_queue": 16, **kw}
+    )
     b.start()
     try:
         return await body(b, metrics)
@@ -34,12 +35,16 @@ async def _with_batcher(t2i: FakeT2I, body, **kw):  # type: ignore[no-untyped-de
 
 def test_requests_of_different_clients_share_a_batch_and_get_their_own_images() -> None:
     t2i = FakeT2I()
-    jobs_spec = [("a red circle", 1, 5, "adapter", 2), ("a blue square", 3, 9, "off", 1),
-                 ("a green circle", 2, 0, "inject", 1)]  # fmt: skip
+    jobs_spec = [
+        ("a red circle", 1, 5, "adapter", 2),
+        ("a blue square", 3, 9, "off", 1),
+        ("a green circle", 2, 0, "inject", 1),
+    ]
 
     async def body(b: Batcher, m: Metrics):  # type: ignore[no-untyped-def]
-        jobs = [b.submit(_reqs(p, n, s, mo, k), time.monotonic() + 5)
-                for p, n, s, mo, k in jobs_spec]  # fmt: skip
+        jobs = [
+            b.submit(_reqs(p, n, s, mo, k), time.monotonic() + 5) for p, n, s, mo, k in jobs_spec
+        ]
         return [await j.future for j in jobs]
 
     got = asyncio.run(_with_batcher(t2i, body))
@@ -73,8 +78,9 @@ def test_batches_are_padded_to_the_engine_buckets() -> None:
         jobs = [b.submit(_reqs(f"p{i}", 1), time.monotonic() + 5) for i in range(3)]
         return [(await j.future).results[0].seed for j in jobs]
 
-    got = asyncio.run(_with_batcher(
-        t2i, body, bucket_for=lambda n: next(x for x in buckets if x >= n)))  # fmt: skip
+    got = asyncio.run(
+        _with_batcher(t2i, body, bucket_for=lambda n: next(x for x in buckets if x >= n))
+    )
     assert got == [0, 0, 0] and t2i.batches == [4]  # 3 real + 1 dummy
 
 

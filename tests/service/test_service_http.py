@@ -19,16 +19,33 @@ def _img(b64: str) -> np.ndarray:
 
 
 def test_generate_returns_the_documented_json(real_server: Server) -> None:
-    r = httpx.post(f"{real_server.url}/generate", timeout=30,
-                   json={"prompt": "a red circle", "num_images": 2, "seed": 41},
-                   headers={"X-Request-ID": "req-abc.1"})  # fmt: skip
+    r = httpx.post(
+        f"{real_server.url}/generate",
+        timeout=30,
+        json={"prompt": "a red circle", "num_images": 2, "seed": 41},
+        headers={"X-Request-ID": "req-abc.1"},
+    )
     assert r.status_code == 200, r.text
     assert r.headers["x-request-id"] == "req-abc.1"
     body = r.json()
-    assert set(body) == {"id", "created", "model", "images", "retrieved", "retrieval_status",
-                         "timings_ms"}  # fmt: skip
-    assert set(body["timings_ms"]) == {"queue", "text", "retrieval", "unet", "vae", "encode",
-                                       "total"}  # fmt: skip
+    assert set(body) == {
+        "id",
+        "created",
+        "model",
+        "images",
+        "retrieved",
+        "retrieval_status",
+        "timings_ms",
+    }
+    assert set(body["timings_ms"]) == {
+        "queue",
+        "text",
+        "retrieval",
+        "unet",
+        "vae",
+        "encode",
+        "total",
+    }
     assert [im["seed"] for im in body["images"]] == [41, 42]
     assert all(im["format"] == "png" for im in body["images"])
     a, b = (_img(im["b64"]) for im in body["images"])
@@ -40,31 +57,50 @@ def test_generate_returns_the_documented_json(real_server: Server) -> None:
 
 
 def test_accept_image_returns_the_image_bytes(real_server: Server) -> None:
-    r = httpx.post(f"{real_server.url}/generate", timeout=30, headers={"Accept": "image/*"},
-                   json={"prompt": "a red circle", "seed": 3, "format": "webp"})  # fmt: skip
+    r = httpx.post(
+        f"{real_server.url}/generate",
+        timeout=30,
+        headers={"Accept": "image/*"},
+        json={"prompt": "a red circle", "seed": 3, "format": "webp"},
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "image/webp"
     assert Image.open(io.BytesIO(r.content)).size == (64, 64)
-    r = httpx.post(f"{real_server.url}/generate", timeout=30, headers={"Accept": "image/png"},
-                   json={"prompt": "a red circle", "num_images": 2})  # fmt: skip
+    r = httpx.post(
+        f"{real_server.url}/generate",
+        timeout=30,
+        headers={"Accept": "image/png"},
+        json={"prompt": "a red circle", "num_images": 2},
+    )
     assert r.status_code == 400 and "num_images" in r.json()["error"]["message"]
 
 
 def test_null_seed_draws_one_seed_per_image(real_server: Server) -> None:
-    r = httpx.post(f"{real_server.url}/generate", timeout=30,
-                   json={"prompt": "a green square", "num_images": 3, "seed": None})  # fmt: skip
+    r = httpx.post(
+        f"{real_server.url}/generate",
+        timeout=30,
+        json={"prompt": "a green square", "num_images": 3, "seed": None},
+    )
     seeds = [im["seed"] for im in r.json()["images"]]
     assert len(set(seeds)) == 3 and all(0 <= s < 2**32 for s in seeds)
 
 
 def test_concurrent_clients_are_batched_and_each_gets_its_own_image(real_server: Server) -> None:
     url = f"{real_server.url}/generate"
-    target = {"prompt": "a blue square on the left", "seed": 7,
-              "retrieval": {"mode": "off", "k": 1}}  # fmt: skip
+    target = {
+        "prompt": "a blue square on the left",
+        "seed": 7,
+        "retrieval": {"mode": "off", "k": 1},
+    }
     alone = httpx.post(url, json=target, timeout=30).json()
     before = real_server.metrics()
-    others = [{"prompt": f"a yellow triangle number {i}", "seed": 100 + i,
-               "retrieval": {"mode": ("adapter", "inject", "off")[i % 3], "k": 1 + i % 2}}
-              for i in range(5)]  # fmt: skip
+    others = [
+        {
+            "prompt": f"a yellow triangle number {i}",
+            "seed": 100 + i,
+            "retrieval": {"mode": ("adapter", "inject", "off")[i % 3], "k": 1 + i % 2},
+        }
+        for i in range(5)
+    ]
     bodies = [target, *others, target | {"num_images": 2}]
     with ThreadPoolExecutor(len(bodies)) as pool:
         rs = list(pool.map(lambda b: httpx.post(url, json=b, timeout=60), bodies))
@@ -72,12 +108,15 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_image(real_server:
     after = real_server.metrics()
     # Batches of more than one image formed: more requests than batches in this window.
     batches = metric_value(after, "ragturbo_batch_size_count") - metric_value(
-        before, "ragturbo_batch_size_count")
+        before, "ragturbo_batch_size_count"
+    )
     images = metric_value(after, "ragturbo_batch_size_sum") - metric_value(
-        before, "ragturbo_batch_size_sum")
+        before, "ragturbo_batch_size_sum"
+    )
     assert images == 8 and batches < len(bodies), (images, batches)
     single = metric_value(after, "ragturbo_batch_size_bucket", le="1.0") - metric_value(
-        before, "ragturbo_batch_size_bucket", le="1.0")
+        before, "ragturbo_batch_size_bucket", le="1.0"
+    )
     assert single < batches
     # Batched == alone: fp32 batch-vs-single numerics may move a pixel by one uint8 step
     # (the engines' own batch==single tolerance); another request's image is far away.
@@ -116,10 +155,15 @@ BAD = [
 
 
 @pytest.mark.parametrize(("body", "status", "names"), BAD)
-def test_bad_input_gets_4xx_with_the_envelope(real_server: Server, body: str, status: int,
-                                              names: str) -> None:  # fmt: skip
-    r = httpx.post(f"{real_server.url}/generate", content=body, timeout=10,
-                   headers={"content-type": "application/json"})  # fmt: skip
+def test_bad_input_gets_4xx_with_the_envelope(
+    real_server: Server, body: str, status: int, names: str
+) -> None:
+    r = httpx.post(
+        f"{real_server.url}/generate",
+        content=body,
+        timeout=10,
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert set(err) == {"message", "type", "code"}
@@ -133,23 +177,38 @@ def test_body_limit_is_enforced_while_reading(real_server: Server) -> None:
         for i in range(0, len(big), 4096):
             yield big[i : i + 4096]
 
-    r = httpx.post(f"{real_server.url}/generate", content=chunks(), timeout=10,
-                   headers={"content-type": "application/json"})  # fmt: skip
+    r = httpx.post(
+        f"{real_server.url}/generate",
+        content=chunks(),
+        timeout=10,
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
     r = httpx.post(f"{real_server.url}/generate", content=big, timeout=10)
     assert r.status_code == 413
 
 
 def test_openai_compatible_route(real_server: Server) -> None:
-    r = httpx.post(f"{real_server.url}/v1/images/generations", timeout=30,
-                   json={"prompt": "a red circle", "n": 2, "size": "128x128",
-                         "response_format": "b64_json", "model": "anything"})  # fmt: skip
+    r = httpx.post(
+        f"{real_server.url}/v1/images/generations",
+        timeout=30,
+        json={
+            "prompt": "a red circle",
+            "n": 2,
+            "size": "128x128",
+            "response_format": "b64_json",
+            "model": "anything",
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {"created", "data"} and len(body["data"]) == 2
     assert _img(body["data"][0]["b64_json"]).shape == (128, 128, 3)
-    r = httpx.post(f"{real_server.url}/v1/images/generations", timeout=10,
-                   json={"prompt": "a", "response_format": "url"})  # fmt: skip
+    r = httpx.post(
+        f"{real_server.url}/v1/images/generations",
+        timeout=10,
+        json={"prompt": "a", "response_format": "url"},
+    )
     assert r.status_code == 422 and "response_format" in r.json()["error"]["message"]
 
 
@@ -158,11 +217,19 @@ def test_health_and_metrics(real_server: Server) -> None:
     ready = httpx.get(f"{real_server.url}/readyz").json()
     assert ready["status"] == "ready" and ready["backend"] == "torch"
     text = real_server.metrics()
-    for name in ("ragturbo_requests_total", "ragturbo_request_duration_seconds_bucket",
-                 "ragturbo_queue_wait_seconds_bucket", "ragturbo_stage_duration_seconds_bucket",
-                 "ragturbo_batch_size_bucket", "ragturbo_queue_depth", "ragturbo_rejected_total",
-                 "ragturbo_retrieval_score_bucket", "ragturbo_retrieval_unavailable_total",
-                 "ragturbo_images_generated_total", "ragturbo_build_info"):  # fmt: skip
+    for name in (
+        "ragturbo_requests_total",
+        "ragturbo_request_duration_seconds_bucket",
+        "ragturbo_queue_wait_seconds_bucket",
+        "ragturbo_stage_duration_seconds_bucket",
+        "ragturbo_batch_size_bucket",
+        "ragturbo_queue_depth",
+        "ragturbo_rejected_total",
+        "ragturbo_retrieval_score_bucket",
+        "ragturbo_retrieval_unavailable_total",
+        "ragturbo_images_generated_total",
+        "ragturbo_build_info",
+    ):
         assert name in text, name
     for stage in ("text", "retrieval", "unet", "vae", "encode"):
         assert metric_value(text, "ragturbo_stage_duration_seconds_count", stage=stage) > 0, stage
@@ -175,9 +242,12 @@ def test_health_and_metrics(real_server: Server) -> None:
 
 
 def test_logs_are_json_with_request_ids_and_no_prompts(real_server: Server) -> None:
-    httpx.post(f"{real_server.url}/generate", json={"prompt": "a secret purple hexagon"},
-               headers={"X-Request-ID": "trace-42"}, timeout=30)  # fmt: skip
-    lines = [json.loads(line) for line in real_server.logs().splitlines()
-             if line.startswith("{")]  # fmt: skip
+    httpx.post(
+        f"{real_server.url}/generate",
+        json={"prompt": "a secret purple hexagon"},
+        headers={"X-Request-ID": "trace-42"},
+        timeout=30,
+    )
+    lines = [json.loads(line) for line in real_server.logs().splitlines() if line.startswith("{")]
     assert any(rec.get("request_id") == "trace-42" and rec.get("status") == 200 for rec in lines)
     assert "secret purple hexagon" not in real_server.logs()

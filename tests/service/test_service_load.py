@@ -19,9 +19,17 @@ from conftest import Server, metric_value
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Fake engine: 250 ms per batch of at most 2 images, at most 3 requests waiting."""
-    srv = Server({"RAGTURBO_MAX_BATCH": "2", "RAGTURBO_MAX_WAIT_MS": "1",
-                  "RAGTURBO_MAX_QUEUE": "3", "RAGTURBO_MODEL_DIR": "/unused"}, "fake",
-                 tmp_path_factory.mktemp("slow-server"), batch_s=0.25)  # fmt: skip
+    srv = Server(
+        {
+            "RAGTURBO_MAX_BATCH": "2",
+            "RAGTURBO_MAX_WAIT_MS": "1",
+            "RAGTURBO_MAX_QUEUE": "3",
+            "RAGTURBO_MODEL_DIR": "/unused",
+        },
+        "fake",
+        tmp_path_factory.mktemp("slow-server"),
+        batch_s=0.25,
+    )
     try:
         srv.wait_ready()
         yield srv
@@ -33,8 +41,14 @@ def test_overload_gives_429_and_every_accepted_request_completes(slow_server: Se
     before = slow_server.metrics()
     n = 24
     with ThreadPoolExecutor(n) as pool:
-        rs = list(pool.map(lambda i: httpx.post(f"{slow_server.url}/generate", timeout=30,
-                                                json={"prompt": f"p{i}", "seed": i}), range(n)))  # fmt: skip
+        rs = list(
+            pool.map(
+                lambda i: httpx.post(
+                    f"{slow_server.url}/generate", timeout=30, json={"prompt": f"p{i}", "seed": i}
+                ),
+                range(n),
+            )
+        )
     codes = [r.status_code for r in rs]
     assert set(codes) <= {200, 429}, codes
     assert codes.count(429) > 0 and codes.count(200) >= 3
@@ -46,10 +60,12 @@ def test_overload_gives_429_and_every_accepted_request_completes(slow_server: Se
             assert r.json()["images"][0]["seed"] == int(r.json()["images"][0]["seed"])
     after = slow_server.metrics()
     refused = metric_value(after, "ragturbo_rejected_total", reason="queue_full") - metric_value(
-        before, "ragturbo_rejected_total", reason="queue_full")
+        before, "ragturbo_rejected_total", reason="queue_full"
+    )
     assert refused == codes.count(429)
     served = metric_value(after, "ragturbo_images_generated_total") - metric_value(
-        before, "ragturbo_images_generated_total")
+        before, "ragturbo_images_generated_total"
+    )
     assert served == codes.count(200)
     assert metric_value(after, "ragturbo_queue_depth") == 0
 
@@ -66,18 +82,27 @@ def test_disconnected_client_costs_no_pipeline_work(slow_server: Server) -> None
     time.sleep(0.4)
     after = slow_server.metrics()
     batches = metric_value(after, "ragturbo_batch_size_count") - metric_value(
-        before, "ragturbo_batch_size_count")
+        before, "ragturbo_batch_size_count"
+    )
     assert batches == 1  # only "busy" ran
     gone = metric_value(after, "ragturbo_rejected_total", reason="disconnected") - metric_value(
-        before, "ragturbo_rejected_total", reason="disconnected")
+        before, "ragturbo_rejected_total", reason="disconnected"
+    )
     assert gone == 1
 
 
-def test_sigterm_drains_every_accepted_request(tiny_model_dir: Path,
-                                               tmp_path: Path) -> None:  # fmt: skip
-    srv = Server({"RAGTURBO_MODEL_DIR": str(tiny_model_dir), "RAGTURBO_MAX_BATCH": "2",
-                  "RAGTURBO_MAX_WAIT_MS": "1", "RAGTURBO_MAX_QUEUE": "64",
-                  "RAGTURBO_DRAIN_TIMEOUT_S": "60"}, "real", tmp_path)  # fmt: skip
+def test_sigterm_drains_every_accepted_request(tiny_model_dir: Path, tmp_path: Path) -> None:
+    srv = Server(
+        {
+            "RAGTURBO_MODEL_DIR": str(tiny_model_dir),
+            "RAGTURBO_MAX_BATCH": "2",
+            "RAGTURBO_MAX_WAIT_MS": "1",
+            "RAGTURBO_MAX_QUEUE": "64",
+            "RAGTURBO_DRAIN_TIMEOUT_S": "60",
+        },
+        "real",
+        tmp_path,
+    )
     try:
         srv.wait_ready()
         url = f"{srv.url}/generate"
@@ -87,8 +112,9 @@ def test_sigterm_drains_every_accepted_request(tiny_model_dir: Path,
 
         def call(i: int) -> None:
             try:
-                r = httpx.post(url, json={"prompt": f"shape {i}", "num_images": 4, "seed": i},
-                               timeout=60)  # fmt: skip
+                r = httpx.post(
+                    url, json={"prompt": f"shape {i}", "num_images": 4, "seed": i}, timeout=60
+                )
             except Exception as e:  # noqa: BLE001 — a lost request is what we look for
                 r = e  # type: ignore[assignment]
             with lock:

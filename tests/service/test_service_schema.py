@@ -17,7 +17,6 @@ def api_schema(real_server: Server):  # type: ignore[no-untyped-def]
 
 
 @schema.parametrize()
-@settings(max_examples=12, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))  # fmt: skip
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_api_conforms_and_never_5xx(case: schemathesis.Case) -> None:
     case.call_and_validate(timeout=30)

@@ -36,8 +36,9 @@ def test_env_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"RAGTURBO_BACKEND": "tensorrt", "RAGTURBO_DEVICE": "cpu"}, "device='cpu'"),
     ],
 )
-def test_invalid_settings_name_the_value(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
-                                         expected: str) -> None:  # fmt: skip
+def test_invalid_settings_name_the_value(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(ValidationError) as e:
@@ -53,7 +54,13 @@ def test_secrets_are_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_serve_refuses_invalid_settings_at_startup() -> None:
-    r = subprocess.run([sys.executable, "-m", "ragturbo.cli", "serve"], capture_output=True,
-                       text=True, timeout=60, env={"RAGTURBO_MAX_WAIT_MS": "-3", "PATH": ""})  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "ragturbo.cli", "serve"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"RAGTURBO_MAX_WAIT_MS": "-3", "PATH": ""},
+    )
     assert r.returncode == 2
     assert "RAGTURBO_MAX_WAIT_MS" in r.stderr and "'-3'" in r.stderr
