@@ -49,6 +49,12 @@ class OrtBackend(GraphBackend):
                 f"onnxruntime backend runs the fp32 export; dtype {dtype} is not supported"
             )
         dev = torch.device(device)
+        available = ort.get_available_providers()
+        if dev.type == "cuda" and "CUDAExecutionProvider" not in available:
+            raise BackendUnavailable(
+                "onnxruntime on CUDA needs the CUDA execution provider (install onnxruntime-gpu); "
+                f"this onnxruntime {ort.__version__} has only {available}"
+            )
         try:
             man = load_manifest(onnx_dir)
         except ManifestError as e:
@@ -65,13 +71,7 @@ class OrtBackend(GraphBackend):
                 f"ONNX UNet was exported with inject_weight {man['inject_weight']}, "
                 f"backend asked for {self.inject_weight}"
             )
-        available = ort.get_available_providers()
         if dev.type == "cuda":
-            if "CUDAExecutionProvider" not in available:
-                raise BackendUnavailable(
-                    "onnxruntime on CUDA needs the CUDA execution provider (install onnxruntime-gpu); "
-                    f"this onnxruntime {ort.__version__} has only {available}"
-                )
             if not torch.cuda.is_available():
                 raise BackendUnavailable(f"device {dev} requested but torch sees no CUDA device")
             idx = dev.index if dev.index is not None else torch.cuda.current_device()
