@@ -44,6 +44,7 @@ PROMPTS = [
     "a blue square to the right of a red triangle",
     "a large cyan circle in the center",
 ]
+RSS_SOURCE: dict[str, str] = {}  # where the last RSS sample came from
 RSS_RE = re.compile(r"^process_resident_memory_bytes(?:\{[^}]*\})?\s+([0-9.eE+]+)\s*$", re.MULTILINE)
 
 
@@ -93,6 +94,7 @@ def read_rss(base_url: str) -> float | None:
         with urllib.request.urlopen(req, timeout=5) as r:
             m = RSS_RE.search(r.read().decode())
         if m:
+            RSS_SOURCE["last"] = "metrics"
             return float(m.group(1))
     except OSError as e:
         log.debug("metrics read failed: %s", e)
@@ -101,6 +103,7 @@ def read_rss(base_url: str) -> float | None:
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
+                    RSS_SOURCE["last"] = f"/proc/{pid}/status"
                     return float(line.split()[1]) * 1024
         except OSError:
             return None
@@ -177,6 +180,8 @@ def check(summary: dict[str, Any], bounds: dict[str, Any], rec: Recorder) -> lis
             summary["rss_start_mb"] = round(base / 2**20, 1)
             summary["rss_end_mb"] = round(end / 2**20, 1)
             summary["rss_growth_mb"] = round(growth, 1)
+            summary["rss_samples"] = len(rec.rss)
+            summary["rss_source"] = RSS_SOURCE.get("last", "?")
             bound("rss_growth_mb", round(growth, 1), bounds["max_rss_growth_mb"], "<=")
         else:
             fails.append(f"rss: only {len(rec.rss)} samples (need >= 3); is /metrics "

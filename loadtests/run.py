@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "load")
     ap.add_argument("--ready-timeout", type=float, default=600)
     args = ap.parse_args(argv)
+    args.out = args.out.resolve()  # locust runs in loadtests/: relative paths would land there
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args.out.mkdir(parents=True, exist_ok=True)
     names = [s for s in args.scenarios.split(",") if s]
