@@ -119,7 +119,7 @@ def _row(
         "e2e_min_ms": round(min(e2e), 3),
         "e2e_p90_ms": round(sorted(e2e)[int(0.9 * (len(e2e) - 1))], 3),
         "iters": len(e2e),
-        "images_per_s": round(batch * 1e3 / med, 2),
+        "images_per_s": round(batch * 1e3 / med, 3),
         "floor_ms": round(floor_ms, 3) if floor_ms else None,
         "floor_fraction": round(floor_ms / med, 3) if floor_ms else None,
         "peak_mem_gib": peak_gib,
@@ -198,31 +198,49 @@ def run_pipeline_bench(
             with torch.inference_mode():
                 refs[b] = {"img": ref.full(x["ids"], x["noise"], x["nbr"], x["lam"], True), **x}
 
-    if "eager" in variants:
-        eager = _eager_rows(pipe, ref, opts, device, gflop_img_off, peak)
-        result["rows"] += eager
+    result["errors"] = {}
+
+    def guarded(name: str, fn: Callable[[], Any]) -> Any:
+        # One variant failing (e.g. a compiler error) must not lose the others' rows.
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - recorded in the result and logged
+            log.exception("variant %s failed", name)
+            result["errors"][name] = f"{type(e).__name__}: {e}"[:2000]
+            return None
+        finally:
+            _add_ratios(result["rows"])
+            save(result)
+
+    def emit(row: dict[str, Any]) -> None:
+        result["rows"].append(row)
+        _add_ratios(result["rows"])
         save(result)
+
+    if "eager" in variants:
+        guarded("eager", lambda: _eager_rows(pipe, ref, opts, device, gflop_img_off, peak, emit))
     peer_model = None
     if "peer" in variants:
         from engines.bench.variants import DiffusersCompiled
 
         peer_model = DiffusersCompiled(pipe)  # copies taken before the fast runner changes the modules
     if "fast" in variants:
-        result["rows"] += _fast_rows(pipe, store, opts, device, gflop_img, gflop_img_off, peak, refs, result, clock)
-        save(result)
+        guarded(
+            "fast",
+            lambda: _fast_rows(pipe, store, opts, device, gflop_img, gflop_img_off, peak, refs, result, clock, emit),
+        )
     if peer_model is not None:
-        result["rows"] += _peer_rows(peer_model, ref, opts, device, gflop_img_off, peak, result, clock)
+        guarded("peer", lambda: _peer_rows(peer_model, ref, opts, device, gflop_img_off, peak, result, clock, emit))
         del peer_model
-        save(result)
     if "fast" in variants and opts.ablate_subpixel:
-        _subpixel_ablation(pipe, store, opts, device, result, clock)
+        guarded("subpixel-ablation", lambda: _subpixel_ablation(pipe, store, opts, device, result, clock))
     _add_ratios(result["rows"])
     save(result)
     result["elapsed_s"] = round(clock.elapsed(), 1)
     return result
 
 
-def _eager_rows(pipe, ref, opts, device, gflop, peak) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+def _eager_rows(pipe, ref, opts, device, gflop, peak, emit) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     from engines.bench.variants import DiffusersEager
 
     eager = DiffusersEager(pipe)
@@ -235,10 +253,11 @@ def _eager_rows(pipe, ref, opts, device, gflop, peak) -> list[dict[str, Any]]:  
         stages = {"text": med["text"], "retrieval": 0.0, "unet": med["unet"], "vae": med["vae"]}
         rows.append(_row("diffusers-eager", b, stages, [r["total"] for r in runs], gflop, peak, _peak_gib(device), 0.0))
         log.info("eager b=%d: %.2f ms", b, rows[-1]["e2e_ms"])
+        emit(rows[-1])
     return rows
 
 
-def _fast_rows(pipe, store, opts, device, gflop, gflop_off, peak, refs, result, clock) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+def _fast_rows(pipe, store, opts, device, gflop, gflop_off, peak, refs, result, clock, emit) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     from engines.fast.runner import FastConfig, FastRunner
 
     cfg = FastConfig(
@@ -268,6 +287,7 @@ def _fast_rows(pipe, store, opts, device, gflop, gflop_off, peak, refs, result, 
         rows[-1]["retrieval_off_e2e_ms"] = round(off_ms, 3)
         rows[-1]["retrieval_overhead_pct"] = round(100.0 * (on_ms - off_ms) / off_ms, 2)
         log.info("fast b=%d: %.2f ms (off %.2f ms), build %.1f s", b, rows[-1]["e2e_ms"], off_ms, t_build)
+        emit(rows[-1])
         for key in [k for k in runner.buckets if k[0] == b and b not in refs]:
             del runner.buckets[key]
         if device.type == "cuda":
@@ -307,11 +327,12 @@ def _subpixel_ablation(pipe, store, opts, device, result, clock) -> None:  # typ
     runner.release()
 
 
-def _peer_rows(peer, ref, opts, device, gflop, peak, result, clock) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    rows = []
+def _peer_rows(peer, ref, opts, device, gflop, peak, result, clock, emit) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    rows: list[dict[str, Any]] = []
     last_build = 0.0
     for b in opts.batches:
-        need = 1.5 * last_build + 20.0 if last_build else 60.0
+        # a first compile of the SD-Turbo-sized modules takes minutes (PERF.md: 245 s)
+        need = 1.2 * last_build + 20.0 if last_build else (150.0 if opts.arch != "tiny" else 30.0)
         if not clock.allows(need):
             result["skipped"].append(f"{peer.name} b={b}: time budget ({clock.elapsed():.0f} s used)")
             continue
@@ -323,6 +344,7 @@ def _peer_rows(peer, ref, opts, device, gflop, peak, result, clock) -> list[dict
         med = median_segments(runs)
         stages = {"text": med["text"], "retrieval": 0.0, "unet": med["unet"], "vae": med["vae"]}
         rows.append(_row(peer.name, b, stages, [r["total"] for r in runs], gflop, peak, _peak_gib(device), t_build))
+        emit(rows[-1])
         log.info("peer b=%d: %.2f ms, warm/compile %.1f s", b, rows[-1]["e2e_ms"], t_build)
     return rows
 

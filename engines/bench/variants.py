@@ -94,15 +94,27 @@ class DiffusersCompiled(DiffusersEager):
     def _begin(self) -> None:
         torch.compiler.cudagraph_mark_step_begin()
 
+    @staticmethod
+    def _dyn(*xs: torch.Tensor) -> None:
+        # Batch > 1: one compile with a symbolic batch serves every bucket (batch 1 is
+        # compiled on its own, static, as torch specialises size-1 dimensions).
+        for x in xs:
+            if x.shape[0] > 1:
+                torch._dynamo.mark_dynamic(x, 0)
+
     def _text(self, ids: torch.Tensor) -> torch.Tensor:
+        self._dyn(ids)
         return self._text_c(ids).last_hidden_state
 
     def _unet(self, z: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         z = z.contiguous(memory_format=torch.channels_last)
+        self._dyn(z, t, ctx)
         return self._unet_c(z, t, encoder_hidden_states=ctx).sample
 
     def _vae(self, x: torch.Tensor) -> torch.Tensor:
-        return self._vae_c(x.contiguous(memory_format=torch.channels_last)).sample
+        x = x.contiguous(memory_format=torch.channels_last)
+        self._dyn(x)
+        return self._vae_c(x).sample
 
     def warm(self, x: dict[str, Any], device: torch.device) -> float:
         """Compile (first call per shape) and record graphs; returns seconds."""
