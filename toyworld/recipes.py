@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from toyworld.models.configs import SCHEDULER, FamilyConfig, get_family
@@ -164,6 +163,7 @@ def teacher_targets(st: RecipeState) -> tuple[torch.Tensor, torch.Tensor]:
 
     ctx, _, unc = st.text_features()
     n = min(st.cfg.n_distill, len(ctx))
+    ctx = ctx[:n]
     s = st.cfg.latent_size
     noise = torch.randn((n, 4, s, s), generator=torch.Generator().manual_seed(st.cfg.seed + 7)).to(st.device)
     teacher = st.load("teacher")
@@ -283,7 +283,7 @@ def run_recipe(
         log.info("stage %s on %s", stage, st.device)
         t0 = time.perf_counter()
         if stage in ("adapter", "control"):
-            from toyworld.adapter_stage import stage_adapter
+            from toyworld.models.adapter import stage_adapter
 
             summ = stage_adapter(st, control=stage == "control", limit=(time_limits or {}).get(stage))
         else:

@@ -122,3 +122,26 @@ def batches(n: int, batch: int, gen: torch.Generator, device: torch.device) -> I
     """Endless random index batches (B,) over range(n), on ``device``."""
     while True:
         yield torch.randint(0, n, (batch,), generator=gen).to(device)
+
+
+def progress(step: int, steps: int, t0: float, limit_s: float | None) -> float:
+    """Fraction of the stage done: by steps, or by wall time when a time limit binds first."""
+    frac = step / max(steps, 1)
+    if limit_s:
+        frac = max(frac, (time.perf_counter() - t0) / limit_s)
+    return min(1.0, frac)
+
+
+def cosine_schedule(
+    opt: torch.optim.Optimizer, steps: int, limit_s: float | None, warmup: int, floor: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to ``floor`` over the stage's progress (steps or time)."""
+    import math
+
+    t0 = time.perf_counter()
+
+    def f(s: int) -> float:
+        p = progress(s, steps, t0, limit_s)
+        return min(1.0, (s + 1) / warmup) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)

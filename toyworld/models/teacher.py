@@ -10,13 +10,12 @@ The EMA of the weights is the teacher. Sampling: deterministic DDIM over
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 import torch.nn.functional as F
 
 from engines.pipeline import alphas_cumprod_from_config
-from toyworld.models.common import EMA, LossLog, autocast, batches, out_of_time
+from toyworld.models.common import EMA, LossLog, autocast, batches, cosine_schedule, out_of_time
 from toyworld.models.configs import SCHEDULER, FamilyConfig
 
 log = logging.getLogger(__name__)
@@ -45,9 +44,8 @@ def train_teacher(
     ema = EMA(unet, 0.999 if cfg.teacher.steps >= 2000 else 0.9)
     run = cfg.teacher
     opt = torch.optim.AdamW(unet.parameters(), lr=run.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 200) * (0.55 + 0.45 * math.cos(math.pi * min(1.0, s / run.steps)))
-    )
+    sched = cosine_schedule(opt, run.steps, time_limit_s, 200, floor=0.1)
+
     ac = alphas_cumprod_from_config(SCHEDULER).float().to(device)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     lg = LossLog("teacher")

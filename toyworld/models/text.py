@@ -19,7 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toyworld.models.common import LossLog, autocast, batches, images_to_tensor, out_of_time
+from toyworld.models.common import (
+    LossLog,
+    autocast,
+    batches,
+    cosine_schedule,
+    images_to_tensor,
+    out_of_time,
+)
 from toyworld.models.configs import FamilyConfig
 from toyworld.models.data import N_LABELS
 
@@ -78,9 +85,8 @@ def train_text_encoder(
     params = [*te.parameters(), *img_enc.parameters(), *t_heads.parameters(), *i_heads.parameters(), logit_scale]
     run = cfg.text
     opt = torch.optim.AdamW(params, lr=run.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / run.steps)))
-    )
+    sched = cosine_schedule(opt, run.steps, time_limit_s, 200)
+
     ids = input_ids.to(device)
     imgs = torch.as_tensor(images).to(device)
     lab = torch.as_tensor(labels).to(device)

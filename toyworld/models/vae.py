@@ -9,13 +9,19 @@ scaling factor is set to 1/std of the posterior means so latents have ~unit vari
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toyworld.models.common import LossLog, autocast, batches, images_to_tensor, out_of_time
+from toyworld.models.common import (
+    LossLog,
+    autocast,
+    batches,
+    cosine_schedule,
+    images_to_tensor,
+    out_of_time,
+)
 from toyworld.models.configs import FamilyConfig
 
 log = logging.getLogger(__name__)
@@ -34,9 +40,8 @@ def train_vae(
     vae = AutoencoderKL(**cfg.vae_kwargs()).to(device).train()
     run = cfg.vae
     opt = torch.optim.AdamW(vae.parameters(), lr=run.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / run.steps)))
-    )
+    sched = cosine_schedule(opt, run.steps, time_limit_s, 100)
+
     data = torch.as_tensor(images).to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     lg = LossLog("vae")

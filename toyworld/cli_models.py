@@ -1,0 +1,98 @@
+"""``ragturbo toyworld train | eval | retrieval-data``: the model-family recipe and its evaluation.
+
+``register(app, bench)`` adds the commands to ``toyworld.cli.toyworld_app`` (the
+sub-app itself is registered by ``toyworld.cli``). Heavy imports happen inside.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def train_cmd(
+    work: Annotated[Path, typer.Option("--work", help="Work directory (stages resume from it).")] = Path("out/toyworld"),
+    family: Annotated[str, typer.Option("--family", help="full (GPU, ships) or tiny (CPU test size).")] = "full",
+    stages: Annotated[str, typer.Option("--stages", help="Comma list of vae,text,teacher,student,export,adapter,control.")] = "vae,text,teacher,student,export,adapter,control",
+    limits: Annotated[str, typer.Option("--limits", help="Per-stage time limits in s, e.g. vae=75,teacher=270.")] = "vae=75,text=75,teacher=270,student=150",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
+    ship: Annotated[Path | None, typer.Option("--ship", help="Copy the adapter model dir here when done (e.g. toyworld/assets/model).")] = None,
+) -> None:
+    """Train the toy-world family from scratch (or resume) and print each stage's time and losses."""
+    import shutil
+
+    from toyworld.recipes import STAGES, run_recipe
+
+    want = tuple(s for s in stages.split(",") if s)
+    bad = [s for s in want if s not in STAGES]
+    if bad:
+        raise typer.BadParameter(f"unknown stage(s) {bad}; choose from {STAGES}")
+    lim = {k: float(v) for k, v in (kv.split("=", 1) for kv in limits.split(",") if kv)}
+    res = run_recipe(work, family, want, device, lim)
+    for k, v in res.items():
+        typer.echo(f"{k}: " + json.dumps({kk: vv for kk, vv in v.items() if kk not in ("curve", "final")}))
+    if ship is not None:
+        src = work / "adapter_model" if (work / "adapter_model").is_dir() else work / "model"
+        shutil.rmtree(ship, ignore_errors=True)
+        shutil.copytree(src, ship, ignore=shutil.ignore_patterns(".fingerprint-cache.json"))
+        typer.echo(f"shipped {src} -> {ship}")
+
+
+def eval_cmd(
+    prompts: Annotated[Path, typer.Option("--prompts", help="One prompt per line (the eval split's held-out prompts).")],
+    work: Annotated[Path, typer.Option("--work", help="Work dir with model/, adapter_model/, control_model/, teacher/unet.")] = Path("out/toyworld"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per prompt.")] = 2,
+    n_retrieval: Annotated[int, typer.Option("--n-retrieval", min=1, help="Retrieval-split size.")] = 10000,
+    device: Annotated[str, typer.Option("--device")] = "auto",
+) -> None:
+    """Fidelity of teacher / student / inject / adapter / control on PROMPTS (checker scores)."""
+    from toyworld.eval import EvalModels, evaluate, format_table
+
+    if not prompts.is_file():
+        raise typer.BadParameter(f"--prompts {prompts} does not exist")
+    lines = [ln.strip() for ln in prompts.read_text().splitlines() if ln.strip()]
+    res = evaluate(lines, EvalModels.from_workdir(work), None, seeds, device, n_retrieval)
+    typer.echo(json.dumps(res, indent=2) if as_json else format_table(res))
+
+
+def prompts_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Output prompts file.")],
+    n_common: Annotated[int, typer.Option("--common", min=0)] = 200,
+    n_long_tail: Annotated[int, typer.Option("--long-tail", min=0)] = 200,
+) -> None:
+    """Write the eval split's held-out prompts (common first, then long-tail), one a line."""
+    from toyworld.models.data import eval_prompts
+
+    p, _ = eval_prompts(n_common, n_long_tail)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(p) + "\n")
+    typer.echo(f"wrote {len(p)} prompts to {out}")
+
+
+def retrieval_data_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for PNGs + captions.jsonl (then: ragturbo ingest).")] = Path("data/toyworld-retrieval"),
+    n: Annotated[int, typer.Option("--n", min=1)] = 10000,
+) -> None:
+    """Regenerate the retrieval split the shipped model was evaluated with (deterministic)."""
+    from toyworld.models.adapter import write_folder_dataset
+    from toyworld.models.data import make_split
+
+    sp = make_split("retrieval", n)
+    assert sp.images is not None
+    write_folder_dataset(out, sp.images, sp.captions)
+    typer.echo(f"wrote {n} pairs to {out}; next: ragturbo ingest --images {out} --captions {out}/captions.jsonl")
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    """Add train / eval / eval-prompts / retrieval-data to the ``toyworld`` sub-app."""
+    del app, bench
+    from toyworld.cli import toyworld_app
+
+    toyworld_app.command("train")(train_cmd)
+    toyworld_app.command("eval")(eval_cmd)
+    toyworld_app.command("eval-prompts")(prompts_cmd)
+    toyworld_app.command("retrieval-data")(retrieval_data_cmd)

@@ -1,0 +1,139 @@
+"""Stages 5-6: the H-adapter (+ up-block LoRA) with the training job, and its control.
+
+Both call ``training.adapter.train`` on the exported student (``workdir/model``) with
+the teacher UNet for the discriminator, targets = VAE latents of training-split
+renders (written as a PNG folder + captions.jsonl). Retrieval is an exact in-memory
+cosine index over the *retrieval split* (``RetrievalDB``), the same database the eval
+and the service search, so neighbours can show long-tail combinations the training
+targets rarely contain. The control run is the same job with its control switch on
+(every neighbour null, λ = 0). Each run is exported with ``training.export`` to
+``workdir/<stage>_model`` (weights cast to fp16).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrievalDB:
+    """The retrieval split in memory: captions, normalised pooled embeddings (N,D), H (N,C,h,w)."""
+
+    ids: list[str]
+    captions: list[str]
+    pooled: torch.Tensor
+    features: torch.Tensor
+    long_tail: np.ndarray
+
+    @staticmethod
+    def build(pipe: Any, n: int, batch: int = 512) -> RetrievalDB:
+        """Regenerate items 0..n-1 of the retrieval split and compute their features with ``pipe``."""
+        from toyworld.models.data import make_split
+
+        sp = make_split("retrieval", n)
+        assert sp.images is not None
+        pooled, feats = [], []
+        for i in range(0, n, batch):
+            te = pipe.encode_text(sp.captions[i : i + batch])
+            lat = pipe.encode_images(sp.images[i : i + batch])
+            feats.append(pipe.retrieval_features(lat, te.context).float())
+            pooled.append(torch.nn.functional.normalize(te.pooled.float(), dim=-1))
+        ids = [f"retrieval-{i}" for i in range(n)]
+        return RetrievalDB(ids, sp.captions, torch.cat(pooled), torch.cat(feats), sp.long_tail)
+
+    def search(self, pooled: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """pooled (B,D) -> (scores (B,k), indices (B,k)) by exact cosine."""
+        q = torch.nn.functional.normalize(pooled.float().to(self.pooled.device), dim=-1)
+        return (q @ self.pooled.T).topk(k, dim=1)
+
+    def neighbours(self, pooled: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> h_retr (B,k,C,h,w), λ (B,k) (= cosine, clamped at 0), indices (B,k)."""
+        s, i = self.search(pooled, k)
+        return self.features[i], s.clamp_min(0.0), i
+
+
+def write_folder_dataset(out: Path, images: np.ndarray, captions: list[str]) -> Path:
+    """PNG files + captions.jsonl (the training job's folder format)."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "captions.jsonl").open("w") as f:
+        for i, (im, cap) in enumerate(zip(images, captions, strict=True)):
+            name = f"{i:06d}.png"
+            Image.fromarray(im).save(out / name, compress_level=1)
+            f.write(json.dumps({"file": name, "caption": cap, "id": f"train-{i}"}) + "\n")
+    return out
+
+
+def to_fp16_dir(d: Path) -> None:
+    """Rewrite every float32 safetensors file under ``d`` as fp16 (halves the shipped size)."""
+    from safetensors.torch import load_file, save_file
+
+    for f in d.rglob("*.safetensors"):
+        sd = load_file(str(f))
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, str(f), metadata={"format": "pt"})
+
+
+def stage_adapter(st: Any, control: bool, limit: float | None = None) -> dict[str, Any]:
+    """Train (control=False: with retrieval; True: λ = 0) and export to workdir/<stage>_model."""
+    from engines.pipeline import OneStepPipeline
+    from training.adapter import train
+    from training.export import export_checkpoint
+    from training.retriever import InMemoryRetriever
+
+    name = "control" if control else "adapter"
+    cfg = st.cfg
+    work: Path = st.work
+    data_dir = work / "adapter_data"
+    n_data = min(len(st.train_split()), 20000)
+    if not (data_dir / "captions.jsonl").is_file():
+        sp = st.train_split()
+        write_folder_dataset(data_dir, sp.images[:n_data], sp.captions[:n_data])
+    retriever = None
+    if not control:
+        pipe = OneStepPipeline.from_pretrained(work / "model", device=st.device)
+        db = RetrievalDB.build(pipe, cfg.n_retrieval)
+        retriever = InMemoryRetriever(db.ids, db.pooled, db.features, 0.0)
+        del pipe
+    run = cfg.adapter
+    tc: dict[str, Any] = {
+        "student": str(work / "model"),
+        "teacher_unet": str(work / "teacher" / "unet"),
+        "output_dir": str(work / f"{name}_run"),
+        "data": {"path": str(data_dir), "format": "folder"},
+        "control": control,
+        "steps": run.steps,
+        "batch_size": run.batch_size,
+        "seed": cfg.seed,
+        "lora_rank": 8,
+        "optim": {"lr": run.lr, "disc_lr": run.lr, "warmup_steps": min(100, run.steps // 10)},
+        "loss": {"disc_t_steps": cfg.teacher_steps},
+        "log_every": run.log_every,
+        "ckpt_every": max(run.steps // 2, 1),
+        "progress": False,
+        "device": str(st.device),
+    }
+    if control:
+        tc["retrieval"] = None
+    res = train(tc, retriever=retriever)
+    out = work / f"{name}_model"
+    export_checkpoint(res.output_dir, out, student=work / "model", overwrite=True)
+    to_fp16_dir(out)
+    hist = [(int(h.get("step", i)), float(h.get("loss_g", float("nan")))) for i, h in enumerate(res.history)]
+    return {
+        "stage": name,
+        "steps": res.steps,
+        "final": res.final,
+        "first_loss_g": hist[0][1] if hist else None,
+        "final_loss_g": res.final.get("loss_g"),
+        "n_data": n_data,
+    }
