@@ -22,6 +22,8 @@ def bench_retrieval_cmd(
     ef_construct: int = typer.Option(100, "--ef-construct"),
     hnsw_ef: str = typer.Option("64,128,512", "--hnsw-ef", help="Comma-separated search beams to measure."),
     local_max: int = typer.Option(100_000, "--local-max", help="Largest size for qdrant-client local mode."),
+    hnsw_max: int | None = typer.Option(None, "--hnsw-max", help="Above this size, skip the HNSW build (exact scan only)."),
+    queries_exact: int = typer.Option(100, "--queries-exact", min=1, help="Queries for the exact/local rows."),
 ) -> None:
     """Query latency p50/p99 and recall@1 vs exact search on random unit vectors."""
     from retrieval.bench import format_table, run_bench
@@ -32,7 +34,7 @@ def bench_retrieval_cmd(
         raise typer.BadParameter(f"--sizes must be comma-separated integers, got {sizes!r}") from None
     efs = [int(e) for e in hnsw_ef.split(",") if e.strip()]
     rows = run_bench(
-        ns, queries, out, dim=dim, hnsw_m=hnsw_m, ef_construct=ef_construct, hnsw_ef=efs, local_max=local_max
+        ns, queries, out, dim=dim, hnsw_m=hnsw_m, ef_construct=ef_construct, hnsw_ef=efs, local_max=local_max, hnsw_max=hnsw_max, local_queries=max(1, queries_exact // 2)
     )
     typer.echo(format_table(rows))
     typer.echo(f"wrote {out}")
