@@ -16,11 +16,19 @@ def generate(
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Noise seed."),
     mode: str = typer.Option("adapter", "--mode", help="Retrieval mode: adapter, inject or off."),
     k: int = typer.Option(1, "--k", min=1, max=8, help="Neighbours to retrieve."),
-    db: Path | None = typer.Option(None, "--db", help="Data directory (default RAGTURBO_DB_PATH or ./data)."),
-    qdrant_url: str | None = typer.Option(None, "--qdrant-url", help="Qdrant server URL (default: embedded Qdrant Edge)."),
-    min_score: float = typer.Option(0.0, "--min-score", min=-1.0, max=1.0, help="λ=0 for neighbours below this cosine."),
+    db: Path | None = typer.Option(
+        None, "--db", help="Data directory (default RAGTURBO_DB_PATH or ./data)."
+    ),
+    qdrant_url: str | None = typer.Option(
+        None, "--qdrant-url", help="Qdrant server URL (default: embedded Qdrant Edge)."
+    ),
+    min_score: float = typer.Option(
+        0.0, "--min-score", min=-1.0, max=1.0, help="λ=0 for neighbours below this cosine."
+    ),
     model_dir: Path | None = typer.Option(
-        None, "--model-dir", help="Model directory (default: RAGTURBO_MODEL_DIR or the shipped model)."
+        None,
+        "--model-dir",
+        help="Model directory (default: RAGTURBO_MODEL_DIR or the shipped model).",
     ),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda:0."),
 ) -> None:
@@ -39,7 +47,9 @@ def generate(
         raise typer.BadParameter("PROMPT must not be empty")
     dbp = db or Path(os.environ.get("RAGTURBO_DB_PATH", "data"))
     mdir = model_dir or (
-        Path(os.environ["RAGTURBO_MODEL_DIR"]) if os.environ.get("RAGTURBO_MODEL_DIR") else default_model_dir(dbp)
+        Path(os.environ["RAGTURBO_MODEL_DIR"])
+        if os.environ.get("RAGTURBO_MODEL_DIR")
+        else default_model_dir(dbp)
     )
     t2i = build_text_to_image(
         mdir,

@@ -109,7 +109,10 @@ def bench_size(
         n = min(step, size - s)
         idx._shard.update(  # bulk path: one flush at the end, not per batch
             idx._qe.UpdateOperation.upsert_points(
-                [idx._qe.Point(i, v.tolist(), {"caption": ""}) for i, v in zip(_ids(s, n), db[s : s + n])]
+                [
+                    idx._qe.Point(i, v.tolist(), {"caption": ""})
+                    for i, v in zip(_ids(s, n), db[s : s + n])
+                ]
             )
         )
     idx._shard.flush()
@@ -126,11 +129,24 @@ def bench_size(
     for ef in efs:
         idx._params = idx._qe.SearchParams(hnsw_ef=ef)
         lat, rec = _measure(idx, q, truth)
-        rows.append(_row("qdrant-edge hnsw", size, dim, lat, rec, upload, build, f"m={hnsw_m} ef_construct={ef_construct} hnsw_ef={ef}"))
+        rows.append(
+            _row(
+                "qdrant-edge hnsw",
+                size,
+                dim,
+                lat,
+                rec,
+                upload,
+                build,
+                f"m={hnsw_m} ef_construct={ef_construct} hnsw_ef={ef}",
+            )
+        )
     idx._params = idx._qe.SearchParams(exact=True)
     nq = min(local_queries * 2, queries)
     lat, rec = _measure(idx, q[:nq], truth[:nq])
-    rows.append(_row("qdrant-edge exact (full scan)", size, dim, lat, rec, upload, 0.0, "exact=True"))
+    rows.append(
+        _row("qdrant-edge exact (full scan)", size, dim, lat, rec, upload, 0.0, "exact=True")
+    )
     idx.close()
     shutil.rmtree(path, ignore_errors=True)
     if size <= local_max:
@@ -144,17 +160,36 @@ def bench_size(
         upload = time.perf_counter() - t0
         nq = min(local_queries, queries)
         lat, rec = _measure(cli, q[:nq], truth[:nq])
-        rows.append(_row("qdrant-client local (brute force)", size, dim, lat, rec, upload, 0.0, "exact"))
+        rows.append(
+            _row("qdrant-client local (brute force)", size, dim, lat, rec, upload, 0.0, "exact")
+        )
         cli.close()
     return rows
 
 
-def _row(backend: str, size: int, dim: int, lat: list[float], rec: float, up: float, build: float, params: str) -> BenchRow:
+def _row(
+    backend: str,
+    size: int,
+    dim: int,
+    lat: list[float],
+    rec: float,
+    up: float,
+    build: float,
+    params: str,
+) -> BenchRow:
     a = np.asarray(lat)
     return BenchRow(
-        backend, size, dim, len(a), round(up, 2), round(build, 2),
-        round(float(np.percentile(a, 50)), 3), round(float(np.percentile(a, 99)), 3),
-        round(float(a.mean()), 3), round(rec, 4), params,
+        backend,
+        size,
+        dim,
+        len(a),
+        round(up, 2),
+        round(build, 2),
+        round(float(np.percentile(a, 50)), 3),
+        round(float(np.percentile(a, 99)), 3),
+        round(float(a.mean()), 3),
+        round(rec, 4),
+        params,
     )
 
 
@@ -170,7 +205,12 @@ def format_table(rows: list[BenchRow]) -> str:
 
 
 def run_bench(
-    sizes: list[int], queries: int, out: Path, dim: int = 1024, workdir: Path | None = None, **kw: object
+    sizes: list[int],
+    queries: int,
+    out: Path,
+    dim: int = 1024,
+    workdir: Path | None = None,
+    **kw: object,
 ) -> list[BenchRow]:
     """Run every size, appending rows to ``out`` (JSON) after each so a long run keeps its results."""
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ragturbo-bench-"))

@@ -14,16 +14,26 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
 
 def bench_retrieval_cmd(
-    sizes: str = typer.Option("10000,100000,630000", "--sizes", help="Comma-separated database sizes."),
+    sizes: str = typer.Option(
+        "10000,100000,630000", "--sizes", help="Comma-separated database sizes."
+    ),
     queries: int = typer.Option(500, "--queries", min=10, help="Queries per size."),
     dim: int = typer.Option(1024, "--dim", min=2),
     out: Path = typer.Option(Path("data/bench/retrieval.json"), "--out", help="JSON output."),
     hnsw_m: int = typer.Option(16, "--hnsw-m"),
     ef_construct: int = typer.Option(100, "--ef-construct"),
-    hnsw_ef: str = typer.Option("64,128,512", "--hnsw-ef", help="Comma-separated search beams to measure."),
-    local_max: int = typer.Option(100_000, "--local-max", help="Largest size for qdrant-client local mode."),
-    hnsw_max: int | None = typer.Option(None, "--hnsw-max", help="Above this size, skip the HNSW build (exact scan only)."),
-    queries_exact: int = typer.Option(100, "--queries-exact", min=1, help="Queries for the exact/local rows."),
+    hnsw_ef: str = typer.Option(
+        "64,128,512", "--hnsw-ef", help="Comma-separated search beams to measure."
+    ),
+    local_max: int = typer.Option(
+        100_000, "--local-max", help="Largest size for qdrant-client local mode."
+    ),
+    hnsw_max: int | None = typer.Option(
+        None, "--hnsw-max", help="Above this size, skip the HNSW build (exact scan only)."
+    ),
+    queries_exact: int = typer.Option(
+        100, "--queries-exact", min=1, help="Queries for the exact/local rows."
+    ),
 ) -> None:
     """Query latency p50/p99 and recall@1 vs exact search on random unit vectors."""
     from retrieval.bench import format_table, run_bench
@@ -31,10 +41,21 @@ def bench_retrieval_cmd(
     try:
         ns = [int(s.replace("_", "")) for s in sizes.split(",") if s.strip()]
     except ValueError:
-        raise typer.BadParameter(f"--sizes must be comma-separated integers, got {sizes!r}") from None
+        raise typer.BadParameter(
+            f"--sizes must be comma-separated integers, got {sizes!r}"
+        ) from None
     efs = [int(e) for e in hnsw_ef.split(",") if e.strip()]
     rows = run_bench(
-        ns, queries, out, dim=dim, hnsw_m=hnsw_m, ef_construct=ef_construct, hnsw_ef=efs, local_max=local_max, hnsw_max=hnsw_max, local_queries=max(1, queries_exact // 2)
+        ns,
+        queries,
+        out,
+        dim=dim,
+        hnsw_m=hnsw_m,
+        ef_construct=ef_construct,
+        hnsw_ef=efs,
+        local_max=local_max,
+        hnsw_max=hnsw_max,
+        local_queries=max(1, queries_exact // 2),
     )
     typer.echo(format_table(rows))
     typer.echo(f"wrote {out}")
@@ -61,20 +82,42 @@ def _db_path(db: Path | None) -> Path:
 def _qdrant(url: str | None) -> tuple[str | None, str | None]:
     import os
 
-    return url or os.environ.get("RAGTURBO_QDRANT_URL") or None, os.environ.get("RAGTURBO_QDRANT_API_KEY") or None
+    return url or os.environ.get("RAGTURBO_QDRANT_URL") or None, os.environ.get(
+        "RAGTURBO_QDRANT_API_KEY"
+    ) or None
 
 
 def ingest_cmd(
-    images: Path | None = typer.Option(None, "--images", help="Directory the 'file' column is relative to."),
-    captions: Path | None = typer.Option(None, "--captions", help="jsonl, csv or parquet with 'file' and 'caption'."),
-    db: Path | None = typer.Option(None, "--db", help="Data directory (default RAGTURBO_DB_PATH or ./data)."),
-    qdrant_url: str | None = typer.Option(None, "--qdrant-url", help="Qdrant server URL (default: embedded Qdrant Edge)."),
+    images: Path | None = typer.Option(
+        None, "--images", help="Directory the 'file' column is relative to."
+    ),
+    captions: Path | None = typer.Option(
+        None, "--captions", help="jsonl, csv or parquet with 'file' and 'caption'."
+    ),
+    db: Path | None = typer.Option(
+        None, "--db", help="Data directory (default RAGTURBO_DB_PATH or ./data)."
+    ),
+    qdrant_url: str | None = typer.Option(
+        None, "--qdrant-url", help="Qdrant server URL (default: embedded Qdrant Edge)."
+    ),
     batch: int = typer.Option(32, "--batch", min=1, help="Pairs per encoder batch."),
-    commit_every: int = typer.Option(256, "--commit-every", min=1, help="Pairs per durable commit."),
-    model_dir: Path | None = typer.Option(None, "--model-dir", help="Model directory (default: RAGTURBO_MODEL_DIR or the shipped model)."),
+    commit_every: int = typer.Option(
+        256, "--commit-every", min=1, help="Pairs per durable commit."
+    ),
+    model_dir: Path | None = typer.Option(
+        None,
+        "--model-dir",
+        help="Model directory (default: RAGTURBO_MODEL_DIR or the shipped model).",
+    ),
     device: str = typer.Option("cpu", "--device"),
-    rejects: Path | None = typer.Option(None, "--rejects", help="Rejected rows, jsonl (default <db>/ingest-rejects.jsonl)."),
-    rebuild_features: bool = typer.Option(False, "--rebuild-features", help="Recompute stored H-features and embeddings for the current model."),
+    rejects: Path | None = typer.Option(
+        None, "--rejects", help="Rejected rows, jsonl (default <db>/ingest-rejects.jsonl)."
+    ),
+    rebuild_features: bool = typer.Option(
+        False,
+        "--rebuild-features",
+        help="Recompute stored H-features and embeddings for the current model.",
+    ),
 ) -> None:
     """Add text-image pairs to the retrieval database (idempotent, resumable)."""
     from engines.pipeline import OneStepPipeline
@@ -93,7 +136,9 @@ def ingest_cmd(
         if images is None:
             return
     if images is None or captions is None:
-        raise typer.BadParameter("--images and --captions are required (unless --rebuild-features alone)")
+        raise typer.BadParameter(
+            "--images and --captions are required (unless --rebuild-features alone)"
+        )
     if not images.is_dir():
         raise typer.BadParameter(f"--images {images} is not a directory")
     try:
@@ -107,7 +152,9 @@ def ingest_cmd(
         raise typer.Exit(2) from e
     rej = rejects or dbp / "ingest-rejects.jsonl"
     try:
-        rep = ingest(pipe, database, images, rows, batch=batch, commit_every=commit_every, rejects_path=rej)
+        rep = ingest(
+            pipe, database, images, rows, batch=batch, commit_every=commit_every, rejects_path=rej
+        )
     finally:
         database.close()
     typer.echo(rep.summary())
@@ -122,8 +169,12 @@ def ingest_cmd(
 def search_cmd(
     query: str = typer.Argument(..., help="Text to search for."),
     k: int = typer.Option(5, "--k", min=1, max=100, help="Number of neighbours."),
-    db: Path | None = typer.Option(None, "--db", help="Data directory (default RAGTURBO_DB_PATH or ./data)."),
-    qdrant_url: str | None = typer.Option(None, "--qdrant-url", help="Qdrant server URL (default: embedded Qdrant Edge)."),
+    db: Path | None = typer.Option(
+        None, "--db", help="Data directory (default RAGTURBO_DB_PATH or ./data)."
+    ),
+    qdrant_url: str | None = typer.Option(
+        None, "--qdrant-url", help="Qdrant server URL (default: embedded Qdrant Edge)."
+    ),
     model_dir: Path | None = typer.Option(None, "--model-dir"),
     as_json: bool = typer.Option(False, "--json", help='Print [{"id","caption","score"}].'),
 ) -> None:
@@ -140,14 +191,20 @@ def search_cmd(
     url, key = _qdrant(qdrant_url)
     pipe = OneStepPipeline.from_pretrained(_model_dir(model_dir, dbp))
     try:
-        database = open_db_for_pipeline(DbConfig(db_path=dbp, qdrant_url=url, qdrant_api_key=key), pipe)
+        database = open_db_for_pipeline(
+            DbConfig(db_path=dbp, qdrant_url=url, qdrant_api_key=key), pipe
+        )
         res = database.search(pipe.encode_text([query]).pooled, k)[0]
         database.close()
     except RetrievalError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     if as_json:
-        typer.echo(json.dumps([{"id": n.id, "caption": n.caption, "score": round(n.score, 6)} for n in res]))
+        typer.echo(
+            json.dumps(
+                [{"id": n.id, "caption": n.caption, "score": round(n.score, 6)} for n in res]
+            )
+        )
         return
     if not res:
         typer.echo("no results (empty database?)")

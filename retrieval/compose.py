@@ -94,9 +94,14 @@ class TextToImage:
             fut = self._pool.submit(self._retrieve, pooled.detach().float().cpu(), ks, excl)
             return fut.result(timeout=self.retrieval_timeout_s)
         except cf.TimeoutError:
-            log.error("retrieval timed out after %.2fs; generating without retrieval", self.retrieval_timeout_s)
-        except Exception as e:  # any index/store failure degrades to mode off
-            log.error("retrieval failed (%s: %s); generating without retrieval", type(e).__name__, e)
+            log.error(
+                "retrieval timed out after %.2fs; generating without retrieval",
+                self.retrieval_timeout_s,
+            )
+        except Exception as e:  # noqa: BLE001 - any index/store failure degrades to mode off
+            log.error(
+                "retrieval failed (%s: %s); generating without retrieval", type(e).__name__, e
+            )
         return None
 
     # ------------------------------------------------------------------ generate
@@ -132,7 +137,9 @@ class TextToImage:
             else:
                 neigh, feats = got
                 kmax = max(reqs[i].k for i in want)
-                h_retr = torch.zeros((len(reqs), kmax, *pipe.h_shape), dtype=pipe.dtype, device=pipe.device)
+                h_retr = torch.zeros(
+                    (len(reqs), kmax, *pipe.h_shape), dtype=pipe.dtype, device=pipe.device
+                )
                 lam = torch.zeros((len(reqs), kmax), dtype=torch.float32, device=pipe.device)
                 feats = feats.to(pipe.device, pipe.dtype)
                 pos = 0
@@ -148,7 +155,9 @@ class TextToImage:
         timings["unet"] = out.timings_ms.get("unet", 0.0)
         timings["vae"] = out.timings_ms.get("vae", 0.0)
         results = [
-            GenResult(image=out.images[i], seed=r.seed, retrieved=retrieved[i], retrieval_status=status[i])
+            GenResult(
+                image=out.images[i], seed=r.seed, retrieved=retrieved[i], retrieval_status=status[i]
+            )
             for i, r in enumerate(reqs)
         ]
         return results, timings
@@ -208,7 +217,9 @@ def build_text_to_image(
         )
     except FingerprintMismatchError:
         raise
-    except Exception as e:
-        log.error("retrieval database unavailable (%s); images will be generated without retrieval", e)
+    except Exception as e:  # noqa: BLE001 - an outage must not stop startup
+        log.error(
+            "retrieval database unavailable (%s); images will be generated without retrieval", e
+        )
         db = None
     return TextToImage(pipeline, db, min_score=min_score, retrieval_timeout_s=retrieval_timeout_s)

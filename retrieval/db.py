@@ -63,7 +63,9 @@ class RetrievalDB:
             self.store.refresh()
             missing = {m for m in missing if m not in self.store}
             if missing:
-                log.warning("%d indexed point(s) have no features; treating them as absent", len(missing))
+                log.warning(
+                    "%d indexed point(s) have no features; treating them as absent", len(missing)
+                )
         return [[n for n in r if n.id not in missing] for r in res]
 
     def features(self, ids: Sequence[str]) -> torch.Tensor:
@@ -91,7 +93,8 @@ class RetrievalDB:
         """Features first (durable), then the index: a crash never indexes a point without features."""
         self.store.put(ids, h, latents, captions, files)
         payloads = [
-            {"caption": c, "file": f, "fingerprint": self.store.fingerprint} for c, f in zip(captions, files)
+            {"caption": c, "file": f, "fingerprint": self.store.fingerprint}
+            for c, f in zip(captions, files)
         ]
         self.index.upsert(list(ids), embeddings.detach().float().cpu().numpy(), payloads)
 
@@ -113,7 +116,11 @@ def open_index(cfg: DbConfig, dim: int) -> VectorIndex:
                 hnsw_ef=cfg.hnsw_ef,
             )
         loc = cfg.qdrant_local
-        return QdrantServerIndex(dim, location=":memory:" if loc == ":memory:" else None, path=None if loc == ":memory:" else loc)
+        return QdrantServerIndex(
+            dim,
+            location=":memory:" if loc == ":memory:" else None,
+            path=None if loc == ":memory:" else loc,
+        )
     from retrieval.edge_index import EdgeIndex
 
     return EdgeIndex(Path(cfg.db_path) / "edge", dim, hnsw_ef=cfg.hnsw_ef)
@@ -142,7 +149,9 @@ def open_db(
         device=device,
     )
     if tuple(store.h_shape) != tuple(h_shape):
-        raise ValueError(f"feature store {root} has H shape {store.h_shape}, model gives {tuple(h_shape)}")
+        raise ValueError(
+            f"feature store {root} has H shape {store.h_shape}, model gives {tuple(h_shape)}"
+        )
     return RetrievalDB(open_index(cfg, embed_dim), store)
 
 

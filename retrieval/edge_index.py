@@ -63,7 +63,9 @@ class EdgeIndex(VectorIndex):
                 self.path.mkdir(parents=True, exist_ok=True)
                 self._shard = qe.EdgeShard.create(str(self.path), cfg)
         except Exception as e:  # the binding raises plain exceptions with Qdrant's message
-            raise RetrievalError(f"cannot open Qdrant Edge shard at {self.path} (dim {dim}): {e}") from e
+            raise RetrievalError(
+                f"cannot open Qdrant Edge shard at {self.path} (dim {dim}): {e}"
+            ) from e
         self._params = qe.SearchParams(hnsw_ef=hnsw_ef, exact=exact)
         self._lock = threading.RLock()
         self._closed = False
@@ -105,7 +107,10 @@ class EdgeIndex(VectorIndex):
             return []
         res = self._shard.query_batch(qe.QueryBatchRequest(reqs))
         return [
-            [Neighbour(str(p.id), str((p.payload or {}).get("caption", "")), float(p.score)) for p in r]
+            [
+                Neighbour(str(p.id), str((p.payload or {}).get("caption", "")), float(p.score))
+                for p in r
+            ]
             for r in res
         ]
 
@@ -121,13 +126,17 @@ class EdgeIndex(VectorIndex):
     def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         if not ids:
             return {}
-        return {str(r.id): dict(r.payload or {}) for r in self._shard.retrieve(list(ids), True, False)}
+        return {
+            str(r.id): dict(r.payload or {}) for r in self._shard.retrieve(list(ids), True, False)
+        }
 
     def optimize(self) -> None:
         with self._lock:
             changed = self._shard.optimize()
             self._shard.flush()
-        log.info("qdrant edge optimize at %s: %s", self.path, "rebuilt" if changed else "already optimal")
+        log.info(
+            "qdrant edge optimize at %s: %s", self.path, "rebuilt" if changed else "already optimal"
+        )
 
     def info(self) -> dict[str, int]:
         i = self._shard.info()

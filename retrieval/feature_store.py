@@ -101,13 +101,20 @@ class FeatureStore:
                 raise FingerprintMismatchError(m["fingerprint"], fingerprint, str(self.root))
             self.h_shape = tuple(m["h_shape"])
             self.latent_shape = tuple(m["latent_shape"])
-            for want, have, what in ((h_shape, self.h_shape, "h_shape"), (latent_shape, self.latent_shape, "latent_shape")):
+            for want, have, what in (
+                (h_shape, self.h_shape, "h_shape"),
+                (latent_shape, self.latent_shape, "latent_shape"),
+            ):
                 if want is not None and tuple(want) != have:
-                    raise RetrievalError(f"feature store at {self.root} has {what} {have}, the model gives {tuple(want)}")
+                    raise RetrievalError(
+                        f"feature store at {self.root} has {what} {have}, the model gives {tuple(want)}"
+                    )
             self._load(m)
         else:
             if h_shape is None or latent_shape is None:
-                raise RetrievalError(f"no feature store at {self.root} (missing {mpath}); run `ragturbo ingest` first")
+                raise RetrievalError(
+                    f"no feature store at {self.root} (missing {mpath}); run `ragturbo ingest` first"
+                )
             self.h_shape = tuple(int(v) for v in h_shape)
             self.latent_shape = tuple(int(v) for v in latent_shape)
             (self.root / "shards").mkdir(parents=True, exist_ok=True)
@@ -123,7 +130,9 @@ class FeatureStore:
         except (OSError, json.JSONDecodeError) as e:
             raise RetrievalError(f"cannot read feature-store manifest {mpath}: {e}") from e
         if m.get("version") != VERSION:
-            raise RetrievalError(f"{mpath}: unsupported version {m.get('version')!r} (expected {VERSION})")
+            raise RetrievalError(
+                f"{mpath}: unsupported version {m.get('version')!r} (expected {VERSION})"
+            )
         return m
 
     def _commit(self, shards: list[dict[str, Any]]) -> None:
@@ -152,12 +161,19 @@ class FeatureStore:
                 continue
             d = self.root / "shards" / name
             try:
-                arrays = (np.load(d / "h.npy", mmap_mode="r"), np.load(d / "latent.npy", mmap_mode="r"))
+                arrays = (
+                    np.load(d / "h.npy", mmap_mode="r"),
+                    np.load(d / "latent.npy", mmap_mode="r"),
+                )
                 rows = json.loads((d / "rows.json").read_text())
             except (OSError, ValueError) as e:
-                raise RetrievalError(f"feature-store shard {d} named in the manifest is unreadable: {e}") from e
+                raise RetrievalError(
+                    f"feature-store shard {d} named in the manifest is unreadable: {e}"
+                ) from e
             if len(rows) != len(arrays[0]) or len(rows) != len(arrays[1]):
-                raise RetrievalError(f"feature-store shard {d}: {len(rows)} rows but {len(arrays[0])} features")
+                raise RetrievalError(
+                    f"feature-store shard {d}: {len(rows)} rows but {len(arrays[0])} features"
+                )
             self._arrays[name] = arrays
             for r, row in enumerate(rows):
                 self._where[row["id"]] = (name, r)
@@ -242,7 +258,11 @@ class FeatureStore:
         Returns the number of new rows. When it returns, the rows survive a crash.
         """
         hn = h.detach().float().cpu().numpy() if isinstance(h, torch.Tensor) else np.asarray(h)
-        ln = latents.detach().float().cpu().numpy() if isinstance(latents, torch.Tensor) else np.asarray(latents)
+        ln = (
+            latents.detach().float().cpu().numpy()
+            if isinstance(latents, torch.Tensor)
+            else np.asarray(latents)
+        )
         n = len(ids)
         if hn.shape != (n, *self.h_shape) or ln.shape != (n, *self.latent_shape):
             raise ValueError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -97,7 +97,7 @@ class VectorIndex(ABC):
     def close(self) -> None:
         """Release files/connections."""
 
-    def __enter__(self) -> VectorIndex:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

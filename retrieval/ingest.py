@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.db import DbConfig, RetrievalDB, open_db_for_pipeline
+from retrieval.db import DbConfig, RetrievalDB
 from retrieval.feature_store import MANIFEST, FeatureStore
 from retrieval.types import point_id
 
@@ -89,8 +89,12 @@ def read_captions(path: str | Path) -> list[dict[str, str]]:
     else:
         raise ValueError(f"captions file {p} must end in .jsonl, .csv or .parquet (got {suf!r})")
     if rows and not any("file" in r and "caption" in r for r in rows):
-        raise ValueError(f"captions file {p} needs columns 'file' and 'caption'; got {sorted(rows[0])}")
-    return [{"file": str(r.get("file") or ""), "caption": str(r.get("caption") or "")} for r in rows]
+        raise ValueError(
+            f"captions file {p} needs columns 'file' and 'caption'; got {sorted(rows[0])}"
+        )
+    return [
+        {"file": str(r.get("file") or ""), "caption": str(r.get("caption") or "")} for r in rows
+    ]
 
 
 def load_image(data: bytes, resolution: int) -> np.ndarray:
@@ -149,7 +153,12 @@ def ingest(
         if not pend["ids"]:
             return
         db.upsert(
-            pend["ids"], torch.cat(pend["emb"]), torch.cat(pend["h"]), torch.cat(pend["lat"]), pend["cap"], pend["file"]
+            pend["ids"],
+            torch.cat(pend["emb"]),
+            torch.cat(pend["h"]),
+            torch.cat(pend["lat"]),
+            pend["cap"],
+            pend["file"],
         )
         rep.added += len(pend["ids"])
         if on_commit:
@@ -192,7 +201,11 @@ def ingest(
         rep.already_present += sum(done)
         todo = [j for j, d in enumerate(done) if not d]
         if todo:
-            ids, caps, files = [ids[j] for j in todo], [caps[j] for j in todo], [files[j] for j in todo]
+            ids, caps, files = (
+                [ids[j] for j in todo],
+                [caps[j] for j in todo],
+                [files[j] for j in todo],
+            )
             text = pipe.encode_text(caps)
             lat = pipe.encode_images(np.stack([imgs[j] for j in todo]))
             h = pipe.retrieval_features(lat, text.context)
@@ -256,7 +269,10 @@ def rebuild_features(pipe: Any, cfg: DbConfig, *, batch: int = 64, progress: boo
             index.upsert(
                 bid,
                 text.pooled.float().cpu().numpy(),
-                [{"caption": r["caption"], "file": r["file"], "fingerprint": pipe.fingerprint} for r in rows],
+                [
+                    {"caption": r["caption"], "file": r["file"], "fingerprint": pipe.fingerprint}
+                    for r in rows
+                ],
             )
         index.optimize()
     finally:
@@ -266,5 +282,10 @@ def rebuild_features(pipe: Any, cfg: DbConfig, *, batch: int = 64, progress: boo
     os.replace(root, retired)
     os.replace(new_root, root)
     shutil.rmtree(retired, ignore_errors=True)
-    log.info("rebuilt features of %d pairs for model %s (was %s)", len(ids), pipe.fingerprint, m["fingerprint"])
+    log.info(
+        "rebuilt features of %d pairs for model %s (was %s)",
+        len(ids),
+        pipe.fingerprint,
+        m["fingerprint"],
+    )
     return len(ids)

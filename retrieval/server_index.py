@@ -29,7 +29,9 @@ def _transient(e: BaseException) -> bool:
 
     if isinstance(e, UnexpectedResponse):
         return e.status_code is not None and (e.status_code >= 500 or e.status_code == 429)
-    return isinstance(e, (ResponseHandlingException, httpx.TransportError, TimeoutError, ConnectionError))
+    return isinstance(
+        e, (ResponseHandlingException, httpx.TransportError, TimeoutError, ConnectionError)
+    )
 
 
 class QdrantServerIndex(VectorIndex):
@@ -75,7 +77,10 @@ class QdrantServerIndex(VectorIndex):
             # local mode is brute force and warns on search params, so only the server gets them
             self._search_params = models.SearchParams(hnsw_ef=hnsw_ef)
             self._client = QdrantClient(
-                url=url, api_key=api_key, timeout=max(1, int(np.ceil(timeout_s))), check_compatibility=False
+                url=url,
+                api_key=api_key,
+                timeout=max(1, int(np.ceil(timeout_s))),
+                check_compatibility=False,
             )
         else:
             self.name = "qdrant-client-local"
@@ -83,7 +88,9 @@ class QdrantServerIndex(VectorIndex):
             self.where = str(path) if path is not None else str(location)
             if path is not None:
                 Path(path).mkdir(parents=True, exist_ok=True)
-            self._client = QdrantClient(location=location, path=str(path) if path is not None else None)
+            self._client = QdrantClient(
+                location=location, path=str(path) if path is not None else None
+            )
         self._ensure_collection(hnsw_m, ef_construct)
 
     # ------------------------------------------------------------------ plumbing
@@ -94,7 +101,9 @@ class QdrantServerIndex(VectorIndex):
             except Exception as e:
                 if attempt < self.retries and _transient(e):
                     delay = self.backoff_s * 2**attempt
-                    log.warning("qdrant %s failed (%s); retry %d in %.2fs", what, e, attempt + 1, delay)
+                    log.warning(
+                        "qdrant %s failed (%s); retry %d in %.2fs", what, e, attempt + 1, delay
+                    )
                     time.sleep(delay)
                     continue
                 raise RetrievalError(f"qdrant {what} at {self.where} failed: {e}") from e
@@ -103,7 +112,9 @@ class QdrantServerIndex(VectorIndex):
     def _ensure_collection(self, hnsw_m: int, ef_construct: int) -> None:
         m = self._m
         if self._call("collection_exists", lambda: self._client.collection_exists(self.collection)):
-            info = self._call("get_collection", lambda: self._client.get_collection(self.collection))
+            info = self._call(
+                "get_collection", lambda: self._client.get_collection(self.collection)
+            )
             size = info.config.params.vectors.size  # type: ignore[union-attr]
             if size != self.dim:
                 raise RetrievalError(
@@ -129,7 +140,10 @@ class QdrantServerIndex(VectorIndex):
             raise ValueError(f"ids {len(ids)}, vectors {len(x)}, payloads {len(payloads)} differ")
         if not len(ids):
             return
-        pts = [self._m.PointStruct(id=i, vector=v.tolist(), payload=dict(p)) for i, v, p in zip(ids, x, payloads)]
+        pts = [
+            self._m.PointStruct(id=i, vector=v.tolist(), payload=dict(p))
+            for i, v, p in zip(ids, x, payloads)
+        ]
         self._call("upsert", lambda: self._client.upsert(self.collection, points=pts, wait=True))
 
     def search(
@@ -153,19 +167,28 @@ class QdrantServerIndex(VectorIndex):
         ]
         if not reqs:
             return []
-        res = self._call("query", lambda: self._client.query_batch_points(self.collection, requests=reqs))
+        res = self._call(
+            "query", lambda: self._client.query_batch_points(self.collection, requests=reqs)
+        )
         return [
-            [Neighbour(str(p.id), str((p.payload or {}).get("caption", "")), float(p.score)) for p in r.points]
+            [
+                Neighbour(str(p.id), str((p.payload or {}).get("caption", "")), float(p.score))
+                for p in r.points
+            ]
             for r in res
         ]
 
     def count(self) -> int:
-        return int(self._call("count", lambda: self._client.count(self.collection, exact=True)).count)
+        return int(
+            self._call("count", lambda: self._client.count(self.collection, exact=True)).count
+        )
 
     def _retrieve(self, ids: Sequence[str], payload: bool) -> list[Any]:
         return self._call(
             "retrieve",
-            lambda: self._client.retrieve(self.collection, ids=list(ids), with_payload=payload, with_vectors=False),
+            lambda: self._client.retrieve(
+                self.collection, ids=list(ids), with_payload=payload, with_vectors=False
+            ),
         )
 
     def contains(self, ids: Sequence[str]) -> list[bool]:
@@ -182,5 +205,5 @@ class QdrantServerIndex(VectorIndex):
     def close(self) -> None:
         try:
             self._client.close()
-        except Exception as e:  # closing must not mask the caller's error
+        except Exception as e:  # noqa: BLE001 - closing must not mask the caller's error
             log.debug("qdrant client close: %s", e)

@@ -9,14 +9,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "yellow": (230, 220, 20)}
+COLOURS = {
+    "red": (220, 30, 30),
+    "blue": (30, 30, 220),
+    "green": (30, 200, 30),
+    "yellow": (230, 220, 20),
+}
 SHAPES = ("circle", "square", "triangle")
 
 
 def render(colour: tuple[int, int, int], shape: str, size: int = 64, seed: int = 0) -> np.ndarray:
     """A 64x64 RGB picture of a coloured shape on a grey background (uint8 (H,W,3))."""
     rng = np.random.default_rng(seed)
-    img = np.full((size, size, 3), 128, np.uint8) + rng.integers(0, 8, (size, size, 3), dtype=np.uint8)
+    img = np.full((size, size, 3), 128, np.uint8) + rng.integers(
+        0, 8, (size, size, 3), dtype=np.uint8
+    )
     yy, xx = np.mgrid[:size, :size]
     c = size / 2
     if shape == "circle":
@@ -57,7 +64,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def other_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from engines.random_models import write_model_dir
 
-    return write_model_dir(tmp_path_factory.mktemp("model2") / "tiny", "tiny", seed=1, adapter_init_std=0.02)
+    return write_model_dir(
+        tmp_path_factory.mktemp("model2") / "tiny", "tiny", seed=1, adapter_init_std=0.02
+    )
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +106,9 @@ def ingested(pipe, dataset, db_config):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session", params=["edge", "qdrant-client-local"])
-def shared_db(request: pytest.FixtureRequest, pipe, dataset, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def shared_db(
+    request: pytest.FixtureRequest, pipe, dataset, tmp_path_factory: pytest.TempPathFactory
+):  # type: ignore[no-untyped-def]
     """Read-only database of the 16 fixture pairs, one per backend, shared by the session.
 
     Tests that use it must leave it as they found it; tests that write use ``ingested``.
@@ -106,7 +117,9 @@ def shared_db(request: pytest.FixtureRequest, pipe, dataset, tmp_path_factory: p
     from retrieval.ingest import ingest
 
     tmp = tmp_path_factory.mktemp(f"shared-{request.param}")
-    cfg = DbConfig(db_path=tmp / "db", qdrant_local=None if request.param == "edge" else str(tmp / "local"))
+    cfg = DbConfig(
+        db_path=tmp / "db", qdrant_local=None if request.param == "edge" else str(tmp / "local")
+    )
     root, rows = dataset
     db = open_db_for_pipeline(cfg, pipe, create=True)
     ingest(pipe, db, root, rows, batch=16, commit_every=16, progress=False)

@@ -27,10 +27,24 @@ def test_ingest_search_generate(model_dir: Path, tmp_path: Path) -> None:
     caps = write_jsonl(tmp_path / "caps.jsonl", rows)
     db = tmp_path / "db"
     base = ["--db", str(db), "--model-dir", str(model_dir)]
-    r = run.invoke(app, ["ingest", "--images", str(tmp_path / "imgs"), "--captions", str(caps), "--batch", "4", *base])
+    r = run.invoke(
+        app,
+        [
+            "ingest",
+            "--images",
+            str(tmp_path / "imgs"),
+            "--captions",
+            str(caps),
+            "--batch",
+            "4",
+            *base,
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "6 added" in r.output and "missing file" in r.output
-    assert json.loads((db / "ingest-rejects.jsonl").read_text().splitlines()[0])["file"] == "gone.png"
+    assert (
+        json.loads((db / "ingest-rejects.jsonl").read_text().splitlines()[0])["file"] == "gone.png"
+    )
 
     r = run.invoke(app, ["search", rows[2]["caption"], "--k", "3", "--json", *base])
     assert r.exit_code == 0, r.output
@@ -42,25 +56,48 @@ def test_ingest_search_generate(model_dir: Path, tmp_path: Path) -> None:
     assert rows[2]["caption"] in r.stdout.splitlines()[0]
 
     out = tmp_path / "o.png"
-    r = run.invoke(app, ["generate", rows[1]["caption"], "-o", str(out), "--k", "2", "--min-score", "0.1", *base])
+    r = run.invoke(
+        app,
+        ["generate", rows[1]["caption"], "-o", str(out), "--k", "2", "--min-score", "0.1", *base],
+    )
     assert r.exit_code == 0, r.output
     assert "retrieval ok" in r.output and rows[1]["caption"] in r.output and out.stat().st_size > 0
 
 
 def test_search_without_database_fails_clearly(model_dir: Path, tmp_path: Path) -> None:
-    r = CliRunner().invoke(_app(), ["search", "x", "--db", str(tmp_path / "none"), "--model-dir", str(model_dir)])
+    r = CliRunner().invoke(
+        _app(), ["search", "x", "--db", str(tmp_path / "none"), "--model-dir", str(model_dir)]
+    )
     assert r.exit_code == 2 and "ragturbo ingest" in r.output
 
 
 def test_bench_retrieval_small(tmp_path: Path) -> None:
     out = tmp_path / "b.json"
     r = CliRunner().invoke(
-        _app(), ["bench", "retrieval", "--sizes", "300", "--queries", "20", "--dim", "32", "--hnsw-ef", "64", "--out", str(out)]
+        _app(),
+        [
+            "bench",
+            "retrieval",
+            "--sizes",
+            "300",
+            "--queries",
+            "20",
+            "--dim",
+            "32",
+            "--hnsw-ef",
+            "64",
+            "--out",
+            str(out),
+        ],
     )
     assert r.exit_code == 0, r.output
     data = json.loads(out.read_text())
     backends = {row["backend"] for row in data["rows"]}
-    assert backends == {"qdrant-edge hnsw", "qdrant-edge exact (full scan)", "qdrant-client local (brute force)"}
+    assert backends == {
+        "qdrant-edge hnsw",
+        "qdrant-edge exact (full scan)",
+        "qdrant-client local (brute force)",
+    }
     # 300 points is below the HNSW threshold: Qdrant scans exactly, so recall is 1
     assert all(row["recall_at_1"] == 1.0 for row in data["rows"])
     assert "| qdrant-edge hnsw | 300 |" in r.output

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from retrieval.compose import GenRequest, TextToImage, build_text_to_image
-from retrieval.db import DbConfig
 
 
 @pytest.fixture()
@@ -40,7 +39,9 @@ def test_batch_equals_single(t2i: TextToImage, shared_db) -> None:  # type: igno
 
 def test_retrieval_changes_the_image(t2i: TextToImage, shared_db) -> None:  # type: ignore[no-untyped-def]
     _, rows = shared_db
-    on, off = t2i.generate([GenRequest(rows[2]["caption"], 7, "adapter", 2), GenRequest(rows[2]["caption"], 7, "off")])[0]
+    on, off = t2i.generate(
+        [GenRequest(rows[2]["caption"], 7, "adapter", 2), GenRequest(rows[2]["caption"], 7, "off")]
+    )[0]
     assert on.image.shape == (64, 64, 3) and on.image.dtype == np.uint8
     assert np.abs(on.image.astype(int) - off.image.astype(int)).max() > 0
 
@@ -58,16 +59,40 @@ def test_exclude_ids_never_returns_the_pair(t2i: TextToImage, shared_db) -> None
 def test_lambda_zero_below_min_score(pipe, shared_db) -> None:  # type: ignore[no-untyped-def]
     db, rows = shared_db
     cap = rows[1]["caption"]
-    strict = TextToImage(pipe, db, min_score=1.0)  # nothing but an exact match passes... not even that in fp32
+    strict = TextToImage(
+        pipe, db, min_score=1.0
+    )  # nothing but an exact match passes... not even that in fp32
     loose = TextToImage(pipe, db, min_score=0.0)
-    (s,), _ = strict.generate([GenRequest(cap, 3, "adapter", 2, exclude_ids=frozenset({db.search(pipe.encode_text([cap]).pooled, 1)[0][0].id}))])
-    (l,), _ = loose.generate([GenRequest(cap, 3, "adapter", 2, exclude_ids=frozenset({db.search(pipe.encode_text([cap]).pooled, 1)[0][0].id}))])
+    (s,), _ = strict.generate(
+        [
+            GenRequest(
+                cap,
+                3,
+                "adapter",
+                2,
+                exclude_ids=frozenset({db.search(pipe.encode_text([cap]).pooled, 1)[0][0].id}),
+            )
+        ]
+    )
+    (l,), _ = loose.generate(
+        [
+            GenRequest(
+                cap,
+                3,
+                "adapter",
+                2,
+                exclude_ids=frozenset({db.search(pipe.encode_text([cap]).pooled, 1)[0][0].id}),
+            )
+        ]
+    )
     assert s.retrieved == l.retrieved and all(n.score < 1.0 for n in s.retrieved)
     # λ=0: the neighbours' features do not reach the image, so it equals the adapter with zero features
     import torch
 
     text = pipe.encode_text([cap])
-    zero = pipe.generate(text, [3], "adapter", torch.zeros((1, 2, *pipe.h_shape)), torch.zeros((1, 2))).images[0]
+    zero = pipe.generate(
+        text, [3], "adapter", torch.zeros((1, 2, *pipe.h_shape)), torch.zeros((1, 2))
+    ).images[0]
     assert np.array_equal(s.image, zero)
     assert not np.array_equal(l.image, zero)
 
@@ -93,7 +118,9 @@ def test_index_failure_degrades_to_off(pipe, shared_db, bad, caplog) -> None:  #
     (off,), _ = t.generate([GenRequest(rows[0]["caption"], 9, "off")])
     real, db.index = db.index, bad()  # the index now fails (exception) or hangs (timeout)
     try:
-        (res, res2), timings = t.generate([GenRequest(rows[0]["caption"], 9, "adapter", 2), GenRequest("x", 1, "off")])
+        (res, res2), _timings = t.generate(
+            [GenRequest(rows[0]["caption"], 9, "adapter", 2), GenRequest("x", 1, "off")]
+        )
     finally:
         db.index = real
     assert res.retrieval_status == "unavailable" and res.retrieved == []
@@ -121,3 +148,21 @@ def test_build_refuses_features_of_another_model(other_model_dir, shared_db) -> 
 def test_invalid_requests_raise(t2i: TextToImage) -> None:
     with pytest.raises(ValueError, match="k must be in 1..8"):
         t2i.generate([GenRequest("x", 0, "adapter", k=9)])
+
+
+def test_off_rows_untouched_in_mixed_batch_with_trained_bias(model_dir: Path, shared_db) -> None:  # type: ignore[no-untyped-def]
+    """A trained adapter has a non-zero output bias: an 'off' (or unavailable) row sharing a
+    batch with adapter rows must still equal the same request run alone."""
+    import torch
+
+    from engines.pipeline import OneStepPipeline
+
+    db, rows = shared_db
+    p = OneStepPipeline.from_pretrained(model_dir)
+    with torch.no_grad():
+        p.hadapter.proj_out.bias.fill_(0.5)
+    t = TextToImage(p, db)
+    off = GenRequest(rows[3]["caption"], 11, "off")
+    batch, _ = t.generate([GenRequest(rows[0]["caption"], 1, "adapter", 2), off])
+    (alone,), _ = t.generate([off])
+    assert np.abs(batch[1].image.astype(int) - alone.image.astype(int)).max() <= 1

@@ -56,7 +56,7 @@ def test_nearest_is_itself_with_cosine_one(index: VectorIndex) -> None:
 
 
 def test_upsert_is_idempotent_and_count_contains(index: VectorIndex) -> None:
-    ids, v = fill(index)
+    ids, _v = fill(index)
     fill(index)  # same ids again
     assert index.count() == 50
     assert index.contains([ids[0], "00000000-0000-0000-0000-000000000000"]) == [True, False]

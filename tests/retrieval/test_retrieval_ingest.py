@@ -38,12 +38,16 @@ def test_features_equal_pipeline_h_at_t0(pipe, shared_db, dataset) -> None:  # t
     db, rows = shared_db
     root, _ = dataset
     img = np.asarray(Image.open(root / rows[5]["file"]).convert("RGB"))[None]
-    ref = pipe.retrieval_features(pipe.encode_images(img), pipe.encode_text([rows[5]["caption"]]).context)
+    ref = pipe.retrieval_features(
+        pipe.encode_images(img), pipe.encode_text([rows[5]["caption"]]).context
+    )
     nid = db.search(pipe.encode_text([rows[5]["caption"]]).pooled, 1)[0][0].id
     got = db.features([nid]).float()
     # fp16 storage and a different encoder batch: equal to fp16 precision, far from other pairs
     assert torch.allclose(got, ref.float(), rtol=2e-3, atol=2e-3)
-    other = db.features([db.search(pipe.encode_text([rows[6]["caption"]]).pooled, 1)[0][0].id]).float()
+    other = db.features(
+        [db.search(pipe.encode_text([rows[6]["caption"]]).pooled, 1)[0][0].id]
+    ).float()
     assert (other - ref).abs().max() > 0.05
 
 
@@ -108,7 +112,12 @@ def test_read_captions_formats(tmp_path: Path) -> None:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from ragturbo.cli import main; sys.argv[0]='ragturbo'; main()", *args]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from ragturbo.cli import main; sys.argv[0]='ragturbo'; main()",
+        *args,
+    ]
 
 
 def _consistent(pipe, db_path: Path) -> int:  # type: ignore[no-untyped-def]
@@ -130,10 +139,25 @@ def test_sigkilled_ingest_leaves_nothing_torn_and_resumes(pipe, model_dir, tmp_p
     rows = make_pairs(root, 20)
     caps = write_jsonl(tmp_path / "caps.jsonl", rows)
     dbp = tmp_path / "db"
-    args = _cli("ingest", "--images", str(root), "--captions", str(caps), "--db", str(dbp),
-                "--model-dir", str(model_dir), "--batch", "2", "--commit-every", "2")
+    args = _cli(
+        "ingest",
+        "--images",
+        str(root),
+        "--captions",
+        str(caps),
+        "--db",
+        str(dbp),
+        "--model-dir",
+        str(model_dir),
+        "--batch",
+        "2",
+        "--commit-every",
+        "2",
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     manifest = dbp / "features" / "manifest.json"
     deadline = time.time() + 90
     while time.time() < deadline and proc.poll() is None:
@@ -154,7 +178,11 @@ def test_sigkilled_ingest_leaves_nothing_torn_and_resumes(pipe, model_dir, tmp_p
         rep = ingest(pipe, db, root, read_captions(caps), batch=4, progress=False)
     finally:
         db.close()
-    assert rep.already_present >= n_before and rep.added + rep.already_present == 20 and not rep.rejects
+    assert (
+        rep.already_present >= n_before
+        and rep.added + rep.already_present == 20
+        and not rep.rejects
+    )
     assert _consistent(pipe, dbp) == 20
 
 

@@ -18,7 +18,13 @@ H, L = (8, 2, 2), (4, 4, 4)
 def put(store: FeatureStore, ids: list[str], seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     h = torch.randn((len(ids), *H), generator=g)
-    store.put(ids, h, torch.randn((len(ids), *L), generator=g), [f"c {i}" for i in ids], [f"{i}.png" for i in ids])
+    store.put(
+        ids,
+        h,
+        torch.randn((len(ids), *L), generator=g),
+        [f"c {i}" for i in ids],
+        [f"{i}.png" for i in ids],
+    )
     return h
 
 
