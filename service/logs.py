@@ -26,7 +26,7 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", None) or request_id_var.get(),
         }
         for k, v in vars(record).items():
-            if k not in _STD and k not in out and not k.startswith("_"):
+            if k not in _STD and k not in out and not k.startswith("_") and k != "color_message":
                 out[k] = v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)

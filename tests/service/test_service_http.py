@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from conftest import Server, metric_value
 from PIL import Image
+from service_servers import Server, metric_value
 
 
 def _img(b64: str) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Server, metric_value
+from service_servers import Server, metric_value
 
 
 @pytest.fixture(scope="module")

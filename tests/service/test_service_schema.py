@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from conftest import Server
 from hypothesis import HealthCheck, settings
+from service_servers import Server
 
 schema = schemathesis.pytest.from_fixture("api_schema")
 
