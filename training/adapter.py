@@ -63,6 +63,8 @@ class TrainResult:
     log_csv: Path
     control: bool
     trainable: dict[str, int] = field(default_factory=dict)
+    peak_gpu_gib: float | None = None
+    """Peak GPU memory allocated during the training steps (after set-up), this process."""
     history: list[dict[str, float]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -74,6 +76,7 @@ class TrainResult:
             "log_csv": str(self.log_csv),
             "control": self.control,
             "trainable": self.trainable,
+            "peak_gpu_gib": self.peak_gpu_gib,
         }
 
 
@@ -120,7 +123,7 @@ def _disc_timesteps(n_train: int, n_steps: int) -> torch.Tensor:
 
 
 def _renoise(z0: torch.Tensor, s: torch.Tensor, eps: torch.Tensor, acp: torch.Tensor) -> torch.Tensor:
-    a = acp[s].to(z0.device, torch.float32)[:, None, None, None]
+    a = acp[s][:, None, None, None]
     return (a.sqrt() * z0.float() + (1 - a).sqrt() * eps.float()).to(z0.dtype)
 
 
@@ -188,7 +191,7 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
 
     csv_path = out / "log.csv"
     writer = _Logger(csv_path, start, info.is_main)
-    acp = job.pipe.alphas_cumprod
+    acp = job.pipe.alphas_cumprod.to(device, torch.float32)  # ᾱ_t (T,)
     disc_ts = _disc_timesteps(len(acp), cfg.loss.disc_t_steps)
     amp = device.type == "cuda" and cfg.mixed_precision == "bf16"
     lc = cfg.loss
@@ -201,6 +204,8 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=start, desc="train adapter", unit="step")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t_last = time.perf_counter()
     for step in range(start, cfg.steps):
         idx_all = batch_indices(len(job.pairs), cfg.batch_size, step, cfg.seed)
@@ -291,6 +296,7 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
     result = TrainResult(
         steps=cfg.steps, final=final, output_dir=out, checkpoint=last_ckpt, log_csv=csv_path,
         control=cfg.is_control, trainable=job.trainable_counts(), history=history,
+        peak_gpu_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     )
     if info.is_main:
         (out / "result.json").write_text(json.dumps(result.to_json(), indent=2))

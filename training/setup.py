@@ -108,7 +108,7 @@ def pair_latents(pipe: OneStepPipeline, pairs: list[Pair]) -> torch.Tensor:
 
 
 def _encode_all(
-    pipe: OneStepPipeline, pairs: list[Pair], with_features: bool, bs: int = 32
+    pipe: OneStepPipeline, pairs: list[Pair], with_features: bool, bs: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     lats, pooled, feats = [], [], []
     for i in range(0, len(pairs), bs):

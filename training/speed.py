@@ -76,7 +76,8 @@ def measure(
     return {
         "arch": arch, "batch_size": batch_size, "gradient_checkpointing": grad_ckpt, "k": k,
         "steps": steps, "sec_per_step": float(np.mean(timed)), "sec_per_step_min": float(np.min(timed)),
-        "peak_gpu_gib": (torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else None,
+        "peak_gpu_gib_steps": res.peak_gpu_gib,
+        "peak_gpu_gib_incl_setup": (torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else None,
         "wall_s_incl_setup": wall, "final": res.final, "trainable": res.trainable,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,

@@ -62,6 +62,7 @@ def _config(world: dict[str, Path], out: Path, steps: int) -> dict[str, Any]:
         "progress": False,
         "loss": {"disc_head_channels": 16},
         "optim": {"lr": 1e-3, "disc_lr": 1e-3},
+        "device": "cpu",  # CPU tests: fp32, deterministic (bit-exact resume) even on a GPU host
     }
 
 
