@@ -151,9 +151,10 @@ def test_locust_run_fails_on_5xx(stub_url: str, tmp_path: Path) -> None:
     env = {**os.environ, "LOAD_OVERRIDES": json.dumps({"duration_s": 4, "users": 2,
                                                        "rps_per_user": 5, "min_requests": 5})}
     res = subprocess.run([sys.executable, str(ROOT / "loadtests" / "run.py"), "--url", stub_url,
-                          "--scenarios", "steady", "--out", str(tmp_path)],
-                         env=env, capture_output=True, text=True, timeout=90, check=False)
+                          "--scenarios", "steady", "--out", "load-out"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90, check=False)
     assert res.returncode == 1, res.stdout + res.stderr
+    tmp_path = tmp_path / "load-out"  # relative --out resolves against the caller's cwd
     verdict = json.loads((tmp_path / "steady.json").read_text())
     assert verdict["passed"] is False
     assert verdict["http_5xx"] >= 1 and verdict["ok"] >= 5
