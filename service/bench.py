@@ -103,6 +103,9 @@ def bench_service(
     max_batch: int = typer.Option(16, help="RAGTURBO_MAX_BATCH with batching on."),
     max_wait_ms: float = typer.Option(5.0, help="RAGTURBO_MAX_WAIT_MS with batching on."),
     seconds: float = typer.Option(8.0, help="Measured seconds per row."),
+    threads: Annotated[
+        int, typer.Option(help="OMP_NUM_THREADS of the server (0: torch's default).")
+    ] = 0,
     model_dir: Annotated[
         Path | None, typer.Option(help="Model dir (default: a tiny random one).")
     ] = None,
@@ -116,6 +119,7 @@ def bench_service(
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     counts = [int(c) for c in clients.split(",") if c.strip()]
+    load_start = os.getloadavg()[0]
     tmp = tempfile.TemporaryDirectory(prefix="ragturbo-bench-")
     if model_dir is None:
         from engines.random_models import write_model_dir
@@ -134,6 +138,8 @@ def bench_service(
             "RAGTURBO_DEVICE": "cpu",
             "RAGTURBO_LOG_LEVEL": "WARNING",
         }
+        if threads > 0:
+            env["OMP_NUM_THREADS"] = str(threads)
         proc = start_server(env, port)
         base = f"http://127.0.0.1:{port}"
         try:
@@ -169,7 +175,8 @@ def bench_service(
     typer.echo(
         f"\nmachine: {platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}; "
         f"date {time.strftime('%Y-%m-%d')}; model {model_dir}; max_wait_ms {max_wait_ms}; "
-        f"{seconds:g} s per row\n"
+        f"{seconds:g} s per row; server threads {threads or 'default'}; "
+        f"1-min load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end\n"
     )
     typer.echo(
         "| batching | max_batch | clients | p50 ms | p99 ms | images/s | mean batch | errors |"
