@@ -137,11 +137,11 @@ class TextToImage:
             else:
                 neigh, feats = got
                 kmax = max(reqs[i].k for i in want)
-                h_retr = torch.zeros(
-                    (len(reqs), kmax, *pipe.h_shape), dtype=pipe.dtype, device=pipe.device
-                )
-                lam = torch.zeros((len(reqs), kmax), dtype=torch.float32, device=pipe.device)
-                feats = feats.to(pipe.device, pipe.dtype)
+                dev = getattr(pipe, "device", feats.device)
+                dt = getattr(pipe, "dtype", torch.float32)
+                h_retr = torch.zeros((len(reqs), kmax, *pipe.h_shape), dtype=dt, device=dev)
+                lam = torch.zeros((len(reqs), kmax), dtype=torch.float32, device=dev)
+                feats = feats.to(dev, dt)
                 pos = 0
                 for i, ns in zip(want, neigh):
                     status[i], retrieved[i], modes[i] = "ok", ns, reqs[i].mode
@@ -182,24 +182,22 @@ def build_text_to_image(
     retrieval_timeout_s: float | None = 2.0,
     pipeline: Any | None = None,
     db_config: DbConfig | None = None,
+    **backend_options: Any,
 ) -> TextToImage:
-    """Load the model and open the database.
+    """Load the model through ``engines.backends.create_backend(backend, ...)`` and open the database.
 
-    ``pipeline`` lets a caller pass a pipeline it already built (any object with the
-    OneStepPipeline interface, e.g. another runtime backend); otherwise the torch
-    pipeline is loaded from ``model_dir``. A missing/empty/unreachable database does not
-    fail the build (requests then report "unavailable"); features made by another model
-    do (FingerprintMismatchError), because that is a deployment mistake.
+    ``backend_options`` go to ``create_backend`` (e.g. ``onnx_dir=``, ``engine_dir=``);
+    ``BackendUnavailable`` propagates (no fallback). ``pipeline`` lets a caller pass an
+    object it already built (a OneStepPipeline or a Backend). A missing/empty/unreachable
+    database does not fail the build (requests then report "unavailable"); features made
+    by another model do (FingerprintMismatchError), because that is a deployment mistake.
     """
     if pipeline is None:
-        if backend != "torch":
-            raise ValueError(
-                f"backend {backend!r}: build_text_to_image loads only the torch pipeline; "
-                "pass pipeline= for other runtimes"
-            )
-        from engines.pipeline import OneStepPipeline
+        from engines.backends import create_backend
 
-        pipeline = OneStepPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
+        pipeline = create_backend(
+            backend, model_dir, device=str(device), dtype=dtype, **backend_options
+        )
     cfg = db_config or DbConfig(
         db_path=Path(db_path) if db_path is not None else Path("data"),
         qdrant_url=qdrant_url,

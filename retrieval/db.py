@@ -132,7 +132,7 @@ def open_db(
     fingerprint: str,
     embed_dim: int,
     h_shape: Sequence[int],
-    latent_shape: Sequence[int],
+    latent_shape: Sequence[int] | None,
     device: str | torch.device = "cpu",
     create: bool = False,
 ) -> RetrievalDB:
@@ -156,14 +156,23 @@ def open_db(
 
 
 def open_db_for_pipeline(cfg: DbConfig, pipe: Any, *, create: bool = False) -> RetrievalDB:
-    """``open_db`` with the model's fingerprint, widths and shapes taken from a OneStepPipeline."""
-    ls = pipe.latent_size
+    """``open_db`` with the model's fingerprint, widths and shapes taken from a pipeline.
+
+    ``pipe`` is a ``OneStepPipeline`` or an ``engines.backends.Backend`` (which has no
+    latent geometry: fine for reading; ``create`` needs the pipeline's VAE latents).
+    """
+    ls = getattr(pipe, "latent_size", None)
+    latent_shape = (pipe.latent_channels, ls, ls) if ls is not None else None
+    if create and latent_shape is None:
+        raise ValueError(
+            f"creating a database needs a pipeline with VAE latents; got {type(pipe).__name__}"
+        )
     return open_db(
         cfg,
         fingerprint=pipe.fingerprint,
         embed_dim=pipe.embed_dim,
         h_shape=pipe.h_shape,
-        latent_shape=(pipe.latent_channels, ls, ls),
-        device=pipe.device,
+        latent_shape=latent_shape,
+        device=getattr(pipe, "device", "cpu"),
         create=create,
     )

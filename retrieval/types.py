@@ -25,9 +25,13 @@ class Neighbour:
 
 
 def point_id(caption: str, image_bytes: bytes) -> str:
-    """Stable id of a pair: uuid5 over sha256(caption utf-8 ‖ 0x00 ‖ image bytes)."""
+    """Stable id of a pair: uuid5 over sha256(caption.strip() utf-8 ‖ 0x00 ‖ image bytes).
+
+    The caption is stripped so ingest, training and callers of ``exclude_ids`` agree on
+    the id of a pair whatever whitespace their caption table carries.
+    """
     h = hashlib.sha256()
-    h.update(caption.encode("utf-8"))
+    h.update(caption.strip().encode("utf-8"))
     h.update(b"\x00")
     h.update(image_bytes)
     return str(uuid.uuid5(ID_NAMESPACE, h.hexdigest()))

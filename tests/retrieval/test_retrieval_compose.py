@@ -166,3 +166,18 @@ def test_off_rows_untouched_in_mixed_batch_with_trained_bias(model_dir: Path, sh
     batch, _ = t.generate([GenRequest(rows[0]["caption"], 1, "adapter", 2), off])
     (alone,), _ = t.generate([off])
     assert np.abs(batch[1].image.astype(int) - alone.image.astype(int)).max() <= 1
+
+
+def test_build_uses_engines_backends_without_fallback(model_dir: Path, ingested, db_config) -> None:  # type: ignore[no-untyped-def]
+    from engines.backends import BackendUnavailable
+
+    db, rows = ingested
+    db.close()  # one writer/reader process per Edge shard or local-mode path
+    t = build_text_to_image(model_dir, backend="torch", db_config=db_config)
+    assert t.backend_name == "torch" and t.model_name
+    (r,), timings = t.generate([GenRequest(rows[2]["caption"], 0, "adapter", 1)])
+    assert r.retrieval_status == "ok" and r.retrieved[0].caption == rows[2]["caption"]
+    assert set(timings) == {"text", "retrieval", "unet", "vae"}
+    with pytest.raises(BackendUnavailable, match="onnx_dir"):
+        build_text_to_image(model_dir, backend="onnxruntime", db_config=db_config)
+    t.close()

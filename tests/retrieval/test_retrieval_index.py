@@ -89,6 +89,7 @@ def test_point_id_is_stable_and_content_keyed() -> None:
     assert a == point_id("a red circle", b"\x89PNG...")
     assert a != point_id("a red circle", b"\x89PNG..!")
     assert a != point_id("a red circl", b"e\x89PNG...")  # the separator keeps fields apart
+    assert a == point_id(" a red circle\n", b"\x89PNG...")  # surrounding whitespace is not content
 
 
 def test_edge_reopen_keeps_points(tmp_path: Path) -> None:
