@@ -32,6 +32,7 @@ import torch
 from training.checkpoint import LATEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from training.config import TrainConfig, config_from_dict, load_config
 from training.data import batch_indices, shard
+from training.discriminator import hinge_d_loss, hinge_g_loss
 from training.dist import (
     average_gradients,
     barrier,
@@ -42,7 +43,6 @@ from training.dist import (
     pick_device,
     shutdown,
 )
-from training.discriminator import hinge_d_loss, hinge_g_loss
 from training.losses import Augment, latent_perceptual_loss, smooth_l1
 from training.retriever import Retriever
 from training.setup import Job, build_job
@@ -127,7 +127,7 @@ def _renoise(z0: torch.Tensor, s: torch.Tensor, eps: torch.Tensor, acp: torch.Te
     return (a.sqrt() * z0.float() + (1 - a).sqrt() * eps.float()).to(z0.dtype)
 
 
-def _lr_lambda(warmup: int):  # noqa: ANN202
+def _lr_lambda(warmup: int):
     return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 

@@ -41,7 +41,7 @@ def adapter_cmd(
         over["resume"] = False
     try:
         cfg = load_config(config, over)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError) as e:
         raise typer.BadParameter(str(e)) from None
     res = train(cfg)
     typer.echo(json.dumps(res.to_json(), indent=2))

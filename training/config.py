@@ -234,7 +234,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     else:
         raise ValueError(f"config {p} must end in .yaml, .yml, .toml or .json")
     if not isinstance(raw, dict):
-        raise ValueError(f"config {p} must be a mapping at top level, got {type(raw).__name__}")
+        raise TypeError(f"config {p} must be a mapping at top level, got {type(raw).__name__}")
     raw.update(overrides or {})
     base = p.resolve().parent
 

@@ -35,7 +35,7 @@ class TeacherFeatures:
         for i, blk in enumerate(self.blocks):
             blk.register_forward_hook(self._hook(i))
 
-    def _hook(self, i: int):  # noqa: ANN202 - torch hook signature
+    def _hook(self, i: int):
         def fn(_m: nn.Module, _inp: object, out: object) -> None:
             self._out[i] = out[0] if isinstance(out, tuple) else out  # type: ignore[assignment]
 

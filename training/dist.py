@@ -40,7 +40,7 @@ def init_distributed(device_pref: str) -> DistInfo:
     """Join the torchrun group when WORLD_SIZE > 1 (or reuse an existing one)."""
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(),
-                        int(os.environ.get("LOCAL_RANK", 0)), False)
+                        int(os.environ.get("LOCAL_RANK", "0")), False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()

@@ -48,7 +48,7 @@ def test_two_gloo_processes_match_one(make_config: Any, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            "-m", "training", "adapter", "--config", str(cfg_file)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 1/2 (gloo)" in proc.stderr or "rank 0/2 (gloo)" in proc.stderr
 

@@ -47,7 +47,7 @@ def test_teacher_samples_cli_writes_a_trainable_dataset(
 def test_guidance_scale_changes_teacher_samples(tiny_world: dict[str, Path]) -> None:
     from training.teacher_samples import sample_teacher
 
-    kw = dict(steps=2, seed=3)
+    kw: dict[str, Any] = {"steps": 2, "seed": 3}
     _, a = sample_teacher(tiny_world["student"], tiny_world["teacher"], ["a red circle"], cfg=1.0, **kw)
     _, b = sample_teacher(tiny_world["student"], tiny_world["teacher"], ["a red circle"], cfg=7.5, **kw)
     _, c = sample_teacher(tiny_world["student"], tiny_world["teacher"], ["a red circle"], cfg=7.5, **kw)
