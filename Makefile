@@ -59,3 +59,9 @@ helm: $(STAMP)
 load: $(STAMP)
 	@$(BIN)/python -c "import locust" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[load]'
 	$(BIN)/python loadtests/run.py --out $(LOAD_OUT) $(if $(LOAD_URL),--url $(LOAD_URL),)
+
+# --- toy world: retrain the whole model family from scratch on one GPU (docs/toyworld-models.md) ---
+toyworld: $(STAMP)
+	$(BIN)/ragturbo toyworld train --work out/toyworld --ship toyworld/assets/model
+	$(BIN)/ragturbo toyworld eval-prompts --out out/toyworld/eval_prompts.txt
+	$(BIN)/ragturbo toyworld eval --work out/toyworld --prompts out/toyworld/eval_prompts.txt --json > out/toyworld/eval.json

@@ -19,7 +19,8 @@ def train_cmd(
     stages: Annotated[str, typer.Option("--stages", help="Comma list of vae,text,teacher,student,export,adapter,control.")] = "vae,text,teacher,student,export,adapter,control",
     limits: Annotated[str, typer.Option("--limits", help="Per-stage time limits in s, e.g. vae=75,teacher=270.")] = "vae=75,text=75,teacher=270,student=150",
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
-    ship: Annotated[Path | None, typer.Option("--ship", help="Copy the adapter model dir here when done (e.g. toyworld/assets/model).")] = None,
+    ship: Annotated[Path | None, typer.Option("--ship", help="Copy a finished model dir here (e.g. toyworld/assets/model).")] = None,
+    ship_from: Annotated[str, typer.Option("--ship-from", help="model (student, zero adapter) or adapter_model (training job export).")] = "model",
 ) -> None:
     """Train the toy-world family from scratch (or resume) and print each stage's time and losses."""
     import shutil
@@ -35,7 +36,9 @@ def train_cmd(
     for k, v in res.items():
         typer.echo(f"{k}: " + json.dumps({kk: vv for kk, vv in v.items() if kk not in ("curve", "final")}))
     if ship is not None:
-        src = work / "adapter_model" if (work / "adapter_model").is_dir() else work / "model"
+        if ship_from not in ("model", "adapter_model"):
+            raise typer.BadParameter(f"--ship-from must be model or adapter_model, got {ship_from!r}")
+        src = work / ship_from
         shutil.rmtree(ship, ignore_errors=True)
         shutil.copytree(src, ship, ignore=shutil.ignore_patterns(".fingerprint-cache.json"))
         typer.echo(f"shipped {src} -> {ship}")

@@ -228,3 +228,43 @@ def format_table(res: dict[str, Any]) -> str:
             f"{pct(r['long_tail']['overall'])} | {cats} | {pct(r['realism'])} | {r['latency_ms']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def save_grid(
+    prompts: list[str],
+    models: EvalModels,
+    out: str | Path,
+    modes: tuple[str, ...] = ("teacher", "student", "adapter"),
+    n_retrieval: int = 2000,
+    device: str = "cpu",
+    scale: int = 2,
+) -> Path:
+    """A PNG grid: one row per prompt (caption on the left), one column per mode, seed 0."""
+    from PIL import Image, ImageDraw
+
+    from toyworld.models.common import pick_device
+
+    runner = _Runner(models, pick_device(device), n_retrieval, 25, 3.0)
+    cols = [runner.generate(m, prompts, [0] * len(prompts))[0] for m in modes]
+    s, text_w, head = 64 * scale, 330, 18
+    img = Image.new("RGB", (text_w + s * len(modes), head + s * len(prompts)), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for j, m in enumerate(modes):
+        draw.text((text_w + j * s + 4, 3), m, fill=(0, 0, 0))
+    for i, p in enumerate(prompts):
+        words, lines, cur = p.split(), [], ""
+        for w in words:
+            if len(cur) + len(w) > 52:
+                lines.append(cur)
+                cur = ""
+            cur = f"{cur} {w}".strip()
+        lines.append(cur)
+        for k, ln in enumerate(lines):
+            draw.text((4, head + i * s + 4 + 12 * k), ln, fill=(0, 0, 0))
+        for j in range(len(modes)):
+            tile = Image.fromarray(cols[j][i]).resize((s, s), Image.NEAREST)
+            img.paste(tile, (text_w + j * s, head + i * s))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+    return out

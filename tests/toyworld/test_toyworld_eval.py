@@ -1,0 +1,69 @@
+"""``toyworld.eval`` on a random tiny model dir: the JSON schema the docs table is built from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory):
+    from engines.random_models import write_model_dir
+    from toyworld.eval import EvalModels
+
+    torch.set_num_threads(2)
+    d = tmp_path_factory.mktemp("ev")
+    student = write_model_dir(d / "student", "tiny", seed=0)
+    adapter = write_model_dir(d / "adapter", "tiny", seed=0, adapter_init_std=0.02)
+    teacher = student / "unet"
+    return EvalModels(student=student, adapter=adapter, control=student, teacher_unet=teacher)
+
+
+def test_eval_json_schema(models) -> None:
+    from toyworld.checker import CATEGORIES
+    from toyworld.eval import MODES, evaluate, format_table
+
+    prompts = ["a red circle", "a red triangle left of a blue square"]  # common, long-tail
+    res = evaluate(prompts, models, None, seeds_per_prompt=1, device="cpu", n_retrieval=8,
+                   teacher_steps=2, batch=4)
+    json.dumps(res)
+    assert set(res["modes"]) == set(MODES)
+    assert res["n_long_tail"] == 1
+    for m, r in res["modes"].items():
+        assert 0.0 <= r["overall"] <= 1.0, m
+        assert r["latency_ms"] > 0
+        assert 0.0 <= r["realism"] <= 1.0
+        for c in CATEGORIES:
+            assert c in r
+        assert r["common"]["n"] == 1 and r["long_tail"]["n"] == 1
+    assert "neighbour_example" in res["modes"]["adapter"]
+    table = format_table(res)
+    assert table.count("\n") == len(MODES) + 1 and "| teacher | 2 |" in table
+
+
+def test_eval_rejects_empty_prompts(models) -> None:
+    from toyworld.eval import evaluate
+
+    with pytest.raises(ValueError, match="no prompts"):
+        evaluate([], models)
+
+
+def test_cli_eval_writes_json(models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import toyworld.eval as ev
+    from ragturbo.cli import _register_all, app
+
+    monkeypatch.setattr(ev.EvalModels, "from_workdir", staticmethod(lambda work: models))
+    real = ev.evaluate
+    monkeypatch.setattr(ev, "evaluate", lambda p, m, lt, s, d, n: real(p, m, lt, 1, d, 8, 2, 3.0, 4))
+    f = tmp_path / "prompts.txt"
+    f.write_text("a green square\n")
+    _register_all()
+    out = CliRunner().invoke(app, ["toyworld", "eval", "--prompts", str(f), "--json", "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    js = json.loads(out.output[out.output.index("{"):])
+    assert js["n_prompts"] == 1 and "student" in js["modes"]
