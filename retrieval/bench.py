@@ -221,8 +221,12 @@ def run_bench(
         "dim": dim,
         "query": "random unit vectors; single-query latency (batch 1), in-process",
     }
-    for n in sizes:
-        rows += bench_size(n, queries, dim, work, **kw)  # type: ignore[arg-type]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=2))
+    try:
+        for n in sizes:
+            rows += bench_size(n, queries, dim, work, **kw)  # type: ignore[arg-type]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=2))
+    finally:
+        if workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
     return rows
