@@ -43,12 +43,18 @@ class FastConfig:
     cuda_graphs: capture one graph per batch bucket (CUDA only).
     subpixel_vae: compute the VAE's nearest-×2 + 3x3 conv upsamplers at low resolution.
     channels_last: NHWC activations for the convolutional parts.
+    compile_text: also compile the CLIP layers. Off by default: transformers builds a
+      different attention mask while a CUDA stream is capturing, so a compiled CLIP layer
+      meets new inputs inside the capture and recompiles there, which capture forbids
+      (seen on the H100, torch 2.11 + transformers 5.17). The text encoder then runs as
+      eager kernels inside the graph.
     """
 
     compile: str = "regional"
     cuda_graphs: bool = True
     subpixel_vae: bool = True
     channels_last: bool = True
+    compile_text: bool = False
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_MODES:
@@ -170,7 +176,7 @@ class FastRunner:
             self.decoder, (ResnetBlock2D, Attention, Upsample2D, SubpixelUpsample2D)
         )
         layer_cls = _clip_layer_class(self.pipe.text_encoder)
-        if layer_cls is not None:
+        if layer_cls is not None and self.cfg.compile_text:
             n += _regional_compile(self.pipe.text_encoder, (layer_cls,))
         self.pipe.hadapter.compile(dynamic=None)
         return n + 1
