@@ -64,6 +64,8 @@ def build_from_settings(settings: Settings) -> TextToImageLike:
         qdrant_url=settings.qdrant_url,
         qdrant_api_key=key,
         min_score=settings.min_score,
+        onnx_dir=settings.onnx_dir,
+        engine_dir=settings.engine_dir,
     )
     if t2i.backend_name != settings.backend:
         raise RuntimeError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
+    ProcessCollector,
     Counter,
     Gauge,
     Histogram,
@@ -42,6 +43,8 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # process_resident_memory_bytes etc.: the soak test and the dashboard read them.
+        ProcessCollector(registry=r)
         self.requests = Counter(
             "ragturbo_requests",
             "HTTP requests by route and status code.",

@@ -38,8 +38,15 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     """Model directory (diffusers layout + hadapter/). None: the shipped toy model, or a
     random tiny model written under ``db_path`` (engines.default_model)."""
-    backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
-    """Runtime backend, chosen once. If it cannot start the service stays not ready."""
+    backend: Literal["torch", "torch-opt", "onnxruntime", "tensorrt"] = "torch"
+    """Runtime backend, chosen once. If it cannot start the service stays not ready.
+    ``torch-opt`` is the torch backend's optimised mode (fp16/bf16, channels-last,
+    CUDA graphs per batch bucket)."""
+    onnx_dir: Path | None = None
+    """Directory written by ``ragturbo export onnx`` (required by backend=onnxruntime)."""
+    engine_dir: Path | None = None
+    """Directory of TensorRT plans written by ``ragturbo build trt`` (required by
+    backend=tensorrt)."""
     device: str = ""
     """torch device, e.g. ``cpu`` or ``cuda:0``. Empty: cuda:0 if available else cpu."""
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -122,6 +129,10 @@ class Settings(BaseSettings):
             )
         if self.metrics_require_key and not self.api_keys:
             raise ValueError("metrics_require_key=true needs api_keys to be set (it is empty)")
+        if self.backend == "onnxruntime" and self.onnx_dir is None:
+            raise ValueError("backend='onnxruntime' needs onnx_dir (RAGTURBO_ONNX_DIR) to be set")
+        if self.backend == "tensorrt" and self.engine_dir is None:
+            raise ValueError("backend='tensorrt' needs engine_dir (RAGTURBO_ENGINE_DIR) to be set")
         if self.backend == "tensorrt" and not self.device.startswith("cuda"):
             raise ValueError(f"backend='tensorrt' needs a CUDA device, got device={self.device!r}")
         if self.dtype != "float32" and self.device == "cpu" and self.backend == "torch":

@@ -33,7 +33,7 @@ def test_env_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"RAGTURBO_DEVICE": "gpu0"}, "'gpu0'"),
         ({"RAGTURBO_MAX_BATCH": "16", "RAGTURBO_BATCH_BUCKETS": "1,2,4"}, "max_batch=16"),
         ({"RAGTURBO_METRICS_REQUIRE_KEY": "true"}, "api_keys"),
-        ({"RAGTURBO_BACKEND": "tensorrt", "RAGTURBO_DEVICE": "cpu"}, "device='cpu'"),
+        ({"RAGTURBO_BACKEND": "tensorrt", "RAGTURBO_DEVICE": "cpu", "RAGTURBO_ENGINE_DIR": "e"}, "device='cpu'"),
     ],
 )
 def test_invalid_settings_name_the_value(
@@ -64,3 +64,16 @@ def test_serve_refuses_invalid_settings_at_startup() -> None:
     )
     assert r.returncode == 2
     assert "RAGTURBO_MAX_WAIT_MS" in r.stderr and "'-3'" in r.stderr
+
+
+def test_graph_backends_need_their_directories(monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    with pytest.raises(ValidationError, match="RAGTURBO_ONNX_DIR"):
+        Settings(backend="onnxruntime", device="cpu")
+    with pytest.raises(ValidationError, match="RAGTURBO_ENGINE_DIR"):
+        Settings(backend="tensorrt", device="cuda:0")
+    s = Settings(backend="onnxruntime", device="cpu", onnx_dir="out/onnx")
+    assert str(s.onnx_dir) == "out/onnx"
