@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# First start also builds the shipped model's retrieval DB under $(DB_PATH) (~1-2 min once;
+# a no-op afterwards; skipped when RAGTURBO_MODEL_DIR points elsewhere).
+DB_PATH ?= $(or $(RAGTURBO_DB_PATH),data)
 run: $(STAMP)
-	$(BIN)/ragturbo serve --host $(HOST) --port $(PORT)
+	$(BIN)/ragturbo toyworld embedded-db --db $(DB_PATH)
+	RAGTURBO_DB_PATH=$(DB_PATH) $(BIN)/ragturbo serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

@@ -90,6 +90,18 @@ def retrieval_data_cmd(
     typer.echo(f"wrote {n} pairs to {out}; next: ragturbo ingest --images {out} --captions {out}/captions.jsonl")
 
 
+def embedded_db_cmd(
+    db: Annotated[Path | None, typer.Option("--db", help="Data directory (default RAGTURBO_DB_PATH or ./data).")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="Pairs of the retrieval split to ingest.")] = 10000,
+) -> None:
+    """Build (first start) or refresh the shipped model's retrieval database; no-op when current."""
+    import os
+
+    from toyworld.embedded_db import ensure_embedded_db
+
+    typer.echo("embedded retrieval DB: " + ensure_embedded_db(db or Path(os.environ.get("RAGTURBO_DB_PATH", "data")), n))
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add train / eval / eval-prompts / retrieval-data to the ``toyworld`` sub-app."""
     del app, bench
@@ -99,3 +111,4 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     toyworld_app.command("eval")(eval_cmd)
     toyworld_app.command("eval-prompts")(prompts_cmd)
     toyworld_app.command("retrieval-data")(retrieval_data_cmd)
+    toyworld_app.command("embedded-db")(embedded_db_cmd)
