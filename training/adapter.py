@@ -10,8 +10,12 @@ an up-block LoRA of the one-step student, with retrieval in the loop (METHOD.md,
 2. retrieval with the pair itself excluded -> h_retr (B,k,C,h,w), λ (B,k)
    (the control run uses a null neighbour: λ = 0);
 3. the student's one-step path -> ẑ0 (``training.model.StudentForward``);
+   A row with a ``noise_seed`` (paired teacher sample) gets exactly
+   ``pipe.initial_noise([noise_seed])`` as its noise, the ε its target was sampled from;
 4. generator: L = w_adv·(-D(q_s(ẑ0))) + 2.5·smoothL1(ẑ0, z0) + 1.0·LPIPS_lat(ẑ0, z0),
-   where q_s re-noises at a timestep s uniform over the teacher's steps;
+   where q_s re-noises at a timestep s uniform over the teacher's steps. The regression
+   terms apply to paired rows only (sum over those rows / batch size) unless
+   ``loss.unpaired_regression``: unpaired regression pulls ẑ0 to the mean image;
 5. discriminator heads: hinge on D(q_s(z0)) (real) vs D(q_s(ẑ0)) (fake, detached).
 """
 
@@ -49,7 +53,7 @@ from training.setup import Job, build_job
 
 log = logging.getLogger(__name__)
 
-METRICS = ("loss_g", "loss_d", "adv_g", "l1", "lpips", "d_real", "d_fake", "lam_mean", "lr")
+METRICS = ("loss_g", "loss_d", "adv_g", "l1", "lpips", "d_real", "d_fake", "lam_mean", "paired", "lr")
 
 
 @dataclass
@@ -125,6 +129,47 @@ def _disc_timesteps(n_train: int, n_steps: int) -> torch.Tensor:
 def _renoise(z0: torch.Tensor, s: torch.Tensor, eps: torch.Tensor, acp: torch.Tensor) -> torch.Tensor:
     a = acp[s][:, None, None, None]
     return (a.sqrt() * z0.float() + (1 - a).sqrt() * eps.float()).to(z0.dtype)
+
+
+def _paired_noise(pipe: Any, noise: torch.Tensor, seeds: list[int | None]) -> torch.Tensor:
+    """Replace the drawn noise (B,4,h,w) of rows with a recorded seed by
+    ``pipe.initial_noise([seed])`` — the ε their teacher target was sampled from."""
+    rows = [j for j, sd in enumerate(seeds) if sd is not None]
+    if not rows:
+        return noise
+    out = noise.clone()
+    eps = pipe.initial_noise([int(seeds[j]) for j in rows]).to(out.device, out.dtype)  # type: ignore[arg-type]
+    if eps.shape[1:] != out.shape[1:]:
+        raise ValueError(f"initial_noise shape {tuple(eps.shape[1:])} != target latent shape {tuple(out.shape[1:])}")
+    out[rows] = eps
+    return out
+
+
+def _regression(
+    job: Job, lc: Any, x0_hat: torch.Tensor, z0: torch.Tensor, ctx: torch.Tensor, aug: Augment,
+    weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth-L1 and latent perceptual loss over the rows with weight 1 (B,), each summed over
+    those rows and divided by the batch size (so a fully paired batch gives the plain mean and
+    the result does not depend on how the global batch is sharded)."""
+    b = x0_hat.shape[0]
+    zero = torch.zeros((), device=x0_hat.device)
+    keep = weight > 0
+    n = int(keep.sum())
+    if n == 0:
+        return zero, zero
+    frac = n / b
+    if n == b:
+        l1 = smooth_l1(x0_hat, z0, lc.l1_beta)
+    else:
+        l1 = smooth_l1(x0_hat[keep], z0[keep], lc.l1_beta) * frac
+    lp = zero
+    if lc.lpips_weight > 0:
+        sub = aug if n == b else Augment(
+            theta=aug.theta[keep.cpu()], mask=None if aug.mask is None else aug.mask[keep.cpu()])
+        xs, zs, cs = (x0_hat, z0, ctx) if n == b else (x0_hat[keep], z0[keep], ctx[keep])
+        lp = latent_perceptual_loss(job.tfeats, xs, zs, cs, sub) * frac
+    return l1, lp
 
 
 def _lr_lambda(warmup: int):
@@ -216,7 +261,11 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
         h_retr, lam = h_retr.to(device), lam.to(device)
         first = info.rank * b  # position of this rank's first sample in the global batch
         noise, s, eps_f, eps_r, aug = _draw(cfg, step, range(first, first + b), z0.shape[1:], disc_ts)
+        seeds = [job.pairs[int(i)].noise_seed for i in idx]
+        noise = _paired_noise(job.pipe, noise, seeds)
         noise, s, eps_f, eps_r = (x.to(device) for x in (noise, s, eps_f, eps_r))
+        paired = torch.tensor([sd is not None for sd in seeds], dtype=torch.float32, device=device)
+        reg_w = torch.ones_like(paired) if lc.unpaired_regression else paired
 
         # ---------------- generator step (adapter + LoRA)
         job.heads.requires_grad_(False)
@@ -225,9 +274,7 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
             feats_fake, temb = job.tfeats(_renoise(x0_hat, s, eps_f, acp), s, ctx)
             logits_fake = job.heads(feats_fake, pooled, temb)
             adv_g = hinge_g_loss(logits_fake)
-            l1 = smooth_l1(x0_hat, z0, lc.l1_beta)
-            lp = (latent_perceptual_loss(job.tfeats, x0_hat, z0, ctx, aug)
-                  if lc.lpips_weight > 0 else torch.zeros((), device=device))
+            l1, lp = _regression(job, lc, x0_hat, z0, ctx, aug, reg_w)
             loss_g = lc.adv_weight * adv_g + lc.l1_weight * l1 + lc.lpips_weight * lp
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -263,7 +310,8 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
             "adv_g": float(adv_g.detach()), "l1": float(l1.detach()), "lpips": float(lp.detach()),
             "d_real": float(torch.stack([r.float().mean() for r in logits_real]).mean().detach()),
             "d_fake": float(torch.stack([f.float().mean() for f in logits_fake_d]).mean().detach()),
-            "lam_mean": float(lam.float().mean()), "lr": float(sch_g.get_last_lr()[0]),
+            "lam_mean": float(lam.float().mean()), "paired": float(paired.mean()),
+            "lr": float(sch_g.get_last_lr()[0]),
         }
         if not all(math.isfinite(v) for v in row.values()):
             raise FloatingPointError(f"non-finite loss at step {done}: {row}")

@@ -71,7 +71,7 @@ def teacher_samples_cmd(
     steps: int = typer.Option(50, "--steps", min=1, help="Sampler steps."),
     cfg: float = typer.Option(7.5, "--cfg", help="Classifier-free guidance scale."),
     scheduler: str = typer.Option("ddim", "--scheduler", help="ddim or euler."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Sample i uses seed + i."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Sample i starts from noise seed + i (recorded as noise_seed)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     device: str = typer.Option("cpu", "--device", help="torch device."),
     fmt: str = typer.Option("folder", "--format", help="folder (PNG + captions.jsonl) or parquet."),
@@ -79,7 +79,7 @@ def teacher_samples_cmd(
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N prompts."),
 ) -> None:
     """Generate teacher targets with its multi-step sampler and write them as a dataset."""
-    from training.teacher_samples import read_prompts, sample_teacher, write_dataset
+    from training.teacher_samples import noise_seeds, read_prompts, sample_teacher, write_dataset
 
     if scheduler not in ("ddim", "euler"):
         raise typer.BadParameter(f"--scheduler must be ddim or euler, got {scheduler!r}")
@@ -90,5 +90,5 @@ def teacher_samples_cmd(
         student, teacher_unet, ps, steps=steps, cfg=cfg, scheduler=scheduler,  # type: ignore[arg-type]
         seed=seed, batch_size=batch_size, device=device, prediction_type=prediction_type,
     )
-    path = write_dataset(out, ps, imgs, lats, fmt)  # type: ignore[arg-type]
+    path = write_dataset(out, ps, imgs, lats, fmt, noise_seeds(seed, len(ps)))  # type: ignore[arg-type]
     typer.echo(f"wrote {len(ps)} teacher samples to {path}")

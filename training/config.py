@@ -60,6 +60,12 @@ class LossConfig:
     """Transition point of the smooth-L1 (torch ``beta``)."""
     lpips_weight: float = 1.0
     """β: weight of the latent perceptual loss (teacher-encoder features under augmentation)."""
+    unpaired_regression: bool = False
+    """Also apply smooth-L1 and the perceptual loss to rows without a ``noise_seed`` (real
+    images). Off by default: their target is not a function of the student's noise, so the
+    regression's minimiser is the mean image over the caption's possible images (the first toy
+    run collapsed to near-black this way); such rows then train through the adversarial term
+    only. Rows with a ``noise_seed`` (paired teacher samples) are always regressed."""
     disc_t_steps: int = 0
     """Timesteps s for re-noising before the discriminator: 0 = uniform over all training
     timesteps; N > 0 = uniform over the N steps of the teacher's sampler (trailing spacing)."""

@@ -7,6 +7,13 @@ of floats, reshaped to the student's latent shape (4,h,w)). A row's id defaults 
 retrieval package's point id (uuid5 of caption ‖ image bytes), so excluding "the pair itself"
 matches what ``ragturbo ingest`` stored.
 
+Paired targets: a row may carry ``noise_seed`` (an integer; ``captions.jsonl`` field or
+parquet column), the seed of the noise ε its target was generated from (teacher samples,
+``training.teacher_samples``). The job then feeds the student exactly
+``OneStepPipeline.initial_noise([noise_seed])`` for that row, so the regression losses
+compare the student's one-step output with the teacher's sample *from the same ε*. Rows
+without it (real images) are unpaired.
+
 The data order is a pure function of (seed, step): ``batch_indices`` draws a fresh
 permutation per epoch, so resuming at a step reproduces the exact batches.
 """
@@ -34,6 +41,16 @@ class Pair:
     image_path: Path | None = None
     image_bytes: bytes | None = None
     latent: np.ndarray | None = None  # float32, flat or (4,h,w)
+    noise_seed: int | None = None  # seed of the ε the target was sampled from (paired target)
+
+
+def _noise_seed(value: object, where: str) -> int | None:
+    """A row's ``noise_seed``: None when absent, else a non-negative int (fails naming the row)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 0:
+        raise ValueError(f"{where}: noise_seed must be a non-negative integer, got {value!r}")
+    return int(value)
 
 
 def pair_id(caption: str, image_bytes: bytes) -> str:
@@ -85,7 +102,8 @@ def _read_folder(root: Path, max_items: int | None) -> list[Pair]:
         if not img.is_file():
             raise FileNotFoundError(f"{cap}:{n}: image {img} does not exist")
         pid = str(rec["id"]) if rec.get("id") else pair_id(caption, img.read_bytes())
-        pairs.append(Pair(id=pid, caption=caption, image_path=img))
+        seed = _noise_seed(rec.get("noise_seed"), f"{cap}:{n}")
+        pairs.append(Pair(id=pid, caption=caption, image_path=img, noise_seed=seed))
         if max_items and len(pairs) >= max_items:
             break
     return pairs
@@ -116,7 +134,9 @@ def _read_parquet(path: Path, max_items: int | None) -> list[Pair]:
             pid = pair_id(str(r["caption"]), img)
         else:
             pid = pair_id(str(r["caption"]), lat_arr.tobytes())  # type: ignore[union-attr]
-        pairs.append(Pair(id=pid, caption=str(r["caption"]), image_bytes=img, latent=lat_arr))
+        seed = _noise_seed(r.get("noise_seed"), f"{path}: row {pid}")
+        pairs.append(Pair(id=pid, caption=str(r["caption"]), image_bytes=img, latent=lat_arr,
+                          noise_seed=seed))
     return pairs
 
 

@@ -6,6 +6,12 @@ config; a diffusers DDIM or Euler scheduler runs ``steps`` steps with guidance `
 training dataset: a folder (``images/*.png`` + ``captions.jsonl``) or a parquet file with
 ``id``, ``caption``, ``image`` (PNG bytes) and ``latent`` (the exact teacher latent, so
 training needs no VAE round trip).
+
+Every sample records its ``noise_seed``: sample i starts from
+``OneStepPipeline.initial_noise([seed + i])`` (``torch.randn(shape,
+generator=torch.Generator().manual_seed(seed + i))``) times the scheduler's
+``init_noise_sigma``, so the training job can give the student exactly the same ε and
+regress its one-step output to the teacher sample *from that noise* (a paired target).
 """
 
 from __future__ import annotations
@@ -45,6 +51,11 @@ def read_prompts(path: str | Path) -> list[str]:
     return out
 
 
+def noise_seeds(seed: int, n: int) -> list[int]:
+    """The noise seed of each of ``n`` samples generated with ``--seed seed``: seed + i."""
+    return [seed + i for i in range(n)]
+
+
 @torch.no_grad()
 def sample_teacher(
     student: str | Path,
@@ -59,7 +70,10 @@ def sample_teacher(
     device: str = "cpu",
     prediction_type: str | None = None,
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """-> images uint8 (N,H,W,3), latents (N,4,h,w) float32 CPU. Sample i uses seed + i."""
+    """-> images uint8 (N,H,W,3), latents (N,4,h,w) float32 CPU.
+
+    Sample i starts from ``pipe.initial_noise([seed + i]) * init_noise_sigma`` — the ε the
+    one-step student sees for ``noise_seed = seed + i`` (``noise_seeds(seed, N)``)."""
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
     from engines.pipeline import OneStepPipeline
@@ -71,6 +85,10 @@ def sample_teacher(
     pipe = OneStepPipeline.from_pretrained(student, device=dev)
     teacher = load_teacher(teacher_unet, pipe, dev).unet
     sc = dict(pipe.scheduler_config)
+    # diffusers' DDIM clips x0 to [-1, 1] unless the config says otherwise: right for pixels,
+    # wrong for latents (SD's own scheduler configs set clip_sample false; a config written for
+    # another scheduler, e.g. Euler, lacks the key and would get the clipping)
+    sc.setdefault("clip_sample", False)
     if prediction_type:
         sc["prediction_type"] = prediction_type
     if scheduler not in ("ddim", "euler"):
@@ -86,9 +104,9 @@ def sample_teacher(
         sched.set_timesteps(steps, device=dev)
         ctx = pipe.encode_text(chunk).context
         ctx2 = torch.cat([uncond.expand(b, -1, -1), ctx])
-        z = torch.stack([
-            torch.randn(shape, generator=torch.Generator().manual_seed(seed + i + j)) for j in range(b)
-        ]).to(dev) * float(sched.init_noise_sigma)
+        eps = pipe.initial_noise(noise_seeds(seed + i, b)).float()
+        assert eps.shape[1:] == shape, (eps.shape, shape)
+        z = eps.to(dev) * float(sched.init_noise_sigma)
         for t in sched.timesteps:
             inp = sched.scale_model_input(torch.cat([z, z]), t)
             e_u, e_c = teacher(inp, t, encoder_hidden_states=ctx2).sample.chunk(2)
@@ -105,8 +123,14 @@ def write_dataset(
     images: np.ndarray,
     latents: torch.Tensor,
     fmt: Literal["folder", "parquet"] = "folder",
+    noise_seeds: Sequence[int] | None = None,
 ) -> Path:
-    """Write samples as a training dataset; returns the path to pass as ``data.path``."""
+    """Write samples as a training dataset; returns the path to pass as ``data.path``.
+
+    ``noise_seeds`` (one per sample): recorded as the ``noise_seed`` field / column, which
+    makes each row a paired target for the training job (docs/training.md)."""
+    if noise_seeds is not None and len(noise_seeds) != len(prompts):
+        raise ValueError(f"{len(noise_seeds)} noise seeds for {len(prompts)} prompts")
     from PIL import Image
 
     root = Path(out)
@@ -117,7 +141,10 @@ def write_dataset(
         for i, (p, im) in enumerate(zip(prompts, images, strict=True)):
             name = f"images/{i:06d}.png"
             Image.fromarray(im).save(root / name)
-            lines.append(json.dumps({"file": name, "caption": p}))
+            rec: dict[str, object] = {"file": name, "caption": p}
+            if noise_seeds is not None:
+                rec["noise_seed"] = int(noise_seeds[i])
+            lines.append(json.dumps(rec))
         (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
         return root
     if fmt != "parquet":
@@ -132,12 +159,15 @@ def write_dataset(
         buf = io.BytesIO()
         Image.fromarray(im).save(buf, format="PNG")
         pngs.append(buf.getvalue())
-    table = pa.table({
+    cols: dict[str, object] = {
         "id": [pair_id(p, b) for p, b in zip(prompts, pngs, strict=True)],
         "caption": list(prompts),
         "image": pngs,
         "latent": [lat.flatten().numpy().tolist() for lat in latents],
-    })
+    }
+    if noise_seeds is not None:
+        cols["noise_seed"] = pa.array([int(x) for x in noise_seeds], type=pa.int64())
+    table = pa.table(cols)
     path = root / "data.parquet"
     pq.write_table(table, path)
     return path
