@@ -20,11 +20,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             help="Comma list: eager (diffusers baseline), peer (diffusers + torch.compile "
             "reduce-overhead), fast (engines.fast runner with retrieval).",
         ),
-        json_out: Path | None = typer.Option(None, "--json", help="Write the full result as JSON."),
+        json_out: Path | None = typer.Option(None, "--json", help="Write the full result as JSON."),  # noqa: B008
         device: str = typer.Option("auto", help="auto, cuda, cuda:N or cpu."),
         dtype: str = typer.Option("fp16", help="fp16, bf16 or fp32."),
         k: int = typer.Option(4, help="Retrieved neighbours per image."),
-        compile_mode: str = typer.Option("regional", "--compile", help="fast runner: regional or none."),
+        compile_mode: str = typer.Option("regional", "--compile", help="fast runner: regional, whole or none."),
         cuda_graphs: bool = typer.Option(True, help="fast runner: CUDA graph per batch bucket."),
         subpixel_vae: bool = typer.Option(True, help="fast runner: sub-pixel VAE upsampling."),
         ablate_subpixel: bool = typer.Option(False, help="Also time the fast VAE without sub-pixel."),

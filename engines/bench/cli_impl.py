@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="fp16")
     p.add_argument("--k", type=int, default=4)
-    p.add_argument("--compile", default="regional", choices=["none", "regional"])
+    p.add_argument("--compile", default="regional", choices=["none", "regional", "whole"])
     p.add_argument("--no-cuda-graphs", action="store_true")
     p.add_argument("--no-subpixel-vae", action="store_true")
     p.add_argument("--ablate-subpixel", action="store_true")

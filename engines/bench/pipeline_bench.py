@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -30,7 +31,12 @@ from engines.bench.setup import (
     environment,
     parse_dtype,
 )
-from engines.bench.timing import Marker, TimingPolicy, median_segments, time_callable, time_iterations
+from engines.bench.timing import (
+    TimingPolicy,
+    median_segments,
+    time_callable,
+    time_iterations,
+)
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +210,7 @@ def run_pipeline_bench(
         # One variant failing (e.g. a compiler error) must not lose the others' rows.
         try:
             return fn()
-        except Exception as e:  # noqa: BLE001 - recorded in the result and logged
+        except Exception as e:
             log.exception("variant %s failed", name)
             result["errors"][name] = f"{type(e).__name__}: {e}"[:2000]
             return None
@@ -248,7 +254,7 @@ def _eager_rows(pipe, ref, opts, device, gflop, peak, emit) -> list[dict[str, An
     for b in opts.batches:
         x = ref.example_inputs(b, seed=opts.seed + b)
         _reset_peak(device)
-        runs = time_iterations(lambda m: eager.iteration(x, m), device, opts.policy)
+        runs = time_iterations(lambda m, x=x: eager.iteration(x, m), device, opts.policy)
         med = median_segments(runs)
         stages = {"text": med["text"], "retrieval": 0.0, "unet": med["unet"], "vae": med["vae"]}
         rows.append(_row("diffusers-eager", b, stages, [r["total"] for r in runs], gflop, peak, _peak_gib(device), 0.0))
@@ -340,7 +346,7 @@ def _peer_rows(peer, ref, opts, device, gflop, peak, result, clock, emit) -> lis
         _reset_peak(device)
         t_build = peer.warm(x, device)
         last_build = t_build
-        runs = time_iterations(lambda m: peer.iteration(x, m), device, opts.policy)
+        runs = time_iterations(lambda m, x=x: peer.iteration(x, m), device, opts.policy)
         med = median_segments(runs)
         stages = {"text": med["text"], "retrieval": 0.0, "unet": med["unet"], "vae": med["vae"]}
         rows.append(_row(peer.name, b, stages, [r["total"] for r in runs], gflop, peak, _peak_gib(device), t_build))

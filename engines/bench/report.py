@@ -17,15 +17,21 @@ def format_table(result: dict[str, Any]) -> str:
     """One markdown table (every variant at every batch) plus the environment and extras."""
     env = result["env"]
     lines = [
-        f"card: {env.get('card')} | torch {env.get('torch')} | CUDA {env.get('cuda', '-')} | "
-        f"cuDNN {env.get('cudnn', '-')} | diffusers {env.get('diffusers')} | "
-        f"transformers {env.get('transformers')} | {env.get('date')}",
-        f"arch {result['options']['arch']}, dtype {result['options']['dtype']}, "
-        f"k={result['store']['k']} of {result['store']['entries']} stored H-features, "
-        f"GFLOP/image {result['gflop_per_image']}",
+        (
+            f"card: {env.get('card')} | torch {env.get('torch')} | CUDA {env.get('cuda', '-')} | "
+            f"cuDNN {env.get('cudnn', '-')} | diffusers {env.get('diffusers')} | "
+            f"transformers {env.get('transformers')} | {env.get('date')}"
+        ),
+        (
+            f"arch {result['options']['arch']}, dtype {result['options']['dtype']}, "
+            f"k={result['store']['k']} of {result['store']['entries']} stored H-features, "
+            f"GFLOP/image {result['gflop_per_image']}"
+        ),
         "",
-        "| variant | batch | text ms | retrieval ms | UNet(+adapter) ms | VAE ms | end to end ms "
-        "| images/s | x eager | x peer | floor fraction | retrieval overhead | peak GiB | build s |",
+        (
+            "| variant | batch | text ms | retrieval ms | UNet(+adapter) ms | VAE ms | end to end ms "
+            "| images/s | x eager | x peer | floor fraction | retrieval overhead | peak GiB | build s |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(result["rows"], key=lambda r: (r["batch"], r["variant"])):

@@ -82,7 +82,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     import transformers
 
     env: dict[str, Any] = {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ from engines.pipeline import OneStepPipeline
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("text", "retrieval", "unet", "vae")
-COMPILE_MODES: tuple[str, ...] = ("none", "regional")
+COMPILE_MODES: tuple[str, ...] = ("none", "regional", "whole")
 
 
 @dataclass
@@ -39,7 +40,10 @@ class FastConfig:
     """How the runner is built.
 
     compile: "regional" compiles each repeated block (ResnetBlock2D, Transformer2DModel,
-      up/down samplers, CLIP layers, the adapter) with Inductor; "none" runs eagerly.
+      up/down samplers, the adapter) with Inductor; "whole" compiles the UNet encoder,
+      the adapter, the UNet decoder (+ x0) and the VAE decode (+ uint8) as whole graphs
+      (Inductor "default" mode: its fusions, our CUDA graphs; not yet measured on the
+      GPU, docs/perf.md); "none" runs eagerly.
     cuda_graphs: capture one graph per batch bucket (CUDA only).
     subpixel_vae: compute the VAE's nearest-×2 + 3x3 conv upsamplers at low resolution.
     channels_last: NHWC activations for the convolutional parts.
@@ -139,8 +143,13 @@ class FastRunner:
             p.unet.to(memory_format=torch.channels_last)
             self.decoder.to(memory_format=torch.channels_last)
         self.compiled_modules = 0
+        self._unet_enc: Callable[..., Any] = self.pipe.unet.encode
+        self._unet_dec: Callable[..., Any] = self._decode_x0
+        self._vae_fn: Callable[..., Any] = self._vae_impl
         if self.cfg.compile == "regional":
             self.compiled_modules = self._compile_regional()
+        elif self.cfg.compile == "whole":
+            self.compiled_modules = self._compile_whole()
         log.info(
             "FastRunner: %s %s, compile=%s (%d modules), graphs=%s, subpixel=%d layers, retrieval=%s k=%d",
             self.device,
@@ -181,6 +190,13 @@ class FastRunner:
         self.pipe.hadapter.compile(dynamic=None)
         return n + 1
 
+    def _compile_whole(self) -> int:
+        self._unet_enc = torch.compile(self.pipe.unet.encode)
+        self._unet_dec = torch.compile(self._decode_x0)
+        self._vae_fn = torch.compile(self._vae_impl)
+        self.pipe.hadapter.compile(dynamic=None)
+        return 4
+
     # ------------------------------------------------------------------ stages
     def text(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.pipe.text_encoder(ids)
@@ -198,13 +214,27 @@ class FastRunner:
             z = z.contiguous(memory_format=torch.channels_last)
         t = torch.full((z.shape[0],), self.pipe.student_timestep, device=z.device, dtype=torch.long)
         ctx = ctx.to(self.dtype)
-        h, skips, temb = self.pipe.unet.encode(z, t, ctx)
+        h, skips, temb = self._unet_enc(z, t, ctx)
         if h_retr is not None and lam is not None:
             h = self.pipe.hadapter(h, h_retr, lam.to(self.dtype))
+        return self._unet_dec(h, skips, temb, ctx, z)
+
+    def _decode_x0(
+        self, h: torch.Tensor, skips: tuple[torch.Tensor, ...], temb: torch.Tensor, ctx: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
         out = self.pipe.unet.decode(h, skips, temb, ctx)
-        return self.pipe.predict_x0(z, out)
+        # pipe.predict_x0 with the scalars cached as Python floats (no .item() in a graph)
+        pt = self.pipe.prediction_type
+        if pt == "epsilon":
+            return (z - self._s1a * out) / self._sa
+        if pt == "v_prediction":
+            return self._sa * z - self._s1a * out
+        return out
 
     def vae(self, x0: torch.Tensor) -> torch.Tensor:
+        return self._vae_fn(x0)
+
+    def _vae_impl(self, x0: torch.Tensor) -> torch.Tensor:
         z = self.post_quant_conv(x0 / self._sf)
         img = self.decoder(z)
         img = ((img.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)

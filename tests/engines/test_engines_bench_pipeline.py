@@ -109,9 +109,12 @@ def test_bench_cli_writes_json(tmp_path: Path) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_fast_runner_graphs_match_eager_on_gpu() -> None:
+@pytest.mark.parametrize("compile_mode", ["regional", "whole"])
+def test_fast_runner_graphs_match_eager_on_gpu(compile_mode: str) -> None:
     opts = BenchOptions(arch="tiny", batches=(1, 3), variants=("eager", "fast"), device="cuda",
-                        dtype="fp16", compile="regional", parity_batches=(1, 3), policy=QUICK)
+                        dtype="fp16", compile=compile_mode, parity_batches=(1, 3), policy=QUICK)
     res = run_pipeline_bench(opts)
+    assert not res["errors"], res["errors"]
+    assert len(res["parity"]) == 2
     for p in res["parity"].values():
         assert p["frac_gt2"] < 0.01
