@@ -24,7 +24,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto, cuda, cuda:N or cpu."),
         dtype: str = typer.Option("fp16", help="fp16, bf16 or fp32."),
         k: int = typer.Option(4, help="Retrieved neighbours per image."),
-        compile_mode: str = typer.Option("regional", "--compile", help="fast runner: regional, whole or none."),
+        compile_mode: str = typer.Option("whole", "--compile", help="fast runner: regional, whole or none."),
         cuda_graphs: bool = typer.Option(True, help="fast runner: CUDA graph per batch bucket."),
         subpixel_vae: bool = typer.Option(True, help="fast runner: sub-pixel VAE upsampling."),
         ablate_subpixel: bool = typer.Option(False, help="Also time the fast VAE without sub-pixel."),

@@ -40,7 +40,7 @@ def bench_pipeline(
     device: str = "auto",
     dtype: str = "fp16",
     k: int = 4,
-    compile_mode: str = "regional",
+    compile_mode: str = "whole",
     cuda_graphs: bool = True,
     subpixel_vae: bool = True,
     ablate_subpixel: bool = False,
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="fp16")
     p.add_argument("--k", type=int, default=4)
-    p.add_argument("--compile", default="regional", choices=["none", "regional", "whole"])
+    p.add_argument("--compile", default="whole", choices=["none", "regional", "whole"])
     p.add_argument("--no-cuda-graphs", action="store_true")
     p.add_argument("--no-subpixel-vae", action="store_true")
     p.add_argument("--ablate-subpixel", action="store_true")

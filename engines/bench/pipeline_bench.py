@@ -52,7 +52,7 @@ class BenchOptions:
     dtype: str = "fp16"
     k: int = 4
     store_entries: int = 1024
-    compile: str = "regional"
+    compile: str = "whole"
     cuda_graphs: bool = True
     subpixel_vae: bool = True
     ablate_subpixel: bool = False

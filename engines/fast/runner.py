@@ -54,7 +54,7 @@ class FastConfig:
       eager kernels inside the graph.
     """
 
-    compile: str = "regional"
+    compile: str = "whole"
     cuda_graphs: bool = True
     subpixel_vae: bool = True
     channels_last: bool = True
