@@ -20,7 +20,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             help="Comma list: eager (diffusers baseline), peer (diffusers + torch.compile "
             "reduce-overhead), fast (engines.fast runner with retrieval).",
         ),
-        json_out: Path | None = typer.Option(None, "--json", help="Write the full result as JSON."),  # noqa: B008
+        json_out: Path | None = typer.Option(None, "--json", help="Write the full result as JSON."),
         device: str = typer.Option("auto", help="auto, cuda, cuda:N or cpu."),
         dtype: str = typer.Option("fp16", help="fp16, bf16 or fp32."),
         k: int = typer.Option(4, help="Retrieved neighbours per image."),

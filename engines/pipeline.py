@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -106,8 +106,7 @@ class OneStepPipeline:
             raise ValueError(f"inject_weight must be in [0,1], got {inject_weight}")
         self.inject_weight = inject_weight
         self.max_length = int(getattr(tokenizer, "model_max_length", 77) or 77)
-        if self.max_length > 77:
-            self.max_length = 77
+        self.max_length = min(self.max_length, 77)
 
     # ------------------------------------------------------------------ building
     @classmethod

@@ -9,10 +9,10 @@ from __future__ import annotations
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    ProcessCollector,
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 

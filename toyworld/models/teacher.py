@@ -78,7 +78,7 @@ def train_teacher(
 def trailing_timesteps(steps: int, n_train: int = 1000) -> list[int]:
     """[999, ...] ``steps`` trailing timesteps (diffusers' 'trailing' spacing)."""
     ratio = n_train / steps
-    return [int(round(n_train - i * ratio)) - 1 for i in range(steps)]
+    return [round(n_train - i * ratio) - 1 for i in range(steps)]
 
 
 @torch.no_grad()
