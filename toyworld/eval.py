@@ -90,6 +90,21 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return res
 
 
+def _retrieval_tensors(pipe: Any) -> dict[str, torch.Tensor]:
+    """The weights that decide a pipe's retrieval features: text encoder, VAE, UNet minus decoder."""
+    out = {f"te.{k}": v for k, v in pipe.text_encoder.state_dict().items()}
+    out.update({f"vae.{k}": v for k, v in pipe.vae.state_dict().items()})
+    out.update({f"unet.{k}": v for k, v in pipe.unet.unet.state_dict().items()
+                if not k.startswith(("up_blocks.", "conv_norm_out.", "conv_out."))})
+    return out
+
+
+def _same_retrieval_path(a: Any, b: Any) -> bool:
+    """True when two pipes compute identical retrieval H-features and text embeddings."""
+    ta, tb = _retrieval_tensors(a), _retrieval_tensors(b)
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
 class _Runner:
     """Generates images for one mode (batch) and times batch-1 calls."""
 
@@ -109,8 +124,13 @@ class _Runner:
             from diffusers import UNet2DConditionModel
 
             self.teacher = UNet2DConditionModel.from_pretrained(str(models.teacher_unet), torch_dtype=torch.float32).to(device).eval()
-        # One DB per distinct UNet encoder (LoRA touches only up blocks, but stay exact).
-        self.dbs = {k: RetrievalDB.build(p, n_retrieval) for k, p in self.pipes.items()}
+        # One DB per distinct retrieval path (text encoder, VAE, UNet encoder): the training
+        # job's LoRA touches only the up blocks, so the adapter/control exports normally share
+        # the student's DB; sharing is decided by comparing the weights, so it stays exact.
+        self.dbs: dict[str, Any] = {}
+        for k, p in self.pipes.items():
+            same = next((o for o in self.dbs if _same_retrieval_path(self.pipes[o], p)), None)
+            self.dbs[k] = self.dbs[same] if same is not None else RetrievalDB.build(p, n_retrieval)
 
     def modes(self) -> list[str]:
         m = ["student", "inject"]
