@@ -35,9 +35,8 @@ def build_random_components(
     from transformers import CLIPTextConfig, CLIPTextModel
 
     cfg = get_arch(arch) if isinstance(arch, str) else arch
-    tok_dir = Path(tempfile.mkdtemp(prefix="ragturbo-tok-"))
-    build_clip_tokenizer_files(tok_dir)
-    tokenizer = _load_tokenizer(tok_dir)
+    with tempfile.TemporaryDirectory(prefix="ragturbo-tok-") as tmp:
+        tokenizer = _load_tokenizer(build_clip_tokenizer_files(tmp))
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(**cfg.text_encoder)).eval()
     unet = UNet2DConditionModel(**cfg.unet).eval()
