@@ -150,7 +150,7 @@ def full() -> FamilyConfig:
         text=StageRun(steps=20000, batch_size=512, lr=5e-4),
         teacher=StageRun(steps=200000, batch_size=256, lr=3e-4),
         student=StageRun(steps=50000, batch_size=256, lr=5e-5),
-        adapter=StageRun(steps=1500, batch_size=128, lr=1e-4),
+        adapter=StageRun(steps=1500, batch_size=128, lr=5e-5),
         n_distill=40000,
     )
 
