@@ -123,12 +123,15 @@ def test_sigterm_drains_every_accepted_request(tiny_model_dir: Path, tmp_path: P
         threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
         for t in threads:
             t.start()
-        # Wait until all n are accepted: one job runs (4 images > max_batch 2 runs alone),
-        # the other n-1 wait in the queue. Then ask the process to stop.
+        # Wait until several jobs wait in the queue (one runs: 4 images > max_batch 2 runs
+        # alone), then ask the process to stop. On a fast machine some requests may finish
+        # or arrive after the signal; what matters is that every accepted one is answered.
         deadline = time.monotonic() + 20
-        while metric_value(srv.metrics(), "ragturbo_queue_depth") < n - 1:
+        queued = 0
+        while queued < 3:
             assert time.monotonic() < deadline, "requests were not queued"
-            time.sleep(0.01)
+            queued = int(metric_value(srv.metrics(), "ragturbo_queue_depth"))
+            time.sleep(0.005)
         srv.proc.send_signal(signal.SIGTERM)
         time.sleep(0.1)
         ready = httpx.get(f"{srv.url}/readyz", timeout=5)
@@ -139,8 +142,15 @@ def test_sigterm_drains_every_accepted_request(tiny_model_dir: Path, tmp_path: P
             t.join(60)
         assert srv.proc.wait(60) == 0
         assert len(results) == n
-        assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in results), results
-        assert all(len(r.json()["images"]) == 4 for r in results)  # type: ignore[union-attr]
+        # Nothing is lost: each request was answered, either with its images (accepted
+        # before the signal) or with 503 "draining" (it arrived after); none errored.
+        assert all(isinstance(r, httpx.Response) for r in results), results
+        ok = [r for r in results if r.status_code == 200]  # type: ignore[union-attr]
+        late_ones = [r for r in results if r.status_code != 200]  # type: ignore[union-attr]
+        assert all(r.status_code == 503 and r.json()["error"]["code"] == "draining"  # type: ignore[union-attr]
+                   for r in late_ones), late_ones
+        assert len(ok) >= queued + 1  # the running job and every queued one were answered
+        assert all(len(r.json()["images"]) == 4 for r in ok)
         assert "drained: every accepted request answered" in srv.logs()
     finally:
         srv.stop()
