@@ -10,9 +10,8 @@ Also provides what ingest needs: ``encode_images`` (VAE posterior mean) and
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +21,7 @@ import torch
 
 from engines.hadapter import HAdapter
 from engines.inject import slerp_inject
+from engines.stages import stage_timer, tokenize_prompts
 from engines.unet_split import HSplitUNet
 
 log = logging.getLogger(__name__)
@@ -191,28 +191,11 @@ class OneStepPipeline:
         return int(self.text_encoder.config.hidden_size)
 
     # ------------------------------------------------------------------ stages
-    @contextmanager
-    def _timed(self, timings: dict[str, float], key: str) -> Iterator[None]:
-        sync = self.device.type == "cuda"
-        if sync:
-            torch.cuda.synchronize(self.device)
-        t0 = time.perf_counter()
-        yield
-        if sync:
-            torch.cuda.synchronize(self.device)
-        timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t0) * 1e3
+    def _timed(self, timings: dict[str, float], key: str) -> AbstractContextManager[None]:
+        return stage_timer(self.device, timings, key)
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a list of strings, not a single string")
-        ids = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        return ids.to(self.device)
+        return tokenize_prompts(self.tokenizer, prompts, self.max_length, self.device)
 
     @torch.inference_mode()
     def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings:

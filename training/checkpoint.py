@@ -58,7 +58,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 
 
 def save_checkpoint(out_dir: str | Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``step-XXXXXXX.pt`` and replace ``latest.pt``; prune old step files."""
+    """Write ``step-<n>.pt`` and replace ``latest.pt``; prune old step files."""
     d = Path(out_dir)
     path = atomic_save(state, d / f"step-{step:07d}.pt")
     tmp_latest = d / f".{LATEST}.link-{os.getpid()}"

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 
 from engines.pipeline import MODES, GenerateOutput, TextEmbeddings, alphas_cumprod_from_config
 from engines.shapes import ShapeSpec, spec_from_model_dir
+from engines.stages import stage_timer, tokenize_prompts
 
 log = logging.getLogger(__name__)
 
@@ -146,28 +146,11 @@ class GraphBackend(Backend):
         """Run one graph. Inputs are on ``self.device``; outputs keyed by the spec's names."""
 
     # ------------------------------------------------------------------ helpers
-    @contextmanager
-    def _timed(self, timings: dict[str, float], key: str) -> Iterator[None]:
-        sync = self.device.type == "cuda"
-        if sync:
-            torch.cuda.synchronize(self.device)
-        t0 = time.perf_counter()
-        yield
-        if sync:
-            torch.cuda.synchronize(self.device)
-        timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t0) * 1e3
+    def _timed(self, timings: dict[str, float], key: str) -> AbstractContextManager[None]:
+        return stage_timer(self.device, timings, key)
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a list of strings, not a single string")
-        ids = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.spec.text_len,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        return ids.to(self.device, torch.int64)
+        return tokenize_prompts(self.tokenizer, prompts, self.spec.text_len, self.device)
 
     def _chunks(self, b: int) -> list[slice]:
         step = self.max_batch or b
