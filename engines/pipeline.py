@@ -21,13 +21,20 @@ import torch
 
 from engines.hadapter import HAdapter
 from engines.inject import slerp_inject
-from engines.stages import stage_timer, tokenize_prompts
+from engines.stages import (
+    MODES,
+    normalize_modes,
+    seeded_noise,
+    stage_timer,
+    tokenize_prompts,
+    x0_from_output,
+)
 from engines.unet_split import HSplitUNet
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["adapter", "inject", "off"]
-MODES: tuple[str, ...] = ("adapter", "inject", "off")
+__all__ = ["MODES", "GenerateOutput", "OneStepFront", "OneStepPipeline", "TextEmbeddings"]
 
 
 @dataclass
@@ -65,7 +72,49 @@ def alphas_cumprod_from_config(cfg: dict[str, Any]) -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-class OneStepPipeline:
+class OneStepFront:
+    """``generate`` and ``__call__`` over a class's ``denoise``, ``decode_latents``,
+    ``encode_text`` and ``_timed`` (shared by OneStepPipeline and the graph backends)."""
+
+    denoise: Any
+    decode_latents: Any
+    encode_text: Any
+    _timed: Any
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        text: TextEmbeddings,
+        seeds: Sequence[int],
+        modes: Sequence[str] | str = "adapter",
+        h_retr: torch.Tensor | None = None,
+        lam: torch.Tensor | None = None,
+    ) -> GenerateOutput:
+        """Text embeddings (B) + seeds (B) [+ h_retr (B,k,C,h,w), λ (B,k)] -> uint8 images (B,H,W,3)."""
+        timings: dict[str, float] = {}
+        x0 = self.denoise(text, seeds, modes, h_retr, lam, timings)
+        with self._timed(timings, "vae"):
+            images = self.decode_latents(x0)
+        return GenerateOutput(images=images, timings_ms=timings)
+
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        modes: Sequence[str] | str = "adapter",
+        h_retr: torch.Tensor | None = None,
+        lam: torch.Tensor | None = None,
+    ) -> GenerateOutput:
+        """Convenience: prompts -> images (text encoding timed as 'text')."""
+        timings: dict[str, float] = {}
+        with self._timed(timings, "text"):
+            text = self.encode_text(prompts)
+        out = self.generate(text, seeds, modes, h_retr, lam)
+        out.timings_ms = {**timings, **out.timings_ms}
+        return out
+
+
+class OneStepPipeline(OneStepFront):
     """One-step generation with optional retrieved H-features.
 
     Build with ``from_pretrained(model_dir)`` (local files only) or ``from_arch`` (random
@@ -227,19 +276,11 @@ class OneStepPipeline:
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """Per-image CPU generators, so an image depends only on its own seed."""
         shape = (self.latent_channels, self.latent_size, self.latent_size)
-        z = torch.stack(
-            [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-        )
-        return z.to(self.device, self.dtype)
+        return seeded_noise(seeds, shape).to(self.device, self.dtype)
 
     def predict_x0(self, z: torch.Tensor, model_out: torch.Tensor) -> torch.Tensor:
         a = float(self.alphas_cumprod[self.student_timestep])
-        sa, s1a = a**0.5, (1 - a) ** 0.5
-        if self.prediction_type == "epsilon":
-            return (z - s1a * model_out) / sa
-        if self.prediction_type == "v_prediction":
-            return sa * z - s1a * model_out
-        return model_out
+        return x0_from_output(z, model_out, a, self.prediction_type)
 
     def noisy_input(self, noise: torch.Tensor) -> torch.Tensor:
         """The model input at the student timestep for an unknown x0: sqrt(1-ᾱ_T)·ε (as diffusers' Euler)."""
@@ -291,12 +332,7 @@ class OneStepPipeline:
         b = len(text)
         if len(seeds) != b:
             raise ValueError(f"got {len(seeds)} seeds for a batch of {b}")
-        modes = [modes] * b if isinstance(modes, str) else list(modes)
-        if len(modes) != b:
-            raise ValueError(f"got {len(modes)} modes for a batch of {b}")
-        bad = [m for m in modes if m not in MODES]
-        if bad:
-            raise ValueError(f"unknown retrieval mode(s) {bad}; choose from {MODES}")
+        modes = normalize_modes(modes, b)
         timings = {} if timings is None else timings
         with self._timed(timings, "unet"):
             z = self.noisy_input(self.initial_noise(seeds))
@@ -315,34 +351,3 @@ class OneStepPipeline:
         img = ((img.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
         return img.permute(0, 2, 3, 1).cpu().numpy()
 
-    @torch.inference_mode()
-    def generate(
-        self,
-        text: TextEmbeddings,
-        seeds: Sequence[int],
-        modes: Sequence[str] | str = "adapter",
-        h_retr: torch.Tensor | None = None,
-        lam: torch.Tensor | None = None,
-    ) -> GenerateOutput:
-        """Text embeddings (B) + seeds (B) [+ h_retr (B,k,C,h,w), λ (B,k)] -> uint8 images (B,H,W,3)."""
-        timings: dict[str, float] = {}
-        x0 = self.denoise(text, seeds, modes, h_retr, lam, timings)
-        with self._timed(timings, "vae"):
-            images = self.decode_latents(x0)
-        return GenerateOutput(images=images, timings_ms=timings)
-
-    def __call__(
-        self,
-        prompts: Sequence[str],
-        seeds: Sequence[int],
-        modes: Sequence[str] | str = "adapter",
-        h_retr: torch.Tensor | None = None,
-        lam: torch.Tensor | None = None,
-    ) -> GenerateOutput:
-        """Convenience: prompts -> images (text encoding timed as 'text')."""
-        timings: dict[str, float] = {}
-        with self._timed(timings, "text"):
-            text = self.encode_text(prompts)
-        out = self.generate(text, seeds, modes, h_retr, lam)
-        out.timings_ms = {**timings, **out.timings_ms}
-        return out

@@ -1,4 +1,6 @@
-"""Helpers shared by the torch pipeline and the graph backends: stage timing, tokenizing."""
+"""What the torch pipeline and the graph backends share: stage timing, tokenizing, the
+seeded noise, x0 from the model output, and mode validation (one place, so every backend
+starts from the same noise and reads the model the same way)."""
 
 from __future__ import annotations
 
@@ -37,3 +39,36 @@ def tokenize_prompts(
         return_tensors="pt",
     ).input_ids
     return ids.to(device, torch.int64)
+
+
+MODES: tuple[str, ...] = ("adapter", "inject", "off")
+
+
+def normalize_modes(modes: Sequence[str] | str, b: int) -> list[str]:
+    """One mode per sample; raises ValueError naming the bad count or mode."""
+    ms = [modes] * b if isinstance(modes, str) else list(modes)
+    if len(ms) != b:
+        raise ValueError(f"got {len(ms)} modes for a batch of {b}")
+    bad = [m for m in ms if m not in MODES]
+    if bad:
+        raise ValueError(f"unknown retrieval mode(s) {bad}; choose from {MODES}")
+    return ms
+
+
+def seeded_noise(seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """Per-image CPU generators, so an image depends only on its own seed: float32 (B,*shape)."""
+    return torch.stack(
+        [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    )
+
+
+def x0_from_output(
+    z: torch.Tensor, model_out: torch.Tensor, alpha_bar: float, prediction_type: str
+) -> torch.Tensor:
+    """The clean latent from the model output at ᾱ (epsilon, v_prediction or sample)."""
+    sa, s1a = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
+    if prediction_type == "epsilon":
+        return (z - s1a * model_out) / sa
+    if prediction_type == "v_prediction":
+        return sa * z - s1a * model_out
+    return model_out

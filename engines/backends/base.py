@@ -23,9 +23,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.pipeline import MODES, GenerateOutput, TextEmbeddings, alphas_cumprod_from_config
+from engines.pipeline import (
+    GenerateOutput,
+    OneStepFront,
+    TextEmbeddings,
+    alphas_cumprod_from_config,
+)
 from engines.shapes import ShapeSpec, spec_from_model_dir
-from engines.stages import stage_timer, tokenize_prompts
+from engines.stages import (
+    normalize_modes,
+    seeded_noise,
+    stage_timer,
+    tokenize_prompts,
+    x0_from_output,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +85,7 @@ class Backend(ABC):
         return {"backend": self.backend_name, "model": self.name, "fingerprint": self.fingerprint}
 
 
-def normalize_modes(modes: Sequence[str] | str, b: int) -> list[str]:
-    ms = [modes] * b if isinstance(modes, str) else list(modes)
-    if len(ms) != b:
-        raise ValueError(f"got {len(ms)} modes for a batch of {b}")
-    bad = [m for m in ms if m not in MODES]
-    if bad:
-        raise ValueError(f"unknown retrieval mode(s) {bad}; choose from {MODES}")
-    return ms
-
-
-class GraphBackend(Backend):
+class GraphBackend(OneStepFront, Backend):
     """Host-side logic shared by the graph runtimes (torch-opt, onnxruntime, tensorrt).
 
     Subclasses set ``backend_name`` and implement ``_run``; ``max_batch`` (None: any)
@@ -159,19 +160,11 @@ class GraphBackend(Backend):
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """Per-image CPU generators (as ``OneStepPipeline.initial_noise``), float32 (B,4,L,L)."""
         s = self.spec
-        shape = (s.latent_channels, s.latent_size, s.latent_size)
-        return torch.stack(
-            [torch.randn(shape, generator=torch.Generator().manual_seed(int(x))) for x in seeds]
-        )
+        return seeded_noise(seeds, (s.latent_channels, s.latent_size, s.latent_size))
 
     def predict_x0(self, z: torch.Tensor, model_out: torch.Tensor) -> torch.Tensor:
         a = float(self.alphas_cumprod[self.student_timestep])
-        sa, s1a = a**0.5, (1 - a) ** 0.5
-        if self.prediction_type == "epsilon":
-            return (z - s1a * model_out) / sa
-        if self.prediction_type == "v_prediction":
-            return sa * z - s1a * model_out
-        return model_out
+        return x0_from_output(z, model_out, a, self.prediction_type)
 
     # ------------------------------------------------------------------ API
     @torch.inference_mode()
@@ -256,21 +249,6 @@ class GraphBackend(Backend):
         ]
         return np.concatenate(imgs)
 
-    @torch.inference_mode()
-    def generate(
-        self,
-        text: TextEmbeddings,
-        seeds: Sequence[int],
-        modes: Sequence[str] | str = "adapter",
-        h_retr: torch.Tensor | None = None,
-        lam: torch.Tensor | None = None,
-    ) -> GenerateOutput:
-        """Text embeddings (B) + seeds (B) [+ h_retr (B,k,C,h,w), λ (B,k)] -> uint8 (B,H,W,3)."""
-        timings: dict[str, float] = {}
-        x0 = self.denoise(text, seeds, modes, h_retr, lam, timings)
-        with self._timed(timings, "vae"):
-            images = self.decode_latents(x0)
-        return GenerateOutput(images=images, timings_ms=timings)
 
     # ------------------------------------------------------------------ ingest (torch)
     def torch_pipeline(self) -> Any:
@@ -290,17 +268,3 @@ class GraphBackend(Backend):
     def retrieval_features(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.torch_pipeline().retrieval_features(latents, context)
 
-    def __call__(
-        self,
-        prompts: Sequence[str],
-        seeds: Sequence[int],
-        modes: Sequence[str] | str = "adapter",
-        h_retr: torch.Tensor | None = None,
-        lam: torch.Tensor | None = None,
-    ) -> GenerateOutput:
-        timings: dict[str, float] = {}
-        with self._timed(timings, "text"):
-            text = self.encode_text(prompts)
-        out = self.generate(text, seeds, modes, h_retr, lam)
-        out.timings_ms = {**timings, **out.timings_ms}
-        return out
