@@ -232,6 +232,10 @@ class OneStepPipeline(OneStepFront):
         return int(self.unet.unet.config.in_channels)
 
     @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.latent_channels, self.latent_size, self.latent_size)
+
+    @property
     def h_shape(self) -> tuple[int, int, int]:
         return self.unet.h_shape((self.latent_size, self.latent_size))
 

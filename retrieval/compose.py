@@ -6,6 +6,12 @@ mix modes, k, seeds and excluded ids; each result equals running its request alo
 always 0). If the index or feature store fails or times out, the affected requests
 are generated with mode "off" and ``retrieval_status="unavailable"`` (logged and
 counted in ``unavailable_total``); retrieval never makes ``generate`` raise.
+
+Two ways to the same result: with a searching backend (``fast``) and a device copy of the
+database (``retrieval.resident``), search, λ and gather run inside the backend's graph and
+the rows it returns are mapped back to pairs here; otherwise the index is searched on the
+host and the features are handed to the backend. ``retrieval_health`` says which runs and,
+when retrieval is configured but down, why (the service's /readyz reports it).
 """
 
 from __future__ import annotations
@@ -16,13 +22,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
+from engines.backends.base import Backend, SearchingBackend
 from retrieval.db import DbConfig, RetrievalDB, open_db_for_pipeline
+from retrieval.resident import ResidentIndex
 from retrieval.types import FingerprintMismatchError, Neighbour
+
+if TYPE_CHECKING:
+    from engines.pipeline import OneStepPipeline
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +67,67 @@ class TextToImage:
 
     def __init__(
         self,
-        pipe: Any,
+        pipe: Backend | OneStepPipeline,
         db: RetrievalDB | None,
         *,
         min_score: float = 0.0,
         retrieval_timeout_s: float | None = 2.0,
+        resident: ResidentIndex | None = None,
+        refresh_s: float = 30.0,
+        db_error: str | None = None,
     ) -> None:
         if not -1.0 <= min_score <= 1.0:
             raise ValueError(f"min_score must be in [-1, 1] (a cosine), got {min_score}")
+        if resident is not None and not isinstance(pipe, SearchingBackend):
+            raise TypeError(f"a resident index needs a SearchingBackend, got {type(pipe).__name__}")
         self.pipe = pipe
         self.db = db
+        self.resident = resident
         self.min_score = float(min_score)
         self.retrieval_timeout_s = retrieval_timeout_s
+        self.refresh_s = float(refresh_s)
+        self._last_refresh = time.monotonic()
+        self.db_error = db_error
         self.model_name: str = pipe.name
         self.backend_name: str = getattr(pipe, "backend_name", "torch")
-        self.retrieval_backend: str = db.backend_name if db is not None else "none"
+        if resident is not None:
+            self.retrieval_backend = f"device-index ({resident.source}, {len(resident)} pairs)"
+        else:
+            self.retrieval_backend = db.backend_name if db is not None else "none"
         self.resolution: int = int(pipe.resolution)
         self.unavailable_total = 0
         self._pool = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="retrieval")
+
+    def retrieval_health(self) -> tuple[bool, str]:
+        """(True, where search runs) or (False, why retrieval is unavailable)."""
+        if self.resident is not None:
+            return True, f"search inside the {self.backend_name} graph over {len(self.resident)} pairs"
+        if self.db is None:
+            return False, self.db_error or "no retrieval database"
+        return True, f"search in {self.db.backend_name}"
+
+    def warmup(self) -> float:
+        """Compile/capture every batch bucket of the backend now (before traffic); seconds."""
+        fn = getattr(self.pipe, "warmup", None)
+        if fn is None:
+            return 0.0
+        if isinstance(self.pipe, SearchingBackend):
+            return float(self.pipe.warmup(("search",) if self.resident is not None else None))
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    def _maybe_refresh(self) -> None:
+        if self.resident is None or self.refresh_s <= 0:
+            return
+        now = time.monotonic()
+        if now - self._last_refresh < self.refresh_s:
+            return
+        self._last_refresh = now
+        try:
+            self.resident.refresh()
+        except Exception as e:  # noqa: BLE001 - a failed refresh keeps serving the old copy
+            log.error("resident index refresh failed (%s: %s); serving the copy as is", type(e).__name__, e)
 
     # ------------------------------------------------------------------ retrieval
     def _retrieve(
@@ -114,6 +168,9 @@ class TextToImage:
                 raise ValueError(f"k must be in 1..{MAX_K}, got {r.k}")
             if r.mode not in ("adapter", "inject", "off"):
                 raise ValueError(f"mode must be adapter, inject or off; got {r.mode!r}")
+        self._maybe_refresh()
+        if self.resident is not None and not any(r.exclude_ids for r in reqs):
+            return self._generate_resident(reqs)
         pipe = self.pipe
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -137,11 +194,10 @@ class TextToImage:
             else:
                 neigh, feats = got
                 kmax = max(reqs[i].k for i in want)
-                dev = getattr(pipe, "device", feats.device)
-                dt = getattr(pipe, "dtype", torch.float32)
-                h_retr = torch.zeros((len(reqs), kmax, *pipe.h_shape), dtype=dt, device=dev)
+                dev = pipe.device
+                h_retr = torch.zeros((len(reqs), kmax, *pipe.h_shape), dtype=torch.float32, device=dev)
                 lam = torch.zeros((len(reqs), kmax), dtype=torch.float32, device=dev)
-                feats = feats.to(dev, dt)
+                feats = feats.to(dev, torch.float32)
                 pos = 0
                 for i, ns in zip(want, neigh):
                     status[i], retrieved[i], modes[i] = "ok", ns, reqs[i].mode
@@ -162,6 +218,22 @@ class TextToImage:
         ]
         return results, timings
 
+    def _generate_resident(self, reqs: Sequence[GenRequest]) -> tuple[list[GenResult], dict[str, float]]:
+        """Search, λ and gather inside the backend's graph; rows mapped back to pairs here."""
+        assert self.resident is not None and isinstance(self.pipe, SearchingBackend)
+        out = self.pipe.generate_search(
+            [r.prompt for r in reqs], [r.seed for r in reqs], [r.mode for r in reqs],
+            [r.k for r in reqs], self.min_score,
+        )
+        results = []
+        for i, r in enumerate(reqs):
+            if r.mode == "off":
+                results.append(GenResult(image=out.images[i], seed=r.seed))
+                continue
+            ns = self.resident.neighbours(out.rows[i], out.scores[i], r.k)
+            results.append(GenResult(image=out.images[i], seed=r.seed, retrieved=ns, retrieval_status="ok"))
+        return results, dict(out.timings_ms)
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.db is not None:
@@ -180,8 +252,12 @@ def build_text_to_image(
     min_score: float = 0.0,
     qdrant_timeout_s: float = 5.0,
     retrieval_timeout_s: float | None = 2.0,
-    pipeline: Any | None = None,
+    pipeline: Backend | OneStepPipeline | None = None,
     db_config: DbConfig | None = None,
+    device_index_max_pairs: int = 2_000_000,
+    feature_dtype: str = "float16",
+    refresh_s: float = 30.0,
+    synthetic_pairs: int = 0,
     **backend_options: Any,
 ) -> TextToImage:
     """Load the model through ``engines.backends.create_backend(backend, ...)`` and open the database.
@@ -191,6 +267,11 @@ def build_text_to_image(
     object it already built (a OneStepPipeline or a Backend). A missing/empty/unreachable
     database does not fail the build (requests then report "unavailable"); features made
     by another model do (FingerprintMismatchError), because that is a deployment mistake.
+
+    With a searching backend, the database is copied to the device (``ResidentIndex``)
+    when it holds at most ``device_index_max_pairs`` pairs and no Qdrant server is
+    configured; otherwise the search goes to Qdrant. ``synthetic_pairs`` > 0 (benchmarks
+    only) fills the device copy with random pairs instead of opening the database.
     """
     if pipeline is None:
         from engines.backends import create_backend
@@ -204,7 +285,14 @@ def build_text_to_image(
         qdrant_api_key=qdrant_api_key,
         qdrant_timeout_s=qdrant_timeout_s,
     )
+    if synthetic_pairs > 0:
+        if not isinstance(pipeline, SearchingBackend):
+            raise ValueError(f"synthetic_pairs needs a searching backend (fast), got {backend!r}")
+        resident = ResidentIndex.synthetic(pipeline, synthetic_pairs, feature_dtype=feature_dtype)
+        return TextToImage(pipeline, None, min_score=min_score,
+                           retrieval_timeout_s=retrieval_timeout_s, resident=resident, refresh_s=0)
     db: RetrievalDB | None
+    db_error: str | None = None
     try:
         db = open_db_for_pipeline(cfg, pipeline)
         log.info(
@@ -216,8 +304,24 @@ def build_text_to_image(
     except FingerprintMismatchError:
         raise
     except Exception as e:  # noqa: BLE001 - an outage must not stop startup
+        db_error = f"{type(e).__name__}: {e}"
         log.error(
             "retrieval database unavailable (%s); images will be generated without retrieval", e
         )
         db = None
-    return TextToImage(pipeline, db, min_score=min_score, retrieval_timeout_s=retrieval_timeout_s)
+    resident = None
+    if db is not None and isinstance(pipeline, SearchingBackend):
+        n = len(db.store)
+        if cfg.qdrant_url or n > device_index_max_pairs:
+            log.info(
+                "retrieval: %d pairs%s: the search goes to %s, the graph receives the neighbours",
+                n, " with a Qdrant server" if cfg.qdrant_url else f" > device_index_max_pairs={device_index_max_pairs}",
+                db.backend_name,
+            )
+        else:
+            resident = ResidentIndex(pipeline, db, feature_dtype=feature_dtype)
+            resident.load()
+    return TextToImage(
+        pipeline, db, min_score=min_score, retrieval_timeout_s=retrieval_timeout_s,
+        resident=resident, refresh_s=refresh_s, db_error=db_error,
+    )

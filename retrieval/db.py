@@ -14,13 +14,17 @@ import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from retrieval.feature_store import FeatureStore
 from retrieval.index import VectorIndex
 from retrieval.types import Neighbour
+
+if TYPE_CHECKING:
+    from engines.backends.base import Backend
+    from engines.pipeline import OneStepPipeline
 
 log = logging.getLogger(__name__)
 
@@ -155,24 +159,16 @@ def open_db(
     return RetrievalDB(open_index(cfg, embed_dim), store)
 
 
-def open_db_for_pipeline(cfg: DbConfig, pipe: Any, *, create: bool = False) -> RetrievalDB:
-    """``open_db`` with the model's fingerprint, widths and shapes taken from a pipeline.
-
-    ``pipe`` is a ``OneStepPipeline`` or an ``engines.backends.Backend`` (which has no
-    latent geometry: fine for reading; ``create`` needs the pipeline's VAE latents).
-    """
-    ls = getattr(pipe, "latent_size", None)
-    latent_shape = (pipe.latent_channels, ls, ls) if ls is not None else None
-    if create and latent_shape is None:
-        raise ValueError(
-            f"creating a database needs a pipeline with VAE latents; got {type(pipe).__name__}"
-        )
+def open_db_for_pipeline(cfg: DbConfig, pipe: Backend | OneStepPipeline, *, create: bool = False) -> RetrievalDB:
+    """``open_db`` with the model's fingerprint, widths and shapes taken from a backend
+    (or a ``OneStepPipeline``): every backend has the same typed surface, so this works
+    through each of them (tests/retrieval/test_retrieval_backends.py)."""
     return open_db(
         cfg,
         fingerprint=pipe.fingerprint,
         embed_dim=pipe.embed_dim,
         h_shape=pipe.h_shape,
-        latent_shape=latent_shape,
-        device=getattr(pipe, "device", "cpu"),
+        latent_shape=pipe.latent_shape,
+        device=pipe.device,
         create=create,
     )

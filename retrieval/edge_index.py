@@ -130,6 +130,14 @@ class EdgeIndex(VectorIndex):
             str(r.id): dict(r.payload or {}) for r in self._shard.retrieve(list(ids), True, False)
         }
 
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        if not ids:
+            return {}
+        return {
+            str(r.id): np.asarray(r.vector, dtype=np.float32)
+            for r in self._shard.retrieve(list(ids), False, True)
+        }
+
     def optimize(self) -> None:
         with self._lock:
             changed = self._shard.optimize()

@@ -90,6 +90,10 @@ class VectorIndex(ABC):
     def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Payloads of the ids that exist."""
 
+    @abstractmethod
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored (unit-normalised) vectors (D,) float32 of the ids that exist."""
+
     def optimize(self) -> None:
         """Build/merge index structures after a bulk load (no-op where the server does it)."""
 

@@ -202,6 +202,17 @@ class QdrantServerIndex(VectorIndex):
             return {}
         return {str(r.id): dict(r.payload or {}) for r in self._retrieve(ids, True)}
 
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        if not ids:
+            return {}
+        recs = self._call(
+            "retrieve",
+            lambda: self._client.retrieve(
+                self.collection, ids=list(ids), with_payload=False, with_vectors=True
+            ),
+        )
+        return {str(r.id): np.asarray(r.vector, dtype=np.float32) for r in recs}
+
     def close(self) -> None:
         try:
             self._client.close()

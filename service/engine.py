@@ -41,9 +41,20 @@ def gen_request(prompt: str, seed: int, mode: str, k: int) -> Any:
 def build_from_settings(settings: Settings) -> TextToImageLike:
     """The production factory: model dir + backend + index from settings. Raises if the
     chosen backend cannot start (no fallback)."""
+    import os
+    import time
+
     import torch
 
     from retrieval.compose import build_text_to_image
+
+    if settings.compile_cache_dir is not None:
+        # Inductor and Triton read these when they first compile: set before the build.
+        cache = settings.compile_cache_dir
+        cache.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
+        os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
+    t0 = time.perf_counter()
 
     model_dir = settings.resolved_model_dir()
     log.info(
@@ -64,11 +75,37 @@ def build_from_settings(settings: Settings) -> TextToImageLike:
         qdrant_url=settings.qdrant_url,
         qdrant_api_key=key,
         min_score=settings.min_score,
-        onnx_dir=settings.onnx_dir,
-        engine_dir=settings.engine_dir,
+        device_index_max_pairs=settings.device_index_max_pairs,
+        feature_dtype=settings.feature_dtype,
+        refresh_s=settings.index_refresh_s,
+        synthetic_pairs=settings.synthetic_pairs,
+        **_backend_options(settings),
     )
     if t2i.backend_name != settings.backend:
         raise RuntimeError(
             f"backend {settings.backend!r} was asked for but {t2i.backend_name!r} runs"
         )
+    t_build = time.perf_counter() - t0
+    t_warm = t2i.warmup()  # every batch bucket compiled and captured before traffic
+    ok, why = t2i.retrieval_health()
+    log.info(
+        "engine built in %.1f s, warm-up (compile + capture of every bucket) %.1f s; retrieval %s: %s",
+        t_build, t_warm, "ok" if ok else "UNAVAILABLE", why,
+    )
     return t2i
+
+
+def _backend_options(settings: Settings) -> dict[str, Any]:
+    """What ``create_backend`` takes besides the model: graph dirs, batch buckets."""
+    opts: dict[str, Any] = {}
+    if settings.backend == "onnxruntime":
+        opts["onnx_dir"] = settings.onnx_dir
+    if settings.backend == "tensorrt":
+        opts["engine_dir"] = settings.engine_dir
+    if settings.backend in ("fast", "torch-opt") and settings.batch_buckets:
+        opts["buckets"] = settings.batch_buckets
+    elif settings.backend == "fast":
+        from engines.backends.fast_backend import DEFAULT_BUCKETS
+
+        opts["buckets"] = sorted({b for b in DEFAULT_BUCKETS if b < settings.max_batch} | {settings.max_batch})
+    return opts

@@ -38,10 +38,11 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     """Model directory (diffusers layout + hadapter/). None: the shipped toy model, or a
     random tiny model written under ``db_path`` (engines.default_model)."""
-    backend: Literal["torch", "torch-opt", "onnxruntime", "tensorrt"] = "torch"
+    backend: Literal["auto", "fast", "torch", "torch-opt", "onnxruntime", "tensorrt"] = "auto"
     """Runtime backend, chosen once. If it cannot start the service stays not ready.
-    ``torch-opt`` is the torch backend's optimised mode (fp16/bf16, channels-last,
-    CUDA graphs per batch bucket)."""
+    ``auto``: ``fast`` on a CUDA device (the serving engine: retrieval search inside one
+    CUDA graph per batch bucket), ``torch`` on CPU. ``torch-opt`` is the torch backend's
+    optimised mode (CUDA graphs for the UNet and VAE only; the search runs on the host)."""
     onnx_dir: Path | None = None
     """Directory written by ``ragturbo export onnx`` (required by backend=onnxruntime)."""
     engine_dir: Path | None = None
@@ -49,8 +50,8 @@ class Settings(BaseSettings):
     backend=tensorrt)."""
     device: str = ""
     """torch device, e.g. ``cpu`` or ``cuda:0``. Empty: cuda:0 if available else cpu."""
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    """Compute dtype of the model weights."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Compute dtype of the model weights. ``auto``: float16 on CUDA, float32 on CPU."""
 
     # ------------------------------------------------------------------ retrieval
     db_path: Path = Path("data")
@@ -61,6 +62,20 @@ class Settings(BaseSettings):
     """API key of the Qdrant server (never logged)."""
     min_score: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.0
     """Neighbours whose cosine score is below this get λ=0 (contribute nothing)."""
+    device_index_max_pairs: Annotated[int, Field(ge=0, le=100_000_000)] = 2_000_000
+    """backend=fast: databases up to this many pairs are copied to the device and searched
+    exactly inside the graph; larger ones (or a Qdrant server) are searched in Qdrant."""
+    feature_dtype: Literal["float16", "float8"] = "float16"
+    """backend=fast: storage of the device copy's H-features (float8: half the memory,
+    per-row scaled e4m3; its error is in docs/perf.md)."""
+    index_refresh_s: Annotated[float, Field(ge=0.0, le=86_400.0)] = 30.0
+    """backend=fast: how often pairs ingested meanwhile are copied to the device (0: never)."""
+    synthetic_pairs: Annotated[int, Field(ge=0, le=100_000_000)] = 0
+    """Benchmarks only (backend=fast): serve N random pairs made on the device instead of
+    the database; the log and /readyz say "synthetic"."""
+    compile_cache_dir: Path | None = None
+    """Persistent torch.compile cache (TORCHINDUCTOR_CACHE_DIR); on a volume, a restart
+    recompiles nothing (Helm: ``compileCache``)."""
 
     # ------------------------------------------------------------------ batching
     max_batch: Annotated[int, Field(ge=1, le=256)] = 8
@@ -122,6 +137,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_field(self) -> Settings:
+        if self.dtype == "auto":
+            object.__setattr__(self, "dtype", "float16" if self.device.startswith("cuda") else "float32")
+        if self.backend == "auto":
+            # frozen model: resolve once here, so every reader sees the backend that runs
+            object.__setattr__(self, "backend", "fast" if self.device.startswith("cuda") else "torch")
+        if self.synthetic_pairs and self.backend != "fast":
+            raise ValueError(
+                f"synthetic_pairs={self.synthetic_pairs} needs backend='fast', got {self.backend!r}"
+            )
         if self.batch_buckets and max(self.batch_buckets) < self.max_batch:
             raise ValueError(
                 f"max_batch={self.max_batch} exceeds the largest batch bucket "
@@ -135,6 +159,8 @@ class Settings(BaseSettings):
             raise ValueError("backend='tensorrt' needs engine_dir (RAGTURBO_ENGINE_DIR) to be set")
         if self.backend == "tensorrt" and not self.device.startswith("cuda"):
             raise ValueError(f"backend='tensorrt' needs a CUDA device, got device={self.device!r}")
+        if self.dtype == "float16" and self.device == "cpu" and self.backend == "fast":
+            raise ValueError("dtype='float16' needs a CUDA device for backend='fast'")
         if self.dtype != "float32" and self.device == "cpu" and self.backend == "torch":
             raise ValueError(f"dtype={self.dtype!r} on device='cpu' is not supported; use float32")
         if any(len(k.get_secret_value()) < 8 for k in self.api_keys):

@@ -1,6 +1,7 @@
 """Runtime backends behind one interface, chosen by name with ``create_backend``.
 
-``torch`` (eager pipeline), ``torch-opt`` (fp16/bf16, channels-last, torch.compile, CUDA
+``fast`` (the CUDA serving engine: retrieval search inside one CUDA graph per batch
+bucket; the default on CUDA), ``torch`` (eager pipeline), ``torch-opt`` (fp16/bf16, channels-last, torch.compile, CUDA
 graphs per batch bucket), ``onnxruntime`` (CPU or CUDA execution provider) and
 ``tensorrt`` (plans from ``ragturbo build trt``). A backend that cannot start raises
 ``BackendUnavailable``; nothing falls back to another backend.
@@ -11,11 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engines.backends.base import Backend, BackendUnavailable
+from engines.backends.base import Backend, BackendUnavailable, SearchingBackend, SearchOutput
 
-BACKENDS: tuple[str, ...] = ("torch", "torch-opt", "onnxruntime", "tensorrt")
+BACKENDS: tuple[str, ...] = ("fast", "torch", "torch-opt", "onnxruntime", "tensorrt")
 
-__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "create_backend"]
+__all__ = [
+    "BACKENDS", "Backend", "BackendUnavailable", "SearchOutput", "SearchingBackend", "create_backend",
+]
 
 
 def create_backend(
@@ -52,6 +55,10 @@ def create_backend(
             from engines.backends.torch_backend import TorchBackend
 
             return TorchBackend(model_dir, device, dtype or torch.float32, inject_weight)
+    if name == "fast":
+        from engines.backends.fast_backend import FastBackend
+
+        return FastBackend.from_model_dir(model_dir, device, dtype, inject_weight, **options)
     if name == "torch-opt":
         from engines.backends.torch_backend import TorchOptBackend
 

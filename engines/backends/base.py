@@ -17,6 +17,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ class Backend(ABC):
     backend_name: str
     name: str
     fingerprint: str
+    device: torch.device
 
     @property
     @abstractmethod
@@ -66,6 +68,11 @@ class Backend(ABC):
     @property
     @abstractmethod
     def embed_dim(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the VAE latent (what ingest stores beside the H-features)."""
 
     @abstractmethod
     def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings: ...
@@ -140,6 +147,11 @@ class GraphBackend(OneStepFront, Backend):
     @property
     def latent_size(self) -> int:
         return self.spec.latent_size
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        s = self.spec
+        return (s.latent_channels, s.latent_size, s.latent_size)
 
     # ------------------------------------------------------------------ runtime hook
     @abstractmethod
@@ -267,4 +279,58 @@ class GraphBackend(OneStepFront, Backend):
 
     def retrieval_features(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.torch_pipeline().retrieval_features(latents, context)
+
+
+@dataclass
+class SearchOutput:
+    """What a searching backend returns for a batch.
+
+    images uint8 (B,H,W,3); rows int64 (B,K): rows of the attached index, best first;
+    scores float32 (B,K): their cosine scores (-inf where the index has fewer rows than K);
+    timings_ms: text, retrieval, unet, vae.
+    """
+
+    images: np.ndarray
+    rows: np.ndarray
+    scores: np.ndarray
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class SearchingBackend(Backend):
+    """A backend that holds a device copy of the database and searches it inside its graph.
+
+    The retrieval side (``retrieval.resident``) fills the copy with ``add_index_rows`` and
+    maps the returned rows back to pair ids; ``generate_search`` runs token ids -> exact
+    top-K cosine -> λ -> gather -> UNet -> VAE -> uint8 as one graph per batch bucket.
+    """
+
+    k_max: int
+
+    @abstractmethod
+    def reserve_index(self, capacity: int, feature_dtype: str = "float16") -> None:
+        """Allocate an empty device index of ``capacity`` rows (replaces any previous one)."""
+
+    @abstractmethod
+    def add_index_rows(self, embeddings: torch.Tensor, features: torch.Tensor) -> range:
+        """Append rows (m,D) + (m,C,h,w); grows the index (and re-captures) when full."""
+
+    @property
+    @abstractmethod
+    def index_rows(self) -> int:
+        """Rows in the device index (0 before ``reserve_index``)."""
+
+    @abstractmethod
+    def generate_search(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        modes: Sequence[str],
+        ks: Sequence[int],
+        min_score: float,
+    ) -> SearchOutput:
+        """One batch through the search graph; request i uses its first ks[i] neighbours."""
+
+    @abstractmethod
+    def warmup(self, variants: Sequence[str] | None = None) -> float:
+        """Compile and capture every batch bucket now; returns seconds."""
 

@@ -62,6 +62,10 @@ class TorchBackend(Backend):
         return self.pipe.h_shape
 
     @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.pipe.latent_shape
+
+    @property
     def embed_dim(self) -> int:
         return self.pipe.embed_dim
 

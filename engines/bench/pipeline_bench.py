@@ -4,8 +4,12 @@ Variants, timed in one process on one device (PERF.md, "Measuring"):
 
 - ``eager``: diffusers eager (the baseline; plain SD-Turbo, no retrieval)
 - ``peer``: diffusers + torch.compile(mode="reduce-overhead"), channels-last (CUDA only)
-- ``fast``: engines.fast.FastRunner with retrieval (gather of k H-features from a GPU
-  store + H-adapter); its "retrieval off" twin gives the retrieval overhead.
+- ``fast``: the ``fast`` backend the service runs (engines.backends.fast_backend over
+  engines.fast.FastRunner): token ids -> text -> exact top-k cosine search over
+  ``store_entries`` caption vectors on the device -> λ -> gather -> UNet + adapter -> VAE,
+  one CUDA graph per bucket; its "retrieval off" twin (no search, gather or adapter) gives
+  the retrieval overhead, and ``served_e2e_ms`` times the backend's own call from prompts
+  (tokenizing, noise, copies to the host included).
 
 Inputs are token ids and noise already on the device; the timed region ends with uint8
 images on the device (the copy to the host and image encoding belong to the service).
@@ -26,6 +30,7 @@ import torch
 
 from engines.bench.setup import (
     build_feature_store,
+    build_gpu_index,
     build_pipeline,
     count_flops,
     environment,
@@ -178,21 +183,23 @@ def run_pipeline_bench(
     result["store"] = {"entries": int(store.shape[0]), "shape": list(store.shape[1:]), "k": opts.k}
 
     # The eager reference runner (same stage functions as the fast one, no levers) for FLOPs and parity.
-    ref = FastRunner(pipe, store, opts.k, config=FastConfig(compile="none", cuda_graphs=False, subpixel_vae=False, channels_last=False))
+    index = build_gpu_index(pipe, store, seed=opts.seed)
+    ref = FastRunner(pipe, opts.k, config=FastConfig(compile="none", cuda_graphs=False, subpixel_vae=False, channels_last=False), index=index)
     x1 = ref.example_inputs(1, seed=opts.seed)
     with torch.inference_mode():
-        ctx1, _ = ref.text(x1["ids"])
-        hr1 = ref.gather(x1["nbr"])
-        x01 = ref.unet(x1["noise"], ctx1, hr1, x1["lam"])
+        ctx1, pooled1 = ref.text(x1["ids"])
+        hr1, lam1, _, _ = ref.retrieve(pooled1, x1["kmask"], x1["admask"], x1["injmask"])
+        x01 = ref.unet(x1["noise"], ctx1, hr1, lam1, x1["admask"], x1["injmask"])
         fl = count_flops(
             {
                 "text": lambda: ref.text(x1["ids"]),
-                "unet+adapter": lambda: ref.unet(x1["noise"], ctx1, hr1, x1["lam"]),
-                "unet": lambda: ref.unet(x1["noise"], ctx1, None, None),
+                "search": lambda: ref.retrieve(pooled1, x1["kmask"], x1["admask"], x1["injmask"]),
+                "unet+adapter": lambda: ref.unet(x1["noise"], ctx1, hr1, lam1, x1["admask"], x1["injmask"]),
+                "unet": lambda: ref.unet(x1["noise"], ctx1),
                 "vae": lambda: ref.vae(x01),
             }
         )
-    gflop_img = fl["text"] + fl["unet+adapter"] + fl["vae"]
+    gflop_img = fl["text"] + fl["search"] + fl["unet+adapter"] + fl["vae"]
     gflop_img_off = fl["text"] + fl["unet"] + fl["vae"]
     result["gflop_per_image"] = {k: round(v, 3) for k, v in fl.items()} | {"total": round(gflop_img, 3)}
     log.info("GFLOP per image: %s", result["gflop_per_image"])
@@ -202,7 +209,7 @@ def run_pipeline_bench(
         for b in opts.parity_batches:
             x = ref.example_inputs(b, seed=opts.seed + b)
             with torch.inference_mode():
-                refs[b] = {"img": ref.full(x["ids"], x["noise"], x["nbr"], x["lam"], True), **x}
+                refs[b] = {"img": ref.full_search(*x.values())[0], **x}
 
     result["errors"] = {}
 
@@ -233,13 +240,13 @@ def run_pipeline_bench(
     if "fast" in variants:
         guarded(
             "fast",
-            lambda: _fast_rows(pipe, store, opts, device, gflop_img, gflop_img_off, peak, refs, result, clock, emit),
+            lambda: _fast_rows(pipe, index, opts, device, gflop_img, gflop_img_off, peak, refs, result, clock, emit),
         )
     if peer_model is not None:
         guarded("peer", lambda: _peer_rows(peer_model, ref, opts, device, gflop_img_off, peak, result, clock, emit))
         del peer_model
     if "fast" in variants and opts.ablate_subpixel:
-        guarded("subpixel-ablation", lambda: _subpixel_ablation(pipe, store, opts, device, result, clock))
+        guarded("subpixel-ablation", lambda: _subpixel_ablation(pipe, index, opts, device, result, clock))
     _add_ratios(result["rows"])
     save(result)
     result["elapsed_s"] = round(clock.elapsed(), 1)
@@ -263,21 +270,22 @@ def _eager_rows(pipe, ref, opts, device, gflop, peak, emit) -> list[dict[str, An
     return rows
 
 
-def _fast_rows(pipe, store, opts, device, gflop, gflop_off, peak, refs, result, clock, emit) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    from engines.fast.runner import FastConfig, FastRunner
+def _fast_rows(pipe, index, opts, device, gflop, gflop_off, peak, refs, result, clock, emit) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    from engines.backends.fast_backend import FastBackend
 
-    cfg = FastConfig(
-        compile=opts.compile,
-        cuda_graphs=opts.cuda_graphs,
+    backend = FastBackend(
+        pipe, compile=opts.compile, cuda_graphs=opts.cuda_graphs and device.type == "cuda",
         subpixel_vae=opts.subpixel_vae,
-        channels_last=True,
+        buckets=opts.batches, k_buckets=(opts.k,),
     )
-    runner = FastRunner(pipe, store, opts.k, retrieval=True, config=cfg)
+    runner = backend.runner
+    runner.set_index(index)
+    cfg = runner.cfg
     name = "fast"
     rows = []
     for b in opts.batches:
         _reset_peak(device)
-        t_build = runner.prepare(b, retrieval=True) + runner.prepare(b, retrieval=False)
+        t_build = runner.prepare(b, "search", stages=True) + runner.prepare(b, "plain")
         peak_gib = _peak_gib(device)
         stages = {
             s: statistics.median(time_callable(runner.stage_callable(b, s), device, opts.policy))
@@ -285,23 +293,33 @@ def _fast_rows(pipe, store, opts, device, gflop, gflop_off, peak, refs, result, 
         }
         e2e = time_callable(runner.stage_callable(b, "full"), device, opts.policy)
         rows.append(_row(name, b, stages, e2e, gflop, peak, peak_gib, t_build))
-        off = time_callable(runner.stage_callable(b, "full", retrieval=False), device, opts.policy)
+        off = time_callable(runner.stage_callable(b, "full", "plain"), device, opts.policy)
         # Interleave a second on-measurement so drift between the two does not pass for overhead.
         e2e2 = time_callable(runner.stage_callable(b, "full"), device, opts.policy)
         on_ms = statistics.median(e2e + e2e2)
         off_ms = statistics.median(off)
         rows[-1]["retrieval_off_e2e_ms"] = round(off_ms, 3)
         rows[-1]["retrieval_overhead_pct"] = round(100.0 * (on_ms - off_ms) / off_ms, 2)
-        log.info("fast b=%d: %.2f ms (off %.2f ms), build %.1f s", b, rows[-1]["e2e_ms"], off_ms, t_build)
+        # The backend's own call, as the service makes it: prompts in, host uint8 out.
+        prompts = [f"a served prompt {i}" for i in range(b)]
+        served = time_callable(
+            lambda p=prompts: backend.generate_search(p, list(range(len(p))), ["adapter"] * len(p),
+                                                      [opts.k] * len(p), 0.0),
+            device, opts.policy,
+        )
+        rows[-1]["served_e2e_ms"] = round(statistics.median(served), 3)
+        log.info("fast b=%d: %.2f ms (off %.2f ms, served %.2f ms), build %.1f s", b,
+                 rows[-1]["e2e_ms"], off_ms, rows[-1]["served_e2e_ms"], t_build)
         emit(rows[-1])
+        runner.drop_stage_graphs()
         for key in [k for k in runner.buckets if k[0] == b and b not in refs]:
             del runner.buckets[key]
         if device.type == "cuda":
             torch.cuda.empty_cache()
     for b, r in refs.items():
-        if (b, True) not in runner.buckets:
-            runner.prepare(b, retrieval=True)
-        img = runner.run(r["ids"], r["noise"], r["nbr"], r["lam"])
+        if (b, "search", opts.k) not in runner.buckets:
+            runner.prepare(b, "search")
+        img = runner.run("search", **{n: r[n] for n in ("ids", "noise", "kmask", "admask", "injmask")})[0]
         result["parity"][f"fast_vs_eager_b{b}"] = _parity(r, img)
     result["fast_build_s"] = round(runner.build_s, 1)
     result["fast_config"] = {
@@ -313,18 +331,18 @@ def _fast_rows(pipe, store, opts, device, gflop, gflop_off, peak, refs, result, 
     return rows
 
 
-def _subpixel_ablation(pipe, store, opts, device, result, clock) -> None:  # type: ignore[no-untyped-def]
+def _subpixel_ablation(pipe, index, opts, device, result, clock) -> None:  # type: ignore[no-untyped-def]
     """VAE stage time with the plain Upsample2D layers (same compile and graphs)."""
     from engines.fast.runner import FastConfig, FastRunner
 
     cfg = FastConfig(compile=opts.compile, cuda_graphs=opts.cuda_graphs, subpixel_vae=False)
-    runner = FastRunner(pipe, store, opts.k, retrieval=True, config=cfg)
+    runner = FastRunner(pipe, opts.k, config=cfg, index=index)
     out = {}
     for b in opts.batches:
         if not clock.allows(60.0):
             result["skipped"].append(f"subpixel ablation b={b}: time budget")
             continue
-        runner.prepare(b, retrieval=True)
+        runner.prepare(b, "search", stages=True)
         vae_ms = statistics.median(time_callable(runner.stage_callable(b, "vae"), device, opts.policy))
         e2e = statistics.median(time_callable(runner.stage_callable(b, "full"), device, opts.policy))
         out[b] = {"vae_ms": round(vae_ms, 3), "e2e_ms": round(e2e, 3)}

@@ -64,6 +64,19 @@ def build_feature_store(pipe: OneStepPipeline, entries: int, seed: int = 0) -> t
     return h.repeat(reps, 1, 1, 1)[:entries].contiguous()
 
 
+@torch.inference_mode()
+def build_gpu_index(pipe: OneStepPipeline, store: torch.Tensor, seed: int = 0) -> Any:
+    """The device index the fast backend searches: one random unit caption vector per
+    stored H-feature (search cost depends on the count, not on the values)."""
+    from engines.fast.gpu_index import GpuIndex
+
+    g = torch.Generator().manual_seed(seed + 1)
+    emb = torch.randn((store.shape[0], pipe.embed_dim), generator=g)
+    index = GpuIndex(pipe.embed_dim, pipe.h_shape, store.shape[0], pipe.device, pipe.dtype)
+    index.append(emb, store)
+    return index
+
+
 def count_flops(fns: dict[str, Any]) -> dict[str, float]:
     """GFLOP of each zero-argument callable (torch.utils.flop_counter: matmuls, convs, attention)."""
     from torch.utils.flop_counter import FlopCounterMode

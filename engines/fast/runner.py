@@ -1,19 +1,28 @@
-"""The optimised torch runner: one-step generation with retrieval as CUDA graphs per batch bucket.
+"""The serving engine's core: one-step generation with retrieval as CUDA graphs per batch bucket.
 
 Stages, each a pure tensor function (no host sync, so they can be captured):
 
 - ``text``: token ids (B,77) int64 -> context (B,77,D), pooled (B,D)
-- ``gather``: neighbour ids (B,k) int64 -> h_retr (B,k,C,h,w) from a GPU feature store (N,C,h,w)
-- ``unet``: noise (B,4,L,L), context, h_retr, λ (B,k) -> x0 (B,4,L,L)
-  (UNet encoder -> H-adapter -> UNet decoder -> x0; with ``retrieval=False`` the adapter
-  and gather are skipped: that is the "retrieval off" pipeline of PERF.md)
+- ``retrieve``: pooled, kmask (B,K), adapter/inject masks (B,) -> exact cosine top-K over the
+  ``GpuIndex`` (rows, scores), λ = score where score >= min_score and > 0 (else 0), masked
+  by each request's k and mode, and the gather of the rows' H-features (B,K,C,h,w)
+- ``unet``: noise (B,4,L,L), context, h_retr, λ, masks -> x0 (B,4,L,L)
+  (UNet encoder -> adapter / slerp injection / nothing per sample -> UNet decoder -> x0)
 - ``vae``: x0 -> uint8 images (B,R,R,3) on the device
 
-Levers (docs/perf.md): half precision, channels-last, regional ``torch.compile``
-(each repeated block compiled once: minutes less compile than a whole-model compile,
-the same fusions inside blocks), sub-pixel VAE upsampling (engines.fast.subpixel) and,
-on CUDA, one CUDA graph per batch bucket for the whole pipeline plus one per stage
-(used only to time stages). On CPU everything runs eagerly (no graphs).
+Variants, each one static-shape graph per batch bucket:
+
+- ``search``: token ids, noise, kmask, masks -> images, rows, scores (the served path:
+  text, search, gather, UNet, VAE in one graph)
+- ``given``: context, noise, h_retr, λ, masks -> images (neighbours found elsewhere, e.g. a
+  Qdrant cluster when the database outgrows the device)
+- ``text``: token ids -> context, pooled (the text encoder alone, for the ``given`` path)
+- ``plain``: token ids, noise -> images (no retrieval at all: the overhead baseline)
+
+Levers (docs/perf.md): half precision, channels-last, ``torch.compile`` ("whole": the UNet
+halves and the VAE decode as whole Inductor graphs; "regional": each repeated block),
+sub-pixel VAE upsampling (engines.fast.subpixel) and, on CUDA, one CUDA graph per bucket.
+On CPU everything runs eagerly (no graphs); that is what the CPU tests exercise.
 """
 
 from __future__ import annotations
@@ -27,23 +36,31 @@ from typing import Any
 import torch
 from torch import nn
 
+from engines.backends.graphs import mix_retrieval
+from engines.fast.gpu_index import GpuIndex
 from engines.pipeline import OneStepPipeline
 
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("text", "retrieval", "unet", "vae")
 COMPILE_MODES: tuple[str, ...] = ("none", "regional", "whole")
+VARIANTS: tuple[str, ...] = ("search", "given", "text", "plain")
+_INPUTS: dict[str, tuple[str, ...]] = {
+    "search": ("ids", "noise", "kmask", "admask", "injmask"),
+    "given": ("ctx", "noise", "h_retr", "lam", "admask", "injmask"),
+    "text": ("ids",),
+    "plain": ("ids", "noise"),
+}
 
 
 @dataclass
 class FastConfig:
     """How the runner is built.
 
-    compile: "regional" compiles each repeated block (ResnetBlock2D, Transformer2DModel,
-      up/down samplers, the adapter) with Inductor; "whole" compiles the UNet encoder,
-      the adapter, the UNet decoder (+ x0) and the VAE decode (+ uint8) as whole graphs
-      (Inductor "default" mode: its fusions, our CUDA graphs; not yet measured on the
-      GPU, docs/perf.md); "none" runs eagerly.
+    compile: "whole" compiles the UNet encoder, the adapter, the UNet decoder (+ x0) and the
+      VAE decode (+ uint8) as whole graphs (Inductor "default" mode: its fusions, our CUDA
+      graphs); "regional" compiles each repeated block (ResnetBlock2D, Transformer2DModel,
+      up/down samplers, the adapter); "none" runs eagerly.
     cuda_graphs: capture one graph per batch bucket (CUDA only).
     subpixel_vae: compute the VAE's nearest-×2 + 3x3 conv upsamplers at low resolution.
     channels_last: NHWC activations for the convolutional parts.
@@ -68,10 +85,11 @@ class FastConfig:
 @dataclass
 class _Bucket:
     batch: int
-    retrieval: bool
+    variant: str
     inputs: dict[str, torch.Tensor]
-    graphs: dict[str, Any] = field(default_factory=dict)  # name -> torch.cuda.CUDAGraph
+    graphs: dict[str, Any] = field(default_factory=dict)  # name -> CUDAGraph (or eager fn)
     outputs: dict[str, Any] = field(default_factory=dict)
+    stage_ms: dict[str, float] = field(default_factory=dict)
 
 
 def _regional_compile(root: nn.Module, classes: tuple[type, ...]) -> int:
@@ -88,44 +106,45 @@ class FastRunner:
     """Optimised one-step pipeline over the modules of a ``OneStepPipeline``.
 
     Args:
-        pipe: the pipeline whose modules are used (they are converted in place to the
-            runner's memory format; the VAE decoder is copied if ``subpixel_vae``).
-        feature_store: (N,C,h,w) retrieved-branch H-features on the pipe's device.
-        k: neighbours per sample.
-        retrieval: default for ``prepare``/``run``: gather + adapter (False: the plain
-            pipeline with the same levers, PERF.md's "retrieval off").
+        pipe: the pipeline whose modules are used (converted in place to the runner's memory
+            format; the VAE decoder is copied if ``subpixel_vae``).
+        k_max: most neighbours per sample; a graph is captured per (batch, K) bucket and a
+            request's k <= K is a mask.
+        index: the device copy of the database searched by the ``search`` variant.
+        inject_weight: slerp weight of the target for mode "inject".
     """
 
     def __init__(
         self,
         pipe: OneStepPipeline,
-        feature_store: torch.Tensor,
-        k: int,
-        retrieval: bool = True,
+        k_max: int,
         config: FastConfig | None = None,
+        index: GpuIndex | None = None,
+        inject_weight: float = 0.8,
     ) -> None:
+        if k_max < 1:
+            raise ValueError(f"k_max must be >= 1, got {k_max}")
         self.pipe = pipe
         self.cfg = config or FastConfig()
-        if feature_store.ndim != 4 or tuple(feature_store.shape[1:]) != tuple(pipe.h_shape):
-            raise ValueError(
-                f"feature_store must be (N,{','.join(map(str, pipe.h_shape))}), "
-                f"got {tuple(feature_store.shape)}"
-            )
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        self.store = feature_store.to(pipe.device, pipe.dtype)
-        self.k = k
-        self.retrieval = retrieval
+        self.k = int(k_max)
         self.device = pipe.device
         self.dtype = pipe.dtype
+        self.inject_weight = float(inject_weight)
         self.use_graphs = self.cfg.cuda_graphs and self.device.type == "cuda"
         a = float(pipe.alphas_cumprod[pipe.student_timestep])
         self._sa, self._s1a = a**0.5, (1 - a) ** 0.5
         self._sf = float(pipe.vae.config.scaling_factor)
-        self.buckets: dict[tuple[int, bool], _Bucket] = {}
+        self.min_score = torch.zeros((), dtype=torch.float32, device=self.device)
+        self.index: GpuIndex | None = None
+        self.buckets: dict[tuple[int, str, int], _Bucket] = {}
+        # One memory pool for every captured graph: they never run concurrently and each
+        # replay's outputs are cloned at once, so buckets share their activation memory.
+        self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.build_s = 0.0
         t0 = time.perf_counter()
         self._prepare_modules()
+        if index is not None:
+            self.set_index(index)
         self.build_s += time.perf_counter() - t0
 
     # ------------------------------------------------------------------ setup
@@ -151,19 +170,14 @@ class FastRunner:
         elif self.cfg.compile == "whole":
             self.compiled_modules = self._compile_whole()
         log.info(
-            "FastRunner: %s %s, compile=%s (%d modules), graphs=%s, subpixel=%d layers, retrieval=%s k=%d",
-            self.device,
-            self.dtype,
-            self.cfg.compile,
-            self.compiled_modules,
-            self.use_graphs,
-            self.subpixel_layers,
-            self.retrieval,
-            self.k,
+            "FastRunner: %s %s, compile=%s (%d modules), graphs=%s, subpixel=%d layers, k_max=%d",
+            self.device, self.dtype, self.cfg.compile, self.compiled_modules, self.use_graphs,
+            self.subpixel_layers, self.k,
         )
 
     def _compile_regional(self) -> int:
         import torch._dynamo
+        from diffusers.models.attention_processor import Attention
         from diffusers.models.downsampling import Downsample2D
         from diffusers.models.resnet import ResnetBlock2D
         from diffusers.models.transformers.transformer_2d import Transformer2DModel
@@ -177,8 +191,6 @@ class FastRunner:
                             ("accumulated_recompile_limit", 4096), ("accumulated_cache_size_limit", 4096)):
             if hasattr(dc, name):
                 setattr(dc, name, max(getattr(dc, name), floor))
-        from diffusers.models.attention_processor import Attention
-
         unet_classes = (ResnetBlock2D, Transformer2DModel, Downsample2D, Upsample2D)
         n = _regional_compile(self.pipe.unet, unet_classes)
         n += _regional_compile(
@@ -197,17 +209,50 @@ class FastRunner:
         self.pipe.hadapter.compile(dynamic=None)
         return 4
 
+    def set_index(self, index: GpuIndex) -> None:
+        """Use ``index`` for the ``search`` variant; graphs captured over another index go."""
+        if index.device != self.device:
+            raise ValueError(f"index is on {index.device}, runner on {self.device}")
+        if tuple(index.h_shape) != tuple(self.pipe.h_shape) or index.dim != self.pipe.embed_dim:
+            raise ValueError(
+                f"index rows are ({index.dim}) + {index.h_shape}, the model gives "
+                f"({self.pipe.embed_dim}) + {tuple(self.pipe.h_shape)}"
+            )
+        if index.capacity < self.k:
+            raise ValueError(f"index capacity {index.capacity} < k_max {self.k}")
+        if self.index is not index:
+            self.drop("search")
+        self.index = index
+
+    def set_min_score(self, value: float) -> None:
+        """λ is 0 below this cosine (a device scalar, so graphs need no re-capture)."""
+        self.min_score.fill_(float(value))
+
     # ------------------------------------------------------------------ stages
     def text(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.pipe.text_encoder(ids)
         return out.last_hidden_state, out.pooler_output
 
-    def gather(self, nbr: torch.Tensor) -> torch.Tensor:
-        b, k = nbr.shape
-        return self.store.index_select(0, nbr.reshape(-1)).reshape(b, k, *self.store.shape[1:])
+    def retrieve(
+        self, pooled: torch.Tensor, kmask: torch.Tensor, admask: torch.Tensor, injmask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> h_retr (B,K,C,h,w), λ (B,K), scores (B,K) float32, rows (B,K) int64 (K from kmask)."""
+        if self.index is None:
+            raise RuntimeError("the search variant needs an index (set_index)")
+        scores, rows = self.index.search(pooled, int(kmask.shape[1]))
+        on = ((admask + injmask) > 0).to(torch.float32)[:, None]
+        keep = (scores >= self.min_score) & (scores > 0)
+        lam = torch.where(keep, scores, torch.zeros_like(scores)) * kmask.float() * on
+        return self.index.gather(rows), lam, scores, rows
 
     def unet(
-        self, noise: torch.Tensor, ctx: torch.Tensor, h_retr: torch.Tensor | None, lam: torch.Tensor | None
+        self,
+        noise: torch.Tensor,
+        ctx: torch.Tensor,
+        h_retr: torch.Tensor | None = None,
+        lam: torch.Tensor | None = None,
+        admask: torch.Tensor | None = None,
+        injmask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         z = noise * self._s1a
         if self.cfg.channels_last:
@@ -216,7 +261,12 @@ class FastRunner:
         ctx = ctx.to(self.dtype)
         h, skips, temb = self._unet_enc(z, t, ctx)
         if h_retr is not None and lam is not None:
-            h = self.pipe.hadapter(h, h_retr, lam.to(self.dtype))
+            b = h.shape[0]
+            ad = admask if admask is not None else torch.ones((b,), device=h.device)
+            inj = injmask if injmask is not None else torch.zeros((b,), device=h.device)
+            h = mix_retrieval(
+                h, h_retr.to(self.dtype), lam, ad, inj, self.pipe.hadapter, self.inject_weight
+            )
         return self._unet_dec(h, skips, temb, ctx, z)
 
     def _decode_x0(
@@ -235,67 +285,99 @@ class FastRunner:
         return self._vae_fn(x0)
 
     def _vae_impl(self, x0: torch.Tensor) -> torch.Tensor:
-        z = self.post_quant_conv(x0 / self._sf)
-        img = self.decoder(z)
-        img = ((img.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return img.permute(0, 2, 3, 1)
+        from engines.backends.graphs import images_to_uint8
 
-    def full(
-        self,
-        ids: torch.Tensor,
-        noise: torch.Tensor,
-        nbr: torch.Tensor,
-        lam: torch.Tensor,
-        retrieval: bool = True,
+        z = self.post_quant_conv(x0 / self._sf)
+        return images_to_uint8(self.decoder(z))
+
+    # ------------------------------------------------------------------ whole variants
+    def full_search(
+        self, ids: torch.Tensor, noise: torch.Tensor, kmask: torch.Tensor,
+        admask: torch.Tensor, injmask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids ... -> uint8 images (B,R,R,3), rows (B,K), scores (B,K)."""
+        ctx, pooled = self.text(ids)
+        h_retr, lam, scores, rows = self.retrieve(pooled, kmask, admask, injmask)
+        img = self.vae(self.unet(noise, ctx, h_retr, lam, admask, injmask))
+        return img, rows, scores
+
+    def full_given(
+        self, ctx: torch.Tensor, noise: torch.Tensor, h_retr: torch.Tensor, lam: torch.Tensor,
+        admask: torch.Tensor, injmask: torch.Tensor,
     ) -> torch.Tensor:
-        """The whole pipeline: token ids, noise, neighbour ids, λ -> uint8 (B,R,R,3)."""
+        return self.vae(self.unet(noise, ctx, h_retr, lam, admask, injmask))
+
+    def full_plain(self, ids: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         ctx, _ = self.text(ids)
-        h_retr = self.gather(nbr) if retrieval else None
-        x0 = self.unet(noise, ctx, h_retr, lam)
-        return self.vae(x0)
+        return self.vae(self.unet(noise, ctx))
+
+    def _full(self, variant: str) -> Callable[..., Any]:
+        return {"search": self.full_search, "given": self.full_given, "text": self.text,
+                "plain": self.full_plain}[variant]
 
     # ------------------------------------------------------------------ buckets
-    def example_inputs(self, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
-        """Random but valid inputs for a batch (token ids, noise, neighbour ids, λ)."""
+    def example_inputs(
+        self, batch: int, variant: str = "search", k: int | None = None, seed: int = 0
+    ) -> dict[str, torch.Tensor]:
+        """Random but valid static inputs of ``variant`` for a batch with K = ``k`` (k_max)."""
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        k = self.k if k is None else int(k)
+        if not 1 <= k <= self.k:
+            raise ValueError(f"k must be in 1..{self.k}, got {k}")
         g = torch.Generator().manual_seed(seed)
-        vocab = int(self.pipe.text_encoder.config.vocab_size)
-        ids = torch.randint(0, vocab - 2, (batch, self.pipe.max_length), generator=g)
-        ids[:, -1] = int(self.pipe.text_encoder.config.eos_token_id)
-        c, lsz = self.pipe.latent_channels, self.pipe.latent_size
-        noise = torch.randn((batch, c, lsz, lsz), generator=g)
-        nbr = torch.randint(0, self.store.shape[0], (batch, self.k), generator=g)
-        lam = torch.rand((batch, self.k), generator=g) * 0.5 + 0.5
-        return {
-            "ids": ids.to(self.device),
-            "noise": noise.to(self.device, self.dtype),
-            "nbr": nbr.to(self.device),
-            "lam": lam.to(self.device, self.dtype),
+        p = self.pipe
+        vocab = int(p.text_encoder.config.vocab_size)
+        ids = torch.randint(0, vocab - 2, (batch, p.max_length), generator=g)
+        ids[:, -1] = int(p.text_encoder.config.eos_token_id)
+        c, lsz = p.latent_channels, p.latent_size
+        x: dict[str, torch.Tensor] = {
+            "ids": ids,
+            "noise": torch.randn((batch, c, lsz, lsz), generator=g),
+            "kmask": torch.ones((batch, k)),
+            "admask": torch.ones((batch,)),
+            "injmask": torch.zeros((batch,)),
+            "ctx": torch.randn((batch, p.max_length, p.embed_dim), generator=g),
+            "h_retr": torch.randn((batch, k, *p.h_shape), generator=g),
+            "lam": torch.rand((batch, k), generator=g) * 0.5 + 0.5,
         }
+        out = {}
+        for n in _INPUTS[variant]:
+            t = x[n].to(self.device)
+            out[n] = t.to(self.dtype) if n in ("noise", "ctx", "h_retr") else t
+        return out
 
-    def _stage_fns(self, x: dict[str, torch.Tensor], retrieval: bool) -> dict[str, Callable[[], Any]]:
-        """Closures over a bucket's static inputs; intermediates come from one eager pass."""
+    def _stage_fns(self, variant: str, x: dict[str, torch.Tensor]) -> dict[str, Callable[[], Any]]:
+        """Closures over a bucket's static inputs; stage inputs come from one eager pass."""
+        fns: dict[str, Callable[[], Any]] = {"full": lambda: self._full(variant)(*x.values())}
+        if variant != "search":
+            return fns
         with torch.inference_mode():
-            ctx, _ = self.text(x["ids"])
-            h_retr = self.gather(x["nbr"]) if retrieval else None
-            x0 = self.unet(x["noise"], ctx, h_retr, x["lam"])
-        fns: dict[str, Callable[[], Any]] = {
-            "text": lambda: self.text(x["ids"]),
-            "unet": lambda: self.unet(x["noise"], ctx, h_retr, x["lam"]),
-            "vae": lambda: self.vae(x0),
-            "full": lambda: self.full(x["ids"], x["noise"], x["nbr"], x["lam"], retrieval),
-        }
-        if retrieval:
-            fns["retrieval"] = lambda: self.gather(x["nbr"])
+            ctx, pooled = self.text(x["ids"])
+            hr, lam, _, _ = self.retrieve(pooled, x["kmask"], x["admask"], x["injmask"])
+            x0 = self.unet(x["noise"], ctx, hr, lam, x["admask"], x["injmask"])
+        fns.update(
+            text=lambda: self.text(x["ids"]),
+            retrieval=lambda: self.retrieve(pooled, x["kmask"], x["admask"], x["injmask"]),
+            unet=lambda: self.unet(x["noise"], ctx, hr, lam, x["admask"], x["injmask"]),
+            vae=lambda: self.vae(x0),
+        )
         return fns
 
-    def prepare(self, batch: int, retrieval: bool | None = None, seed: int = 0) -> float:
-        """Warm up (compiles on first use) and capture graphs for ``batch``; returns seconds."""
-        retrieval = self.retrieval if retrieval is None else retrieval
+    def prepare(
+        self, batch: int, variant: str = "search", stages: bool = False, seed: int = 0,
+        k: int | None = None,
+    ) -> float:
+        """Warm up (compiles on first use) and capture the graph(s) of ``variant`` for
+        ``batch`` and K = ``k``; with ``stages`` also one graph per stage (search variant),
+        whose replay times are kept in ``stage_ms``. Returns seconds."""
         t0 = time.perf_counter()
-        x = self.example_inputs(batch, seed)
-        bucket = _Bucket(batch=batch, retrieval=retrieval, inputs=x)
+        x = self.example_inputs(batch, variant, k, seed)
+        bucket = _Bucket(batch=batch, variant=variant, inputs=x)
         with torch.inference_mode():
-            fns = self._stage_fns(x, retrieval)
+            fns = self._stage_fns(variant, x)
+            if not stages:
+                fns = {"full": fns["full"]}
             if self.use_graphs:
                 s = torch.cuda.Stream(self.device)
                 s.wait_stream(torch.cuda.current_stream(self.device))
@@ -307,26 +389,75 @@ class FastRunner:
                 torch.cuda.synchronize(self.device)
                 for name, fn in fns.items():
                     g = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(g):
+                    with torch.cuda.graph(g, pool=self._pool):
                         bucket.outputs[name] = fn()
                     bucket.graphs[name] = g
                 torch.cuda.synchronize(self.device)
             else:
                 for fn in fns.values():
                     fn()
-                bucket.graphs = {name: fn for name, fn in fns.items()}
-        self.buckets[(batch, retrieval)] = bucket
+                bucket.graphs = dict(fns)
+        if stages:
+            bucket.stage_ms = self._time_stages(bucket)
+        key = self._key(variant, x)
+        self.buckets[key] = bucket
         dt = time.perf_counter() - t0
         self.build_s += dt
-        log.info("FastRunner: bucket %d (retrieval=%s) ready in %.1f s", batch, retrieval, dt)
+        log.info("FastRunner: bucket %d (%s, K=%d) ready in %.1f s", batch, variant, key[2], dt)
         return dt
 
-    def stage_callable(self, batch: int, name: str, retrieval: bool | None = None) -> Callable[[], Any]:
-        """A zero-argument callable running one stage (or "full") on the bucket's inputs."""
-        retrieval = self.retrieval if retrieval is None else retrieval
-        b = self.buckets[(batch, retrieval)]
-        g = b.graphs[name]
+    def _time_stages(self, bucket: _Bucket, reps: int = 5) -> dict[str, float]:
+        out = {}
+        for name in (*STAGES, "full"):
+            fn = self._callable(bucket, name)
+            fn()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            out[name] = (time.perf_counter() - t0) * 1e3 / reps
+        return out
+
+    def drop_stage_graphs(self) -> None:
+        """Free the per-stage graphs (their timings stay); serving needs only "full"."""
+        for b in self.buckets.values():
+            for name in list(b.graphs):
+                if name != "full":
+                    del b.graphs[name]
+                    b.outputs.pop(name, None)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+
+    def _callable(self, bucket: _Bucket, name: str) -> Callable[[], Any]:
+        g = bucket.graphs[name]
         return g.replay if self.use_graphs else g
+
+    @staticmethod
+    def _key(variant: str, x: dict[str, torch.Tensor]) -> tuple[int, str, int]:
+        """Bucket key: (batch, variant, K) with K from the inputs' shapes (0: no K)."""
+        b = int(next(iter(x.values())).shape[0])
+        k = x["kmask"].shape[1] if "kmask" in x else x["lam"].shape[1] if "lam" in x else 0
+        return (b, variant, int(k))
+
+    def stage_callable(
+        self, batch: int, name: str, variant: str = "search", k: int | None = None
+    ) -> Callable[[], Any]:
+        """A zero-argument callable running one stage (or "full") on the bucket's inputs."""
+        kk = 0 if variant in ("text", "plain") else (self.k if k is None else k)
+        return self._callable(self.buckets[(batch, variant, kk)], name)
+
+    def stage_ms(self, batch: int, variant: str = "search", k: int | None = None) -> dict[str, float]:
+        b = self.buckets.get((batch, variant, self.k if k is None else k))
+        return dict(b.stage_ms) if b is not None else {}
+
+    def drop(self, variant: str | None = None) -> None:
+        """Drop the captured graphs of ``variant`` (all when None)."""
+        for key in [k for k in self.buckets if variant is None or k[1] == variant]:
+            del self.buckets[key]
 
     def release(self) -> None:
         """Drop all captured graphs and their memory pools."""
@@ -336,28 +467,26 @@ class FastRunner:
             torch.cuda.empty_cache()
 
     @torch.inference_mode()
-    def run(
-        self, ids: torch.Tensor, noise: torch.Tensor, nbr: torch.Tensor, lam: torch.Tensor
-    ) -> torch.Tensor:
-        """Generate uint8 images (B,R,R,3) on the device; uses the bucket's graph when one
-        was prepared for exactly this batch, else runs the stages directly."""
-        b = int(ids.shape[0])
-        bucket = self.buckets.get((b, self.retrieval))
+    def run(self, variant: str, **inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Run ``variant`` on exactly-sized inputs; replays the bucket's graph when one was
+        prepared for this batch, else runs eagerly. Outputs are fresh device tensors."""
+        names = _INPUTS[variant]
+        if set(inputs) != set(names):
+            raise ValueError(f"{variant} takes {names}, got {sorted(inputs)}")
+        bucket = self.buckets.get(self._key(variant, {n: inputs[n] for n in names}))
+        cast = {
+            n: inputs[n].to(self.device, self.dtype)
+            if n in ("noise", "ctx", "h_retr") else inputs[n].to(self.device)
+            for n in names
+        }
         if bucket is None or not self.use_graphs:
-            return self.full(
-                ids.to(self.device),
-                noise.to(self.device, self.dtype),
-                nbr.to(self.device),
-                lam.to(self.device, self.dtype),
-                self.retrieval,
-            )
-        x = bucket.inputs
-        x["ids"].copy_(ids)
-        x["noise"].copy_(noise)
-        x["nbr"].copy_(nbr)
-        x["lam"].copy_(lam)
+            res = self._full(variant)(*(cast[n] for n in names))
+            return res if isinstance(res, tuple) else (res,)
+        for n in names:
+            bucket.inputs[n].copy_(cast[n])
         bucket.graphs["full"].replay()
-        return bucket.outputs["full"].clone()
+        out = bucket.outputs["full"]
+        return tuple(o.clone() for o in out) if isinstance(out, tuple) else (out.clone(),)
 
 
 def _clip_layer_class(text_encoder: nn.Module) -> type | None:

@@ -65,20 +65,32 @@ def test_bench_rejects_unknown_variant() -> None:
         BenchOptions(variants=("eager", "tensorrt-magic"))
 
 
-@pytest.mark.parametrize("mode", ["adapter", "off"])
+@pytest.mark.parametrize("mode", ["adapter", "inject", "off"])
 def test_fast_runner_equals_pipeline_generate(tiny_model_dir: Path, mode: str) -> None:
     """The fast path computes what OneStepPipeline.generate computes (same noise, neighbours, λ)."""
+    from engines.fast.gpu_index import GpuIndex
+
     pipe = OneStepPipeline.from_pretrained(tiny_model_dir)
     g = torch.Generator().manual_seed(1)
     store = torch.randn((10, *pipe.h_shape), generator=g)
-    runner = FastRunner(pipe, store, k=2, retrieval=mode == "adapter", config=FastConfig(compile="none"))
+    emb = torch.randn((10, pipe.embed_dim), generator=g)
+    index = GpuIndex(pipe.embed_dim, pipe.h_shape, 16, pipe.device, pipe.dtype)
+    index.append(emb, store)
+    runner = FastRunner(pipe, 2, config=FastConfig(compile="none"), index=index)
     prompts = ["a red circle", "two blue squares"]
     seeds = [5, 6]
-    nbr = torch.tensor([[1, 7], [3, 3]])
-    lam = torch.tensor([[0.9, 0.4], [0.7, 0.0]])
     text = pipe.encode_text(prompts)
+    scores = torch.nn.functional.normalize(text.pooled, dim=1) @ torch.nn.functional.normalize(emb, dim=1).T
+    top, nbr = scores.topk(2, dim=1)
+    kmask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])  # the second request asked for k=1
+    lam = torch.where(top > 0, top, torch.zeros_like(top)) * kmask
     want = pipe.generate(text, seeds, mode, store[nbr], lam).images
-    got = runner.run(pipe.tokenize(prompts), pipe.initial_noise(seeds), nbr, lam).numpy()
+    masks = {"admask": torch.full((2,), float(mode == "adapter")),
+             "injmask": torch.full((2,), float(mode == "inject"))}
+    got, rows, sc = runner.run("search", ids=pipe.tokenize(prompts), noise=pipe.initial_noise(seeds),
+                               kmask=kmask, **masks)
+    assert torch.equal(rows, nbr) and torch.allclose(sc, top, atol=1e-5)
+    got = got.numpy()
     assert got.shape == want.shape == (2, 64, 64, 3)
     assert int(abs(got.astype(int) - want.astype(int)).max()) <= 1
     if mode == "adapter":  # the adapter acts in this model: retrieval changes the image
