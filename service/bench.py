@@ -109,8 +109,32 @@ def bench_service(
     model_dir: Annotated[
         Path | None, typer.Option(help="Model dir (default: a tiny random one).")
     ] = None,
+    device: Annotated[
+        str, typer.Option(help="cpu: tiny model, batching on/off. cuda: SD-Turbo-sized random "
+                          "model, backend fast, synthetic pairs (--pairs), in-process rows beside.")
+    ] = "cpu",
+    pairs: Annotated[str, typer.Option(help="cuda: stored pairs per server, comma list.")] = "10000,630000",
+    out: Annotated[Path, typer.Option(help="cuda: work dir (model, compile cache, JSON, logs).")] = Path("out/bench-service"),
+    fmt: Annotated[str, typer.Option("--format", help="cuda: image format asked for.")] = "jpeg",
+    k: Annotated[int, typer.Option(help="cuda: neighbours per request.")] = 1,
+    buckets: Annotated[str, typer.Option(help="cuda: RAGTURBO_BATCH_BUCKETS.")] = "1,2,4,8,16",
+    feature_dtype_big: Annotated[str, typer.Option(help="cuda: feature dtype above 100K pairs.")] = "float8",
+    inprocess_batch: Annotated[str, typer.Option(help="cuda: in-process bench batches ('' skips).")] = "1,4,8,16",
+    inprocess_budget_s: Annotated[float, typer.Option(help="cuda: in-process time budget.")] = 240.0,
+    startup_timeout_s: Annotated[float, typer.Option(help="cuda: longest wait for /readyz.")] = 420.0,
 ) -> None:
-    """p50/p99 latency and images/s at several concurrencies, batching on and off."""
+    """p50/p99 latency and images/s at several concurrencies (cpu: batching on and off;
+    cuda: the fast backend with N stored pairs, beside the in-process bench of the same run)."""
+    if device.startswith("cuda"):
+        from service.bench_cuda import bench_service_cuda, format_report
+
+        ints = lambda v: [int(x) for x in v.split(",") if x.strip()]  # noqa: E731
+        res = bench_service_cuda(
+            ints(clients), ints(pairs), seconds, out, fmt, k, max_batch, max_wait_ms, buckets,
+            feature_dtype_big, ints(inprocess_batch), inprocess_budget_s, startup_timeout_s,
+        )
+        typer.echo(format_report(res))
+        return
     import logging
     import tempfile
 

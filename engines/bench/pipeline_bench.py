@@ -64,6 +64,7 @@ class BenchOptions:
     parity_batches: tuple[int, ...] = (1, 8)
     peak_tflops: float | None = None  # None: 790 on CUDA (PERF.md), no floor on CPU
     time_budget_s: float | None = None
+    feature_dtype: str = "auto"  # device index H-features: float16, float8, auto (float8 > 100K)
     seed: int = 0
     policy: TimingPolicy = field(default_factory=TimingPolicy)
 
@@ -179,11 +180,14 @@ def run_pipeline_bench(
     log.info("building %s on %s (%s)", opts.arch, device, opts.dtype)
     pipe, build_s = build_pipeline(opts.arch, device, dtype, seed=opts.seed)
     result["model_build_s"] = round(build_s, 1)
-    store = build_feature_store(pipe, opts.store_entries, seed=opts.seed)
-    result["store"] = {"entries": int(store.shape[0]), "shape": list(store.shape[1:]), "k": opts.k}
+    base = build_feature_store(pipe, min(opts.store_entries, 8), seed=opts.seed)
+    fdt = opts.feature_dtype if opts.feature_dtype != "auto" else (
+        "float8" if opts.store_entries > 100_000 else "float16")
+    index = build_gpu_index(pipe, base, opts.store_entries, fdt, seed=opts.seed)
+    result["store"] = {"entries": int(index.n), "shape": list(base.shape[1:]), "k": opts.k,
+                       "feature_dtype": fdt, "index_gib": round(index.nbytes() / 2**30, 2)}
 
     # The eager reference runner (same stage functions as the fast one, no levers) for FLOPs and parity.
-    index = build_gpu_index(pipe, store, seed=opts.seed)
     ref = FastRunner(pipe, opts.k, config=FastConfig(compile="none", cuda_graphs=False, subpixel_vae=False, channels_last=False), index=index)
     x1 = ref.example_inputs(1, seed=opts.seed)
     with torch.inference_mode():

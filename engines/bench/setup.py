@@ -65,15 +65,22 @@ def build_feature_store(pipe: OneStepPipeline, entries: int, seed: int = 0) -> t
 
 
 @torch.inference_mode()
-def build_gpu_index(pipe: OneStepPipeline, store: torch.Tensor, seed: int = 0) -> Any:
-    """The device index the fast backend searches: one random unit caption vector per
-    stored H-feature (search cost depends on the count, not on the values)."""
+def build_gpu_index(
+    pipe: OneStepPipeline, base: torch.Tensor, entries: int, feature_dtype: str = "float16",
+    seed: int = 0, chunk: int = 16384,
+) -> Any:
+    """The device index the fast backend searches: ``entries`` rows, the real H-features
+    ``base`` tiled (in chunks, never materialised whole) beside random unit caption vectors
+    (search cost depends on the count, not on the values)."""
     from engines.fast.gpu_index import GpuIndex
 
-    g = torch.Generator().manual_seed(seed + 1)
-    emb = torch.randn((store.shape[0], pipe.embed_dim), generator=g)
-    index = GpuIndex(pipe.embed_dim, pipe.h_shape, store.shape[0], pipe.device, pipe.dtype)
-    index.append(emb, store)
+    g = torch.Generator(device=pipe.device).manual_seed(seed + 1)
+    index = GpuIndex(pipe.embed_dim, pipe.h_shape, entries, pipe.device, pipe.dtype, feature_dtype)
+    for i in range(0, entries, chunk):
+        m = min(chunk, entries - i)
+        emb = torch.randn((m, pipe.embed_dim), generator=g, device=pipe.device)
+        rows = torch.arange(i, i + m, device=pipe.device) % base.shape[0]
+        index.append(emb, base.index_select(0, rows))
     return index
 
 

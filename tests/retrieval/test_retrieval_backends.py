@@ -18,7 +18,7 @@ from retrieval.compose import GenRequest, TextToImage, build_text_to_image
 from retrieval.db import DbConfig, open_db_for_pipeline
 from retrieval.ingest import ingest
 from retrieval.resident import ResidentIndex
-from tests.retrieval.conftest import make_pairs
+from conftest import make_pairs
 
 BACKENDS = ["torch", "torch-opt", "onnxruntime", "fast"]
 

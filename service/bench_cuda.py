@@ -1,0 +1,216 @@
+"""``ragturbo bench service --device cuda``: the served GPU path over HTTP, beside in-process.
+
+One GPU run: an SD-Turbo-sized model with random weights (speed does not depend on the
+values) is written once; for each database size N, ``ragturbo serve`` starts with the
+``fast`` backend and N synthetic stored pairs on the device (retrieval on: the exact
+search over N caption vectors runs inside the graph), is loaded over loopback by
+closed-loop clients at each concurrency (JPEG, k=1, mode adapter, distinct prompts and
+seeds), and reports p50/p99, images/s, the mean batch and the stage breakdown read from
+its /metrics. Start-up is timed to the first /readyz 200: the first start compiles (cold
+cache), later ones reuse the compile cache on disk (warm). Then, with the servers gone,
+the in-process pipeline bench (the same backend, the tuned peer and eager) runs in the
+same process so every row of the report comes from one run on one card.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from service.bench import _free_port, _pct
+
+STAGES = ("text", "retrieval", "unet", "vae", "encode")
+
+
+def _metrics(base: str) -> dict[str, tuple[float, float]]:
+    """{name or name{stage}: (sum, count)} of the histograms this bench reads."""
+    import httpx
+
+    out: dict[str, tuple[float, float]] = {}
+    for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
+        if line.startswith("#") or not line:
+            continue
+        name, _, val = line.rpartition(" ")
+        for h in ("ragturbo_batch_size", "ragturbo_queue_wait_seconds", "ragturbo_stage_duration_seconds"):
+            for part, idx in (("_sum", 0), ("_count", 1)):
+                if name.startswith(h + part):
+                    key = h + name[len(h + part):]
+                    s, c = out.get(key, (0.0, 0.0))
+                    out[key] = (float(val), c) if idx == 0 else (s, float(val))
+    return out
+
+
+def _delta(m0: dict, m1: dict, key: str) -> tuple[float, float]:
+    a, b = m0.get(key, (0.0, 0.0)), m1.get(key, (0.0, 0.0))
+    return b[0] - a[0], b[1] - a[1]
+
+
+async def _load(url: str, clients: int, seconds: float, fmt: str, k: int) -> tuple[list[float], int]:
+    import httpx
+
+    lat: list[float] = []
+    errors = 0
+    stop = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            n = 0
+            while time.monotonic() < stop:
+                body = {"prompt": f"a photo of object {i} number {n}", "seed": n, "format": fmt,
+                        "retrieval": {"mode": "adapter", "k": k}}
+                t0 = time.perf_counter()
+                r = await client.post(url, json=body)
+                if r.status_code == 200 and r.json().get("retrieval_status") == "ok":
+                    lat.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+                n += 1
+
+        await asyncio.gather(*(one(i) for i in range(clients)))
+    return lat, errors
+
+
+def _start(env: dict[str, str], port: int, log_path: Path, timeout_s: float) -> tuple[Any, float]:
+    import subprocess
+    import sys
+
+    import httpx
+
+    t0 = time.perf_counter()
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ragturbo.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env={**os.environ, **env}, stdout=logf, stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} during startup (log {log_path})")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc, time.perf_counter() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    proc.kill()
+    raise RuntimeError(f"server not ready after {timeout_s:.0f} s (log {log_path})")
+
+
+def write_random_model(out: Path, arch: str = "sd-turbo", device: str = "cuda") -> Path:
+    """Random weights of ``arch`` on disk (SD-Turbo size: built on the GPU, saved in fp16)."""
+    import torch
+
+    from engines.random_models import build_random_components, save_components
+
+    if (out / "model_index.json").is_file():
+        return out
+    with torch.device(device):
+        comps = build_random_components(arch, seed=0, adapter_init_std=0.02)
+    for key in ("text_encoder", "unet", "vae", "hadapter"):
+        m = comps[key].cpu()
+        comps[key] = m.half() if device.startswith("cuda") else m
+    return save_components(comps, out, name=f"{arch}-random-0")
+
+
+def bench_service_cuda(
+    clients: list[int], pairs: list[int], seconds: float, work: Path, fmt: str, k: int,
+    max_batch: int, max_wait_ms: float, buckets: str, feature_dtype_big: str,
+    inprocess_batches: list[int], inprocess_budget_s: float, startup_timeout_s: float,
+    arch: str = "sd-turbo", device: str = "cuda",
+) -> dict[str, Any]:
+    """The GPU run (``arch``/``device`` other than sd-turbo/cuda only for the CPU test)."""
+    work.mkdir(parents=True, exist_ok=True)
+    t_model = time.perf_counter()
+    model = write_random_model(work / f"{arch}-random", arch, device)
+    on_cuda = device.startswith("cuda")
+    result: dict[str, Any] = {"model_write_s": round(time.perf_counter() - t_model, 1), "servers": [],
+                              "rows": [], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    for n in pairs:
+        port = _free_port()
+        fdt = feature_dtype_big if n > 100_000 else "float16"
+        env = {
+            "RAGTURBO_MODEL_DIR": str(model), "RAGTURBO_BACKEND": "fast", "RAGTURBO_DEVICE": device,
+            "RAGTURBO_DTYPE": "float16" if on_cuda else "float32", "RAGTURBO_MAX_BATCH": str(max_batch),
+            "RAGTURBO_MAX_WAIT_MS": str(max_wait_ms), "RAGTURBO_BATCH_BUCKETS": buckets,
+            "RAGTURBO_MAX_QUEUE": str(4 * max(clients)), "RAGTURBO_REQUEST_TIMEOUT_S": "120",
+            "RAGTURBO_SYNTHETIC_PAIRS": str(n), "RAGTURBO_FEATURE_DTYPE": fdt,
+            "RAGTURBO_COMPILE_CACHE_DIR": str(work / "compile-cache"),
+            "RAGTURBO_DB_PATH": str(work / "db"), "RAGTURBO_LOG_LEVEL": "INFO",
+        }
+        log_path = work / f"server-{n}.log"
+        proc, start_s = _start(env, port, log_path, startup_timeout_s)
+        base = f"http://127.0.0.1:{port}"
+        srv = {"pairs": n, "feature_dtype": fdt, "ready_s": round(start_s, 1),
+               "cache": "cold" if not result["servers"] else "warm"}
+        result["servers"].append(srv)
+        typer.echo(f"server N={n} ({fdt}) ready in {start_s:.1f} s ({srv['cache']} compile cache)", err=True)
+        try:
+            for c in clients:
+                asyncio.run(_load(f"{base}/generate", c, min(2.0, seconds / 3), fmt, k))  # warm
+                m0 = _metrics(base)
+                t0 = time.perf_counter()
+                lat, errors = asyncio.run(_load(f"{base}/generate", c, seconds, fmt, k))
+                wall = time.perf_counter() - t0
+                m1 = _metrics(base)
+                bs, bc = _delta(m0, m1, "ragturbo_batch_size")
+                stages = {}
+                for st in STAGES:
+                    ss, sc = _delta(m0, m1, f'ragturbo_stage_duration_seconds{{stage="{st}"}}')
+                    stages[st] = round(1e3 * ss / sc, 2) if sc else None
+                qs, qc = _delta(m0, m1, "ragturbo_queue_wait_seconds")
+                row = {"pairs": n, "clients": c, "p50_ms": round(_pct(lat, 0.5) * 1e3, 2),
+                       "p99_ms": round(_pct(lat, 0.99) * 1e3, 2), "images_per_s": round(len(lat) / wall, 1),
+                       "mean_batch": round(bs / bc, 2) if bc else None, "errors": errors,
+                       "queue_ms": round(1e3 * qs / qc, 2) if qc else None, "stages_ms": stages}
+                result["rows"].append(row)
+                typer.echo(json.dumps(row), err=True)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except Exception:  # noqa: BLE001 - a stuck server must not hold the GPU
+                proc.kill()
+        (work / "bench-service.json").write_text(json.dumps(result, indent=2))
+    if inprocess_batches:
+        from engines.bench.pipeline_bench import BenchOptions, run_pipeline_bench
+
+        opts = BenchOptions(arch="sd-turbo", batches=tuple(inprocess_batches), device="cuda",
+                            dtype="fp16", k=k, store_entries=max(pairs), parity_batches=(1,),
+                            feature_dtype=feature_dtype_big if max(pairs) > 100_000 else "float16",
+                            time_budget_s=inprocess_budget_s)
+
+        def save(r: dict[str, Any]) -> None:
+            result["inprocess"] = r
+            (work / "bench-service.json").write_text(json.dumps(result, indent=2, default=str))
+
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(work / "compile-cache" / "inductor"))
+        save(run_pipeline_bench(opts, checkpoint=save))
+    return result
+
+
+def format_report(result: dict[str, Any]) -> str:
+    lines = [f"date {result['date']}; servers: " + "; ".join(
+        f"N={s['pairs']} ({s['feature_dtype']} features) ready in {s['ready_s']} s, {s['cache']} cache"
+        for s in result["servers"])]
+    lines += ["", "| pairs | clients | p50 ms | p99 ms | images/s | mean batch | queue ms | "
+              "text | retrieval | unet | vae | encode | errors |", "|---" * 13 + "|"]
+    for r in result["rows"]:
+        s = r["stages_ms"]
+        lines.append(
+            f"| {r['pairs']} | {r['clients']} | {r['p50_ms']} | {r['p99_ms']} | {r['images_per_s']} | "
+            f"{r['mean_batch']} | {r['queue_ms']} | {s['text']} | {s['retrieval']} | {s['unet']} | "
+            f"{s['vae']} | {s['encode']} | {r['errors']} |"
+        )
+    if result.get("inprocess"):
+        from engines.bench.report import format_table
+
+        lines += ["", "in-process, same run:", format_table(result["inprocess"])]
+    return "\n".join(lines)
