@@ -48,6 +48,7 @@ class GenRequest:
     mode: Literal["adapter", "inject", "off"] = "adapter"
     k: int = 1  # 1..8
     exclude_ids: frozenset[str] = frozenset()
+    fmt: str | None = None  # the image format the caller will encode (an engine may do it)
 
 
 @dataclass
@@ -56,6 +57,8 @@ class GenResult:
     seed: int
     retrieved: list[Neighbour] = field(default_factory=list)
     retrieval_status: RetrievalStatus = "off"
+    encoded: bytes | None = None  # ``image`` already encoded by the engine, in encoded_format
+    encoded_format: str | None = None
 
 
 class TextToImage:
@@ -223,15 +226,19 @@ class TextToImage:
         assert self.resident is not None and isinstance(self.pipe, SearchingBackend)
         out = self.pipe.generate_search(
             [r.prompt for r in reqs], [r.seed for r in reqs], [r.mode for r in reqs],
-            [r.k for r in reqs], self.min_score,
+            [r.k for r in reqs], self.min_score, encode=[r.fmt for r in reqs],
         )
         results = []
         for i, r in enumerate(reqs):
+            enc = out.encoded[i] if out.encoded is not None else None
+            extra = {"encoded": enc, "encoded_format": r.fmt if enc is not None else None}
             if r.mode == "off":
-                results.append(GenResult(image=out.images[i], seed=r.seed))
+                results.append(GenResult(image=out.images[i], seed=r.seed, **extra))
                 continue
             ns = self.resident.neighbours(out.rows[i], out.scores[i], r.k)
-            results.append(GenResult(image=out.images[i], seed=r.seed, retrieved=ns, retrieval_status="ok"))
+            results.append(
+                GenResult(image=out.images[i], seed=r.seed, retrieved=ns, retrieval_status="ok", **extra)
+            )
         return results, dict(out.timings_ms)
 
     def close(self) -> None:

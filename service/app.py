@@ -22,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 
 from service.batcher import Job, JobResult
-from service.encode import MEDIA_TYPES, encode_b64, encode_image
+from service.encode import MEDIA_TYPES, encode_b64, encode_result, encode_result_b64
 from service.engine import EngineFactory, build_from_settings, gen_request
 from service.errors import (
     BadRequest,
@@ -112,7 +112,8 @@ async def _wait_disconnect(request: Request) -> None:
 
 
 async def _run_job(
-    request: Request, prompt: str, n: int, seed: int | None, mode: str, k: int
+    request: Request, prompt: str, n: int, seed: int | None, mode: str, k: int,
+    fmt: str | None = None,
 ) -> tuple[JobResult, list[int], float]:
     """Admission + batching for one request; returns its results, seeds and arrival."""
     state = _state(request)
@@ -132,7 +133,7 @@ async def _run_job(
         seeds = [secrets.randbelow(MAX_SEED + 1) for _ in range(n)]
     else:
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(n)]
-    reqs = [gen_request(prompt, sd, mode, k) for sd in seeds]
+    reqs = [gen_request(prompt, sd, mode, k, fmt) for sd in seeds]
     deadline = arrival + s.request_timeout_s
     job: Job = state.batcher.submit(reqs, deadline)  # raises QueueFull (counted)
     watcher = asyncio.ensure_future(_wait_disconnect(request))
@@ -226,12 +227,13 @@ def create_app(settings: Settings, factory: EngineFactory | None = None) -> Fast
             body.seed,
             body.retrieval.mode,
             body.retrieval.k,
+            body.format,
         )
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         if as_image:
             data = await loop.run_in_executor(
-                state.encode_pool, encode_image, res.results[0].image, body.format
+                state.encode_pool, encode_result, res.results[0], body.format
             )
             _record(state, res, time.perf_counter() - t0)
             return Response(
@@ -239,7 +241,7 @@ def create_app(settings: Settings, factory: EngineFactory | None = None) -> Fast
             )
         b64s = await asyncio.gather(
             *(
-                loop.run_in_executor(state.encode_pool, encode_b64, r.image, body.format)
+                loop.run_in_executor(state.encode_pool, encode_result_b64, r, body.format)
                 for r in res.results
             )
         )

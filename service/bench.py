@@ -122,16 +122,20 @@ def bench_service(
     inprocess_batch: Annotated[str, typer.Option(help="cuda: in-process bench batches ('' skips).")] = "1,4,8,16",
     inprocess_budget_s: Annotated[float, typer.Option(help="cuda: in-process time budget.")] = 240.0,
     startup_timeout_s: Annotated[float, typer.Option(help="cuda: longest wait for /readyz.")] = 420.0,
+    inprocess_variants: Annotated[str, typer.Option(help="cuda: in-process variants.")] = "eager,peer,fast",
+    clients_later: Annotated[str, typer.Option(help="cuda: client counts for the 2nd+ server ('' = same).")] = "",
 ) -> None:
     """p50/p99 latency and images/s at several concurrencies (cpu: batching on and off;
     cuda: the fast backend with N stored pairs, beside the in-process bench of the same run)."""
     if device.startswith("cuda"):
         from service.bench_cuda import bench_service_cuda, format_report
 
-        ints = lambda v: [int(x) for x in v.split(",") if x.strip()]  # noqa: E731
+        ints = lambda v: [int(x) for x in v.split(",") if x.strip()]
         res = bench_service_cuda(
             ints(clients), ints(pairs), seconds, out, fmt, k, max_batch, max_wait_ms, buckets,
             feature_dtype_big, ints(inprocess_batch), inprocess_budget_s, startup_timeout_s,
+            inprocess_variants=tuple(v for v in inprocess_variants.split(",") if v),
+            clients_after_first=ints(clients_later) or None,
         )
         typer.echo(format_report(res))
         return

@@ -124,10 +124,14 @@ def bench_service_cuda(
     clients: list[int], pairs: list[int], seconds: float, work: Path, fmt: str, k: int,
     max_batch: int, max_wait_ms: float, buckets: str, feature_dtype_big: str,
     inprocess_batches: list[int], inprocess_budget_s: float, startup_timeout_s: float,
-    arch: str = "sd-turbo", device: str = "cuda",
+    arch: str = "sd-turbo", device: str = "cuda", inprocess_variants: tuple[str, ...] = ("eager", "peer", "fast"),
+    clients_after_first: list[int] | None = None,
 ) -> dict[str, Any]:
     """The GPU run (``arch``/``device`` other than sd-turbo/cuda only for the CPU test)."""
     work.mkdir(parents=True, exist_ok=True)
+    # One compile cache for the servers and the in-process rows (set before Inductor loads).
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(work / "compile-cache" / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(work / "compile-cache" / "triton"))
     t_model = time.perf_counter()
     model = write_random_model(work / f"{arch}-random", arch, device)
     on_cuda = device.startswith("cuda")
@@ -153,7 +157,7 @@ def bench_service_cuda(
         result["servers"].append(srv)
         typer.echo(f"server N={n} ({fdt}) ready in {start_s:.1f} s ({srv['cache']} compile cache)", err=True)
         try:
-            for c in clients:
+            for c in (clients if not result["rows"] or not clients_after_first else clients_after_first):
                 asyncio.run(_load(f"{base}/generate", c, min(2.0, seconds / 3), fmt, k))  # warm
                 m0 = _metrics(base)
                 t0 = time.perf_counter()
@@ -182,7 +186,8 @@ def bench_service_cuda(
     if inprocess_batches:
         from engines.bench.pipeline_bench import BenchOptions, run_pipeline_bench
 
-        opts = BenchOptions(arch="sd-turbo", batches=tuple(inprocess_batches), device="cuda",
+        opts = BenchOptions(arch=arch, batches=tuple(inprocess_batches), device=device,
+                            variants=inprocess_variants,
                             dtype="fp16", k=k, store_entries=max(pairs), parity_batches=(1,),
                             feature_dtype=feature_dtype_big if max(pairs) > 100_000 else "float16",
                             time_budget_s=inprocess_budget_s)
@@ -191,7 +196,6 @@ def bench_service_cuda(
             result["inprocess"] = r
             (work / "bench-service.json").write_text(json.dumps(result, indent=2, default=str))
 
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(work / "compile-cache" / "inductor"))
         save(run_pipeline_bench(opts, checkpoint=save))
     return result
 
@@ -200,8 +204,9 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [f"date {result['date']}; servers: " + "; ".join(
         f"N={s['pairs']} ({s['feature_dtype']} features) ready in {s['ready_s']} s, {s['cache']} cache"
         for s in result["servers"])]
-    lines += ["", "| pairs | clients | p50 ms | p99 ms | images/s | mean batch | queue ms | "
-              "text | retrieval | unet | vae | encode | errors |", "|---" * 13 + "|"]
+    head = ("| pairs | clients | p50 ms | p99 ms | images/s | mean batch | queue ms | "
+            "text | retrieval | unet | vae | encode | errors |")
+    lines += ["", head, "|---" * 13 + "|"]
     for r in result["rows"]:
         s = r["stages_ms"]
         lines.append(

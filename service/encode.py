@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import Any
 
 import numpy as np
 
@@ -38,3 +39,16 @@ def encode_image(image: np.ndarray, fmt: str, size: tuple[int, int] | None = Non
 
 def encode_b64(image: np.ndarray, fmt: str, size: tuple[int, int] | None = None) -> str:
     return base64.b64encode(encode_image(image, fmt, size)).decode("ascii")
+
+
+def encode_result(result: Any, fmt: str, size: tuple[int, int] | None = None) -> bytes:
+    """A generation result's image as ``fmt`` bytes: the engine's own encoding when it made
+    one in this format (the ``fast`` backend encodes JPEG on the GPU), else Pillow."""
+    enc = getattr(result, "encoded", None)
+    if enc is not None and size is None and getattr(result, "encoded_format", None) == fmt:
+        return bytes(enc)
+    return encode_image(result.image, fmt, size)
+
+
+def encode_result_b64(result: Any, fmt: str, size: tuple[int, int] | None = None) -> str:
+    return base64.b64encode(encode_result(result, fmt, size)).decode("ascii")

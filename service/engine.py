@@ -31,11 +31,12 @@ class TextToImageLike(Protocol):
 EngineFactory = Callable[["Settings"], TextToImageLike]
 
 
-def gen_request(prompt: str, seed: int, mode: str, k: int) -> Any:
-    """A ``retrieval.compose.GenRequest`` (imported lazily)."""
+def gen_request(prompt: str, seed: int, mode: str, k: int, fmt: str | None = None) -> Any:
+    """A ``retrieval.compose.GenRequest`` (imported lazily); ``fmt`` lets an engine that
+    can encode on the device (fast: JPEG via nvJPEG) hand back encoded bytes."""
     from retrieval.compose import GenRequest
 
-    return GenRequest(prompt=prompt, seed=seed, mode=mode, k=k)  # type: ignore[arg-type]
+    return GenRequest(prompt=prompt, seed=seed, mode=mode, k=k, fmt=fmt)  # type: ignore[arg-type]
 
 
 def build_from_settings(settings: Settings) -> TextToImageLike:
@@ -54,6 +55,12 @@ def build_from_settings(settings: Settings) -> TextToImageLike:
         cache.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
         os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
+    if settings.backend == "fast":
+        import sys
+
+        # The GPU worker thread releases the GIL around every CUDA call and copy; with the
+        # default 5 ms switch interval each re-acquire can wait behind the event loop.
+        sys.setswitchinterval(0.0005)
     t0 = time.perf_counter()
 
     model_dir = settings.resolved_model_dir()

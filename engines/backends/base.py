@@ -294,6 +294,7 @@ class SearchOutput:
     rows: np.ndarray
     scores: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
+    encoded: list[bytes | None] | None = None  # per image, when asked for and possible
 
 
 class SearchingBackend(Backend):
@@ -327,8 +328,10 @@ class SearchingBackend(Backend):
         modes: Sequence[str],
         ks: Sequence[int],
         min_score: float,
+        encode: Sequence[str | None] | None = None,
     ) -> SearchOutput:
-        """One batch through the search graph; request i uses its first ks[i] neighbours."""
+        """One batch through the search graph; request i uses its first ks[i] neighbours.
+        ``encode[i]`` names a format the backend may encode image i in (else None)."""
 
     @abstractmethod
     def warmup(self, variants: Sequence[str] | None = None) -> float:

@@ -90,6 +90,9 @@ class _Bucket:
     graphs: dict[str, Any] = field(default_factory=dict)  # name -> CUDAGraph (or eager fn)
     outputs: dict[str, Any] = field(default_factory=dict)
     stage_ms: dict[str, float] = field(default_factory=dict)
+    # The stage closures and the eager intermediates they read: a stage graph replays
+    # into those addresses, so they must live as long as the stage graphs do.
+    keep: dict[str, Any] = field(default_factory=dict)
 
 
 def _regional_compile(root: nn.Module, classes: tuple[type, ...]) -> int:
@@ -397,6 +400,7 @@ class FastRunner:
                 for fn in fns.values():
                     fn()
                 bucket.graphs = dict(fns)
+        bucket.keep = fns
         if stages:
             bucket.stage_ms = self._time_stages(bucket)
         key = self._key(variant, x)
@@ -428,6 +432,7 @@ class FastRunner:
                 if name != "full":
                     del b.graphs[name]
                     b.outputs.pop(name, None)
+            b.keep = {}
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()

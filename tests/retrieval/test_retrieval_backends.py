@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_pairs
 
 from engines.backends import create_backend
 from retrieval.compose import GenRequest, TextToImage, build_text_to_image
 from retrieval.db import DbConfig, open_db_for_pipeline
 from retrieval.ingest import ingest
 from retrieval.resident import ResidentIndex
-from conftest import make_pairs
 
 BACKENDS = ["torch", "torch-opt", "onnxruntime", "fast"]
 
