@@ -12,6 +12,26 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.command("search")(search_cmd)
     bench.command("retrieval")(bench_retrieval_cmd)
     bench.command("recall")(bench_recall_cmd)
+    bench.command("fp8")(bench_fp8_cmd)
+
+
+def bench_fp8_cmd(
+    pairs: int = typer.Option(1024, "--pairs", min=8, help="Real toy pairs (rendered + encoded)."),
+    prompts: int = typer.Option(128, "--prompts", min=1, help="Eval prompts generated per variant."),
+    k: int = typer.Option(2, "--k", min=1, max=8),
+    model_dir: Path | None = typer.Option(None, "--model-dir", help="Default: the shipped toy model."),
+    out: Path = typer.Option(Path("data/bench/fp8.json"), "--out", help="JSON output."),
+) -> None:
+    """Float8 vs float16 H-features of the device index: round-trip error, images, memory."""
+    import json
+
+    from retrieval.feature_precision import run_fp8
+
+    res = run_fp8(n=pairs, prompts=prompts, k=k, model_dir=str(model_dir) if model_dir else None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    typer.echo(json.dumps(res, indent=2))
+    typer.echo(f"wrote {out}")
 
 
 def bench_recall_cmd(
