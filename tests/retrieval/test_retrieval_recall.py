@@ -77,3 +77,34 @@ def test_edge_hnsw_recall_on_real_captions(toy_pipe, tmp_path) -> None:
     assert hnsw.recall_at_1 >= 0.95 and hnsw.recall_at_4 >= 0.9
     assert exact.mode == "exact=True" and exact.recall_at_1 == 1.0 and exact.recall_at_4 == 1.0
     assert "| 800 |" in format_table(rows)
+
+
+def test_bench_recall_and_fp8_commands_are_registered_and_run(tmp_path) -> None:
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from retrieval.cli import register
+
+    app, bench = typer.Typer(), typer.Typer()
+    app.add_typer(bench, name="bench")
+    register(app, bench)
+    out = tmp_path / "recall.json"
+    args = ["bench", "recall", "--sizes", "300", "--queries", "10", "--builds", "16:100"]
+    args += ["--hnsw-ef", "64", "--out", str(out), "--cache", str(tmp_path / "cache")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [x["mode"] for x in rows] == ["hnsw", "exact=True", "as shipped (EdgeIndex defaults)"]
+    assert rows[2]["indexed"] == 0  # 300 x 128 floats: below Qdrant's indexing threshold
+    assert "| 300 |" in r.output and list((tmp_path / "cache").glob("db-300-*.npy"))
+    bad = CliRunner().invoke(app, ["bench", "recall", "--builds", "16"])
+    assert bad.exit_code != 0
+    out8 = tmp_path / "fp8.json"
+    r = CliRunner().invoke(
+        app, ["bench", "fp8", "--pairs", "8", "--prompts", "1", "--k", "1", "--out", str(out8)]
+    )
+    assert r.exit_code == 0, r.output
+    res = json.loads(out8.read_text())
+    assert res["roundtrip"][0]["rel_l2_max"] < 0.035 and len(res["images"]) == 3
