@@ -26,6 +26,8 @@ class EdgeIndex(VectorIndex):
 
     hnsw_m / ef_construct: graph build parameters (Qdrant defaults 16 / 100);
     hnsw_ef: search beam (None = Qdrant's default, max(ef_construct, k)); exact: brute force.
+    indexing_threshold_kb: segments whose vectors take less are not HNSW-indexed at all
+    (None = Qdrant's default); full_scan_threshold_kb: below it a search scans exactly.
     """
 
     name = "qdrant-edge"
@@ -41,6 +43,7 @@ class EdgeIndex(VectorIndex):
         full_scan_threshold_kb: int = 10_000,
         exact: bool = False,
         max_search_threads: int | None = None,
+        indexing_threshold_kb: int | None = None,
     ) -> None:
         import qdrant_edge as qe
 
@@ -55,6 +58,11 @@ class EdgeIndex(VectorIndex):
                 m=hnsw_m, ef_construct=ef_construct, full_scan_threshold=full_scan_threshold_kb
             ),
             max_search_threads=max_search_threads,
+            optimizers=(
+                None
+                if indexing_threshold_kb is None
+                else qe.EdgeOptimizersConfig(indexing_threshold=indexing_threshold_kb)
+            ),
         )
         try:
             if (self.path / "edge_config.json").is_file():
