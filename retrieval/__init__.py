@@ -1,1 +1,9 @@
-"""retrieval."""
+"""retrieval: the pairs database and the one place a prompt becomes an image.
+
+Owns: the vector index (Qdrant Edge embedded, Qdrant server via qdrant-client), the
+H-feature store, ingest, search, the device copy a searching backend serves from
+(``resident``) and the composition embed -> search -> gather -> generate (``compose``).
+Imports: ``engines`` (backends, pipeline types); never ``service`` or ``training``.
+Entry points: ``retrieval.compose.build_text_to_image`` / ``TextToImage.generate``,
+``retrieval.db.open_db``, CLI ``ragturbo ingest|search|bench retrieval|bench recall``.
+"""
