@@ -58,6 +58,16 @@ class MethodNotAllowed(ServiceError):
     status, type, code = 405, "invalid_request_error", "method_not_allowed"
 
 
+class NotAcceptable(ServiceError):
+    status, type, code = 406, "invalid_request_error", "not_acceptable"
+
+
+class RequestTimeout(ServiceError):
+    """The client did not send its request head or body in time (service.protocol)."""
+
+    status, type, code = 408, "invalid_request_error", "request_timeout"
+
+
 class PayloadTooLarge(ServiceError):
     status, type, code = 413, "invalid_request_error", "body_too_large"
 

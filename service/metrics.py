@@ -33,6 +33,8 @@ REJECT_REASONS: tuple[str, ...] = (
     "too_large",
     "not_ready",
     "invalid",
+    "drain_timeout",
+    "engine_failed",
 )
 
 

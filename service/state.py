@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from service.batcher import Batcher
 from service.engine import EngineFactory, TextToImageLike
+from service.errors import ServiceError
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -127,10 +128,18 @@ class ServiceState:
             await asyncio.sleep(0.01)
         return self.inflight == 0
 
+    def fail_pending(self, err: ServiceError) -> int:
+        """At the drain deadline: every request still waiting or running gets ``err``."""
+        if self.batcher is None:
+            return 0
+        return self.batcher.fail_pending(err, "drain_timeout")
+
     async def close(self) -> None:
+        """Lifespan shutdown. The drain (service.server) already waited; nothing waits
+        here again: whatever is still queued is answered 503 draining."""
         if self._init_task is not None and not self._init_task.done():
             self._init_task.cancel()
         if self.batcher is not None:
-            await self.batcher.stop(self.settings.drain_timeout_s)
+            await self.batcher.stop(0.0)
         self.gpu_pool.shutdown(wait=False, cancel_futures=True)
         self.encode_pool.shutdown(wait=False, cancel_futures=True)
