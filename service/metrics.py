@@ -96,6 +96,11 @@ class Metrics:
             "Requests served without retrieval because it was down.",
             registry=r,
         )
+        self.retrieval_available = Gauge(
+            "ragturbo_retrieval_available",
+            "1 when the retrieval index is usable, 0 while degraded (see /readyz).",
+            registry=r,
+        )
         self.images_generated = Counter(
             "ragturbo_images_generated", "Images returned to clients.", registry=r
         )
