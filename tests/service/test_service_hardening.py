@@ -183,3 +183,44 @@ def test_a_broken_engine_turns_the_service_not_ready_and_not_live() -> None:
         assert r.status_code == 503
         text = c.get("/metrics").text
         assert 'ragturbo_rejected_total{reason="engine_failed"}' in text
+
+
+class _Index:
+    def __init__(self) -> None:
+        self.state: tuple[bool, str | None] = (False, "Qdrant at http://q:6333 unavailable")
+
+    def status(self) -> tuple[bool, str | None]:
+        return self.state
+
+
+class _DB:
+    def __init__(self) -> None:
+        self.index = _Index()
+
+
+def test_readyz_reports_degraded_retrieval_with_its_reason_and_a_gauge() -> None:
+    t2i = FakeT2I()
+    t2i.db = _DB()  # type: ignore[attr-defined]  # what retrieval.compose.TextToImage has
+    with client(lambda _: t2i) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 200  # generation works without retrieval
+        assert r.json()["status"] == "degraded" and r.json()["retrieval"] == "degraded"
+        assert "http://q:6333" in r.json()["detail"]
+        assert "ragturbo_retrieval_available 0.0" in c.get("/metrics").text
+        t2i.db.index.state = (True, None)  # type: ignore[attr-defined]
+        r = c.get("/readyz")
+        assert r.json()["status"] == "ready" and r.json()["retrieval"] == "ok"
+        assert "ragturbo_retrieval_available 1.0" in c.get("/metrics").text
+        t2i.db = None  # type: ignore[attr-defined]  # the database never opened
+        assert "could not be opened" in c.get("/readyz").json()["detail"]
+
+
+def test_retrieval_status_push_api() -> None:
+    with client() as c:
+        state = c.app.state.service  # type: ignore[attr-defined]
+        assert c.get("/readyz").json()["retrieval"] is None  # nothing known
+        state.retrieval_status(False, "index reload failed")
+        body = c.get("/readyz").json()
+        assert body["status"] == "degraded" and body["detail"] == "index reload failed"
+        state.retrieval_status(True)
+        assert c.get("/readyz").json()["status"] == "ready"
