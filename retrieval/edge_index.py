@@ -102,7 +102,7 @@ class EdgeIndex(VectorIndex):
     def _open_shard(self) -> Any:
         shard = self._shard
         if shard is None:
-            ok, reason = self._reconnect.status()
+            _, reason = self._reconnect.status()
             raise RetrievalError(reason or f"Qdrant Edge shard at {self.path} is not open")
         return shard
 

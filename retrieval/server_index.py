@@ -17,8 +17,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
-from tenacity import wait_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from retrieval.index import COLLECTION, VectorIndex, as_matrix, per_query
 from retrieval.reconnect import Reconnector

@@ -62,8 +62,7 @@ def negotiate(accept: str | None, body_format: str, explicit: bool) -> str:
         return body_format
     if explicit:
         raise NotAcceptable(
-            f"format {body_format!r} ({MEDIA_TYPES[body_format]}) is excluded by Accept: "
-            f"{accept}"
+            f"format {body_format!r} ({MEDIA_TYPES[body_format]}) is excluded by Accept: {accept}"
         )
     if named:
         return max(named, key=lambda f: named[f])

@@ -60,7 +60,9 @@ def create_app(settings: Settings, factory: EngineFactory | None = None) -> Fast
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(
-                title=app.title, version=app.version, description=app.description,
+                title=app.title,
+                version=app.version,
+                description=app.description,
                 routes=app.routes,
             )
             # The prompt limit is a setting; the models carry only the hard upper bound.

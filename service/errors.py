@@ -27,9 +27,7 @@ class ServiceError(Exception):
 
     param: str | None = None  # the offending request parameter (OpenAI's error shape)
 
-    def __init__(
-        self, message: str, *, code: str | None = None, param: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
@@ -127,9 +125,7 @@ def envelope(err: ServiceError, *, openai: bool = False) -> dict[str, Any]:
 
 
 def error_response(err: ServiceError, *, openai: bool = False) -> JSONResponse:
-    return JSONResponse(
-        envelope(err, openai=openai), status_code=err.status, headers=err.headers()
-    )
+    return JSONResponse(envelope(err, openai=openai), status_code=err.status, headers=err.headers())
 
 
 _OPENAI_CODES = {"extra_forbidden": "unknown_parameter", "missing": "missing_required_parameter"}

@@ -98,8 +98,10 @@ class DeadlineH11Protocol(H11Protocol):
             log.debug("idle connection closed after %.0fs without a request", timeout)
         else:
             log.warning(
-                "request %s not received within %gs; 408 and close", phase, timeout,
-                extra={"client": "%s:%s" % self.client if self.client else "-"},
+                "request %s not received within %gs; 408 and close",
+                phase,
+                timeout,
+                extra={"client": f"{self.client[0]}:{self.client[1]}" if self.client else "-"},
             )
             if cycle is None or not cycle.response_started:
                 err = RequestTimeout(f"request {phase} not received within {timeout:g} s")

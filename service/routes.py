@@ -184,9 +184,7 @@ def build_router(settings: Settings) -> APIRouter:
             size, quality = body.size_wh(), body.output_compression
             b64s = await asyncio.gather(
                 *(
-                    loop.run_in_executor(
-                        state.encode_pool, encode_b64, r.image, fmt, size, quality
-                    )
+                    loop.run_in_executor(state.encode_pool, encode_b64, r.image, fmt, size, quality)
                     for r in adm.result.results
                 )
             )

@@ -23,9 +23,7 @@ them). The image is resized with Lanczos from the native size; auto/null: native
 # A prompt needs one character that is neither whitespace nor a control character, by
 # Python's str.isspace *and* by ECMAScript's \s (the JSON Schema regex dialect) — the
 # union is spelled out so the schema's pattern and the validator are the same regex.
-_BLANK_CLASS = (
-    r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
-)
+_BLANK_CLASS = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 PROMPT_PATTERN = f"[^{_BLANK_CLASS}]"
 _PROMPT_RE = re.compile(PROMPT_PATTERN)
 
@@ -40,7 +38,7 @@ def _integral(v: object) -> object:
 def _only_bool(v: object) -> object:
     # Literal[False] alone would take 0 (False == 0); JSON's false only.
     if not isinstance(v, bool):
-        raise ValueError("Input should be a valid boolean")
+        raise ValueError("Input should be a valid boolean")  # noqa: TRY004 - pydantic wants ValueError
     return v
 
 
@@ -70,8 +68,7 @@ def _non_blank(v: str) -> str:
 _PROMPT_FIELD = Field(
     min_length=1,
     max_length=100_000,
-    description="Text prompt; needs one character that is not whitespace or a control "
-    "character.",
+    description="Text prompt; needs one character that is not whitespace or a control character.",
     json_schema_extra={"pattern": PROMPT_PATTERN},
 )
 
@@ -142,8 +139,9 @@ class OpenAIImagesRequest(BaseModel):
     )
     output_format: ImageFormat | None = None
     output_compression: Annotated[int, Field(ge=0, le=100), _INT] | None = Field(
-        None, description="JPEG/WebP quality 0..100 (default 90); for png the "
-        "zlib effort (100: fastest, 0: smallest; same pixels)."
+        None,
+        description="JPEG/WebP quality 0..100 (default 90); for png the "
+        "zlib effort (100: fastest, 0: smallest; same pixels).",
     )
     quality: Literal["auto"] | None = Field(None, description="One-step model: auto only.")
     background: Literal["auto", "opaque"] | None = Field(

@@ -94,7 +94,10 @@ def test_unsatisfiable_accept_is_406_with_the_envelope(accept: str, fmt: str | N
 def test_schema_and_validator_agree_on_the_prompt(prompt: str) -> None:
     with client() as c:
         doc = c.get("/openapi.json").json()
-        for name, route in (("GenerateRequest", "/generate"), ("OpenAIImagesRequest", "/v1/images/generations")):
+        for name, route in (
+            ("GenerateRequest", "/generate"),
+            ("OpenAIImagesRequest", "/v1/images/generations"),
+        ):
             pattern = doc["components"]["schemas"][name]["properties"]["prompt"]["pattern"]
             valid = re.search(pattern, prompt) is not None  # JSON Schema: unanchored search
             r = c.post(route, json={"prompt": prompt})
@@ -108,7 +111,9 @@ def test_openapi_declares_both_key_headers_where_they_apply() -> None:
         doc = c.get("/openapi.json").json()
         schemes = doc["components"]["securitySchemes"]
         assert schemes["bearer"] == {
-            "type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"
+            "type": "http",
+            "scheme": "bearer",
+            "description": "Authorization: Bearer <API key>",
         }
         assert schemes["apiKey"]["type"] == "apiKey" and schemes["apiKey"]["name"] == "X-API-Key"
         assert schemes["apiKey"]["in"] == "header"
