@@ -1,7 +1,7 @@
 """Reopening an index that was unavailable (issue 14.2), with tenacity's backoff.
 
 ``Reconnector(what, connect)`` runs ``connect()`` on a daemon thread until it succeeds:
-exponential backoff from ``initial_s`` to ``max_s`` between attempts (tenacity), stopped
+exponential backoff from ``initial_s`` (0.5 s) to ``max_s`` (10 s) between attempts (tenacity), stopped
 by ``stop()``. ``status()`` -> ``(True, None)`` once connected, else ``(False, reason)``
 with the last error. The indexes use it when the first open fails (Qdrant server down,
 Edge shard locked by another process): operations fail fast with ``RetrievalError``
@@ -33,7 +33,7 @@ class Reconnector:
         connect: Callable[[], None],
         *,
         initial_s: float = 0.5,
-        max_s: float = 30.0,
+        max_s: float = 10.0,
     ) -> None:
         self.what = what
         self._connect = connect
