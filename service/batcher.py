@@ -172,6 +172,8 @@ class Batcher:
         deadline = time.monotonic() + timeout_s
         while not self.idle and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        # Before the collector is cancelled: it forgets its running batch when it stops.
+        self.fail_pending(NotReady("service is shutting down", code="draining"), "drain_timeout")
         if self._task is not None:
             self._task.cancel()
             try:
@@ -179,7 +181,6 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        self.fail_pending(NotReady("service is shutting down", code="draining"), "drain_timeout")
 
     # ------------------------------------------------------------------ internals
     def _drop(self, job: Job, reason: str) -> None:
