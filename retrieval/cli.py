@@ -170,6 +170,11 @@ def ingest_cmd(
         "--rebuild-features",
         help="Recompute stored H-features and embeddings for the current model.",
     ),
+    allow_outside_images: bool = typer.Option(
+        False,
+        "--allow-outside-images",
+        help="Read 'file' paths that resolve outside --images (absolute, '..', symlinks).",
+    ),
 ) -> None:
     """Add text-image pairs to the retrieval database (idempotent, resumable)."""
     from engines.pipeline import OneStepPipeline
@@ -205,8 +210,18 @@ def ingest_cmd(
     rej = rejects or dbp / "ingest-rejects.jsonl"
     try:
         rep = ingest(
-            pipe, database, images, rows, batch=batch, commit_every=commit_every, rejects_path=rej
+            pipe,
+            database,
+            images,
+            rows,
+            batch=batch,
+            commit_every=commit_every,
+            rejects_path=rej,
+            allow_outside=allow_outside_images,
         )
+    except RetrievalError as e:  # e.g. the shard is held by a running server
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
     finally:
         database.close()
     typer.echo(rep.summary())

@@ -78,6 +78,7 @@ class TextToImage:
         resident: ResidentIndex | None = None,
         refresh_s: float = 30.0,
         db_error: str | None = None,
+        pending: ResidentIndex | None = None,
     ) -> None:
         if not -1.0 <= min_score <= 1.0:
             raise ValueError(f"min_score must be in [-1, 1] (a cosine), got {min_score}")
@@ -91,6 +92,9 @@ class TextToImage:
         self.refresh_s = float(refresh_s)
         self._last_refresh = time.monotonic()
         self.db_error = db_error
+        # A device copy that could not be loaded at startup (index down): retried on refresh.
+        self._pending = pending
+        self._pending_error = db_error or ""
         self.model_name: str = pipe.name
         self.backend_name: str = getattr(pipe, "backend_name", "torch")
         if resident is not None:
@@ -102,11 +106,18 @@ class TextToImage:
         self._pool = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="retrieval")
 
     def retrieval_health(self) -> tuple[bool, str]:
-        """(True, where search runs) or (False, why retrieval is unavailable)."""
+        """(True, where search runs) or (False, why retrieval is unavailable): /readyz."""
         if self.resident is not None:
-            return True, f"search inside the {self.backend_name} graph over {len(self.resident)} pairs"
+            # The device copy serves even while the index is down (refreshes then wait).
+            return True, f"search inside the {self.backend_name} graph over {len(self.resident)} pairs ({self.resident.source})"
         if self.db is None:
             return False, self.db_error or "no retrieval database"
+        status = getattr(self.db.index, "status", None)
+        ok, why = status() if status is not None else (True, None)
+        if not ok:
+            return False, why or f"{self.db.backend_name} unavailable"
+        if self._pending is not None:
+            return True, f"search in {self.db.backend_name}; device copy not loaded yet ({self._pending_error})"
         return True, f"search in {self.db.backend_name}"
 
     def warmup(self) -> float:
@@ -121,12 +132,16 @@ class TextToImage:
         return time.perf_counter() - t0
 
     def _maybe_refresh(self) -> None:
-        if self.resident is None or self.refresh_s <= 0:
+        if (self.resident is None and self._pending is None) or self.refresh_s <= 0:
             return
         now = time.monotonic()
         if now - self._last_refresh < self.refresh_s:
             return
         self._last_refresh = now
+        if self._pending is not None:
+            self._load_pending()
+            return
+        assert self.resident is not None
         try:
             self.resident.refresh()
         except Exception as e:  # noqa: BLE001 - a failed refresh keeps serving the old copy
@@ -220,6 +235,22 @@ class TextToImage:
             for i, r in enumerate(reqs)
         ]
         return results, timings
+
+    def _load_pending(self) -> None:
+        pend = self._pending
+        assert pend is not None
+        try:
+            pend.load()
+        except Exception as e:  # noqa: BLE001 - keep serving through the index; retry later
+            self._pending_error = f"{type(e).__name__}: {e}"
+            log.warning("device copy of the database still not loaded (%s)", self._pending_error)
+            return
+        isp = self.pipe
+        if isinstance(isp, SearchingBackend):
+            isp.warmup(("search",))
+        self.resident, self._pending = pend, None
+        self.retrieval_backend = f"device-index ({pend.source}, {len(pend)} pairs)"
+        log.info("device copy of the database loaded: search now runs inside the graph")
 
     def _generate_resident(self, reqs: Sequence[GenRequest]) -> tuple[list[GenResult], dict[str, float]]:
         """Search, λ and gather inside the backend's graph; rows mapped back to pairs here."""
@@ -316,7 +347,7 @@ def build_text_to_image(
             "retrieval database unavailable (%s); images will be generated without retrieval", e
         )
         db = None
-    resident = None
+    resident = pending = None
     if db is not None and isinstance(pipeline, SearchingBackend):
         n = len(db.store)
         if cfg.qdrant_url or n > device_index_max_pairs:
@@ -327,8 +358,14 @@ def build_text_to_image(
             )
         else:
             resident = ResidentIndex(pipeline, db, feature_dtype=feature_dtype)
-            resident.load()
+            try:
+                resident.load()
+            except Exception as e:  # noqa: BLE001 - e.g. the index is not reachable yet
+                db_error = f"{type(e).__name__}: {e}"
+                log.error("device copy of the database not loaded (%s); searching the index "
+                          "until it loads (retried every %.0f s)", db_error, refresh_s)
+                pending, resident = resident, None
     return TextToImage(
         pipeline, db, min_score=min_score, retrieval_timeout_s=retrieval_timeout_s,
-        resident=resident, refresh_s=refresh_s, db_error=db_error,
+        resident=resident, refresh_s=refresh_s, db_error=db_error, pending=pending,
     )

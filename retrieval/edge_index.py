@@ -1,8 +1,10 @@
 """Qdrant Edge (``qdrant-edge-py``): the Qdrant engine in-process, one shard on disk.
 
 The embedded default under ``<db>/edge``. Writes go through Qdrant's WAL and are
-flushed before ``upsert`` returns. One process opens a shard for writing at a time
-(ingest); run ingest while the service is stopped, or use the server backend.
+flushed before ``upsert`` returns. One process opens a shard at a time: run ingest while
+the service is stopped, or use the server backend. If the shard cannot be opened (held
+by another process) the index keeps trying with backoff (``retrieval.reconnect``);
+until then every call raises ``RetrievalError`` and ``status()`` says why.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.index import VectorIndex, as_matrix, per_query
+from retrieval.reconnect import Reconnector
 from retrieval.types import Neighbour, RetrievalError
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ class EdgeIndex(VectorIndex):
         exact: bool = False,
         max_search_threads: int | None = None,
         indexing_threshold_kb: int | None = None,
+        reconnect: bool = True,
     ) -> None:
         import qdrant_edge as qe
 
@@ -64,19 +68,55 @@ class EdgeIndex(VectorIndex):
                 else qe.EdgeOptimizersConfig(indexing_threshold=indexing_threshold_kb)
             ),
         )
-        try:
-            if (self.path / "edge_config.json").is_file():
-                self._shard = qe.EdgeShard.load(str(self.path), cfg)
-            else:
-                self.path.mkdir(parents=True, exist_ok=True)
-                self._shard = qe.EdgeShard.create(str(self.path), cfg)
-        except Exception as e:  # the binding raises plain exceptions with Qdrant's message
-            raise RetrievalError(
-                f"cannot open Qdrant Edge shard at {self.path} (dim {dim}): {e}"
-            ) from e
+        self._cfg = cfg
         self._params = qe.SearchParams(hnsw_ef=hnsw_ef, exact=exact)
         self._lock = threading.RLock()
         self._closed = False
+        self._shard: Any = None
+        self._reconnect = Reconnector(f"Qdrant Edge shard at {self.path}", self._open)
+        try:
+            self._open()
+        except RetrievalError as e:
+            if not reconnect:
+                raise
+            self._reconnect.start(e)
+        else:
+            self._reconnect.mark_connected()
+
+    def _open(self) -> None:
+        qe = self._qe
+        try:
+            if (self.path / "edge_config.json").is_file():
+                shard = qe.EdgeShard.load(str(self.path), self._cfg)
+            else:
+                self.path.mkdir(parents=True, exist_ok=True)
+                shard = qe.EdgeShard.create(str(self.path), self._cfg)
+        except Exception as e:  # the binding raises plain exceptions with Qdrant's message
+            hint = (
+                " (the shard is in use by another process, e.g. a running `ragturbo serve`)"
+                if "WouldBlock" in str(e)
+                else ""
+            )
+            raise RetrievalError(
+                f"cannot open Qdrant Edge shard at {self.path} (dim {self.dim}){hint}: {e}"
+            ) from e
+        with self._lock:
+            if self._closed:
+                shard.close()
+                return
+            self._shard = shard
+
+    @property
+    def _open_shard(self) -> Any:
+        shard = self._shard
+        if shard is None:
+            _, reason = self._reconnect.status()
+            raise RetrievalError(reason or f"Qdrant Edge shard at {self.path} is not open")
+        return shard
+
+    def status(self) -> tuple[bool, str | None]:
+        """(True, None) when the shard is open, else (False, why)."""
+        return self._reconnect.status()
 
     def upsert(
         self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
@@ -89,8 +129,9 @@ class EdgeIndex(VectorIndex):
         qe = self._qe
         pts = [qe.Point(i, v.tolist(), dict(p)) for i, v, p in zip(ids, x, payloads)]
         with self._lock:
-            self._shard.update(qe.UpdateOperation.upsert_points(pts))
-            self._shard.flush()
+            shard = self._open_shard
+            shard.update(qe.UpdateOperation.upsert_points(pts))
+            shard.flush()
 
     def search(
         self,
@@ -113,7 +154,7 @@ class EdgeIndex(VectorIndex):
         ]
         if not reqs:
             return []
-        res = self._shard.query_batch(qe.QueryBatchRequest(reqs))
+        res = self._open_shard.query_batch(qe.QueryBatchRequest(reqs))
         return [
             [
                 Neighbour(str(p.id), str((p.payload or {}).get("caption", "")), float(p.score))
@@ -123,19 +164,20 @@ class EdgeIndex(VectorIndex):
         ]
 
     def count(self) -> int:
-        return int(self._shard.count(self._qe.CountRequest(exact=True)))
+        return int(self._open_shard.count(self._qe.CountRequest(exact=True)))
 
     def contains(self, ids: Sequence[str]) -> list[bool]:
         if not ids:
             return []
-        found = {str(r.id) for r in self._shard.retrieve(list(ids), False, False)}
+        found = {str(r.id) for r in self._open_shard.retrieve(list(ids), False, False)}
         return [i in found for i in ids]
 
     def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         if not ids:
             return {}
         return {
-            str(r.id): dict(r.payload or {}) for r in self._shard.retrieve(list(ids), True, False)
+            str(r.id): dict(r.payload or {})
+            for r in self._open_shard.retrieve(list(ids), True, False)
         }
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -143,19 +185,20 @@ class EdgeIndex(VectorIndex):
             return {}
         return {
             str(r.id): np.asarray(r.vector, dtype=np.float32)
-            for r in self._shard.retrieve(list(ids), False, True)
+            for r in self._open_shard.retrieve(list(ids), False, True)
         }
 
     def optimize(self) -> None:
         with self._lock:
-            changed = self._shard.optimize()
-            self._shard.flush()
+            shard = self._open_shard
+            changed = shard.optimize()
+            shard.flush()
         log.info(
             "qdrant edge optimize at %s: %s", self.path, "rebuilt" if changed else "already optimal"
         )
 
     def info(self) -> dict[str, int]:
-        i = self._shard.info()
+        i = self._open_shard.info()
         return {
             "points": int(i.points_count),
             "segments": int(i.segments_count),
@@ -163,8 +206,10 @@ class EdgeIndex(VectorIndex):
         }
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            with self._lock:
-                self._shard.flush()
-                self._shard.close()
+        self._reconnect.stop()
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                if self._shard is not None:
+                    self._shard.flush()
+                    self._shard.close()

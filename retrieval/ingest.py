@@ -10,6 +10,12 @@ a second run resumes where it stopped.
 Image policy: any size/aspect is centre-cropped to a square and resized (bicubic) to the
 model resolution; images whose short side is below a quarter of that resolution are
 rejected ("too small"), as are missing/unreadable files and empty captions.
+
+One bad row never aborts a run: a line of the captions file that is not JSON (or not an
+object), a caption that is not valid Unicode (a lone surrogate), and a ``file`` that
+resolves outside the images directory (``../x.png``, an absolute path, a symlink out) go
+to the rejects with their reason; files outside are read only with ``allow_outside``
+(``ragturbo ingest --allow-outside-images``).
 """
 
 from __future__ import annotations
@@ -66,18 +72,27 @@ class IngestReport:
 
 
 def read_captions(path: str | Path) -> list[dict[str, str]]:
-    """Rows {"file", "caption"} from .jsonl, .csv or .parquet (other columns ignored)."""
+    """Rows {"file", "caption"} from .jsonl, .csv or .parquet (other columns ignored).
+
+    A jsonl line that cannot be read becomes a row with an ``error`` key (ingest rejects
+    it with that reason) instead of failing the whole file.
+    """
     p = Path(path)
     suf = p.suffix.lower()
+    bad: dict[int, str] = {}
     if suf in (".jsonl", ".ndjson"):
         rows = []
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        text = p.read_bytes().decode("utf-8", errors="replace")
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{p}:{n}: not valid JSON ({e})") from e
+                bad[len(rows)] = f"not valid JSON: line {n}: {e.msg} (column {e.colno})"
+                obj = {}
+            if not isinstance(obj, dict) and len(rows) not in bad:
+                bad[len(rows)] = f"not a JSON object: line {n}"
             rows.append(obj if isinstance(obj, dict) else {})
     elif suf == ".csv":
         with open(p, newline="", encoding="utf-8") as f:
@@ -88,13 +103,17 @@ def read_captions(path: str | Path) -> list[dict[str, str]]:
         rows = pq.read_table(p).to_pylist()
     else:
         raise ValueError(f"captions file {p} must end in .jsonl, .csv or .parquet (got {suf!r})")
-    if rows and not any("file" in r and "caption" in r for r in rows):
+    good = [r for i, r in enumerate(rows) if i not in bad]
+    if good and not any("file" in r and "caption" in r for r in good):
         raise ValueError(
-            f"captions file {p} needs columns 'file' and 'caption'; got {sorted(rows[0])}"
+            f"captions file {p} needs columns 'file' and 'caption'; got {sorted(good[0])}"
         )
-    return [
+    out = [
         {"file": str(r.get("file") or ""), "caption": str(r.get("caption") or "")} for r in rows
     ]
+    for i, why in bad.items():
+        out[i]["error"] = why
+    return out
 
 
 def load_image(data: bytes, resolution: int) -> np.ndarray:
@@ -135,8 +154,12 @@ def ingest(
     rejects_path: str | Path | None = None,
     progress: bool = True,
     on_commit: Callable[[int], None] | None = None,
+    allow_outside: bool = False,
 ) -> IngestReport:
-    """Add ``rows`` ({"file","caption"}) to ``db``; idempotent and resumable. See module doc."""
+    """Add ``rows`` ({"file","caption"}) to ``db``; idempotent and resumable. See module doc.
+
+    ``allow_outside``: read files that resolve outside ``images_dir`` (default: reject).
+    """
     import torch
     from tqdm import tqdm
 
@@ -145,6 +168,7 @@ def ingest(
     t0 = time.perf_counter()
     rep = IngestReport(rows=len(rows))
     root = Path(images_dir)
+    real_root = root.resolve()
     res = pipe.resolution
     seen: set[str] = set()
     pend: dict[str, list[Any]] = {k: [] for k in ("ids", "emb", "h", "lat", "cap", "file")}
@@ -171,6 +195,9 @@ def ingest(
         ids, imgs, caps, files = [], [], [], []
         for i in rng:
             file, cap = rows[i]["file"], rows[i]["caption"].strip()
+            if rows[i].get("error"):
+                rep.rejects.append(Reject(i, file, cap, rows[i]["error"]))
+                continue
             if not cap:
                 rep.rejects.append(Reject(i, file, cap, "empty caption"))
                 continue
@@ -180,11 +207,25 @@ def ingest(
             if not file:
                 rep.rejects.append(Reject(i, file, cap, "missing file: no file name"))
                 continue
+            try:
+                cap.encode("utf-8")
+            except UnicodeEncodeError as e:
+                rep.rejects.append(
+                    Reject(i, file, cap, f"invalid caption: not valid Unicode ({e.reason})")
+                )
+                continue
             path = root / file
             try:
+                if not allow_outside and not path.resolve().is_relative_to(real_root):
+                    rep.rejects.append(
+                        Reject(i, file, cap, "outside --images: the file resolves outside "
+                               f"{root} (allow with --allow-outside-images)")
+                    )
+                    continue
                 data = path.read_bytes()
-            except OSError as e:
-                rep.rejects.append(Reject(i, file, cap, f"missing file: {e.strerror or e}"))
+            except (OSError, ValueError) as e:  # ValueError: a name that is not a path
+                why = e.strerror if isinstance(e, OSError) and e.strerror else e
+                rep.rejects.append(Reject(i, file, cap, f"missing file: {why}"))
                 continue
             pid = point_id(cap, data)
             if pid in seen:
@@ -233,6 +274,7 @@ def write_rejects(rejects: list[Reject], path: str | Path) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
+    # ensure_ascii (the default) writes a lone surrogate as "\ud800": the file stays UTF-8.
     tmp.write_text("".join(json.dumps(r.__dict__) + "\n" for r in rejects), encoding="utf-8")
     os.replace(tmp, p)
 

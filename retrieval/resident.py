@@ -63,6 +63,7 @@ class ResidentIndex:
         """Copy every fully ingested pair to the device; returns the rows loaded."""
         assert self.db is not None, "load needs a database (use synthetic() otherwise)"
         t0 = time.perf_counter()
+        self.ids, self.captions, self._row = [], [], {}  # a failed earlier load leaves nothing
         n_store = len(self.db.store)
         self.backend.reserve_index(max(1024, int(n_store * self.headroom)), self.feature_dtype)
         added = self._add(list(self.db.store.ids()))

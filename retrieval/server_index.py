@@ -1,6 +1,10 @@
 """Qdrant server/cluster through ``qdrant-client`` (URL, API key, timeouts, retries).
 
-For production (DESIGN.md). ``location=":memory:"`` or ``path=...`` selects
+For production (DESIGN.md). Each call retries transient errors (transport, timeouts, 5xx,
+429) with exponential backoff (tenacity). A server that is down when the index is opened
+does not fail the open: the index reconnects in the background with backoff
+(``retrieval.reconnect``), calls raise ``RetrievalError`` until then, and ``status()``
+reports the last error (also after a call failed on a connected index). ``location=":memory:"`` or ``path=...`` selects
 qdrant-client's *local mode* — a pure-Python brute-force implementation of the same
 API, used in tests and for small setups; it is not the Qdrant engine.
 """
@@ -8,14 +12,21 @@ API, used in tests and for small setups; it is not the Qdrant engine.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from retrieval.index import COLLECTION, VectorIndex, as_matrix, per_query
+from retrieval.reconnect import Reconnector
 from retrieval.types import Neighbour, RetrievalError
 
 log = logging.getLogger(__name__)
@@ -38,7 +49,9 @@ class QdrantServerIndex(VectorIndex):
     """A collection on a Qdrant server (``url``) or in qdrant-client local mode (``location``/``path``).
 
     timeout_s: per-request HTTP timeout; retries: extra attempts on transient errors with
-    exponential backoff starting at ``backoff_s`` (0.05, 0.1, 0.2 ... s).
+    exponential backoff starting at ``backoff_s`` (0.05, 0.1, 0.2 ... s). reconnect: if
+    the first connection fails, keep trying in the background (else raise). client: an
+    existing ``QdrantClient`` to use (tests).
     """
 
     name = "qdrant-server"
@@ -58,10 +71,12 @@ class QdrantServerIndex(VectorIndex):
         hnsw_m: int = 16,
         ef_construct: int = 100,
         hnsw_ef: int | None = 128,
+        reconnect: bool = True,
+        client: Any = None,
     ) -> None:
         from qdrant_client import QdrantClient, models
 
-        if sum(v is not None for v in (url, location, path)) != 1:
+        if client is None and sum(v is not None for v in (url, location, path)) != 1:
             raise ValueError(
                 f"give exactly one of url, location, path; got url={url!r} location={location!r} path={path!r}"
             )
@@ -71,7 +86,12 @@ class QdrantServerIndex(VectorIndex):
         self.dim = int(dim)
         self.collection = collection
         self.retries, self.backoff_s = retries, backoff_s
-        if url is not None:
+        self._last_error: str | None = None
+        if client is not None:
+            self.where = url or str(location or path or "client")
+            self._search_params = models.SearchParams(hnsw_ef=hnsw_ef) if url else None
+            self._client = client
+        elif url is not None:
             self.name = "qdrant-server"
             self.where = url
             # local mode is brute force and warns on search params, so only the server gets them
@@ -91,28 +111,70 @@ class QdrantServerIndex(VectorIndex):
             self._client = QdrantClient(
                 location=location, path=str(path) if path is not None else None
             )
-        self._ensure_collection(hnsw_m, ef_construct)
+        self._reconnect = Reconnector(
+            f"Qdrant at {self.where}", lambda: self._ensure_collection(hnsw_m, ef_construct)
+        )
+        try:
+            self._ensure_collection(hnsw_m, ef_construct)
+        except RetrievalError as e:
+            if not reconnect or not _transient(e.__cause__ or e):
+                raise  # e.g. a collection of the wrong width: a deployment mistake
+            self._reconnect.start(e)
+        else:
+            self._reconnect.mark_connected()
 
     # ------------------------------------------------------------------ plumbing
+    def _attempt(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()`` with tenacity retries on transient errors; RetrievalError otherwise."""
+
+        def note(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            log.warning(
+                "qdrant %s failed (%s); retry %d in %.2fs",
+                what,
+                exc,
+                state.attempt_number,
+                state.upcoming_sleep,
+            )
+
+        try:
+            return Retrying(
+                retry=retry_if_exception(_transient),
+                stop=stop_after_attempt(self.retries + 1),
+                wait=wait_exponential(multiplier=self.backoff_s, max=5.0),
+                before_sleep=note,
+                reraise=True,
+            )(fn)
+        except Exception as e:
+            raise RetrievalError(f"qdrant {what} at {self.where} failed: {e}") from e
+
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        for attempt in range(self.retries + 1):
-            try:
-                return fn()
-            except Exception as e:
-                if attempt < self.retries and _transient(e):
-                    delay = self.backoff_s * 2**attempt
-                    log.warning(
-                        "qdrant %s failed (%s); retry %d in %.2fs", what, e, attempt + 1, delay
-                    )
-                    time.sleep(delay)
-                    continue
-                raise RetrievalError(f"qdrant {what} at {self.where} failed: {e}") from e
-        raise AssertionError("unreachable")
+        if not self._reconnect.connected:
+            _, reason = self._reconnect.status()
+            raise RetrievalError(reason or f"Qdrant at {self.where} is not connected")
+        try:
+            out = self._attempt(what, fn)
+        except RetrievalError as e:
+            self._last_error = str(e)
+            raise
+        self._last_error = None
+        return out
+
+    def status(self) -> tuple[bool, str | None]:
+        """(True, None) when connected and the last call worked, else (False, why)."""
+        ok, reason = self._reconnect.status()
+        if not ok:
+            return ok, reason
+        if self._last_error is not None:
+            return False, self._last_error
+        return True, None
 
     def _ensure_collection(self, hnsw_m: int, ef_construct: int) -> None:
         m = self._m
-        if self._call("collection_exists", lambda: self._client.collection_exists(self.collection)):
-            info = self._call(
+        if self._attempt(
+            "collection_exists", lambda: self._client.collection_exists(self.collection)
+        ):
+            info = self._attempt(
                 "get_collection", lambda: self._client.get_collection(self.collection)
             )
             size = info.config.params.vectors.size  # type: ignore[union-attr]
@@ -122,7 +184,7 @@ class QdrantServerIndex(VectorIndex):
                     f"the model's embeddings have width {self.dim}"
                 )
             return
-        self._call(
+        self._attempt(
             "create_collection",
             lambda: self._client.create_collection(
                 self.collection,
@@ -214,6 +276,7 @@ class QdrantServerIndex(VectorIndex):
         return {str(r.id): np.asarray(r.vector, dtype=np.float32) for r in recs}
 
     def close(self) -> None:
+        self._reconnect.stop()
         try:
             self._client.close()
         except Exception as e:  # noqa: BLE001 - closing must not mask the caller's error

@@ -27,11 +27,20 @@ class Neighbour:
 def point_id(caption: str, image_bytes: bytes) -> str:
     """Stable id of a pair: uuid5 over sha256(caption.strip() utf-8 ‖ 0x00 ‖ image bytes).
 
+    Raises ValueError for a caption that is not valid Unicode (lone surrogates).
     The caption is stripped so ingest, training and callers of ``exclude_ids`` agree on
     the id of a pair whatever whitespace their caption table carries.
     """
+    text = caption.strip()
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate (e.g. "\ud800" from JSON) is not text
+        raise ValueError(
+            f"caption is not valid Unicode text: {e.reason} at position {e.start} "
+            f"({text[e.start]!r})"
+        ) from None
     h = hashlib.sha256()
-    h.update(caption.strip().encode("utf-8"))
+    h.update(data)
     h.update(b"\x00")
     h.update(image_bytes)
     return str(uuid.uuid5(ID_NAMESPACE, h.hexdigest()))

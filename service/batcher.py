@@ -2,16 +2,22 @@
 
 Contract: ``submit`` admits a job (a request's images, as a list of ``GenRequest``) or
 raises ``QueueFull`` — the bound is checked and the rejection counted in the same step,
-with no ``await`` in between. One collector task forms batches in arrival order: a
-batch starts when it holds ``max_batch`` images or when its oldest job has waited
-``max_wait_ms``. A job is never split across batches; a job larger than ``max_batch``
-runs alone, in chunks of ``max_batch``. With batch buckets, each chunk is padded with
+with no ``await`` in between. One collector task forms batches in arrival order: when
+the model worker is idle the waiting jobs run at once (up to ``max_batch`` images; an
+optional ``max_wait_ms`` window may hold an idle worker back for company); while it is
+busy, arrivals gather and the next batch takes up to ``max_batch`` images of them the
+moment the worker is free. A job is never split across batches; a job larger than
+``max_batch`` runs alone, in chunks of ``max_batch``. With batch buckets, each chunk is padded with
 copies of its last request (dummy work whose results are dropped) up to the next
 bucket size. The pipeline runs on one dedicated worker thread, never on the event loop.
 Each job's future gets exactly its own results, in its own order.
 
 Jobs that are dropped before they start (deadline passed, client gone) cost no
-pipeline work.
+pipeline work. ``fail_pending`` answers every job not yet answered with one error (the
+shutdown deadline). When a batch raises, only its jobs fail; then ``on_error`` (e.g. a
+health check with a real forward pass) runs before the next batch. Every job future has
+its exception marked as retrieved, so a job nobody awaits any more (504, disconnect)
+logs no "Future exception was never retrieved".
 """
 
 from __future__ import annotations
@@ -21,17 +27,25 @@ import collections
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.errors import DeadlineExceeded, QueueFull
+from service.errors import DeadlineExceeded, QueueFull, ServiceError
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 RunFn = Callable[[Sequence[Any]], tuple[list[Any], dict[str, float]]]
+OnError = Callable[[BaseException], Awaitable[None]]
+
+
+def _mark_retrieved(fut: asyncio.Future[Any]) -> None:
+    # The caller may have stopped waiting (504, disconnect); reading the exception here
+    # keeps asyncio from logging an ERROR for every dropped job.
+    if not fut.cancelled():
+        fut.exception()
 
 
 @dataclass
@@ -68,6 +82,7 @@ class Batcher:
         max_wait_ms: float,
         max_queue: int,
         bucket_for: Callable[[int], int] = lambda n: n,
+        on_error: OnError | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError(
@@ -84,7 +99,8 @@ class Batcher:
         self._queue: collections.deque[Job] = collections.deque()
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._running = 0  # jobs in the batch on the worker thread
+        self._running: list[Job] = []  # jobs in the batch on the worker thread
+        self._on_error = on_error
         self._batch_s_ema = 0.05  # for Retry-After; refined by every batch
 
     # ------------------------------------------------------------------ admission
@@ -99,6 +115,7 @@ class Batcher:
         job = Job(
             reqs=list(reqs), deadline=deadline, future=asyncio.get_running_loop().create_future()
         )
+        job.future.add_done_callback(_mark_retrieved)
         self._queue.append(job)
         self._metrics.queue_depth.set(len(self._queue))
         self._changed.set()
@@ -122,7 +139,25 @@ class Batcher:
 
     @property
     def idle(self) -> bool:
-        return not self._queue and self._running == 0
+        return not self._queue and not self._running
+
+    def fail_pending(self, err: ServiceError, reason: str) -> int:
+        """Answer every job not answered yet (queued or running) with ``err``; queued ones
+        never run, a running batch's results are dropped. Returns how many were failed."""
+        n = 0
+        for job in list(self._queue) + list(self._running):
+            if job.future.done():
+                continue
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                pass
+            job.state = "dropped"
+            job.future.set_exception(err)
+            self._metrics.rejected.labels(reason=reason).inc()
+            n += 1
+        self._metrics.queue_depth.set(len(self._queue))
+        return n
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -130,10 +165,15 @@ class Batcher:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
 
     async def stop(self, timeout_s: float) -> None:
-        """Finish what is queued (up to ``timeout_s``), then stop the collector."""
+        """Finish what is queued (up to ``timeout_s``), then stop the collector; jobs still
+        waiting then get a 503 ``draining``."""
+        from service.errors import NotReady
+
         deadline = time.monotonic() + timeout_s
         while not self.idle and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        # Before the collector is cancelled: it forgets its running batch when it stops.
+        self.fail_pending(NotReady("service is shutting down", code="draining"), "drain_timeout")
         if self._task is not None:
             self._task.cancel()
             try:
@@ -141,8 +181,6 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        for job in list(self._queue):
-            self._drop(job, "timeout")
 
     # ------------------------------------------------------------------ internals
     def _drop(self, job: Job, reason: str) -> None:
@@ -181,13 +219,15 @@ class Batcher:
         return batch
 
     async def _loop(self) -> None:
+        # The worker is idle whenever this loop is not awaiting _execute: jobs that
+        # arrived while a batch ran are taken together, at once.
         while True:
             if not self._queue:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
             wait_until = self._queue[0].enqueued + self.max_wait_s
-            while self._queue and self._queued_images() < self.max_batch:
+            while self.max_wait_s > 0 and self._queue and self._queued_images() < self.max_batch:
                 left = wait_until - time.monotonic()
                 if left <= 0:
                     break
@@ -226,7 +266,7 @@ class Batcher:
         m.batch_size.observe(len(reqs))
         for job in batch:
             m.queue_wait.observe(start - job.enqueued)
-        self._running = len(batch)
+        self._running = batch
         try:
             loop = asyncio.get_running_loop()
             results, timings = await loop.run_in_executor(self._executor, self._run_chunks, reqs)
@@ -236,9 +276,12 @@ class Batcher:
                 job.state = "done"
                 if not job.future.done():
                     job.future.set_exception(e)
+            self._running = []
+            if self._on_error is not None:
+                await self._on_error(e)  # before the next batch: is the engine still sound?
             return
         finally:
-            self._running = 0
+            self._running = []
         elapsed = time.monotonic() - start
         self._batch_s_ema = 0.8 * self._batch_s_ema + 0.2 * elapsed
         for stage in ("text", "retrieval", "unet", "vae"):

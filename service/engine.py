@@ -39,6 +39,26 @@ def gen_request(prompt: str, seed: int, mode: str, k: int, fmt: str | None = Non
     return GenRequest(prompt=prompt, seed=seed, mode=mode, k=k, fmt=fmt)  # type: ignore[arg-type]
 
 
+def retrieval_probe_for(t2i: Any) -> Callable[[], tuple[bool, str | None]] | None:
+    """Pull-probe of the retrieval status of a ``retrieval.compose.TextToImage``: its
+    database was not opened (None) or its index reports ``status()``. None when the
+    engine has no retrieval attribute at all (test doubles)."""
+    health = getattr(t2i, "retrieval_health", None)
+    if health is not None:  # compose.TextToImage knows the device copy and the index
+        return health  # type: ignore[no-any-return]
+    if not hasattr(t2i, "db"):
+        return None
+
+    def probe() -> tuple[bool, str | None]:
+        db = t2i.db
+        if db is None:
+            return False, "retrieval database could not be opened at startup (see the log)"
+        status = getattr(db.index, "status", None)
+        return status() if status is not None else (True, None)
+
+    return probe
+
+
 def build_from_settings(settings: Settings) -> TextToImageLike:
     """The production factory: model dir + backend + index from settings. Raises if the
     chosen backend cannot start (no fallback)."""

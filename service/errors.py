@@ -25,11 +25,15 @@ class ServiceError(Exception):
     type: str = "internal_error"
     code: str = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    param: str | None = None  # the offending request parameter (OpenAI's error shape)
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if param is not None:
+            self.param = param
 
     def headers(self) -> dict[str, str]:
         return {}
@@ -56,6 +60,16 @@ class NotFound(ServiceError):
 
 class MethodNotAllowed(ServiceError):
     status, type, code = 405, "invalid_request_error", "method_not_allowed"
+
+
+class NotAcceptable(ServiceError):
+    status, type, code = 406, "invalid_request_error", "not_acceptable"
+
+
+class RequestTimeout(ServiceError):
+    """The client did not send its request head or body in time (service.protocol)."""
+
+    status, type, code = 408, "invalid_request_error", "request_timeout"
 
 
 class PayloadTooLarge(ServiceError):
@@ -90,12 +104,59 @@ class ClientGone(ServiceError):
     status, type, code = 499, "client_closed_request", "client_disconnected"
 
 
-def envelope(err: ServiceError) -> dict[str, Any]:
-    return {"error": {"message": err.message, "type": err.type, "code": err.code}}
+class OpenAIBadRequest(ServiceError):
+    """400 of the OpenAI-compatible route: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    status, type, code = 400, "invalid_request_error", "invalid_value"
 
 
-def error_response(err: ServiceError) -> JSONResponse:
-    return JSONResponse(envelope(err), status_code=err.status, headers=err.headers())
+class ModelNotFound(ServiceError):
+    """404 as the OpenAI API answers for a model it does not serve."""
+
+    status, type, code = 404, "invalid_request_error", "model_not_found"
+
+
+def envelope(err: ServiceError, *, openai: bool = False) -> dict[str, Any]:
+    """The error body; ``openai`` adds ``param`` (null when no parameter is at fault)."""
+    body: dict[str, Any] = {"message": err.message, "type": err.type, "code": err.code}
+    if openai:
+        body["param"] = err.param
+    return {"error": body}
+
+
+def error_response(err: ServiceError, *, openai: bool = False) -> JSONResponse:
+    return JSONResponse(envelope(err, openai=openai), status_code=err.status, headers=err.headers())
+
+
+_OPENAI_CODES = {"extra_forbidden": "unknown_parameter", "missing": "missing_required_parameter"}
+
+
+def openai_validation_error(exc: RequestValidationError) -> ServiceError:
+    """A 400 naming the first offending parameter, as the OpenAI API answers."""
+    base = validation_to_error(exc)
+    if isinstance(base, BadRequest):  # invalid JSON
+        return OpenAIBadRequest(base.message, code="invalid_json")
+    errors = exc.errors()
+    if not errors:
+        return OpenAIBadRequest("invalid request")
+    e = errors[0]
+    field = _field(tuple(e.get("loc", ())))
+    param = None if field == "body" else field
+    kind = str(e.get("type", ""))
+    if kind == "extra_forbidden":
+        msg = f"Unknown parameter: '{param}'."
+    elif kind == "missing" and param is None:
+        msg = "request body is required (JSON object)"
+    elif kind in ("none_required", "literal_error", "enum"):
+        msg = f"Unsupported value for '{param}': {e.get('input')!r}. {e.get('msg', '')}."
+        return OpenAIBadRequest(msg, code="unsupported_value", param=param)
+    else:
+        msg = f"Invalid value for '{param}': {e.get('msg', 'invalid')}."
+    return OpenAIBadRequest(msg, code=_OPENAI_CODES.get(kind, "invalid_value"), param=param)
+
+
+def is_openai_path(request: Request) -> bool:
+    return request.url.path.startswith("/v1/")
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -126,18 +187,20 @@ def install_handlers(app: FastAPI) -> None:
     """Route every failure through the envelope."""
 
     @app.exception_handler(ServiceError)
-    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc)
+    async def _service(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc, openai=is_openai_path(request))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         state = getattr(request.app.state, "service", None)
         if state is not None:
             state.metrics.rejected.labels(reason="invalid").inc()
+        if is_openai_path(request):
+            return error_response(openai_validation_error(exc), openai=True)
         return error_response(validation_to_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         err: ServiceError
         if exc.status_code == 404:
             err = NotFound("no such route")
@@ -148,7 +211,7 @@ def install_handlers(app: FastAPI) -> None:
         else:
             err = ServiceError(str(exc.detail))
             err.status = exc.status_code
-        resp = error_response(err)
+        resp = error_response(err, openai=is_openai_path(request))
         for k, v in (exc.headers or {}).items():  # e.g. Allow on 405 (RFC 9110)
             resp.headers[k] = v
         return resp
@@ -156,4 +219,4 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
-        return error_response(ServiceError("internal error"))
+        return error_response(ServiceError("internal error"), openai=is_openai_path(request))

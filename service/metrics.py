@@ -33,6 +33,8 @@ REJECT_REASONS: tuple[str, ...] = (
     "too_large",
     "not_ready",
     "invalid",
+    "drain_timeout",
+    "engine_failed",
 )
 
 
@@ -92,6 +94,11 @@ class Metrics:
         self.retrieval_unavailable = Counter(
             "ragturbo_retrieval_unavailable",
             "Requests served without retrieval because it was down.",
+            registry=r,
+        )
+        self.retrieval_available = Gauge(
+            "ragturbo_retrieval_available",
+            "1 when the retrieval index is usable, 0 while degraded (see /readyz).",
             registry=r,
         )
         self.images_generated = Counter(

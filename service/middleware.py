@@ -99,10 +99,10 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
         self.metrics = metrics
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, send: Send, path: str) -> None:
         self.metrics.rejected.labels(reason="too_large").inc()
         err = PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
-        body = json.dumps(envelope(err)).encode()
+        body = json.dumps(envelope(err, openai=path.startswith("/v1/"))).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -122,7 +122,7 @@ class BodyLimitMiddleware:
             return
         for k, v in scope.get("headers", []):
             if k == b"content-length" and v.isdigit() and int(v) > self.max_bytes:
-                await self._reject(send)
+                await self._reject(send, scope.get("path", ""))
                 return
         chunks: list[bytes] = []
         size = 0
@@ -133,7 +133,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._reject(send)
+                await self._reject(send, scope.get("path", ""))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -7,6 +7,7 @@ handler checks it and the app's OpenAPI document states the configured value.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
@@ -15,15 +16,29 @@ MAX_SEED = 2**32 - 1
 MAX_IMAGES = 8
 ImageFormat = Literal["png", "jpeg", "webp"]
 Mode = Literal["adapter", "inject", "off"]
-OpenAISize = Literal[
-    "64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024", "1024x1792", "1792x1024"
-]
+OpenAISize = Literal["auto", "64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024"]
+"""Square sizes only: the model generates square images (a non-square size would stretch
+them). The image is resized with Lanczos from the native size; auto/null: native."""
+
+# A prompt needs one character that is neither whitespace nor a control character, by
+# Python's str.isspace *and* by ECMAScript's \s (the JSON Schema regex dialect) — the
+# union is spelled out so the schema's pattern and the validator are the same regex.
+_BLANK_CLASS = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+PROMPT_PATTERN = f"[^{_BLANK_CLASS}]"
+_PROMPT_RE = re.compile(PROMPT_PATTERN)
 
 
 def _integral(v: object) -> object:
     # JSON Schema counts 3.0 as an integer; strings and 3.5 stay errors (strict mode).
     if isinstance(v, float) and v.is_integer():
         return int(v)
+    return v
+
+
+def _only_bool(v: object) -> object:
+    # Literal[False] alone would take 0 (False == 0); JSON's false only.
+    if not isinstance(v, bool):
+        raise ValueError("Input should be a valid boolean")  # noqa: TRY004 - pydantic wants ValueError
     return v
 
 
@@ -45,13 +60,21 @@ class RetrievalOptions(_Strict):
 
 
 def _non_blank(v: str) -> str:
-    if not v.strip():
-        raise ValueError("must contain a non-whitespace character")
+    if not _PROMPT_RE.search(v):
+        raise ValueError("must contain a character that is not whitespace or a control character")
     return v
 
 
+_PROMPT_FIELD = Field(
+    min_length=1,
+    max_length=100_000,
+    description="Text prompt; needs one character that is not whitespace or a control character.",
+    json_schema_extra={"pattern": PROMPT_PATTERN},
+)
+
+
 class GenerateRequest(_Strict):
-    prompt: Annotated[str, Field(min_length=1, max_length=100_000, description="Text prompt.")]
+    prompt: Annotated[str, _PROMPT_FIELD]
     num_images: Annotated[int, Field(ge=1, le=MAX_IMAGES), _INT] = 1
     seed: Annotated[int, Field(ge=0, le=MAX_SEED), _INT] | None = Field(
         None,
@@ -96,24 +119,59 @@ class GenerateResponse(BaseModel):
     timings_ms: Timings
 
 
+_UNSUPPORTED = "Not supported by this server: omit it (or send null)."
+
+
 class OpenAIImagesRequest(BaseModel):
-    """OpenAI ``images.generate`` subset; other OpenAI fields (model, user, ...) are ignored."""
+    """OpenAI ``images.generate``: each documented parameter is honoured or refused (400,
+    OpenAI's error shape, naming the parameter); unknown parameters are refused too."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
-    prompt: Annotated[str, Field(min_length=1, max_length=100_000)]
-    n: Annotated[int, Field(ge=1, le=MAX_IMAGES), _INT] = 1
+    prompt: Annotated[str, _PROMPT_FIELD]
+    model: str | None = Field(None, description="Omit, or the served model's name.")
+    n: Annotated[int, Field(ge=1, le=MAX_IMAGES), _INT] | None = 1
     size: OpenAISize | None = Field(
-        None,
-        description="WIDTHxHEIGHT; the image is resized (Lanczos) from the model's "
-        "native size. null: native size.",
+        None, description="auto/null: the native size; a square WxH is resized (Lanczos)."
     )
-    response_format: Literal["b64_json"] = "b64_json"
+    response_format: Literal["b64_json"] | None = Field(
+        None, description="b64_json only (this server stores no images to link to)."
+    )
+    output_format: ImageFormat | None = None
+    output_compression: Annotated[int, Field(ge=0, le=100), _INT] | None = Field(
+        None,
+        description="JPEG/WebP quality 0..100 (default 90); for png the "
+        "zlib effort (100: fastest, 0: smallest; same pixels).",
+    )
+    quality: Literal["auto"] | None = Field(None, description="One-step model: auto only.")
+    background: Literal["auto", "opaque"] | None = Field(
+        None, description="Images are opaque; transparent is not supported."
+    )
+    moderation: Literal["low"] | None = Field(
+        None, description="This server filters nothing: only low (or omitted) is true."
+    )
+    user: Annotated[str, Field(max_length=256)] | None = Field(
+        None, description="End-user id; logged only as a hash."
+    )
+    safety_identifier: Annotated[str, Field(max_length=256)] | None = Field(
+        None, description="As user: logged only as a hash."
+    )
+    stream: Annotated[Literal[False], BeforeValidator(_only_bool)] | None = Field(
+        None, description="Streaming is not supported: false or omitted."
+    )
+    partial_images: Annotated[int, Field(ge=0, le=0), _INT] | None = Field(
+        None, description="Streaming is not supported: 0 or omitted."
+    )
+    style: None = Field(None, description=_UNSUPPORTED)
+    complexity: None = Field(None, description=_UNSUPPORTED)
+    frame_count: None = Field(None, description=_UNSUPPORTED)
+    frame_duration_ms: None = Field(None, description=_UNSUPPORTED)
+    svg: None = Field(None, description=_UNSUPPORTED)
 
     _prompt = field_validator("prompt")(_non_blank)
 
     def size_wh(self) -> tuple[int, int] | None:
-        if self.size is None:
+        if self.size is None or self.size == "auto":
             return None
         w, h = (int(x) for x in self.size.split("x"))
         return w, h
@@ -134,6 +192,14 @@ class ErrorDetail(BaseModel):
     code: str
 
 
+class OpenAIErrorDetail(ErrorDetail):
+    param: str | None
+
+
+class OpenAIErrorResponse(BaseModel):
+    error: OpenAIErrorDetail
+
+
 class ErrorResponse(BaseModel):
     error: ErrorDetail
 
@@ -142,4 +208,7 @@ class Health(BaseModel):
     status: str
     backend: str | None = None
     model: str | None = None
+    retrieval: Literal["ok", "degraded"] | None = Field(
+        None, description="degraded: images are generated without retrieval (see detail)."
+    )
     detail: str | None = None

@@ -80,8 +80,10 @@ class Settings(BaseSettings):
     # ------------------------------------------------------------------ batching
     max_batch: Annotated[int, Field(ge=1, le=256)] = 8
     """Most images in one pipeline call. 1 turns batching off."""
-    max_wait_ms: Annotated[float, Field(ge=0.0, le=10_000.0)] = 5.0
-    """How long the first request of a batch waits for company before the batch runs."""
+    max_wait_ms: Annotated[float, Field(ge=0.0, le=10_000.0)] = 0.0
+    """Extra time an idle model worker waits for company before it runs what is queued.
+    0 (default): an idle worker runs at once; batches form from what arrives while it is
+    busy, up to max_batch."""
     batch_buckets: Annotated[list[int], NoDecode] = Field(default_factory=list)
     """Comma-separated batch sizes an engine was built for (e.g. ``1,2,4,8``). A batch is
     padded with dummy work up to the next bucket. Empty: any size runs as is."""
@@ -93,6 +95,12 @@ class Settings(BaseSettings):
     """Per-request deadline from arrival; past it: 504, and the work is dropped if not started."""
     drain_timeout_s: Annotated[float, Field(ge=0.0, le=3600.0)] = 30.0
     """On SIGTERM: how long accepted requests may take to finish before the process exits."""
+    header_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 10.0
+    """Time a connection may take to send a complete request head (from connect or from
+    the end of the previous response); past it: 408 and close (slow clients)."""
+    body_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0
+    """Time a client may take to send the request body once its head is in; past it:
+    408 and close."""
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = 64 * 1024
     """Largest request body, enforced while reading (413 beyond)."""
     max_prompt_chars: Annotated[int, Field(ge=1, le=100_000)] = 1000

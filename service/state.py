@@ -1,5 +1,18 @@
 """The service's runtime state: engine lifecycle (starting -> ready | failed -> draining),
-the batcher, thread pools and in-flight accounting. Created in the app's lifespan."""
+the batcher, thread pools, in-flight accounting, and the retrieval status.
+
+Engine faults (issue 14.10): a batch that raises fails only its own requests (500); the
+batcher then awaits ``after_batch_error``, which runs a real forward pass on the model
+worker (as TGI's health check does). If that fails too the engine is broken: the service
+turns ``failed`` (``/readyz`` 503), ``/healthz`` answers 503 so the orchestrator restarts
+the process, and every waiting request gets 503.
+
+Retrieval status (issue 14.2): ``retrieval_status(ok, reason)`` is the push API for the
+code that owns the index (the engine/compose layer calls it when the index goes away or
+comes back); ``retrieval_probe`` is the pull variant, read by ``/readyz`` and
+``/metrics``. Either way ``/readyz`` stays 200 (generation works without retrieval) but
+says ``"retrieval": "degraded"`` with the reason, and ``ragturbo_retrieval_available`` is 0.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +20,20 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from service.batcher import Batcher
-from service.engine import EngineFactory, TextToImageLike
+from service.engine import EngineFactory, TextToImageLike, gen_request, retrieval_probe_for
+from service.errors import NotReady, ServiceError
 from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+RetrievalProbe = Callable[[], tuple[bool, "str | None"]]
 
 
 def _version() -> str:
@@ -39,6 +55,10 @@ class ServiceState:
     t2i: TextToImageLike | None = None
     batcher: Batcher | None = None
     inflight: int = 0
+    engine_broken: bool = False
+    retrieval_ok: bool | None = None  # None: not known (no index behind this engine)
+    retrieval_reason: str | None = None
+    retrieval_probe: RetrievalProbe | None = None
     gpu_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="ragturbo-gpu")
     )
@@ -56,6 +76,13 @@ class ServiceState:
     def start(self) -> None:
         self._init_task = asyncio.get_running_loop().create_task(self._init(), name="engine-init")
 
+    def _warm_up(self, t2i: TextToImageLike, n: int, mode: str = "adapter") -> None:
+        """Worker thread: one real generation of ``n`` images (raises if it fails)."""
+        reqs = [gen_request("warm-up", i, mode, 1) for i in range(n)]
+        results, _ = t2i.generate(reqs)
+        if len(results) != n:
+            raise RuntimeError(f"warm-up returned {len(results)} results for {n}")
+
     async def _init(self) -> None:
         """Build the engine on the worker thread (backends may be thread-affine), run a real
         warm-up generation, then open for traffic."""
@@ -64,14 +91,8 @@ class ServiceState:
         t0 = time.perf_counter()
         try:
             t2i = await loop.run_in_executor(self.gpu_pool, self.factory, s)
-            from service.engine import gen_request
-
-            sizes = sorted({1, s.bucket_for(s.max_batch)})
-            for n in sizes:
-                reqs = [gen_request("warm-up", i, "adapter", 1) for i in range(n)]
-                results, _ = await loop.run_in_executor(self.gpu_pool, t2i.generate, reqs)
-                if len(results) != n:
-                    raise RuntimeError(f"warm-up returned {len(results)} results for {n}")
+            for n in sorted({1, s.bucket_for(s.max_batch)}):
+                await loop.run_in_executor(self.gpu_pool, self._warm_up, t2i, n)
         except Exception as e:
             self.status = "failed"
             self.detail = f"backend {s.backend!r} failed to start"
@@ -79,6 +100,9 @@ class ServiceState:
             self.metrics.set_build_info(_version(), s.backend, f"failed:{type(e).__name__}")
             return
         self.t2i = t2i
+        if self.retrieval_probe is None:
+            self.retrieval_probe = retrieval_probe_for(t2i)
+        self.refresh_retrieval()
         self.metrics.set_build_info(_version(), t2i.backend_name, t2i.model_name)
         self.batcher = Batcher(
             t2i.generate,
@@ -88,6 +112,7 @@ class ServiceState:
             max_wait_ms=s.max_wait_ms,
             max_queue=s.max_queue,
             bucket_for=s.bucket_for,
+            on_error=self.after_batch_error,
         )
         self.batcher.start()
         if self.status == "starting":
@@ -105,6 +130,57 @@ class ServiceState:
             s.batch_buckets or "none",
         )
 
+    # ------------------------------------------------------------------ engine faults
+    async def after_batch_error(self, exc: BaseException) -> None:
+        """A batch raised: check the engine with a real forward pass before the next one."""
+        if self.t2i is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.gpu_pool, self._warm_up, self.t2i, 1, "off")
+        except Exception as e:
+            self.engine_broken = True
+            if self.status != "draining":
+                self.status = "failed"
+            self.detail = (
+                f"engine failed its health check after a batch error ({type(exc).__name__}, "
+                f"then {type(e).__name__})"
+            )
+            log.exception("engine health check failed: service NOT ready; restart needed")
+            if self.batcher is not None:
+                self.batcher.fail_pending(
+                    NotReady("the engine failed; this replica is not ready", code="failed"),
+                    "engine_failed",
+                )
+            return
+        log.warning(
+            "health check passed after a failed batch (%s): engine still serves",
+            type(exc).__name__,
+        )
+
+    # ------------------------------------------------------------------ retrieval status
+    def retrieval_status(self, ok: bool, reason: str | None = None) -> None:
+        """Push API: the index is usable (``ok``) or not (``reason`` says why)."""
+        if ok != self.retrieval_ok:
+            if ok:
+                log.info("retrieval available again")
+            else:
+                log.warning("retrieval degraded: %s", reason or "unknown reason")
+        self.retrieval_ok = ok
+        self.retrieval_reason = None if ok else (reason or "unknown reason")
+        self.metrics.retrieval_available.set(1 if ok else 0)
+
+    def refresh_retrieval(self) -> None:
+        """Pull the probe (cheap: it reads the index's connection state, no I/O)."""
+        if self.retrieval_probe is None:
+            return
+        try:
+            ok, reason = self.retrieval_probe()
+        except Exception as e:  # noqa: BLE001 - a probe bug must not break /readyz
+            ok, reason = False, f"retrieval probe failed: {type(e).__name__}: {e}"
+        self.retrieval_status(ok, reason)
+
+    # ------------------------------------------------------------------ drain
     @contextmanager
     def track(self) -> Iterator[None]:
         """Counts a request handler from entry to its response body: what a drain waits for."""
@@ -127,10 +203,18 @@ class ServiceState:
             await asyncio.sleep(0.01)
         return self.inflight == 0
 
+    def fail_pending(self, err: ServiceError) -> int:
+        """At the drain deadline: every request still waiting or running gets ``err``."""
+        if self.batcher is None:
+            return 0
+        return self.batcher.fail_pending(err, "drain_timeout")
+
     async def close(self) -> None:
+        """Lifespan shutdown. The drain (service.server) already waited; nothing waits
+        here again: whatever is still queued is answered 503 draining."""
         if self._init_task is not None and not self._init_task.done():
             self._init_task.cancel()
         if self.batcher is not None:
-            await self.batcher.stop(self.settings.drain_timeout_s)
+            await self.batcher.stop(0.0)
         self.gpu_pool.shutdown(wait=False, cancel_futures=True)
         self.encode_pool.shutdown(wait=False, cancel_futures=True)

@@ -98,7 +98,24 @@ def test_grace_period_covers_prestop_and_drain(rendered) -> None:
     c = _container(rendered["default"])
     drain = int(_env(c)["RAGTURBO_DRAIN_TIMEOUT_S"])
     pre = c["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pod["terminationGracePeriodSeconds"] >= pre + drain
+    # the service exits within DRAIN_TIMEOUT_S + 1 s of SIGTERM (tests/service/test_service_drain.py)
+    assert pod["terminationGracePeriodSeconds"] >= pre + drain + 1
+
+
+def test_grace_period_keeps_a_second_for_the_exit_even_without_margin() -> None:
+    import helm_python as helm
+
+    objs = rv.render({"config": {"drainTimeoutS": 20}, "lifecycle": {"shutdownMarginS": 0}})
+    pod = _one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 5 + 20 + 1
+    with pytest.raises(helm.HelmRenderError, match="killed mid-drain"):
+        rv.render(
+            {
+                "config": {"drainTimeoutS": 20},
+                "lifecycle": {"shutdownMarginS": 0},
+                "terminationGracePeriodSeconds": 25,
+            }
+        )
 
 
 def test_grace_period_below_drain_is_refused() -> None:

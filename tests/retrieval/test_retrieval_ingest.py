@@ -213,3 +213,48 @@ def test_rebuild_features_for_a_new_model(pipe, other_model_dir, ingested, db_co
         db2.close()
     with pytest.raises(FingerprintMismatchError):
         open_db_for_pipeline(db_config, pipe)
+
+
+def test_one_bad_row_never_aborts_an_ingest(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14.3: a lone surrogate in a caption and a malformed JSON line are rejects."""
+    root = tmp_path / "imgs"
+    rows = make_pairs(root, 2)
+    caps = tmp_path / "captions.jsonl"
+    lines = [json.dumps(r) for r in rows]
+    lines.insert(1, '{"file": "img0.png", "caption": "x \\ud800"}')  # valid JSON, bad text
+    lines.insert(2, '{"file": "img1.png", "caption": ')  # truncated line
+    lines.insert(3, '["not", "an", "object"]')
+    caps.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    got = read_captions(caps)
+    assert len(got) == 5
+    db = open_db_for_pipeline(DbConfig(db_path=tmp_path / "db"), pipe, create=True)
+    rej = tmp_path / "rejects.jsonl"
+    rep = ingest(pipe, db, root, got, rejects_path=rej, progress=False)
+    assert rep.added == 2 and db.count() == 2
+    reasons = sorted(r.reason for r in rep.rejects)
+    assert len(reasons) == 3
+    assert any(r.startswith("invalid caption: not valid Unicode") for r in reasons)
+    assert any(r.startswith("not valid JSON: line 3") for r in reasons)
+    assert any(r.startswith("not a JSON object: line 4") for r in reasons)
+    assert len(rej.read_text(encoding="utf-8").splitlines()) == 3
+    db.close()
+
+
+def test_files_outside_the_images_dir_are_rejected_unless_allowed(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14.4: "../outside.png", absolute paths and symlinks out are not read."""
+    root = tmp_path / "imgs"
+    rows = make_pairs(root, 1)
+    outside = make_pairs(tmp_path / "elsewhere", 3, start=50)
+    (root / "link.png").symlink_to(tmp_path / "elsewhere" / outside[2]["file"])
+    bad = [
+        {"file": f"../elsewhere/{outside[0]['file']}", "caption": outside[0]["caption"]},
+        {"file": str(tmp_path / "elsewhere" / outside[1]["file"]), "caption": "absolute"},
+        {"file": "link.png", "caption": "a symlink out"},
+    ]
+    db = open_db_for_pipeline(DbConfig(db_path=tmp_path / "db"), pipe, create=True)
+    rep = ingest(pipe, db, root, rows + bad, progress=False)
+    assert rep.added == 1 and db.count() == 1
+    assert len(rep.rejects) == 3 and all(r.reason.startswith("outside --images") for r in rep.rejects)
+    rep = ingest(pipe, db, root, rows + bad, progress=False, allow_outside=True)
+    assert rep.added == 3 and rep.already_present == 1 and db.count() == 4
+    db.close()

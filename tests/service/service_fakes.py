@@ -38,6 +38,8 @@ class FakeT2I:
     batch_s: float = 0.0
     retrieval_down: bool = False
     fail_on: str | None = None
+    break_on: str | None = None  # after this prompt every call raises (a dead GPU)
+    broken: bool = False
     model_name: str = "fake-model"
     backend_name: str = "torch"
     resolution: int = 16
@@ -47,6 +49,10 @@ class FakeT2I:
     def generate(self, reqs: Sequence[Any]) -> tuple[list[Any], dict[str, float]]:
         with self.lock:
             self.batches.append(len(reqs))
+        if self.break_on is not None and any(r.prompt == self.break_on for r in reqs):
+            self.broken = True
+        if self.broken:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
         t0 = time.perf_counter()
         if self.batch_s:
             time.sleep(self.batch_s)

@@ -88,13 +88,16 @@ true
 {{- end -}}
 {{- end -}}
 
-{{/* Grace period: preStop sleep + drain + margin; refuse a smaller explicit value. */}}
+{{/* Grace period: preStop sleep + drain + margin; refuse a smaller explicit value. The
+service exits within drainTimeoutS + 1 s of SIGTERM (one shutdown deadline), so the
+margin counts as at least 1 s. */}}
 {{- define "ragturbo.gracePeriod" -}}
-{{- $min := add .Values.lifecycle.preStopSleepS .Values.config.drainTimeoutS .Values.lifecycle.shutdownMarginS -}}
+{{- $margin := max 1 (int .Values.lifecycle.shutdownMarginS) -}}
+{{- $min := add .Values.lifecycle.preStopSleepS .Values.config.drainTimeoutS $margin -}}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds -}}
 {{- $min -}}
 {{- else if lt (int .Values.terminationGracePeriodSeconds) (int $min) -}}
-{{- fail (printf "terminationGracePeriodSeconds=%v is below preStopSleepS + drainTimeoutS + shutdownMarginS = %v: pods would be killed mid-drain" .Values.terminationGracePeriodSeconds $min) -}}
+{{- fail (printf "terminationGracePeriodSeconds=%v is below preStopSleepS + drainTimeoutS + max(1, shutdownMarginS) = %v: pods would be killed mid-drain" .Values.terminationGracePeriodSeconds $min) -}}
 {{- else -}}
 {{- .Values.terminationGracePeriodSeconds -}}
 {{- end -}}

@@ -1,0 +1,235 @@
+"""The HTTP routes (DESIGN.md, HTTP API) as an APIRouter built from the settings.
+
+Dependencies are ``Annotated``: ``State`` (the ServiceState of the app) and, only when
+API keys are configured, the key check — so the OpenAPI document, generated from these
+routes, declares the security schemes exactly where they apply (including /metrics with
+``METRICS_REQUIRE_KEY``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from service.accept import negotiate
+from service.admission import record, run_job
+from service.auth import State, require_key
+from service.encode import MEDIA_TYPES, encode_result, encode_result_b64
+from service.errors import (
+    BadRequest,
+    InvalidInput,
+    ModelNotFound,
+    NotReady,
+    OpenAIBadRequest,
+    ServiceError,
+)
+from service.schemas import (
+    ErrorResponse,
+    GenerateRequest,
+    GenerateResponse,
+    Health,
+    ImageOut,
+    NeighbourOut,
+    OpenAIErrorResponse,
+    OpenAIImage,
+    OpenAIImagesRequest,
+    OpenAIImagesResponse,
+    Timings,
+)
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_ERR = {"model": ErrorResponse}
+GEN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {**_ERR, "description": "Invalid JSON, or an image Accept with num_images > 1."},
+    401: {**_ERR, "description": "Missing or wrong API key (when keys are configured)."},
+    406: {**_ERR, "description": "Accept names no format this route can produce."},
+    408: {**_ERR, "description": "Request head or body not received in time."},
+    413: {**_ERR, "description": "Body too large."},
+    422: {**_ERR, "description": "A field is invalid; the message names it."},
+    429: {**_ERR, "description": "Queue full; see Retry-After."},
+    500: {**_ERR, "description": "The model failed on this request's batch (or a bug)."},
+    503: {**_ERR, "description": "Not ready, failed or draining."},
+    504: {**_ERR, "description": "Deadline passed."},
+}
+_OAI = {"model": OpenAIErrorResponse}
+OPENAI_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {**_OAI, "description": "A parameter is invalid or not supported; `param` names it."},
+    404: {**_OAI, "description": "`model` names a model this server does not serve."},
+    "4XX": {**_OAI, "description": "401 key, 408 slow client, 413 too large, 429 queue full."},
+    500: {**_OAI, "description": "The model failed on this request's batch (or a bug)."},
+    503: {**_OAI, "description": "Not ready, failed or draining."},
+    504: {**_OAI, "description": "Deadline passed."},
+}
+
+
+def _user_hash(body: OpenAIImagesRequest) -> str | None:
+    who = body.safety_identifier or body.user
+    return hashlib.sha256(who.encode()).hexdigest()[:16] if who else None
+
+
+def build_router(settings: Settings) -> APIRouter:
+    auth = [Depends(require_key)] if settings.api_keys else []
+    metrics_auth = auth if settings.metrics_require_key else []
+    router = APIRouter()
+
+    @router.post(
+        "/generate",
+        response_model=GenerateResponse,
+        dependencies=auth,
+        responses={
+            **GEN_RESPONSES,
+            200: {
+                "content": {m: {} for m in MEDIA_TYPES.values()},
+                "description": "JSON; or the image itself when Accept asks for an image "
+                "type (num_images 1).",
+            },
+        },
+    )
+    async def generate(body: GenerateRequest, request: Request, state: State) -> Any:
+        """Generate ``num_images`` images for ``prompt`` (batched with other requests)."""
+        with state.track():
+            explicit = "format" in body.model_fields_set
+            try:
+                out = negotiate(request.headers.get("accept"), body.format, explicit)
+            except ServiceError:
+                state.metrics.rejected.labels(reason="invalid").inc()
+                raise
+            if out != "json" and body.num_images != 1:
+                raise BadRequest(f"an image Accept needs num_images 1, got {body.num_images}")
+            adm = await run_job(request, state, body, body.format if out == "json" else out)
+            res = adm.result
+            loop = asyncio.get_running_loop()
+            t0 = time.perf_counter()
+            if out != "json":
+                data = await loop.run_in_executor(
+                    state.encode_pool, encode_result, res.results[0], out
+                )
+                record(state, res, time.perf_counter() - t0)
+                return Response(
+                    data, media_type=MEDIA_TYPES[out], headers={"X-Seed": str(adm.seeds[0])}
+                )
+            b64s = await asyncio.gather(
+                *(
+                    loop.run_in_executor(state.encode_pool, encode_result_b64, r, body.format)
+                    for r in res.results
+                )
+            )
+            encode_s = time.perf_counter() - t0
+            record(state, res, encode_s)
+            first = res.results[0]
+            t = res.timings_ms
+            assert state.t2i is not None
+            return GenerateResponse(
+                id=f"gen-{uuid.uuid4().hex}",
+                created=int(time.time()),
+                model=state.t2i.model_name,
+                images=[
+                    ImageOut(b64=b, seed=r.seed, format=body.format)
+                    for b, r in zip(b64s, res.results)
+                ],
+                retrieved=[
+                    NeighbourOut(id=str(nb.id), caption=nb.caption, score=float(nb.score))
+                    for nb in first.retrieved
+                ],
+                retrieval_status=first.retrieval_status,
+                timings_ms=Timings(
+                    queue=res.queue_s * 1000,
+                    text=t.get("text", 0.0),
+                    retrieval=t.get("retrieval", 0.0),
+                    unet=t.get("unet", 0.0),
+                    vae=t.get("vae", 0.0),
+                    encode=encode_s * 1000,
+                    total=(time.monotonic() - adm.arrival) * 1000,
+                ),
+            )
+
+    @router.post(
+        "/v1/images/generations",
+        response_model=OpenAIImagesResponse,
+        dependencies=auth,
+        responses=OPENAI_RESPONSES,
+    )
+    async def openai_images(body: OpenAIImagesRequest, request: Request, state: State) -> Any:
+        """OpenAI ``images.generate``: prompt, n, size (auto or square), response_format
+        b64_json, output_format, output_compression; retrieval runs with the defaults
+        (adapter, k=1), seeds are random. Other parameters: see the schema."""
+        with state.track():
+            model = state.t2i.model_name if state.t2i is not None else None
+            if body.model is not None and model is not None and body.model != model:
+                raise ModelNotFound(
+                    f"The model '{body.model}' does not exist on this server; it serves "
+                    f"'{model}' (or omit model).",
+                    param="model",
+                )
+            fmt = body.output_format or "png"
+            user = _user_hash(body)
+            if user is not None:
+                log.info("openai request", extra={"user_hash": user, "n": body.n or 1})
+            spec = GenerateRequest(prompt=body.prompt, num_images=body.n or 1, format=fmt)
+            try:
+                adm = await run_job(request, state, spec)
+            except InvalidInput as e:
+                raise OpenAIBadRequest(e.message, param=e.param) from e
+            loop = asyncio.get_running_loop()
+            t0 = time.perf_counter()
+            size, quality = body.size_wh(), body.output_compression
+            b64s = await asyncio.gather(
+                *(
+                    loop.run_in_executor(state.encode_pool, encode_result_b64, r, fmt, size, quality)
+                    for r in adm.result.results
+                )
+            )
+            record(state, adm.result, time.perf_counter() - t0)
+            return OpenAIImagesResponse(
+                created=int(time.time()), data=[OpenAIImage(b64_json=b) for b in b64s]
+            )
+
+    @router.get("/healthz", response_model=Health, responses={503: _ERR})
+    async def healthz(state: State) -> Health:
+        """Liveness: the process serves HTTP; 503 once the engine failed its health check
+        after a batch error (a restart is the fix)."""
+        if state.engine_broken:
+            raise NotReady(state.detail, code="engine_broken")
+        return Health(status="ok")
+
+    @router.get("/readyz", response_model=Health, responses={503: _ERR})
+    async def readyz(state: State) -> Any:
+        """200 only after a real warm-up generation; 503 while starting, failed or draining.
+        Retrieval down keeps it 200 with ``retrieval: degraded`` and the reason."""
+        if not state.ready or state.t2i is None:
+            raise NotReady(
+                f"service is {state.status}" + (f": {state.detail}" if state.detail else ""),
+                code=state.status,
+            )
+        state.refresh_retrieval()
+        degraded = state.retrieval_ok is False
+        return Health(
+            status="degraded" if degraded else "ready",
+            backend=state.t2i.backend_name,
+            model=state.t2i.model_name,
+            retrieval=None if state.retrieval_ok is None else "degraded" if degraded else "ok",
+            detail=state.retrieval_reason if degraded else None,
+        )
+
+    @router.get(
+        "/metrics",
+        response_class=Response,
+        responses={401: _ERR, 200: {"content": {"text/plain": {}}}},
+        dependencies=metrics_auth,
+    )
+    async def metrics_route(state: State) -> Response:
+        """Prometheus text format."""
+        state.refresh_retrieval()
+        m = state.metrics
+        return Response(m.render(), media_type=m.content_type)
+
+    return router
