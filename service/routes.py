@@ -217,7 +217,7 @@ def build_router(settings: Settings) -> APIRouter:
             backend=state.t2i.backend_name,
             model=state.t2i.model_name,
             retrieval=None if state.retrieval_ok is None else "degraded" if degraded else "ok",
-            detail=state.retrieval_reason if degraded else None,
+            detail=state.retrieval_reason,  # degraded: why; ok: where the search runs
         )
 
     @router.get(

@@ -167,7 +167,8 @@ class ServiceState:
             else:
                 log.warning("retrieval degraded: %s", reason or "unknown reason")
         self.retrieval_ok = ok
-        self.retrieval_reason = None if ok else (reason or "unknown reason")
+        # ok: where the search runs (e.g. "inside the fast graph over N pairs (synthetic)")
+        self.retrieval_reason = reason if ok else (reason or "unknown reason")
         self.metrics.retrieval_available.set(1 if ok else 0)
 
     def refresh_retrieval(self) -> None:

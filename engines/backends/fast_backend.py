@@ -258,6 +258,8 @@ class FastBackend(SearchingBackend):
 
     def _split(self, bb: int, kb: int, graph_ms: float) -> dict[str, float]:
         sm = self.runner.stage_ms(bb, "search", kb)
+        if not sm:  # eager (CPU): one bucket was profiled; its shares stand for all
+            sm = next((b.stage_ms for b in self.runner.buckets.values() if b.stage_ms), {})
         tot = sum(sm.get(s, 0.0) for s in STAGES)
         if tot <= 0:
             return {"text": 0.0, "retrieval": 0.0, "unet": graph_ms, "vae": 0.0}
@@ -412,6 +414,13 @@ class FastBackend(SearchingBackend):
         if variants is None:
             variants = ("search",) if self.runner.index is not None else ("text", "given")
         t0 = time.perf_counter()
+        if not self.runner.use_graphs:
+            # Eager (CPU): nothing to compile or capture; profile one bucket for the stage
+            # shares of timings_ms.
+            if "search" in variants and self.runner.index is not None:
+                self.runner.prepare(self.buckets[0], "search", stages=True, k=self.k_buckets[0])
+            self._warm.update(variants)
+            return time.perf_counter() - t0
         for v in variants:
             for bb in self.buckets:
                 for kb in (self.k_buckets if v in ("search", "given") else (0,)):
