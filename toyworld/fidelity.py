@@ -216,10 +216,12 @@ def packer(dest: str | Path) -> Any:
     out.mkdir(parents=True, exist_ok=True)
 
     def hook(stage: str, work: Path) -> None:
+        shared = ("vae", "text_encoder", "tokenizer")  # identical to model/'s: not repeated
         for d in _PACK.get(stage, ()):
             if (work / d).is_dir():
                 with tarfile.open(out / f"{d}.tar", "w") as tar:
-                    tar.add(work / d, arcname=d)
+                    tar.add(work / d, arcname=d, filter=lambda ti: None if d != "model" and any(
+                        ti.name.startswith(f"{d}/{x}") for x in shared) else ti)
         with tarfile.open(out / "results.tar", "w") as tar:
             for f in sorted(work.glob("*.json")) + sorted(work.glob("*.md")) + sorted(work.glob("*/done.json")):
                 tar.add(f, arcname=str(f.relative_to(work)))
@@ -267,3 +269,37 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def ship(work: str | Path, variant: str = "adapter", model_dest: Path | None = None,
+         eval_dest: Path | None = None) -> dict[str, Any]:
+    """Ship ``<work>/<variant>_model`` (``model`` for the student) as ``toyworld/assets/model``
+    and what the evaluation needs as ``toyworld/assets/eval``: one fp16 safetensors file of
+    decoder + adapter weights per other variant and the teacher UNet (when the work dir has it)."""
+    from engines.pipeline import OneStepPipeline
+    from toyworld.fideval import ASSETS, VARIANTS, save_variant
+
+    w = Path(work)
+    model_dest = model_dest or ASSETS / "model"
+    eval_dest = eval_dest or ASSETS / "eval"
+    src = w / ("model" if variant == "student" else f"{variant}_model")
+    if not src.is_dir():
+        raise FileNotFoundError(f"no {src} to ship")
+    shutil.rmtree(model_dest, ignore_errors=True)
+    shutil.copytree(src, model_dest, ignore=shutil.ignore_patterns(".fingerprint-cache.json"))
+    meta = json.loads((model_dest / "ragturbo.json").read_text())
+    (model_dest / "ragturbo.json").write_text(json.dumps({**meta, "variant": variant}, indent=2))
+    (model_dest / ".gitignore").write_text(".fingerprint-cache.json\n")
+    shutil.rmtree(eval_dest, ignore_errors=True)
+    eval_dest.mkdir(parents=True)
+    shipped: list[str] = []
+    for v in VARIANTS:
+        d = w / ("model" if v == "student" else f"{v}_model")
+        if v == variant or not d.is_dir():
+            continue
+        save_variant(OneStepPipeline.from_pretrained(d), eval_dest / f"{v}.safetensors")
+        shipped.append(v)
+    if (w / "teacher" / "unet").is_dir():
+        shutil.copytree(w / "teacher" / "unet", eval_dest / "teacher_unet")
+        shipped.append("teacher")
+    return {"model": str(model_dest), "variant": variant, "eval": shipped}
