@@ -219,9 +219,10 @@ def packer(dest: str | Path) -> Any:
         shared = ("vae", "text_encoder", "tokenizer")  # identical to model/'s: not repeated
         for d in _PACK.get(stage, ()):
             if (work / d).is_dir():
+                skip = () if d == "model" else tuple(f"{d}/{x}" for x in shared)
                 with tarfile.open(out / f"{d}.tar", "w") as tar:
-                    tar.add(work / d, arcname=d, filter=lambda ti: None if d != "model" and any(
-                        ti.name.startswith(f"{d}/{x}") for x in shared) else ti)
+                    tar.add(work / d, arcname=d,
+                            filter=lambda ti, skip=skip: None if skip and ti.name.startswith(skip) else ti)
         with tarfile.open(out / "results.tar", "w") as tar:
             for f in sorted(work.glob("*.json")) + sorted(work.glob("*.md")) + sorted(work.glob("*/done.json")):
                 tar.add(f, arcname=str(f.relative_to(work)))

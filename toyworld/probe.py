@@ -137,8 +137,8 @@ def probe(
 
 
 def format_probe(res: dict[str, Any]) -> str:
-    lines = [f"model {res['model']} ({res['n_prompts']} prompts x {res['seeds_per_prompt']} seeds); "
-             f"up blocks {res['layout']['up']}",
+    lines = [(f"model {res['model']} ({res['n_prompts']} prompts x {res['seeds_per_prompt']} seeds); "
+              f"up blocks {res['layout']['up']}"),
              "| row | score vs own prompt | score vs other prompt |", "|---|---|---|"]
     for m, r in res["modes"].items():
         lines.append(f"| {m} | {100 * r['vs_own']:.1f} | {100 * r['vs_other']:.1f} |")

@@ -145,7 +145,7 @@ def test_arms_train_side_by_side_and_the_control_stays_retrieval_free(dirs: dict
     # the encoder (retrieval features) is untouched in every arm
     for a in arms.values():
         for (k, v), (_, w) in zip(a.unet.unet.state_dict().items(), pipe.unet.unet.state_dict().items(), strict=True):
-            if k.startswith("down_blocks.") or k.startswith("mid_block."):
+            if k.startswith(("down_blocks.", "mid_block.")):
                 assert torch.equal(v, w), k
 
 
