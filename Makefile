@@ -9,7 +9,7 @@ PORT ?= 8000
 ONNX_DIR ?= out/onnx
 TRT_DIR ?= out/trt
 
-.PHONY: setup run test onnx trt bench load docker helm toyworld lint clean
+.PHONY: setup run test onnx trt bench load docker helm toyworld toyworld-fidelity toyworld-eval lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -64,7 +64,18 @@ load: $(STAMP)
 	@$(BIN)/python -c "import locust" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[load]'
 	$(BIN)/python loadtests/run.py --out $(LOAD_OUT) $(if $(LOAD_URL),--url $(LOAD_URL),)
 
-# --- toy world: retrain the whole model family from scratch on one GPU (docs/toyworld-models.md) ---
+# --- toy world: issue 13's family (mid-block UNet, arms, eval, probe) on one GPU, then ship it ---
+toyworld-fidelity: $(STAMP)
+	PY=$(BIN)/python OUT=out/fidelity WORK=out/fidelity/work ./toyworld/gpu_fidelity.sh
+	$(BIN)/ragturbo toyworld ship --work out/fidelity/work --variant adapter
+
+# --- the shipped models' fidelity table (no work dir needed) ---
+toyworld-eval: $(STAMP)
+	mkdir -p out
+	$(BIN)/ragturbo toyworld eval-prompts --out out/eval_prompts.txt
+	$(BIN)/ragturbo toyworld eval --prompts out/eval_prompts.txt --json > out/toyworld-eval.json
+
+# --- toy world: retrain the first model family from scratch on one GPU (docs/toyworld-models.md) ---
 toyworld: $(STAMP)
 	$(BIN)/ragturbo toyworld train --work out/toyworld --ship toyworld/assets/model
 	$(BIN)/ragturbo toyworld eval-prompts --out out/toyworld/eval_prompts.txt

@@ -1,4 +1,4 @@
-"""``ragturbo toyworld train | eval | retrieval-data``: the model-family recipe and its evaluation.
+"""``ragturbo toyworld train | eval | probe | ship | eval-prompts | retrieval-data | embedded-db``: the model-family recipe and its evaluation.
 
 ``register(app, bench)`` adds the commands to ``toyworld.cli.toyworld_app`` (the
 sub-app itself is registered by ``toyworld.cli``). Heavy imports happen inside.
@@ -46,20 +46,71 @@ def train_cmd(
 
 def eval_cmd(
     prompts: Annotated[Path, typer.Option("--prompts", help="One prompt per line (the eval split's held-out prompts).")],
-    work: Annotated[Path, typer.Option("--work", help="Work dir with model/, adapter_model/, control_model/, teacher/unet.")] = Path("out/toyworld"),
+    work: Annotated[Path | None, typer.Option("--work", help="Work dir of a recipe run; default: the shipped models (toyworld/assets).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
-    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per prompt.")] = 2,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per prompt.")] = 4,
     n_retrieval: Annotated[int, typer.Option("--n-retrieval", min=1, help="Retrieval-split size.")] = 10000,
+    modes: Annotated[str, typer.Option("--modes", help="Comma list of modes (default: every one the models allow).")] = "",
     device: Annotated[str, typer.Option("--device")] = "auto",
 ) -> None:
-    """Fidelity of teacher / student / inject / adapter / control on PROMPTS (checker scores)."""
-    from toyworld.eval import EvalModels, evaluate, format_table
+    """Fidelity of every mode (teacher, student, inject, adapter, control, shuffled, oracle, ...) on
+    PROMPTS, with common / seen-rare / held-out-rare splits and paired bootstrap intervals."""
+    from toyworld.models.common import pick_device
 
     if not prompts.is_file():
         raise typer.BadParameter(f"--prompts {prompts} does not exist")
     lines = [ln.strip() for ln in prompts.read_text().splitlines() if ln.strip()]
-    res = evaluate(lines, EvalModels.from_workdir(work), None, seeds, device, n_retrieval)
-    typer.echo(json.dumps(res, indent=2) if as_json else format_table(res))
+    if work is not None and not (work / "arms" / "done.json").is_file():
+        # a work dir of the first recipe (toyworld.recipes: model/, adapter_model/, control_model/)
+        from toyworld.eval import EvalModels, evaluate, format_table
+
+        res = evaluate(lines, EvalModels.from_workdir(work), None, seeds, device, n_retrieval)
+        typer.echo(json.dumps(res, indent=2) if as_json else format_table(res))
+        return
+    from toyworld.fideval import Suite
+    from toyworld.fideval import evaluate as fid_evaluate
+    from toyworld.fideval import format_table as fid_table
+
+    dev = pick_device(device)
+    suite = Suite.from_workdir(work, dev) if work is not None else Suite.from_shipped(dev)
+    want = tuple(m for m in modes.split(",") if m) or None
+    res = fid_evaluate(lines, suite, seeds, n_retrieval, modes=want)
+    typer.echo(json.dumps(res, indent=2) if as_json else fid_table(res))
+
+
+def probe_cmd(
+    model: Annotated[Path | None, typer.Option("--model", help="One-step model dir (default: the shipped one).")] = None,
+    n: Annotated[int, typer.Option("--n", min=2, help="Held-out eval prompts (half common, half long-tail).")] = 200,
+    seeds: Annotated[int, typer.Option("--seeds", min=1)] = 1,
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="A model dir with a trained H-adapter (adds adapter_oracle / adapter_leak rows).")] = None,
+    teacher_unet: Annotated[Path | None, typer.Option("--teacher-unet", help="Teacher UNet dir (for adapter_leak).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+    device: Annotated[str, typer.Option("--device")] = "auto",
+) -> None:
+    """Swap probe: does H-space carry content? (swap H / skips / decoder text with another
+    prompt's, oracle H of a clean render, and the adapter given a perfect or leaked neighbour)."""
+    from toyworld.fideval import ASSETS
+    from toyworld.models.data import eval_prompts
+    from toyworld.probe import format_probe, probe
+
+    model = model or ASSETS / "model"
+    if adapter is None and json.loads((model / "ragturbo.json").read_text()).get("variant") == "adapter":
+        adapter = model
+    if teacher_unet is None and (ASSETS / "eval" / "teacher_unet").is_dir() and model == ASSETS / "model":
+        teacher_unet = ASSETS / "eval" / "teacher_unet"
+    p, _ = eval_prompts(n // 2, n - n // 2)
+    res = probe(model, p, seeds, adapter, teacher_unet, device)
+    typer.echo(json.dumps(res, indent=2) if as_json else format_probe(res))
+
+
+def ship_cmd(
+    work: Annotated[Path, typer.Option("--work", help="Work dir of a toyworld.fidelity run.")],
+    variant: Annotated[str, typer.Option("--variant", help="student, adapter, control, shuffled or leak.")] = "adapter",
+) -> None:
+    """Ship a variant as toyworld/assets/model and the others (+ teacher) as toyworld/assets/eval."""
+    from toyworld.fidelity import ship
+
+    typer.echo(json.dumps(ship(work, variant)))
 
 
 def prompts_cmd(
@@ -109,6 +160,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     toyworld_app.command("train")(train_cmd)
     toyworld_app.command("eval")(eval_cmd)
+    toyworld_app.command("probe")(probe_cmd)
+    toyworld_app.command("ship")(ship_cmd)
     toyworld_app.command("eval-prompts")(prompts_cmd)
     toyworld_app.command("retrieval-data")(retrieval_data_cmd)
     toyworld_app.command("embedded-db")(embedded_db_cmd)

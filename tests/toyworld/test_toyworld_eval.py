@@ -63,7 +63,8 @@ def test_cli_eval_writes_json(models, tmp_path: Path, monkeypatch: pytest.Monkey
     f = tmp_path / "prompts.txt"
     f.write_text("a green square\n")
     _register_all()
-    out = CliRunner().invoke(app, ["toyworld", "eval", "--prompts", str(f), "--json", "--device", "cpu"])
+    # a work dir of the first recipe (no arms/done.json) goes through toyworld.eval
+    out = CliRunner().invoke(app, ["toyworld", "eval", "--prompts", str(f), "--work", str(tmp_path), "--json", "--device", "cpu"])
     assert out.exit_code == 0, out.output
     js = json.loads(out.output[out.output.index("{"):])
     assert js["n_prompts"] == 1 and "student" in js["modes"]

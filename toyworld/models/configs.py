@@ -28,6 +28,9 @@ SCHEDULER: dict[str, Any] = {
 }
 
 
+UNET_LAYOUTS = ("xattn", "sd", "mid")
+
+
 @dataclass
 class StageRun:
     """Optimisation settings of one stage."""
@@ -69,6 +72,14 @@ class FamilyConfig:
     kl_weight: float = 1e-6
     adv_weight: float = 0.05
     seed: int = 0
+    unet_layout: str = "xattn"
+    """Where text enters the UNet (``UNET_LAYOUTS``): ``xattn`` cross-attention in every
+    down/up block (the first family; H-space has no leverage there, issue 13); ``sd`` as
+    SD 2.1: plain DownBlock2D/UpBlock2D at the lowest (H) resolution, cross-attention
+    elsewhere and in the mid block; ``mid`` text only in the mid block, so H-space (the
+    mid-block output) is the decoder's only path to the caption."""
+    mid_layers: int = 1
+    """Transformer layers of the mid block's cross-attention (``mid`` layout: 2)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,18 +122,31 @@ class FamilyConfig:
 
     def unet_kwargs(self) -> dict[str, Any]:
         n = len(self.unet_channels)
-        return {
+        if self.unet_layout not in UNET_LAYOUTS:
+            raise ValueError(f"unknown unet_layout {self.unet_layout!r}; choose one of {UNET_LAYOUTS}")
+        if self.unet_layout == "xattn":
+            down, up = ["CrossAttnDownBlock2D"] * n, ["CrossAttnUpBlock2D"] * n
+        elif self.unet_layout == "sd":
+            down = ["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"]
+            up = ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1)
+        else:
+            down, up = ["DownBlock2D"] * n, ["UpBlock2D"] * n
+        kw: dict[str, Any] = {
             "sample_size": self.latent_size,
             "in_channels": 4,
             "out_channels": 4,
             "layers_per_block": 1,
             "block_out_channels": list(self.unet_channels),
-            "down_block_types": ["CrossAttnDownBlock2D"] * n,
-            "up_block_types": ["CrossAttnUpBlock2D"] * n,
+            "down_block_types": down,
+            "up_block_types": up,
             "attention_head_dim": self.unet_heads,
             "cross_attention_dim": self.text_hidden,
             "norm_num_groups": self.unet_groups,
         }
+        if self.mid_layers != 1:
+            # the mid block takes the last entry; blocks without attention ignore theirs
+            kw["transformer_layers_per_block"] = [1] * (n - 1) + [self.mid_layers]
+        return kw
 
     def adapter_kwargs(self) -> dict[str, Any]:
         return {"channels": self.unet_channels[-1], "num_heads": self.adapter_heads, "ff_mult": 2}
@@ -183,9 +207,34 @@ def tiny() -> FamilyConfig:
     )
 
 
+def full_mid() -> FamilyConfig:
+    """Issue 13's family: text only in the mid block (H-space carries the caption), the
+    first family's VAE and text encoder; stage runs sized for one ~9-minute GPU call."""
+    return replace(
+        full(), name="toyworld-mid", unet_layout="mid", mid_layers=2,
+        teacher=StageRun(steps=200000, batch_size=256, lr=3e-4),
+        # the stages stop at their time limits (one GPU call); a short student run keeps
+        # the EMA light (0.8) so it is not anchored to its teacher initialisation
+        student=StageRun(steps=800, batch_size=256, lr=5e-5),
+        adapter=StageRun(steps=100000, batch_size=256, lr=3e-4, log_every=50),
+        n_distill=16000,
+        extra={"n_adapter": 16000, "lr_decoder": 3e-5, "teacher_ema": 0.995},
+    )
+
+
+def full_sd() -> FamilyConfig:
+    """SD-2.1-like placement of cross-attention (none at the H resolution), for the probe."""
+    return replace(full_mid(), name="toyworld-sd", unet_layout="sd", mid_layers=1)
+
+
+def tiny_mid() -> FamilyConfig:
+    return replace(tiny(), name="toyworld-tiny-mid", unet_layout="mid", mid_layers=2)
+
+
 def get_family(name: str, **overrides: Any) -> FamilyConfig:
-    """``full`` or ``tiny``, with optional field overrides; raises naming the choices."""
-    makers = {"full": full, "tiny": tiny}
+    """``full``, ``full-mid``, ``full-sd``, ``tiny`` or ``tiny-mid``, with optional field
+    overrides; raises naming the choices."""
+    makers = {"full": full, "full-mid": full_mid, "full-sd": full_sd, "tiny": tiny, "tiny-mid": tiny_mid}
     if name not in makers:
         raise ValueError(f"unknown family {name!r}; choose one of {sorted(makers)}")
     cfg = makers[name]()

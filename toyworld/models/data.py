@@ -42,12 +42,29 @@ RARE_PAIRS: frozenset[tuple[str, str]] = frozenset(
 )
 """(colour, shape) combinations that are rare in training and present in retrieval."""
 RARE_KEEP = 0.03
-SPLIT_SEEDS = {"train": 1001, "retrieval": 2002, "eval": 3003}
+SPLIT_SEEDS = {"train": 1001, "retrieval": 2002, "eval": 3003, "natural": 4004, "adapter": 5005}
+
+HELD_OUT_RARE: frozenset[tuple[str, str]] = frozenset(
+    {("red", "triangle"), ("yellow", "circle"), ("purple", "square"), ("cyan", "cross")}
+)
+"""Four of the eight rare pairs that no adapter-training prompt names (issue 13): they are
+only in the retrieval split and the eval prompts, so only retrieval can bring them in."""
+SEEN_RARE: frozenset[tuple[str, str]] = RARE_PAIRS - HELD_OUT_RARE
 
 
 def is_long_tail(spec: SceneSpec) -> bool:
     """True when the spec names a rare (colour, shape) pair."""
     return any(p in RARE_PAIRS for p in spec.colour_shape_pairs())
+
+
+def rare_group(spec: SceneSpec) -> str:
+    """``held_out_rare`` (names a pair of HELD_OUT_RARE), ``seen_rare`` (another rare pair) or ``common``."""
+    pairs = set(spec.colour_shape_pairs())
+    if pairs & HELD_OUT_RARE:
+        return "held_out_rare"
+    if pairs & SEEN_RARE:
+        return "seen_rare"
+    return "common"
 
 
 @dataclass
@@ -81,6 +98,27 @@ def _retrieval_item(i: int) -> tuple[np.ndarray, str, SceneSpec]:
     return render(scene), cap, said
 
 
+def _natural_item(i: int) -> tuple[np.ndarray, str, SceneSpec]:
+    """The unskewed world (every pair at its natural rate): the issue-13 teacher's data."""
+    rng = np.random.default_rng([SPLIT_SEEDS["natural"], i])
+    scene: Scene = sample_scene(rng)
+    cap, said = describe(scene.spec, rng, held_out=False)
+    return render(scene), cap, said
+
+
+def _adapter_item(i: int) -> tuple[np.ndarray, str, SceneSpec]:
+    """Adapter-training prompts: the natural rate, minus every scene naming a HELD_OUT_RARE pair."""
+    rng = np.random.default_rng([SPLIT_SEEDS["adapter"], i])
+    while True:
+        scene = sample_scene(rng)
+        if not set(scene.spec.colour_shape_pairs()) & HELD_OUT_RARE:
+            break
+    cap, said = describe(scene.spec, rng, held_out=False)
+    if set(said.colour_shape_pairs()) & HELD_OUT_RARE:  # pragma: no cover - stated ⊆ scene
+        raise AssertionError(f"adapter caption {cap!r} names a held-out pair")
+    return render(scene), cap, said
+
+
 def _eval_item(i: int) -> tuple[None, str, SceneSpec]:
     """Even i: a common prompt; odd i: a long-tail prompt. Held-out phrasing."""
     rng = np.random.default_rng([SPLIT_SEEDS["eval"], i])
@@ -93,7 +131,8 @@ def _eval_item(i: int) -> tuple[None, str, SceneSpec]:
     return None, cap, said
 
 
-_MAKERS = {"train": _train_item, "retrieval": _retrieval_item, "eval": _eval_item}
+_MAKERS = {"train": _train_item, "retrieval": _retrieval_item, "eval": _eval_item,
+           "natural": _natural_item, "adapter": _adapter_item}
 
 
 def _chunk(args: tuple[str, int, int]) -> list[tuple[np.ndarray | None, str, SceneSpec]]:

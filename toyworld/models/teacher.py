@@ -41,7 +41,7 @@ def train_teacher(
     torch.manual_seed(cfg.seed + 2)
     unet = init if init is not None else UNet2DConditionModel(**cfg.unet_kwargs())
     unet = unet.to(device).train()
-    ema = EMA(unet, 0.999 if cfg.teacher.steps >= 2000 else 0.9)
+    ema = EMA(unet, float(cfg.extra.get("teacher_ema", 0.999 if cfg.teacher.steps >= 2000 else 0.9)))
     run = cfg.teacher
     opt = torch.optim.AdamW(unet.parameters(), lr=run.lr, weight_decay=0.0)
     sched = cosine_schedule(opt, run.steps, time_limit_s, 200, floor=0.1)

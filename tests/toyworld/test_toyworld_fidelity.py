@@ -1,0 +1,232 @@
+"""Issue 13 at micro size on CPU: the data that gives retrieval a job, the UNet layouts, the
+side-by-side arms, the swap probe, variant files and the fidelity evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from toyworld.models.configs import get_family
+
+
+# ---------------------------------------------------------------- data
+def test_adapter_split_never_names_a_held_out_rare_pair() -> None:
+    from toyworld.models.data import HELD_OUT_RARE, SEEN_RARE, make_split, rare_group
+
+    sp = make_split("adapter", 600, workers=1)
+    assert not any(set(s.colour_shape_pairs()) & HELD_OUT_RARE for s in sp.specs)
+    # the seen rare pairs are at their natural rate, unlike the skewed train split
+    seen = sum(rare_group(s) == "seen_rare" for s in sp.specs)
+    train = make_split("train", 600, workers=1)
+    assert seen > 3 * max(1, int(train.long_tail.sum()))
+    assert len(HELD_OUT_RARE) == 4 and len(SEEN_RARE) == 4
+
+
+def test_eval_prompts_cover_every_group() -> None:
+    from toyworld.models.data import eval_prompts, rare_group
+    from toyworld.parse import parse
+
+    p, _ = eval_prompts(20, 40)
+    groups = {rare_group(parse(x)) for x in p}
+    assert groups == {"common", "seen_rare", "held_out_rare"}
+
+
+def test_natural_split_has_rare_pairs_at_the_natural_rate() -> None:
+    from toyworld.models.data import make_split
+
+    nat = make_split("natural", 400, workers=1)
+    assert nat.long_tail.mean() > 0.15  # 8 of 40 (colour, shape) pairs per object
+
+
+# ---------------------------------------------------------------- layouts
+def _blocks(kind: str) -> tuple[list[bool], bool, list[bool]]:
+    from diffusers import UNet2DConditionModel
+
+    u = UNet2DConditionModel(**get_family("tiny", unet_layout=kind).unet_kwargs())
+    down = [getattr(b, "has_cross_attention", False) for b in u.down_blocks]
+    up = [getattr(b, "has_cross_attention", False) for b in u.up_blocks]
+    return down, bool(getattr(u.mid_block, "has_cross_attention", False)), up
+
+
+def test_unet_layouts_place_cross_attention_as_documented() -> None:
+    assert _blocks("xattn") == ([True] * 3, True, [True] * 3)
+    assert _blocks("sd") == ([True, True, False], True, [False, True, True])  # none at the H level
+    assert _blocks("mid") == ([False] * 3, True, [False] * 3)  # text only reaches H
+    with pytest.raises(ValueError, match="unet_layout"):
+        get_family("tiny", unet_layout="nope").unet_kwargs()
+
+
+# ---------------------------------------------------------------- micro model dirs
+def _model_dir(root: Path, layout: str) -> Path:
+    """A random-weight model dir of the tiny family with the given UNet layout."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from toyworld.models.common import build_tokenizer
+    from toyworld.recipes import export_model_dir
+
+    cfg = get_family("tiny", unet_layout=layout, mid_layers=2 if layout == "mid" else 1)
+    work = root / f"w-{layout}"
+    torch.manual_seed(0)
+    tok = build_tokenizer(work / "text" / "tokenizer")
+    te = CLIPTextModel(CLIPTextConfig(**cfg.text_kwargs(len(tok), tok.bos_token_id, tok.eos_token_id)))
+    te.save_pretrained(str(work / "text" / "text_encoder"))
+    AutoencoderKL(**cfg.vae_kwargs()).save_pretrained(str(work / "vae"))
+    UNet2DConditionModel(**cfg.unet_kwargs()).save_pretrained(str(work / "student" / "unet"))
+    out = export_model_dir(work, root / f"model-{layout}", cfg)
+    meta = json.loads((out / "ragturbo.json").read_text())
+    (out / "ragturbo.json").write_text(json.dumps({**meta, "variant": "student"}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("fid")
+    return {k: _model_dir(root, k) for k in ("mid", "xattn")}
+
+
+def test_probe_swap_text_is_a_no_op_only_without_decoder_cross_attention(dirs: dict[str, Path]) -> None:
+    from toyworld.models.data import eval_prompts
+    from toyworld.probe import PROBE_MODES, probe
+
+    prompts, _ = eval_prompts(3, 3)
+    res = {k: probe(d, prompts, 1, device="cpu", workers=1) for k, d in dirs.items()}
+    for r in res.values():
+        assert set(PROBE_MODES) <= set(r["modes"])
+        assert r["renders"]["own_vs_own"] > 0.95  # the oracle renders answer their prompts
+    mid = res["mid"]["modes"]
+    assert mid["swap_text"] == mid["own"]  # the decoder never reads the caption
+    assert res["mid"]["layout"]["up"] == ["UpBlock2D"] * 3
+
+
+@torch.no_grad()
+def test_decoder_text_swap_changes_the_output_only_with_cross_attention(dirs: dict[str, Path]) -> None:
+    from engines.pipeline import OneStepPipeline
+
+    outs = {}
+    for k, d in dirs.items():
+        p = OneStepPipeline.from_pretrained(d)
+        a, b = p.encode_text(["a red circle"]), p.encode_text(["three blue squares"])
+        z = p.noisy_input(p.initial_noise([0]))
+        t = torch.full((1,), 999)
+        h, s, e = p.unet.encode(z, t, a.context)
+        outs[k] = (p.unet.decode(h, s, e, b.context) - p.unet.decode(h, s, e, a.context)).abs().max().item()
+    assert outs["mid"] == 0.0 and outs["xattn"] > 0.0
+
+
+def test_arms_train_side_by_side_and_the_control_stays_retrieval_free(dirs: dict[str, Path]) -> None:
+    from engines.pipeline import OneStepPipeline
+    from toyworld.models.arms import ArmData, neighbours_for, train_arms
+
+    pipe = OneStepPipeline.from_pretrained(dirs["mid"])
+    n, (c, hh, ww) = 8, pipe.h_shape
+    g = torch.Generator().manual_seed(0)
+    data = ArmData(noise=torch.randn(n, 4, 16, 16, generator=g), target=torch.randn(n, 4, 16, 16, generator=g),
+                   context=pipe.encode_text(["a red circle"] * n).context, h_nb=torch.randn(n, c, hh, ww, generator=g),
+                   lam=torch.full((n,), 0.9), h_self=torch.randn(n, c, hh, ww, generator=g))
+    idx = torch.arange(4)
+    h_l, lam_l = neighbours_for("leak", data, idx)
+    assert torch.equal(h_l[:, 0], data.h_self[idx]) and torch.all(lam_l == 1)
+    h_s, _ = neighbours_for("shuffled", data, idx)
+    assert torch.equal(h_s[1, 0], data.h_nb[0])
+    arms, summ = train_arms(pipe, data, ("adapter", "control"), 3, 4, 1e-2, 1e-3, torch.device("cpu"), log_every=1)
+    assert summ["steps"] == 3
+    h = torch.randn(2, c, hh, ww)
+    hr = torch.randn(2, 1, c, hh, ww)
+    lam = torch.full((2, 1), 0.9)
+    # the control never saw a neighbour, so its adapter is still the identity
+    assert torch.equal(arms["control"].hadapter(h, hr, lam), h)
+    assert not torch.equal(arms["adapter"].hadapter(h, hr, lam), h)
+    # the encoder (retrieval features) is untouched in every arm
+    for a in arms.values():
+        for (k, v), (_, w) in zip(a.unet.unet.state_dict().items(), pipe.unet.unet.state_dict().items(), strict=True):
+            if k.startswith(("down_blocks.", "mid_block.")):
+                assert torch.equal(v, w), k
+
+
+def test_variant_file_round_trip(dirs: dict[str, Path], tmp_path: Path) -> None:
+    from engines.pipeline import OneStepPipeline
+    from toyworld.fideval import apply_variant, save_variant
+
+    a = OneStepPipeline.from_pretrained(dirs["mid"])
+    with torch.no_grad():
+        for p in a.unet.unet.up_blocks.parameters():
+            p.add_(0.01)
+        a.hadapter.proj_out.weight.fill_(0.001)
+    f = save_variant(a, tmp_path / "v.safetensors")
+    b = OneStepPipeline.from_pretrained(dirs["mid"])
+    apply_variant(b, f)
+    for (k, v), (_, w) in zip(a.unet.unet.state_dict().items(), b.unet.unet.state_dict().items(), strict=True):
+        assert torch.allclose(v, w, atol=1e-3), k
+    assert torch.allclose(b.hadapter.proj_out.weight, torch.full_like(b.hadapter.proj_out.weight, 0.001), atol=1e-5)
+
+
+def test_evaluate_reports_modes_groups_and_intervals(dirs: dict[str, Path]) -> None:
+    from engines.pipeline import OneStepPipeline
+    from toyworld.fideval import Suite, evaluate, format_table
+    from toyworld.models.data import eval_prompts
+
+    p = OneStepPipeline.from_pretrained(dirs["mid"])
+    suite = Suite({"student": p, "adapter": p, "control": p}, None, "test")
+    prompts, _ = eval_prompts(3, 5)
+    res = evaluate(prompts, suite, seeds_per_prompt=1, n_retrieval=16, batch=8, workers=1, n_boot=200)
+    assert set(res["modes"]) == {"student", "inject", "adapter", "adapter_k4", "control", "shuffled_test", "oracle"}
+    for r in res["modes"].values():
+        assert r["n"] == 8 and {"common", "seen_rare", "held_out_rare", "nb_full", "nb_partial"} <= set(r)
+    # the same model in both arms: identical images, a zero difference with a zero-width interval
+    same = res["comparisons"]["adapter-control"]["overall"]
+    assert same["diff"] == 0.0 and same["lo"] == 0.0 and same["hi"] == 0.0
+    assert "held-out-rare" in format_table(res)
+
+
+def test_paired_bootstrap_interval() -> None:
+    from toyworld.scoring import paired_bootstrap, per_prompt
+
+    rng = np.random.default_rng(0)
+    a = rng.random(200)
+    r = paired_bootstrap(a + 0.1, a, 500)
+    assert abs(r["diff"] - 0.1) < 1e-9 and r["lo"] <= 0.1 <= r["hi"]
+    noisy = paired_bootstrap(rng.random(200), rng.random(200), 500)
+    assert noisy["lo"] < noisy["diff"] < noisy["hi"]
+    assert per_prompt([1, 0, 1, 1], 2).tolist() == [0.5, 1.0]
+
+
+def test_shipped_assets_load_and_stay_small() -> None:
+    from toyworld.fideval import ASSETS, Suite
+
+    for f in ASSETS.rglob("*.safetensors"):
+        assert f.stat().st_size < 20 * 2**20, f
+    suite = Suite.from_shipped(torch.device("cpu"))
+    assert {"student", "adapter", "control"} <= set(suite.pipes)
+    # the variants share the frozen encoder (one retrieval database serves them all)
+    enc = [{k: v for k, v in p.unet.unet.state_dict().items() if k.startswith("down_blocks.")} for p in suite.pipes.values()]
+    assert all(all(torch.equal(e[k], enc[0][k]) for k in e) for e in enc[1:])
+
+
+def test_cli_eval_defaults_to_the_shipped_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import toyworld.fideval as fe
+    from ragturbo.cli import _register_all, app
+
+    real = fe.evaluate
+    seen: dict[str, object] = {}
+
+    def small(prompts, suite, seeds, n_retrieval, modes=None):  # type: ignore[no-untyped-def]
+        seen["source"] = suite.source
+        return real(prompts, suite, 1, 16, modes=("student", "adapter", "control"), workers=1, n_boot=50)
+
+    monkeypatch.setattr(fe, "evaluate", small)
+    f = tmp_path / "prompts.txt"
+    f.write_text("a green square\na red triangle\n")
+    _register_all()
+    out = CliRunner().invoke(app, ["toyworld", "eval", "--prompts", str(f), "--json", "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    js = json.loads(out.output[out.output.index("{"):])
+    assert set(js["modes"]) == {"student", "adapter", "control"} and js["shipped_variant"] == "adapter"
+    assert "assets" in str(seen["source"])

@@ -1,0 +1,306 @@
+"""Issue 13's recipe: a UNet whose H-space carries the caption, retrieval with a job, controls.
+
+Stages (each resumable: ``<work>/<stage>/done.json``):
+
+* ``base``    — copy the VAE, text encoder and tokenizer of a base model dir (the first
+  family's, trained on 60 000 renders; reused as they are);
+* ``teacher`` — the teacher UNet (``family.unet_layout``) on the *natural* split: every
+  (colour, shape) pair at its natural rate, so the teacher knows the long tail;
+* ``student`` — the one-step student, from the teacher's weights, distilled on the skewed
+  ``train`` split's prompts (rare pairs kept with p = 0.03): the student lacks the tail;
+* ``export``  — ``<work>/model`` (student + zero H-adapter);
+* ``arms``    — paired teacher targets for ``adapter``-split prompts (natural rate, no
+  prompt naming one of the four ``HELD_OUT_RARE`` pairs), retrieval over the retrieval
+  split, then ``toyworld.models.arms.train_arms`` (adapter / control / shuffled / leak),
+  each exported to ``<work>/<arm>_model``;
+* ``eval``    — ``toyworld.fideval.evaluate`` -> ``<work>/eval.json`` + ``eval.md``;
+* ``probe``   — ``toyworld.probe.probe`` on the student (and the adapter arm) -> ``probe.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from toyworld.models.configs import FamilyConfig, get_family
+from toyworld.recipes import RecipeState, _done, _mark, _save_fp16, export_model_dir
+
+log = logging.getLogger(__name__)
+
+STAGES = ("base", "teacher", "student", "export", "arms", "eval", "probe")
+DEFAULT_BASE = Path(__file__).resolve().parent / "assets" / "model"
+
+
+def _state(cfg: FamilyConfig, work: Path, device: torch.device, split: str, n: int) -> RecipeState:
+    from toyworld.models.data import make_split
+
+    st = RecipeState(cfg=cfg, work=work, device=device)
+    t0 = time.perf_counter()
+    st.cache["train"] = make_split(split, n)
+    st.cache["data_s"] = time.perf_counter() - t0
+    return st
+
+
+def stage_base(cfg: FamilyConfig, work: Path, base: Path) -> dict[str, Any]:
+    """``base``: a model dir (vae/, text_encoder/, tokenizer/) or a recipe work dir (vae/, text/...)."""
+    layout = (("vae", "vae"), ("text_encoder", "text/text_encoder"), ("tokenizer", "text/tokenizer"))
+    if not (base / "text_encoder").is_dir():
+        layout = (("vae", "vae"), ("text/text_encoder", "text/text_encoder"), ("text/tokenizer", "text/tokenizer"))
+    for src, dst in layout:
+        shutil.rmtree(work / dst, ignore_errors=True)
+        shutil.copytree(base / src, work / dst, ignore=shutil.ignore_patterns(".fingerprint-cache.json"))
+    return {"stage": "base", "from": str(base)}
+
+
+def stage_teacher(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | None) -> dict[str, Any]:
+    from toyworld.models.teacher import train_teacher
+
+    st = _state(cfg, work, dev, "natural", cfg.n_train)
+    ctx, _, unc = st.text_features()
+    unet, lg = train_teacher(cfg, st.latents(), ctx, unc, dev, limit)
+    _save_fp16(unet, work / "teacher" / "unet")
+    return {**lg.summary(), "split": "natural", "n": cfg.n_train, "data_s": round(st.cache["data_s"], 1),
+            "long_tail_items": int(st.train_split().long_tail.sum())}
+
+
+def stage_student(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | None) -> dict[str, Any]:
+    from toyworld.models.student import distill_student
+    from toyworld.recipes import teacher_targets
+
+    st = _state(cfg, work, dev, "train", cfg.n_distill)
+    t0 = time.perf_counter()
+    noise, targets = teacher_targets(st)
+    sample_s = time.perf_counter() - t0
+    ctx, pooled, _ = st.text_features()
+    student, lg = distill_student(cfg, st.load("teacher"), noise, targets, ctx, pooled, st.latents(), pooled, dev, limit)
+    _save_fp16(student, work / "student" / "unet")
+    return {**lg.summary(), "teacher_sampling_s": round(sample_s, 2), "split": "train (skewed)",
+            "n_distill": len(noise), "long_tail_items": int(st.train_split().long_tail.sum())}
+
+
+def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | None,
+               arms: tuple[str, ...]) -> dict[str, Any]:
+    from engines.pipeline import OneStepPipeline
+    from toyworld.fideval import Database
+    from toyworld.models.adapter import ADAPTER_NOISE_SEED
+    from toyworld.models.arms import ArmData, self_features, train_arms
+    from toyworld.models.data import HELD_OUT_RARE
+    from toyworld.models.teacher import sample
+
+    t0 = time.perf_counter()
+    n = cfg.extra.get("n_adapter", cfg.n_distill)
+    st = _state(cfg, work, dev, "adapter", n)
+    sp = st.train_split()
+    named = sum(bool(set(s.colour_shape_pairs()) & HELD_OUT_RARE) for s in sp.specs)
+    if named:
+        raise AssertionError(f"{named} adapter prompts name a held-out rare pair")
+    pipe = OneStepPipeline.from_pretrained(work / "model", device=dev)
+    ctx, pooled, unc = st.text_features()
+    noise = pipe.initial_noise([ADAPTER_NOISE_SEED + i for i in range(n)]).float()
+    teacher = st.load("teacher")
+    bs = 2048 if dev.type == "cuda" else 64
+    targets = torch.cat([sample(teacher, ctx[i : i + bs], unc, noise[i : i + bs], cfg.teacher_steps, cfg.guidance)
+                         for i in range(0, n, bs)])
+    sample_s = time.perf_counter() - t0
+    db = Database.build(pipe, cfg.n_retrieval)
+    lam, idx = db.search(pooled, 1)
+    data = ArmData(noise=noise, target=targets, context=ctx, h_nb=db.features[idx[:, 0]].to(dev),
+                   lam=lam[:, 0].to(dev), h_self=self_features(pipe, targets, ctx).to(dev))
+    prep_s = time.perf_counter() - t0
+    run = cfg.adapter
+    out, summ = train_arms(pipe, data, arms, run.steps, run.batch_size, run.lr,
+                           float(cfg.extra.get("lr_decoder", 3e-5)), dev, limit, cfg.seed, run.log_every)
+    for a, arm in out.items():
+        tmp = work / f"{a}_unet"
+        _save_fp16(arm.unet.unet, tmp / "unet")
+        export_model_dir(work, work / f"{a}_model", cfg, hadapter=arm.hadapter)
+        shutil.rmtree(work / f"{a}_model" / "unet")
+        shutil.copytree(tmp / "unet", work / f"{a}_model" / "unet")
+        shutil.rmtree(tmp)
+        meta = json.loads((work / f"{a}_model" / "ragturbo.json").read_text())
+        meta["variant"] = a
+        (work / f"{a}_model" / "ragturbo.json").write_text(json.dumps(meta, indent=2))
+    return {**summ, "n_adapter": n, "teacher_sampling_s": round(sample_s, 1), "prep_s": round(prep_s, 1),
+            "lam_mean": float(lam.mean()), "arms": list(arms)}
+
+
+def run(work: str | Path, family: str | FamilyConfig = "full-mid", stages: tuple[str, ...] = STAGES,
+        device: str = "auto", limits: dict[str, float] | None = None, base: Path = DEFAULT_BASE,
+        arms: tuple[str, ...] = ("adapter", "control", "shuffled", "leak"), eval_prompts_n: tuple[int, int] = (200, 200),
+        seeds: int = 4, probe_n: int = 200, after_stage: Any = None) -> dict[str, Any]:
+    """Run (or resume) the stages; ``after_stage(stage, work)`` is called after each (e.g. to pack)."""
+    from toyworld.models.common import pick_device
+
+    cfg = get_family(family) if isinstance(family, str) else family
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ValueError(f"unknown stage(s) {bad}; choose from {STAGES}")
+    wd = Path(work)
+    wd.mkdir(parents=True, exist_ok=True)
+    (wd / "family.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    dev = pick_device(device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    lim = limits or {}
+    out: dict[str, Any] = {}
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        prev = _done(wd, stage)
+        if prev is not None:
+            out[stage] = prev
+            continue
+        t0 = time.perf_counter()
+        log.info("stage %s on %s", stage, dev)
+        if stage == "base":
+            s = stage_base(cfg, wd, base)
+        elif stage == "teacher":
+            s = stage_teacher(cfg, wd, dev, lim.get("teacher"))
+        elif stage == "student":
+            s = stage_student(cfg, wd, dev, lim.get("student"))
+        elif stage == "export":
+            export_model_dir(wd, wd / "model", cfg)
+            meta = json.loads((wd / "model" / "ragturbo.json").read_text())
+            (wd / "model" / "ragturbo.json").write_text(json.dumps({**meta, "variant": "student"}, indent=2))
+            s = {"stage": "export"}
+        elif stage == "arms":
+            s = stage_arms(cfg, wd, dev, lim.get("arms"), arms)
+        elif stage == "eval":
+            from toyworld.fideval import Suite, evaluate, format_table
+            from toyworld.models.data import eval_prompts
+
+            prompts, _ = eval_prompts(*eval_prompts_n)
+            res = evaluate(prompts, Suite.from_workdir(wd, dev), seeds, cfg.n_retrieval, cfg.teacher_steps, cfg.guidance)
+            res["device_name"] = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
+            (wd / "eval.json").write_text(json.dumps(res, indent=1))
+            (wd / "eval.md").write_text(format_table(res) + "\n")
+            log.info("eval:\n%s", format_table(res))
+            s = {"stage": "eval", "n_prompts": len(prompts), "seeds": seeds}
+        else:
+            from toyworld.models.data import eval_prompts
+            from toyworld.probe import format_probe, probe
+
+            prompts, _ = eval_prompts(probe_n // 2, probe_n - probe_n // 2)
+            ad = wd / "adapter_model"
+            res = probe(wd / "model", prompts, 1, ad if ad.is_dir() else None, wd / "teacher" / "unet", str(dev))
+            (wd / "probe.json").write_text(json.dumps(res, indent=1))
+            log.info("probe:\n%s", format_probe(res))
+            s = {"stage": "probe", "n_prompts": len(prompts)}
+        s["stage_wall_s"] = round(time.perf_counter() - t0, 2)
+        s["device"] = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
+        _mark(wd, stage, s)
+        out[stage] = s
+        if after_stage is not None:
+            after_stage(stage, wd)
+    (wd / "stages.json").write_text(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "curve" and not isinstance(vv, dict)} for k, v in out.items()}, indent=1))
+    return out
+
+
+_PACK = {"teacher": ("teacher",), "export": ("model",),
+         "arms": ("adapter_model", "control_model", "shuffled_model", "leak_model")}
+
+
+def packer(dest: str | Path) -> Any:
+    """An ``after_stage`` hook: tar each stage's weights to ``dest/<dir>.tar`` and refresh
+    ``dest/results.tar`` (every done.json, stages/eval/probe JSON, family.json) — what comes
+    back from a GPU machine even when a later stage runs out of time."""
+    import tarfile
+
+    out = Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def hook(stage: str, work: Path) -> None:
+        shared = ("vae", "text_encoder", "tokenizer")  # identical to model/'s: not repeated
+        for d in _PACK.get(stage, ()):
+            if (work / d).is_dir():
+                skip = () if d == "model" else tuple(f"{d}/{x}" for x in shared)
+                with tarfile.open(out / f"{d}.tar", "w") as tar:
+                    tar.add(work / d, arcname=d,
+                            filter=lambda ti, skip=skip: None if skip and ti.name.startswith(skip) else ti)
+        with tarfile.open(out / "results.tar", "w") as tar:
+            for f in sorted(work.glob("*.json")) + sorted(work.glob("*.md")) + sorted(work.glob("*/done.json")):
+                tar.add(f, arcname=str(f.relative_to(work)))
+
+    return hook
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m toyworld.fidelity WORK [--family full-mid] [--stages a,b] [--limits teacher=150,...]"""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("work")
+    ap.add_argument("--family", default="full-mid")
+    ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--limits", default="")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--base", default=str(DEFAULT_BASE))
+    ap.add_argument("--arms", default="adapter,control,shuffled,leak")
+    ap.add_argument("--eval-prompts", default="200,200", help="common,long-tail eval prompts")
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--probe-n", type=int, default=200)
+    ap.add_argument("--pack", default=None, help="tar stage outputs here after each stage")
+    ap.add_argument("--set", default="", help="family overrides, e.g. n_train=2000,n_retrieval=500")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = get_family(a.family)
+    for kv in (x for x in a.set.split(",") if x):
+        k, v = kv.split("=", 1)
+        if k in ("n_adapter", "lr_decoder"):
+            cfg.extra[k] = float(v) if "." in v or "e" in v else int(v)
+        elif "." in k:  # e.g. adapter.steps=200
+            sk, f = k.split(".")
+            setattr(getattr(cfg, sk), f, type(getattr(getattr(cfg, sk), f))(v))
+        else:
+            setattr(cfg, k, type(getattr(cfg, k))(v))
+    limits = {k: float(v) for k, v in (kv.split("=") for kv in a.limits.split(",") if kv)}
+    ev = tuple(int(x) for x in a.eval_prompts.split(","))
+    res = run(a.work, cfg, tuple(a.stages.split(",")), a.device, limits, Path(a.base),
+              tuple(a.arms.split(",")), (ev[0], ev[1]), a.seeds, a.probe_n,
+              packer(a.pack) if a.pack else None)
+    for k, v in res.items():
+        print(k, {kk: vv for kk, vv in v.items() if kk != "curve" and not isinstance(vv, dict)})
+
+
+if __name__ == "__main__":
+    main()
+
+
+def ship(work: str | Path, variant: str = "adapter", model_dest: Path | None = None,
+         eval_dest: Path | None = None) -> dict[str, Any]:
+    """Ship ``<work>/<variant>_model`` (``model`` for the student) as ``toyworld/assets/model``
+    and what the evaluation needs as ``toyworld/assets/eval``: one fp16 safetensors file of
+    decoder + adapter weights per other variant and the teacher UNet (when the work dir has it)."""
+    from engines.pipeline import OneStepPipeline
+    from toyworld.fideval import ASSETS, VARIANTS, save_variant
+
+    w = Path(work)
+    model_dest = model_dest or ASSETS / "model"
+    eval_dest = eval_dest or ASSETS / "eval"
+    src = w / ("model" if variant == "student" else f"{variant}_model")
+    if not src.is_dir():
+        raise FileNotFoundError(f"no {src} to ship")
+    shutil.rmtree(model_dest, ignore_errors=True)
+    shutil.copytree(src, model_dest, ignore=shutil.ignore_patterns(".fingerprint-cache.json"))
+    meta = json.loads((model_dest / "ragturbo.json").read_text())
+    (model_dest / "ragturbo.json").write_text(json.dumps({**meta, "variant": variant}, indent=2))
+    (model_dest / ".gitignore").write_text(".fingerprint-cache.json\n")
+    shutil.rmtree(eval_dest, ignore_errors=True)
+    eval_dest.mkdir(parents=True)
+    shipped: list[str] = []
+    for v in VARIANTS:
+        d = w / ("model" if v == "student" else f"{v}_model")
+        if v == variant or not d.is_dir():
+            continue
+        save_variant(OneStepPipeline.from_pretrained(d), eval_dest / f"{v}.safetensors")
+        shipped.append(v)
+    if (w / "teacher" / "unet").is_dir():
+        shutil.copytree(w / "teacher" / "unet", eval_dest / "teacher_unet")
+        shipped.append("teacher")
+    return {"model": str(model_dest), "variant": variant, "eval": shipped}

@@ -1,0 +1,329 @@
+"""Issue 13's fidelity evaluation: every mode, its controls, splits and paired intervals.
+
+Modes (each one image per (prompt, seed), scored by ``toyworld.checker``):
+
+* ``teacher``   — the multi-step teacher (DDIM ``teacher_steps``, CFG ``guidance``);
+* ``student``   — the one-step student, no retrieval;
+* ``inject``    — the student + training-free slerp injection of the top-1 neighbour;
+* ``adapter``   — the adapter arm (H-adapter + fine-tuned decoder), top-1 neighbour, λ = cosine;
+* ``adapter_k4``— the same model with the top-4 neighbours (trained with k = 1);
+* ``control``   — the control arm (same training, λ = 0);
+* ``shuffled_test``    — the adapter arm given another prompt's neighbour (true λ);
+* ``shuffled_trained`` — the arm trained with shuffled neighbours, given the right ones;
+* ``oracle``    — the adapter arm given a clean render of the prompt itself (λ = 1);
+* ``leak``      — the leak arm (trained with the target as its neighbour) given the
+  teacher's sample for the same (prompt, seed) (λ = 1): can the pathway carry content?
+
+Splits: ``common`` / ``seen_rare`` / ``held_out_rare`` (``toyworld.models.data.rare_group``)
+and ``nb_full`` / ``nb_partial``: whether the top-1 neighbour's own image answers every
+question of the prompt. Paired bootstrap 95 % intervals (prompts resampled) for the
+differences that the issue's targets name. Retrieval is exact cosine over the pooled
+text embeddings of the retrieval split, H-features from the student's frozen encoder —
+the same math as the service's Qdrant search.
+
+Models come from a work dir (``<work>/model`` = the student, ``<work>/<arm>_model``,
+``<work>/teacher/unet``) or from the shipped assets (``toyworld/assets/model`` plus
+``toyworld/assets/eval``: the teacher UNet and one safetensors file of decoder and
+adapter weights per other variant), so a fresh clone can run it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+SHIPPED_EVAL = ASSETS / "eval"
+VARIANTS = ("student", "adapter", "control", "shuffled", "leak")
+ALL_MODES = ("teacher", "student", "inject", "adapter", "adapter_k4", "control", "shuffled_test",
+             "shuffled_trained", "oracle", "leak")
+GROUPS = ("common", "seen_rare", "held_out_rare")
+COMPARISONS = (
+    ("adapter", "student"), ("adapter", "control"), ("control", "student"),
+    ("shuffled_test", "control"), ("shuffled_trained", "control"), ("adapter_k4", "control"),
+    ("oracle", "control"), ("leak", "control"), ("inject", "student"), ("teacher", "student"),
+)
+
+
+@dataclass
+class Suite:
+    """Pipelines of the variants that exist, the teacher UNet (or None), the shipped base."""
+
+    pipes: dict[str, Any]
+    teacher: torch.nn.Module | None
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def from_workdir(work: str | Path, device: torch.device) -> Suite:
+        from diffusers import UNet2DConditionModel
+
+        from engines.pipeline import OneStepPipeline
+
+        w = Path(work)
+        pipes = {"student": OneStepPipeline.from_pretrained(w / "model", device=device)}
+        for v in VARIANTS[1:]:
+            d = w / f"{v}_model"
+            if d.is_dir():
+                pipes[v] = OneStepPipeline.from_pretrained(d, device=device)
+        t = w / "teacher" / "unet"
+        teacher = UNet2DConditionModel.from_pretrained(str(t), torch_dtype=torch.float32).to(device).eval() if t.is_dir() else None
+        return Suite(pipes, teacher, str(w))
+
+    @staticmethod
+    def from_shipped(device: torch.device, model: Path | None = None, eval_dir: Path | None = None) -> Suite:
+        """``toyworld/assets/model`` (whichever variant ships, named in its ragturbo.json
+        ``variant``) + ``toyworld/assets/eval/<variant>.safetensors`` overrides + teacher."""
+        from diffusers import UNet2DConditionModel
+
+        from engines.pipeline import OneStepPipeline
+
+        model = model or ASSETS / "model"
+        eval_dir = eval_dir or SHIPPED_EVAL
+        meta = json.loads((model / "ragturbo.json").read_text())
+        base_variant = str(meta.get("variant", "student"))
+        pipes = {base_variant: OneStepPipeline.from_pretrained(model, device=device)}
+        for v in VARIANTS:
+            f = eval_dir / f"{v}.safetensors"
+            if v != base_variant and f.is_file():
+                p = OneStepPipeline.from_pretrained(model, device=device)
+                apply_variant(p, f)
+                pipes[v] = p
+        t = eval_dir / "teacher_unet"
+        teacher = UNet2DConditionModel.from_pretrained(str(t), torch_dtype=torch.float32).to(device).eval() if t.is_dir() else None
+        return Suite(pipes, teacher, f"{model} + {eval_dir}", {"shipped_variant": base_variant})
+
+
+def variant_state(pipe: Any) -> dict[str, torch.Tensor]:
+    """What distinguishes a variant: decoder weights ("unet.*") and the adapter ("hadapter.*")."""
+    from toyworld.models.arms import DECODER_PREFIXES
+
+    sd = {f"unet.{k}": v for k, v in pipe.unet.unet.state_dict().items() if k.startswith(DECODER_PREFIXES)}
+    sd.update({f"hadapter.{k}": v for k, v in pipe.hadapter.state_dict().items()})
+    return sd
+
+
+def save_variant(pipe: Any, path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().half().contiguous() for k, v in variant_state(pipe).items()}, str(path))
+    return path
+
+
+def apply_variant(pipe: Any, path: Path) -> None:
+    """Load a variant file's decoder + adapter weights into ``pipe`` (strict on those keys)."""
+    from safetensors.torch import load_file
+
+    sd = load_file(str(path))
+    unet = {k[5:]: v for k, v in sd.items() if k.startswith("unet.")}
+    had = {k[9:]: v for k, v in sd.items() if k.startswith("hadapter.")}
+    cur = pipe.unet.unet.state_dict()
+    missing = [k for k in unet if k not in cur]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} decoder keys not in the base UNet, e.g. {missing[:3]}")
+    cur.update({k: v.to(cur[k].dtype) for k, v in unet.items()})
+    pipe.unet.unet.load_state_dict(cur)
+    pipe.hadapter.load_state_dict({k: v.float() for k, v in had.items()}, strict=True)
+    pipe.to(pipe.device, pipe.dtype)
+
+
+@dataclass
+class Database:
+    """The retrieval split: captions, images (N,64,64,3), normalised pooled (N,D), H (N,C,h,w)."""
+
+    captions: list[str]
+    images: np.ndarray
+    pooled: torch.Tensor
+    features: torch.Tensor
+
+    @staticmethod
+    def build(pipe: Any, n: int, batch: int = 512) -> Database:
+        from toyworld.models.data import make_split
+
+        sp = make_split("retrieval", n)
+        assert sp.images is not None
+        pooled, feats = [], []
+        for i in range(0, n, batch):
+            te = pipe.encode_text(sp.captions[i : i + batch])
+            lat = pipe.encode_images(sp.images[i : i + batch])
+            feats.append(pipe.retrieval_features(lat, te.context).float())
+            pooled.append(torch.nn.functional.normalize(te.pooled.float(), dim=-1))
+        return Database(sp.captions, sp.images, torch.cat(pooled), torch.cat(feats))
+
+    def search(self, pooled: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """pooled (B,D) -> (λ = cosine clamped at 0 (B,k), indices (B,k))."""
+        q = torch.nn.functional.normalize(pooled.float().to(self.pooled.device), dim=-1)
+        s, i = (q @ self.pooled.T).topk(k, dim=1)
+        return s.clamp_min(0.0), i
+
+
+def oracle_images(prompts: list[str], seed: int = 7) -> np.ndarray:
+    """A clean render (N,64,64,3) of each prompt (its stated spec, a seeded layout)."""
+    from toyworld.parse import parse
+    from toyworld.render import render
+    from toyworld.scene import layout
+
+    return np.stack([render(layout(parse(p), np.random.default_rng([seed, i]))) for i, p in enumerate(prompts)])
+
+
+@torch.no_grad()
+def _teacher_latents(suite: Suite, pipe: Any, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> torch.Tensor:
+    from toyworld.models.teacher import sample
+
+    assert suite.teacher is not None
+    text = pipe.encode_text(prompts)
+    unc = pipe.encode_text([""]).context
+    return sample(suite.teacher, text.context, unc, pipe.initial_noise(seeds), steps, guidance)
+
+
+def evaluate(
+    prompts: list[str],
+    suite: Suite,
+    seeds_per_prompt: int = 4,
+    n_retrieval: int = 10000,
+    teacher_steps: int = 25,
+    guidance: float = 3.0,
+    batch: int = 512,
+    modes: tuple[str, ...] | None = None,
+    workers: int | None = None,
+    n_boot: int = 2000,
+) -> dict[str, Any]:
+    """-> {"modes": {mode: {overall, categories, realism, common, seen_rare, held_out_rare,
+    nb_full, nb_partial, wall_s}}, "comparisons": {"a-b": {split: {diff, lo, hi, n}}}, ...}."""
+    from toyworld.models.data import rare_group
+    from toyworld.parse import parse
+    from toyworld.scoring import aggregate, paired_bootstrap, per_prompt, score_images
+
+    if not prompts:
+        raise ValueError("no prompts to evaluate")
+    base = suite.pipes.get("student") or next(iter(suite.pipes.values()))
+    dev = base.device
+    t_db = time.perf_counter()
+    db = Database.build(base, n_retrieval)
+    db_s = time.perf_counter() - t_db
+    S = seeds_per_prompt
+    flat_p = [p for p in prompts for _ in range(S)]
+    flat_s = [1000 * i + j for i in range(len(prompts)) for j in range(S)]
+    groups = [rare_group(parse(p)) for p in prompts]
+    text_all = base.encode_text(prompts)
+    lam4, idx4 = db.search(text_all.pooled, 4)
+    # does the top-1 neighbour's own image answer every question of the prompt?
+    nb_rows = score_images(db.images[idx4[:, 0].cpu().numpy()], prompts, workers)
+    nb_full = [r["overall"] >= 1.0 - 1e-9 for r in nb_rows]
+    orc_img = oracle_images(prompts)
+    orc_lat = base.encode_images(orc_img)
+    orc_h = base.retrieval_features(orc_lat, text_all.context).float()
+
+    avail = {"teacher": suite.teacher is not None, "student": "student" in suite.pipes,
+             "inject": "student" in suite.pipes, "adapter": "adapter" in suite.pipes,
+             "adapter_k4": "adapter" in suite.pipes, "control": "control" in suite.pipes,
+             "shuffled_test": "adapter" in suite.pipes, "shuffled_trained": "shuffled" in suite.pipes,
+             "oracle": "adapter" in suite.pipes, "leak": "leak" in suite.pipes and suite.teacher is not None}
+    want = [m for m in (modes or ALL_MODES) if avail.get(m)]
+    images: dict[str, list[np.ndarray]] = {m: [] for m in want}
+    walls: dict[str, float] = dict.fromkeys(want, 0.0)
+    P = len(prompts)
+    for lo in range(0, len(flat_p), batch):
+        hi = min(len(flat_p), lo + batch)
+        pi = torch.as_tensor([i // S for i in range(lo, hi)], device=lam4.device)
+        pi_shuf = (pi + 1) % P  # another prompt's neighbour
+        ps, ss = flat_p[lo:hi], flat_s[lo:hi]
+        text = base.encode_text(ps)
+        x0_teacher = None
+        for m in want:
+            t0 = time.perf_counter()
+            if m == "teacher" or m == "leak":
+                if x0_teacher is None:
+                    x0_teacher = _teacher_latents(suite, base, ps, ss, teacher_steps, guidance)
+                if m == "teacher":
+                    ims = base.decode_latents(x0_teacher)
+                else:
+                    pipe = suite.pipes["leak"]
+                    h = pipe.retrieval_features(x0_teacher, text.context).float()[:, None]
+                    ims = pipe.generate(text, ss, "adapter", h, torch.ones(len(ps), 1)).images
+            elif m == "student":
+                ims = suite.pipes["student"].generate(text, ss, "off").images
+            elif m == "oracle":
+                ims = suite.pipes["adapter"].generate(text, ss, "adapter", orc_h[pi.to(orc_h.device)][:, None],
+                                                      torch.ones(len(ps), 1)).images
+            else:
+                k = 4 if m == "adapter_k4" else 1
+                src = pi_shuf if m == "shuffled_test" else pi
+                h = db.features[idx4[src, :k].to(db.features.device)]
+                lam = lam4[pi, :k]
+                key = {"inject": "student", "adapter": "adapter", "adapter_k4": "adapter", "control": "control",
+                       "shuffled_test": "adapter", "shuffled_trained": "shuffled"}[m]
+                ims = suite.pipes[key].generate(text, ss, "inject" if m == "inject" else "adapter", h, lam).images
+            walls[m] += time.perf_counter() - t0
+            images[m].append(ims)
+    t_sc = time.perf_counter()
+    all_imgs = np.concatenate([np.concatenate(images[m]) for m in want])
+    rows_all = score_images(all_imgs, flat_p * len(want), workers)
+    score_s = time.perf_counter() - t_sc
+    rows = {m: rows_all[j * len(flat_p) : (j + 1) * len(flat_p)] for j, m in enumerate(want)}
+    flat_g = [g for g in groups for _ in range(S)]
+    flat_nb = [f for f in nb_full for _ in range(S)]
+    res: dict[str, Any] = {
+        "modes": {}, "comparisons": {}, "n_prompts": P, "seeds_per_prompt": S, "n_retrieval": n_retrieval,
+        "teacher_steps": teacher_steps, "guidance": guidance, "device": str(dev),
+        "n_per_group": {g: int(sum(x == g for x in groups)) for g in GROUPS},
+        "n_nb_full": int(sum(nb_full)), "source": suite.source, **suite.meta,
+        "neighbour_image": {"overall": aggregate(nb_rows)["overall"],
+                            **{g: aggregate([r for r, x in zip(nb_rows, groups, strict=True) if x == g])["overall"] for g in GROUPS}},
+        "db_build_s": round(db_s, 1), "score_s": round(score_s, 1),
+    }
+    for m in want:
+        r = rows[m]
+        agg = aggregate(r)
+        for g in GROUPS:
+            agg[g] = aggregate([x for x, gg in zip(r, flat_g, strict=True) if gg == g])
+        agg["nb_full"] = aggregate([x for x, f in zip(r, flat_nb, strict=True) if f])
+        agg["nb_partial"] = aggregate([x for x, f in zip(r, flat_nb, strict=True) if not f])
+        agg["wall_s"] = round(walls[m], 2)
+        res["modes"][m] = agg
+    pp = {m: per_prompt([x["overall"] for x in rows[m]], S) for m in want}
+    masks = {"overall": np.ones(P, bool), **{g: np.array([x == g for x in groups]) for g in GROUPS},
+             "nb_full": np.array(nb_full), "nb_partial": ~np.array(nb_full)}
+    for a, b in COMPARISONS:
+        if a in pp and b in pp:
+            res["comparisons"][f"{a}-{b}"] = {
+                s: paired_bootstrap(pp[a][mk], pp[b][mk], n_boot) for s, mk in masks.items() if mk.any()}
+    return res
+
+
+def format_table(res: dict[str, Any]) -> str:
+    """Markdown: one row per mode (fidelity in points), then the paired differences."""
+    from toyworld.checker import CATEGORIES
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.1f}"
+
+    head = ("| mode | steps | fidelity | common | seen-rare | held-out-rare | nb full | nb partial | "
+            + " | ".join(CATEGORIES) + " | realism |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for m, r in res["modes"].items():
+        steps = str(res.get("teacher_steps", 25)) if m == "teacher" else "1"
+        cats = " | ".join(pct(r.get(c)) for c in CATEGORIES)
+        lines.append(f"| {m} | {steps} | {pct(r['overall'])} | {pct(r['common']['overall'])} | "
+                     f"{pct(r['seen_rare']['overall'])} | {pct(r['held_out_rare']['overall'])} | "
+                     f"{pct(r['nb_full']['overall'])} | {pct(r['nb_partial']['overall'])} | {cats} | {pct(r['realism'])} |")
+    if res.get("comparisons"):
+        lines += ["", "| difference (points, 95% paired bootstrap CI) | overall | common | seen-rare | held-out-rare |",
+                  "|---|---|---|---|---|"]
+        for k, v in res["comparisons"].items():
+            cells = []
+            for s in ("overall", *GROUPS):
+                c = v.get(s)
+                cells.append("–" if c is None else f"{100 * c['diff']:+.1f} [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}]")
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,173 @@
+"""Issue 13's adapter stage: several arms trained side by side on one batch stream.
+
+Every arm starts from the same one-step student and trains an H-adapter plus the student's
+decoder (up blocks, ``conv_norm_out``, ``conv_out``) on the same paired teacher targets
+(the teacher's CFG sample from the very noise the student is fed), with the same noise, the
+same batches and the same schedule; they differ only in what the adapter is given:
+
+* ``adapter``  — the top-1 neighbour of the prompt in the retrieval split (H-features of its
+  clean latent through the student's encoder at t = 0 with its caption), λ = cosine score;
+* ``control``  — no neighbour (λ = 0): the same fine-tuning with retrieval switched off;
+* ``shuffled`` — another prompt's neighbour (the batch rolled by one), with the true λ:
+  the adapter's capacity and magnitudes without the right content;
+* ``leak``     — the target itself (its latent's H-features at t = 0, λ = 1): an upper
+  bound that says whether the pathway can carry content at all.
+
+The encoder is frozen and shared (the retrieval features stay valid for every arm), so one
+encoder pass per batch serves all arms. Loss: smooth-L1 (β = 0.1) between x̂0 and the
+target, as the student's distillation; no adversarial term (a deviation from the paper's
+LADD objective, see docs/toyworld-models.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from toyworld.models.common import LossLog, autocast, cosine_schedule, out_of_time
+
+log = logging.getLogger(__name__)
+
+ARMS = ("adapter", "control", "shuffled", "leak")
+DECODER_PREFIXES = ("up_blocks.", "conv_norm_out.", "conv_out.")
+
+
+@dataclass
+class ArmData:
+    """Adapter-training rows on one device: noise (N,4,h,w), target x0 (N,4,h,w), caption
+    context (N,T,D), neighbour H (N,C,h',w') and λ (N,), the target's own H (N,C,h',w')."""
+
+    noise: torch.Tensor
+    target: torch.Tensor
+    context: torch.Tensor
+    h_nb: torch.Tensor
+    lam: torch.Tensor
+    h_self: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.noise)
+
+
+@dataclass
+class Arm:
+    name: str
+    unet: torch.nn.Module  # HSplitUNet (its own decoder copy)
+    hadapter: torch.nn.Module
+    log: LossLog = field(default_factory=lambda: LossLog("arm"))
+
+
+def decoder_params(unet: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Parameters of the decoder half of a diffusers UNet (what the arms fine-tune)."""
+    return [p for n, p in unet.named_parameters() if n.startswith(DECODER_PREFIXES)]
+
+
+def neighbours_for(name: str, d: ArmData, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> h_retr (B,1,C,h,w), λ (B,1) that arm ``name`` sees for rows ``idx``."""
+    h, lam = d.h_nb[idx], d.lam[idx]
+    if name == "control":
+        return torch.zeros_like(h)[:, None], torch.zeros_like(lam)[:, None]
+    if name == "shuffled":
+        return h.roll(1, 0)[:, None], lam[:, None]
+    if name == "leak":
+        return d.h_self[idx][:, None], torch.ones_like(lam)[:, None]
+    return h[:, None], lam[:, None]
+
+
+def train_arms(
+    pipe: Any,
+    data: ArmData,
+    arms: tuple[str, ...],
+    steps: int,
+    batch_size: int,
+    lr_adapter: float,
+    lr_decoder: float,
+    device: torch.device,
+    time_limit_s: float | None = None,
+    seed: int = 0,
+    log_every: int = 50,
+) -> tuple[dict[str, Arm], dict[str, Any]]:
+    """Train ``arms`` on ``data`` from ``pipe``'s student; returns the arms and a summary."""
+    from engines.hadapter import HAdapter
+
+    bad = [a for a in arms if a not in ARMS]
+    if bad:
+        raise ValueError(f"unknown arm(s) {bad}; choose from {ARMS}")
+    torch.manual_seed(seed)
+    base = pipe.unet
+    base.eval().requires_grad_(False)
+    out: dict[str, Arm] = {}
+    params: list[dict[str, Any]] = []
+    for a in arms:
+        u = copy.deepcopy(base).to(device).float()
+        u.requires_grad_(False)
+        dec = decoder_params(u.unet)
+        for p in dec:
+            p.requires_grad_(True)
+        ad = HAdapter(**dict(pipe.hadapter.config)).to(device).float().train()
+        arm = Arm(a, u, ad, LossLog(a))
+        out[a] = arm
+        params += [{"params": dec, "lr": lr_decoder}, {"params": list(ad.parameters()), "lr": lr_adapter}]
+    opt = torch.optim.AdamW(params, weight_decay=0.0)
+    sched = cosine_schedule(opt, steps, time_limit_s, min(100, max(1, steps // 10)), floor=0.05)
+    a_t = float(pipe.alphas_cumprod[pipe.student_timestep])
+    gen = torch.Generator().manual_seed(seed + 13)
+    t0 = time.perf_counter()
+    step = 0
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, len(data), (batch_size,), generator=gen).to(device)
+        eps = data.noise[idx].float()
+        z = eps * (1 - a_t) ** 0.5
+        ctx = data.context[idx].float()
+        tt = torch.full((len(idx),), pipe.student_timestep, device=device, dtype=torch.long)
+        with torch.no_grad(), autocast(device):
+            h, skips, temb = base.encode(z, tt, ctx)
+        h, skips, temb = h.float(), tuple(s.float() for s in skips), temb.float()
+        tgt = data.target[idx].float()
+        total = torch.zeros((), device=device)
+        losses = {}
+        for a, arm in out.items():
+            h_r, lam = neighbours_for(a, data, idx)
+            with autocast(device):
+                hh = arm.hadapter(h, h_r.float(), lam.float())
+                v = arm.unet.decode(hh, skips, temb, ctx).float()
+            x0 = a_t**0.5 * z - (1 - a_t) ** 0.5 * v
+            loss = F.smooth_l1_loss(x0, tgt, beta=0.1)
+            losses[a] = loss
+            total = total + loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        for arm in out.values():
+            torch.nn.utils.clip_grad_norm_([p for p in arm.unet.parameters() if p.requires_grad], 1.0)
+            torch.nn.utils.clip_grad_norm_(list(arm.hadapter.parameters()), 1.0)
+        opt.step()
+        sched.step()
+        for a, arm in out.items():
+            arm.log.add(step, losses[a].item(), log_every)
+        if out_of_time(t0, time_limit_s):
+            break
+    summary: dict[str, Any] = {"steps": step, "wall_s": round(time.perf_counter() - t0, 2),
+                               "batch_size": batch_size, "lr_adapter": lr_adapter, "lr_decoder": lr_decoder}
+    for a, arm in out.items():
+        arm.log.finish(step)
+        summary[a] = {"first_loss": arm.log.first(), "final_loss": arm.log.last(), "curve": arm.log.rows}
+        arm.unet.eval().requires_grad_(False)
+        arm.hadapter.eval().requires_grad_(False)
+    return out, summary
+
+
+@torch.no_grad()
+def self_features(pipe: Any, latents: torch.Tensor, context: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """H-features (N,C,h,w) of clean latents (N,4,h,w) with their captions' context, t = 0."""
+    dev = pipe.device
+    out = []
+    for i in range(0, len(latents), batch):
+        t = torch.zeros((), device=dev, dtype=torch.long)
+        h, _, _ = pipe.unet.encode(latents[i : i + batch].to(dev, pipe.dtype), t, context[i : i + batch].to(dev, pipe.dtype))
+        out.append(h.float())
+    return torch.cat(out)
