@@ -1,4 +1,4 @@
-# ragturbo — the commands of DESIGN.md. Every target sets up .venv on first use.
+# ragturbo — the commands of the README ("Two commands") and docs/. Every target sets up .venv on first use.
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv

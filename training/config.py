@@ -55,7 +55,7 @@ class LossConfig:
     adv_weight: float = 1.0
     """Weight of the generator's hinge adversarial loss -D(fake)."""
     l1_weight: float = 2.5
-    """α: weight of smooth-L1(ẑ0, z0) (METHOD.md)."""
+    """α: weight of smooth-L1(ẑ0, z0) (the paper's α = 2.5)."""
     l1_beta: float = 1.0
     """Transition point of the smooth-L1 (torch ``beta``)."""
     lpips_weight: float = 1.0
