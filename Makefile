@@ -1,10 +1,12 @@
-# ragturbo — the commands of DESIGN.md. Every target sets up .venv on first use.
+# ragturbo — the commands of the README ("Two commands") and docs/. Every target sets up .venv on first use.
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-HOST ?= 0.0.0.0
+# Loopback by default; `make run HOST=0.0.0.0` listens on every interface (set
+# RAGTURBO_API_KEYS first when you do: docs/service.md).
+HOST ?= 127.0.0.1
 PORT ?= 8000
 ONNX_DIR ?= out/onnx
 TRT_DIR ?= out/trt
@@ -19,8 +21,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# First start also builds the shipped model's retrieval DB under $(DB_PATH) (~1-2 min once;
-# a no-op afterwards; skipped when RAGTURBO_MODEL_DIR points elsewhere).
+# First start also builds the shipped model's retrieval DB under $(DB_PATH) (once; timed in
+# docs/toyworld.md; a no-op afterwards; skipped when RAGTURBO_MODEL_DIR points elsewhere).
 DB_PATH ?= $(or $(RAGTURBO_DB_PATH),data)
 run: $(STAMP)
 	$(BIN)/ragturbo toyworld embedded-db --db $(DB_PATH)
@@ -48,6 +50,8 @@ clean:
 IMAGE ?= ragturbo
 TAG ?= $(shell $(BIN)/python -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])" 2>/dev/null || echo dev)
 HELM_OUT ?= out/helm
+VALUES ?=
+comma := ,
 LOAD_OUT ?= out/load
 
 docker: $(STAMP)
@@ -57,8 +61,9 @@ docker: $(STAMP)
 	DOCKER_BUILDKIT=1 docker build -f docker/Dockerfile.cpu -t $(IMAGE)-cpu:$(TAG) .
 	DOCKER_BUILDKIT=1 docker build -f docker/Dockerfile.cuda -t $(IMAGE)-cuda:$(TAG) .
 
+# `make helm VALUES=my.yaml[,other.yaml]` also renders and validates your own values files.
 helm: $(STAMP)
-	$(BIN)/python k8s/render_validate.py --out $(HELM_OUT)
+	$(BIN)/python k8s/render_validate.py --out $(HELM_OUT) $(foreach v,$(subst $(comma), ,$(VALUES)),--values $(v))
 
 load: $(STAMP)
 	@$(BIN)/python -c "import locust" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[load]'

@@ -11,19 +11,19 @@ Validation:
   * ServiceMonitor (a CRD, absent from the core schemas): the subset schema
     in k8s/schemas/ with jsonschema.
 
-Usage: python k8s/render_validate.py [--out DIR]   (exit 1 on any failure)
+Usage: python k8s/render_validate.py [--out DIR] [--values FILE ...]   (exit 1 on any failure)
+(`make helm VALUES=my.yaml` passes your own values files, merged in order like `helm -f`.)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 import yaml
 
 log = logging.getLogger("ragturbo.k8s")
@@ -37,8 +37,29 @@ CRD_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-m
 # `helm dependency update` on a machine that reaches its repository.
 EXPECTED_LINT = ("chart directory is missing these dependencies: qdrant",)
 
+MINIMAL_VALUES = CHART / "values-minimal.yaml"
+
+
+def load_values(path: Path) -> dict[str, Any]:
+    """A values file as a dict (an empty file is {}); a non-mapping is refused naming the file."""
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise TypeError(f"{path}: a values file must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Helm's merge of several -f files: maps merge key by key, anything else is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 # Value sets rendered by `make helm` and the tests: name -> values overlay.
 SCENARIOS: dict[str, dict[str, Any]] = {
+    # values-minimal.yaml: runs on any cluster (CPU, no CRDs, no adapter, no PVCs).
+    "minimal": load_values(MINIMAL_VALUES),
     "default": {},
     "production": {
         "qdrant": {"enabled": True, "apiKey": "qdrant-secret"},
@@ -134,31 +155,47 @@ def validate(objs: list[dict[str, Any]]) -> Report:
     return rep
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("out/helm"),
-                    help="where the rendered manifests are written (one file per scenario)")
-    args = ap.parse_args(argv)
+def main(
+    out: Annotated[Path, typer.Option(
+        "--out", help="Where the rendered manifests go (one file per value set).")] = Path("out/helm"),
+    values: Annotated[list[Path] | None, typer.Option(
+        "--values", "-f", exists=True, dir_okay=False,
+        help="Your own values file (repeatable, merged in order like helm -f); rendered and "
+        "validated as the value set 'values' besides the built-in ones.")] = None,
+) -> None:
+    """Render the chart for every value set and validate every manifest (exit 1 on a failure)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     failed = False
     for msg in lint():
         log.error("lint: %s", msg)
         failed = True
-    for scen, values in SCENARIOS.items():
-        objs = render(values)
+    scenarios = dict(SCENARIOS)
+    if values:
+        own: dict[str, Any] = {}
+        for v in values:
+            own = merge(own, load_values(v))
+        scenarios["values"] = own
+    for scen, vals in scenarios.items():
+        try:
+            objs = render(vals)
+        except Exception as e:  # noqa: BLE001 - a template failure is a finding, reported as such
+            log.error("%-10s render failed: %s", scen, e)
+            failed = True
+            continue
         rep = validate(objs)
-        (args.out / f"{scen}.yaml").write_text(yaml.safe_dump_all(objs, sort_keys=False))
+        (out / f"{scen}.yaml").write_text(yaml.safe_dump_all(objs, sort_keys=False))
         kinds = ", ".join(sorted({o["kind"] for o in objs}))
         log.info("%-10s %2d manifests valid=%s [%s] -> %s", scen, len(objs),
-                 not rep.errors, kinds, args.out / f"{scen}.yaml")
+                 not rep.errors, kinds, out / f"{scen}.yaml")
         for err in rep.errors:
             log.error("  %s", err)
         failed |= bool(rep.errors)
     log.info("validated against Kubernetes %s (strict) + CRD subset schemas in %s",
              ", ".join(KUBE_VERSIONS), SCHEMAS)
-    return 1 if failed else 0
+    if failed:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    typer.run(main)

@@ -13,7 +13,6 @@ server.log, summary.md (the table docs/deploy.md quotes).
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import json
 import logging
@@ -27,8 +26,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 import yaml
 
 log = logging.getLogger("ragturbo.load")
@@ -158,46 +158,47 @@ def summary_table(verdicts: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--url", help="service to load (default: start a local server)")
-    ap.add_argument("--allow-remote", action="store_true",
-                    default=os.environ.get("LOAD_ALLOW_REMOTE") == "1",
-                    help="allow a non-loopback --url (a deployment you operate)")
-    ap.add_argument("--profile", default=None, help="thresholds.yaml profile "
-                    "(default: local for loopback, cluster otherwise)")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
-    ap.add_argument("--out", type=Path, default=ROOT / "out" / "load")
-    ap.add_argument("--ready-timeout", type=float, default=600)
-    args = ap.parse_args(argv)
-    args.out = args.out.resolve()  # locust runs in loadtests/: relative paths would land there
+def _run(
+    url: Annotated[str | None, typer.Option(help="service to load (default: start a local server)")] = None,
+    allow_remote: Annotated[bool, typer.Option(
+        "--allow-remote", envvar="LOAD_ALLOW_REMOTE",
+        help="allow a non-loopback --url (a deployment you operate); env LOAD_ALLOW_REMOTE=1")] = False,
+    profile: Annotated[str | None, typer.Option(
+        help="thresholds.yaml profile (default: local for loopback, cluster otherwise)")] = None,
+    scenarios: Annotated[str, typer.Option(help="comma-separated scenarios")] = ",".join(SCENARIOS),
+    out: Annotated[Path, typer.Option(help="where verdicts and the summary go")] = ROOT / "out" / "load",
+    ready_timeout: Annotated[float, typer.Option(help="seconds to wait for /readyz")] = 600,
+) -> None:
+    """Run the load scenarios against a service (or a local server it starts); exit 1 on a FAIL."""
+    out = out.resolve()  # locust runs in loadtests/: relative paths would land there
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    args.out.mkdir(parents=True, exist_ok=True)
-    names = [s for s in args.scenarios.split(",") if s]
+    out.mkdir(parents=True, exist_ok=True)
+    names = [s for s in scenarios.split(",") if s]
     bad = [s for s in names if s not in SCENARIOS]
     if bad:
-        ap.error(f"unknown scenarios {bad}; choose from {SCENARIOS}")
+        raise typer.BadParameter(f"unknown scenarios {bad}; choose from {SCENARIOS}",
+                                 param_hint="--scenarios")
 
     proc = None
-    url = args.url
     if url:
-        if not is_loopback(url) and not args.allow_remote:
-            ap.error(f"{url} is not a loopback address; pass --allow-remote (LOAD_ALLOW_REMOTE=1) "
-                     "only for a deployment you operate")
-        profile = args.profile or ("local" if is_loopback(url) else "cluster")
-        wait_ready(url, args.ready_timeout)
+        if not is_loopback(url) and not allow_remote:
+            raise typer.BadParameter(
+                f"{url} is not a loopback address; pass --allow-remote (LOAD_ALLOW_REMOTE=1) "
+                "only for a deployment you operate", param_hint="--url")
+        profile = profile or ("local" if is_loopback(url) else "cluster")
+        wait_ready(url, ready_timeout)
     else:
-        profile = args.profile or "local"
+        profile = profile or "local"
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = start_server(args.out, port)
+        proc = start_server(out, port)
     verdicts: list[dict[str, Any]] = []
     try:
         if proc is not None:
-            waited = wait_ready(url, args.ready_timeout, proc)
+            waited = wait_ready(url, ready_timeout, proc)
             log.info("server ready after %.1f s (pid %d)", waited, proc.pid)
         for name in names:
-            v = run_scenario(name, url, args.out, profile, proc.pid if proc else None)
+            v = run_scenario(name, url, out, profile, proc.pid if proc else None)
             verdicts.append(v)
             log.info("%s: %s %s", name, "PASS" if v["passed"] else "FAIL",
                      "; ".join(v.get("failures", [])))
@@ -209,11 +210,20 @@ def main(argv: list[str] | None = None) -> int:
             rc = stop_server(proc)
             log.info("server stopped (rc=%s)", rc)
     table = summary_table(verdicts)
-    (args.out / "summary.md").write_text(f"profile `{profile}`, target {url}\n\n{table}")
+    (out / "summary.md").write_text(f"profile `{profile}`, target {url}\n\n{table}")
     print(table)
     ok = len(verdicts) == len(names) and all(v["passed"] for v in verdicts)
-    return 0 if ok else 1
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line (typer); exits with 0 when every scenario passed, 1 on a FAIL, 2 on
+    a usage error."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command(help=__doc__.splitlines()[0])(_run)
+    app(args=argv, prog_name="loadtests/run.py")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

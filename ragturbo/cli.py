@@ -1,4 +1,4 @@
-"""The ``ragturbo`` console script (DESIGN.md, CLI).
+"""The ``ragturbo`` console script (the commands of the README and docs/).
 
 Each package contributes its commands through ``<package>.cli.register(app, bench)``;
 heavy imports happen inside the commands, so ``ragturbo --help`` is fast.
@@ -18,7 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-bench_app = typer.Typer(help="Latency and throughput tables (PERF.md).", no_args_is_help=True)
+bench_app = typer.Typer(help="Latency and throughput tables (docs/perf.md).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 # Modules that expose ``register(app, bench)``; the package CLIs first (toyworld.cli

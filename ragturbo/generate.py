@@ -1,21 +1,127 @@
-"""``ragturbo generate``: one image from a prompt, no server (retrieval via retrieval.compose)."""
+"""``ragturbo generate``: one image from a prompt, in this process or through a running server.
+
+In-process (the default), retrieval goes through ``retrieval.compose`` on the embedded
+database. That database (Qdrant Edge) admits one process at a time: when another
+process holds it (usually ``ragturbo serve`` / ``make run``) the command does not
+quietly generate without retrieval; it sends the request to the running server
+(``--url``, default ``http://127.0.0.1:8000``) if one answers, and otherwise stops
+with a message saying so. ``--url`` sends it there in any case (``POST /generate``).
+
+The output format follows the file name: ``.png``, ``.jpg``/``.jpeg`` or ``.webp``.
+"""
 
 from __future__ import annotations
 
+import base64
+import fcntl
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
 log = logging.getLogger(__name__)
 
+FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def image_format(out: Path) -> str:
+    """File suffix -> png | jpeg | webp; anything else is a usage error."""
+    fmt = FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise typer.BadParameter(
+            f"-o {out}: the file name must end in {', '.join(FORMATS)} (got {out.suffix or 'no suffix'!r})"
+        )
+    return fmt
+
+
+def database_in_use(db_path: Path) -> bool:
+    """True when another process holds the embedded index under ``db_path``.
+
+    Qdrant Edge takes an exclusive ``flock`` on ``<db>/edge/wal`` for as long as a
+    process has the shard open; probing it (and releasing at once) is how we tell
+    "locked" from "missing" or "broken" before loading anything.
+    """
+    wal = db_path / "edge" / "wal"
+    if not wal.is_dir():
+        return False
+    fd = os.open(wal, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def in_use_message(db_path: Path) -> str:
+    return (
+        f"the database at {db_path}/ is in use by another process, e.g. a running ragturbo serve"
+    )
+
+
+def server_alive(url: str, timeout_s: float = 1.0) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url.rstrip("/") + "/healthz", timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def generate_remote(
+    url: str,
+    prompt: str,
+    *,
+    seed: int,
+    mode: str,
+    k: int,
+    fmt: str,
+    api_key: str | None = None,
+    timeout_s: float = 60.0,
+) -> dict[str, Any]:
+    """``POST {url}/generate`` for one image; returns the response JSON (raises on an error)."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    body = {"prompt": prompt, "seed": seed, "retrieval": {"mode": mode, "k": k}, "format": fmt}
+    try:
+        r = httpx.post(url.rstrip("/") + "/generate", json=body, headers=headers, timeout=timeout_s)
+    except httpx.HTTPError as e:
+        raise RuntimeError(f"cannot reach the server at {url}: {e}") from e
+    if r.status_code != 200:
+        try:
+            msg = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            msg = r.text[:200]
+        raise RuntimeError(f"{url}/generate answered {r.status_code}: {msg}")
+    return dict(r.json())
+
 
 def generate(
     prompt: str = typer.Argument(..., help="The text prompt."),
-    out: Path = typer.Option(Path("out.png"), "-o", "--out", help="Output PNG path."),
+    out: Path = typer.Option(
+        Path("out.png"), "-o", "--out", help="Output file; .png, .jpg/.jpeg or .webp picks the format."
+    ),
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Noise seed."),
     mode: str = typer.Option("adapter", "--mode", help="Retrieval mode: adapter, inject or off."),
     k: int = typer.Option(1, "--k", min=1, max=8, help="Neighbours to retrieve."),
+    url: str | None = typer.Option(
+        None,
+        "--url",
+        envvar="RAGTURBO_URL",
+        help="Send the request to a running server (POST URL/generate) instead of loading "
+        "the model here. Without it, a server at http://127.0.0.1:8000 is used automatically "
+        "when it holds the embedded database.",
+    ),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="RAGTURBO_API_KEY", help="API key for --url (Bearer)."
+    ),
     db: Path | None = typer.Option(
         None, "--db", help="Data directory (default RAGTURBO_DB_PATH or ./data)."
     ),
@@ -32,20 +138,54 @@ def generate(
     ),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda:0."),
 ) -> None:
-    """Write one image for PROMPT at the model's native size."""
-    import os
-
-    from PIL import Image
-
-    from engines.default_model import default_model_dir
+    """Write one image for PROMPT at the model's native size (in-process, or via --url)."""
     from engines.pipeline import MODES
-    from retrieval.compose import GenRequest, build_text_to_image
 
     if mode not in MODES:
         raise typer.BadParameter(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
     if not prompt.strip():
         raise typer.BadParameter("PROMPT must not be empty")
+    fmt = image_format(out)
     dbp = db or Path(os.environ.get("RAGTURBO_DB_PATH", "data"))
+    qurl = qdrant_url or os.environ.get("RAGTURBO_QDRANT_URL") or None
+
+    if url is None and qurl is None and mode != "off" and database_in_use(dbp):
+        if server_alive(DEFAULT_URL):
+            typer.echo(f"{in_use_message(dbp)}; sending the request to {DEFAULT_URL}", err=True)
+            url = DEFAULT_URL
+        else:
+            typer.echo(
+                f"error: {in_use_message(dbp)}. Stop it, pass --url of the running server, "
+                "or use --mode off (no retrieval).",
+                err=True,
+            )
+            raise typer.Exit(1)
+    if url is not None:
+        _remote(url, prompt, out, seed=seed, mode=mode, k=k, fmt=fmt, api_key=api_key)
+        return
+    _local(prompt, out, fmt, seed, mode, k, dbp, qurl, min_score, model_dir, device)
+
+
+def _remote(url: str, prompt: str, out: Path, *, seed: int, mode: str, k: int, fmt: str,
+            api_key: str | None) -> None:
+    try:
+        res = generate_remote(url, prompt, seed=seed, mode=mode, k=k, fmt=fmt, api_key=api_key)
+    except RuntimeError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(base64.b64decode(res["images"][0]["b64"]))
+    typer.echo(f"wrote {out} (seed {seed}, retrieval {res['retrieval_status']}, via {url})")
+    for n in res.get("retrieved", []):
+        typer.echo(f"  {n['score']:7.4f}  {n['id']}  {n['caption']}")
+
+
+def _local(prompt: str, out: Path, fmt: str, seed: int, mode: str, k: int, dbp: Path,
+           qurl: str | None, min_score: float, model_dir: Path | None, device: str) -> None:
+    from engines.default_model import default_model_dir
+    from retrieval.compose import GenRequest, build_text_to_image
+    from service.encode import encode_image
+
     mdir = model_dir or (
         Path(os.environ["RAGTURBO_MODEL_DIR"])
         if os.environ.get("RAGTURBO_MODEL_DIR")
@@ -55,7 +195,7 @@ def generate(
         mdir,
         device=device,
         db_path=dbp,
-        qdrant_url=qdrant_url or os.environ.get("RAGTURBO_QDRANT_URL") or None,
+        qdrant_url=qurl,
         qdrant_api_key=os.environ.get("RAGTURBO_QDRANT_API_KEY") or None,
         min_score=min_score,
     )
@@ -64,8 +204,8 @@ def generate(
     finally:
         t2i.close()
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(res.image).save(out, format="PNG")
+    out.write_bytes(encode_image(res.image, fmt))
     h, w = res.image.shape[:2]
-    typer.echo(f"wrote {out} ({w}x{h}, seed {seed}, retrieval {res.retrieval_status})")
+    typer.echo(f"wrote {out} ({w}x{h} {fmt}, seed {seed}, retrieval {res.retrieval_status})")
     for n in res.retrieved:
         typer.echo(f"  {n.score:7.4f}  {n.id}  {n.caption}")

@@ -1,6 +1,6 @@
 """The vector-index interface: cosine top-k over pooled caption embeddings.
 
-Two implementations share it (DESIGN.md): ``EdgeIndex`` (Qdrant Edge, in-process,
+Two implementations share it (docs/retrieval.md): ``EdgeIndex`` (Qdrant Edge, in-process,
 the embedded default) and ``QdrantServerIndex`` (qdrant-client: a server/cluster, or
 qdrant-client's local mode for tests). The index knows nothing of H-features; the
 feature store keeps those (``retrieval.feature_store``).

@@ -4,33 +4,47 @@ being served (a context variable set by the request middleware)."""
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import time
+from typing import Any
+
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter as _LibJsonFormatter
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
-_STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
+class JsonFormatter(_LibJsonFormatter):
+    """``{"ts","level","logger","msg","request_id", ...extra}``; exceptions as text in ``exc``.
 
-class JsonFormatter(logging.Formatter):
-    """``{"ts","level","logger","msg","request_id", ...extra}``; exceptions as text."""
+    python-json-logger does the record-to-JSON work (extras, exception text, encoding
+    of non-JSON values with ``str``); this subclass only fixes our field names and order
+    and adds the request id of the request being served.
+    """
 
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-            "request_id": getattr(record, "request_id", None) or request_id_var.get(),
-        }
-        for k, v in vars(record).items():
-            if k not in _STD and k not in out and not k.startswith("_") and k != "color_message":
-                out[k] = v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+    def __init__(self) -> None:
+        super().__init__(
+            "%(message)s",
+            rename_fields={"message": "msg", "exc_info": "exc"},
+            reserved_attrs=[*RESERVED_ATTRS, "color_message", "request_id"],
+            json_default=str,
+            json_ensure_ascii=False,
+        )
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        log_data["ts"] = (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z"
+        )
+        log_data["level"] = record.levelname
+        log_data["logger"] = record.name
+        super().add_fields(log_data, record, message_dict)
+        log_data["request_id"] = getattr(record, "request_id", None) or request_id_var.get()
+        # our order: ts, level, logger, msg, request_id, then the extras
+        for k in [k for k in log_data if k not in ("ts", "level", "logger", "msg", "request_id")]:
+            log_data[k] = log_data.pop(k)
 
 
 def configure_logging(fmt: str = "json", level: str = "INFO") -> None:

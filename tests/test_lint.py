@@ -1,4 +1,4 @@
-"""The codebase stays ruff-clean (STYLE.md); the rules live in pyproject.toml."""
+"""The codebase stays ruff-clean; the rules live in pyproject.toml."""
 
 from __future__ import annotations
 

@@ -45,20 +45,63 @@ def _supersampled_grid(size: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(c, c, indexing="xy")
 
 
+_GRID: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _grid(size: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (read-only) sub-pixel grid, built once per process."""
+    key = (size, factor)
+    if key not in _GRID:
+        xs, ys = _supersampled_grid(size, factor)
+        xs.flags.writeable = ys.flags.writeable = False
+        _GRID[key] = (xs, ys)
+    return _GRID[key]
+
+
+def _span(centre: float, half: float, factor: int, n: int) -> slice:
+    """Sub-pixel indices whose centres can lie within ``half`` of ``centre`` (a margin of
+    one sub-pixel each side, so the inside-test, not this bound, decides every edge)."""
+    lo = int(np.floor((centre - half) * factor - 0.5)) - 1
+    hi = int(np.ceil((centre + half) * factor - 0.5)) + 2
+    return slice(max(0, lo), min(n, hi))
+
+
+def _box_sum(canvas: np.ndarray, f: int) -> np.ndarray:
+    """(n, n, 3) -> (n/f, n/f, 3) sums of f x f boxes, as f contiguous adds per axis
+    (a strided ``sum(axis=(1, 3))`` is ~10x slower)."""
+    n = canvas.shape[0]
+    rows = canvas.reshape(n // f, f, n * 3)
+    acc = rows[:, 0].copy()
+    for i in range(1, f):
+        acc += rows[:, i]
+    cols = acc.reshape(n // f, n // f, f, 3)
+    out = cols[:, :, 0].copy()
+    for i in range(1, f):
+        out += cols[:, :, i]
+    return out
+
+
 def render(scene: Scene) -> np.ndarray:
-    """Render a scene. Returns (IMAGE_SIZE, IMAGE_SIZE, 3) uint8, RGB."""
+    """Render a scene. Returns (IMAGE_SIZE, IMAGE_SIZE, 3) uint8, RGB.
+
+    Each shape is tested only on the sub-pixels of its bounding box (every shape lies in
+    its box [-1, 1]^2, so the bytes equal a test over the whole grid; ~10x faster, which
+    is what makes the first-start database build fit its time budget).
+    """
     n = IMAGE_SIZE * SUPERSAMPLE
-    xs, ys = _supersampled_grid(IMAGE_SIZE, SUPERSAMPLE)
+    xs, ys = _grid(IMAGE_SIZE, SUPERSAMPLE)
     bg = scene.spec.background
     assert bg is not None
-    canvas = np.empty((n, n, 3), dtype=np.float64)
-    canvas[:] = np.asarray(BACKGROUNDS[bg], dtype=np.float64)
+    # Colours are integers, so an integer canvas and an integer box sum give exactly the
+    # float64 mean of the sub-pixels (sum / 16 is exact) at a fraction of the cost.
+    canvas = np.tile(np.asarray(BACKGROUNDS[bg], dtype=np.int16), (n, n, 1))  # 16 * 255 fits
     for p in scene.placed:
         r = p.extent / 2.0
-        u = (xs - p.x) / r
-        v = (ys - p.y) / r
-        canvas[shape_mask(p.shape, u, v)] = np.asarray(COLOURS[p.colour], dtype=np.float64)
-    small = canvas.reshape(IMAGE_SIZE, SUPERSAMPLE, IMAGE_SIZE, SUPERSAMPLE, 3).mean(axis=(1, 3))
+        rows, cols = _span(p.y, r, SUPERSAMPLE, n), _span(p.x, r, SUPERSAMPLE, n)
+        u = (xs[rows, cols] - p.x) / r
+        v = (ys[rows, cols] - p.y) / r
+        canvas[rows, cols][shape_mask(p.shape, u, v)] = COLOURS[p.colour]
+    small = _box_sum(canvas, SUPERSAMPLE) / float(SUPERSAMPLE * SUPERSAMPLE)
     return np.clip(np.rint(small), 0, 255).astype(np.uint8)
 
 

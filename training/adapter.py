@@ -1,5 +1,5 @@
 """The offline adapter training job: latent adversarial training (LADD) of the H-adapter and
-an up-block LoRA of the one-step student, with retrieval in the loop (METHOD.md, training).
+an up-block LoRA of the one-step student, with retrieval in the loop (arXiv 2602.12640; docs/training.md).
 
 ``train(config) -> TrainResult`` is the Python entry point; ``ragturbo train adapter
 --config FILE`` calls it (through ``torchrun`` for several GPUs). One step:

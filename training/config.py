@@ -1,8 +1,9 @@
-"""The training job's configuration: typed dataclasses, every field with its default.
+"""The training job's configuration: typed pydantic dataclasses, every field with its default.
 
 A config file (YAML ``.yaml/.yml`` or TOML ``.toml``) mirrors ``TrainConfig``: top-level
 keys are its fields, ``data``, ``retrieval``, ``loss`` and ``optim`` are nested tables.
-Unknown keys fail loudly with their names. ``retrieval: null`` (or ``control: true``) is
+Types and bounds live in the annotations (pydantic validates them at construction);
+unknown keys fail loudly with their names; every bad value is named with the value given. ``retrieval: null`` (or ``control: true``) is
 the control run: the same training with a null neighbour (λ = 0) in place of retrieval.
 docs/training.md is the reference; the field docstrings below are its source.
 """
@@ -12,9 +13,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
+
+_CONFIG = ConfigDict(extra="forbid", strict=False)
+dataclass = _pydantic_dataclass(config=_CONFIG)  # type: ignore[call-overload]
+"""``@dataclass``: a pydantic dataclass (still a ``dataclasses`` dataclass: ``fields``,
+``asdict`` and attribute docstrings work as before)."""
+
+Pos = Annotated[int, Field(ge=1)]
+NonNeg = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 @dataclass
@@ -24,7 +39,7 @@ class DataConfig:
     ``.parquet`` file with ``caption`` [, ``id``] and ``image`` (encoded bytes) or ``latent``."""
     format: Literal["auto", "folder", "parquet"] = "auto"
     """How to read ``path``; ``auto`` picks parquet for a ``.parquet`` file, else folder."""
-    max_items: int | None = None
+    max_items: Pos | None = None
     """Use only the first N pairs (None: all)."""
     cache_latents: bool = True
     """Encode every pair's latent once at start-up (VAE posterior mean) and keep them in host
@@ -38,9 +53,9 @@ class RetrievalConfig:
     embeddings + H-features computed with the student at start-up; right for the toy world).
     ``db``: the ragturbo vector index + feature store (``retrieval`` package) at ``db_path`` or
     ``qdrant_url`` — the same index the service uses."""
-    k: int = 1
+    k: Annotated[int, Field(ge=1, le=8)] = 1
     """Neighbours per sample (1..8)."""
-    min_score: float = 0.0
+    min_score: Annotated[float, Field(ge=-1, le=1)] = 0.0
     """Neighbours with a cosine score below this get λ = 0 (as in the service)."""
     db_path: str | None = None
     """Qdrant Edge directory / feature store for ``source: db``."""
@@ -52,13 +67,13 @@ class RetrievalConfig:
 
 @dataclass
 class LossConfig:
-    adv_weight: float = 1.0
+    adv_weight: NonNegFloat = 1.0
     """Weight of the generator's hinge adversarial loss -D(fake)."""
-    l1_weight: float = 2.5
-    """α: weight of smooth-L1(ẑ0, z0) (METHOD.md)."""
-    l1_beta: float = 1.0
+    l1_weight: NonNegFloat = 2.5
+    """α: weight of smooth-L1(ẑ0, z0) (the paper's α = 2.5)."""
+    l1_beta: PosFloat = 1.0
     """Transition point of the smooth-L1 (torch ``beta``)."""
-    lpips_weight: float = 1.0
+    lpips_weight: NonNegFloat = 1.0
     """β: weight of the latent perceptual loss (teacher-encoder features under augmentation)."""
     unpaired_regression: bool = False
     """Also apply smooth-L1 and the perceptual loss to rows without a ``noise_seed`` (real
@@ -66,17 +81,17 @@ class LossConfig:
     regression's minimiser is the mean image over the caption's possible images (the first toy
     run collapsed to near-black this way); such rows then train through the adversarial term
     only. Rows with a ``noise_seed`` (paired teacher samples) are always regressed."""
-    disc_t_steps: int = 0
+    disc_t_steps: NonNeg = 0
     """Timesteps s for re-noising before the discriminator: 0 = uniform over all training
     timesteps; N > 0 = uniform over the N steps of the teacher's sampler (trailing spacing)."""
-    disc_head_channels: int = 64
+    disc_head_channels: Pos = 64
     """Hidden width of each spectral-normalised discriminator head."""
-    disc_stages: list[int] | None = None
+    disc_stages: list[NonNeg] | None = None
     """Teacher encoder stages with a head (indices into down blocks, then mid = last);
     None: every down block and the mid block."""
-    aug_translate: float = 0.125
+    aug_translate: Fraction = 0.125
     """Max random translation (fraction of the latent size) of the perceptual-loss augmentation."""
-    aug_cutout: float = 0.25
+    aug_cutout: Fraction = 0.25
     """Cutout square side (fraction of the latent size); 0 disables."""
     aug_flip: bool = True
     """Random horizontal flips in the perceptual-loss augmentation."""
@@ -84,17 +99,17 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-5
+    lr: PosFloat = 1e-5
     """Generator (adapter + LoRA) learning rate, constant after warm-up (paper: 1e-5)."""
-    disc_lr: float = 1e-5
+    disc_lr: PosFloat = 1e-5
     """Discriminator heads' learning rate."""
-    warmup_steps: int = 0
+    warmup_steps: NonNeg = 0
     """Linear warm-up from 0 over this many steps, then constant."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     """AdamW betas (generator and discriminator)."""
-    weight_decay: float = 0.01
+    weight_decay: NonNegFloat = 0.01
     """AdamW weight decay."""
-    grad_clip: float | None = 1.0
+    grad_clip: PosFloat | None = 1.0
     """Clip each model's gradient norm (None: no clipping)."""
 
 
@@ -115,15 +130,15 @@ class TrainConfig:
     """Control run: replace every neighbour by a null one (λ = 0); same as ``retrieval: null``."""
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    steps: int = 1000
+    steps: Pos = 1000
     """Total optimiser steps."""
-    batch_size: int = 8
+    batch_size: Pos = 8
     """Global batch size (split evenly across torchrun processes)."""
     seed: int = 0
     """Seeds LoRA init, data order, noise, timesteps and augmentations."""
-    lora_rank: int = 16
+    lora_rank: NonNeg = 16
     """Rank of the LoRA on the student's up blocks (0 disables the LoRA)."""
-    lora_alpha: float | None = None
+    lora_alpha: PosFloat | None = None
     """LoRA alpha (None: equal to the rank)."""
     lora_targets: list[str] = field(
         default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
@@ -136,13 +151,13 @@ class TrainConfig:
     """bf16 autocast on GPU (ignored on CPU)."""
     gradient_checkpointing: bool = False
     """Recompute UNet blocks in backward (student decoder, teacher encoder) to save memory."""
-    ema_decay: float | None = None
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
     """EMA of the trained generator weights (e.g. 0.999); export uses the EMA when present."""
-    log_every: int = 10
+    log_every: Pos = 10
     """Write a CSV (and TensorBoard, if installed) row every N steps."""
-    ckpt_every: int = 500
+    ckpt_every: Pos = 500
     """Checkpoint every N steps (and at the end); ``latest.pt`` is replaced atomically."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: NonNeg = 2
     """How many step-numbered checkpoints to keep besides ``latest.pt``."""
     resume: bool = True
     """Resume from ``output_dir/latest.pt`` if it exists (exact: RNG states and data order)."""
@@ -155,7 +170,8 @@ class TrainConfig:
             self.retrieval = None
 
     def validate(self) -> TrainConfig:
-        """Raise ValueError naming every bad value."""
+        """Raise ValueError naming every missing path and every cross-field conflict
+        (single-field types and bounds were checked by pydantic at construction)."""
         errs: list[str] = []
         if not self.student:
             errs.append("student (model dir) is required")
@@ -163,26 +179,10 @@ class TrainConfig:
             errs.append("teacher_unet (UNet dir) is required")
         if not self.data.path:
             errs.append("data.path is required")
-        if self.steps < 1:
-            errs.append(f"steps must be >= 1, got {self.steps}")
-        if self.batch_size < 1:
-            errs.append(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lora_rank < 0:
-            errs.append(f"lora_rank must be >= 0, got {self.lora_rank}")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            errs.append(f"ema_decay must be in (0,1), got {self.ema_decay}")
-        if self.log_every < 1 or self.ckpt_every < 1:
-            errs.append(f"log_every/ckpt_every must be >= 1, got {self.log_every}/{self.ckpt_every}")
-        if self.optim.lr <= 0 or self.optim.disc_lr <= 0:
-            errs.append(f"learning rates must be > 0, got {self.optim.lr}/{self.optim.disc_lr}")
         if self.retrieval is not None:
             r = self.retrieval
-            if not 1 <= r.k <= 8:
-                errs.append(f"retrieval.k must be in 1..8, got {r.k}")
             if r.source == "db" and not (r.db_path or r.qdrant_url):
                 errs.append("retrieval.source 'db' needs retrieval.db_path or retrieval.qdrant_url")
-        if self.loss.disc_t_steps < 0:
-            errs.append(f"loss.disc_t_steps must be >= 0, got {self.loss.disc_t_steps}")
         if errs:
             raise ValueError("invalid training config: " + "; ".join(errs))
         return self
@@ -211,11 +211,24 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
                 kw[k] = _build(nested[k], v, f"{where}.{k}")
             else:
                 raise ValueError(f"{where}.{k} must be a table/mapping, got {v!r}")
-        elif k == "betas":
-            kw[k] = tuple(float(x) for x in v)
+        elif k == "betas" and isinstance(v, list):
+            kw[k] = tuple(v)
         else:
             kw[k] = v
-    return cls(**kw)
+    try:
+        return cls(**kw)
+    except ValidationError as e:
+        raise ValueError(f"invalid training config: {_explain(e, where)}") from None
+
+
+def _explain(err: ValidationError, where: str) -> str:
+    """pydantic's errors as ``key: message (got value)``, one per bad value, '; '-joined."""
+    parts = []
+    for d in err.errors():
+        loc = ".".join(str(x) for x in d["loc"])
+        key = (f"{where}.{loc}" if loc else where).removeprefix("config.")
+        parts.append(f"{key}: {d['msg']} (got {d.get('input')!r})")
+    return "; ".join(parts)
 
 
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:

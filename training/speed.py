@@ -8,16 +8,16 @@ peak GPU memory. Random weights measure speed only, not quality.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+import typer
 
 log = logging.getLogger(__name__)
 
@@ -84,29 +84,37 @@ def measure(
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--arch", default="tiny")
-    ap.add_argument("--batch-size", type=int, nargs="+", default=[8])
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--grad-ckpt", choices=["off", "on", "both"], default="off")
-    ap.add_argument("--root", type=Path, default=None)
-    ap.add_argument("--out", type=Path, default=None, help="Write the rows as JSON here.")
-    a = ap.parse_args()
+def _run(
+    arch: Annotated[str, typer.Option(help="tiny or sd-turbo (random weights)")] = "tiny",
+    batch_size: Annotated[list[int] | None, typer.Option(help="global batch (repeatable)")] = None,
+    steps: Annotated[int, typer.Option(min=1)] = 12,
+    warmup: Annotated[int, typer.Option(min=0, help="steps left out of the mean")] = 2,
+    grad_ckpt: Annotated[str, typer.Option(help="off, on or both")] = "off",
+    root: Annotated[Path | None, typer.Option(help="work folder (default: a temp dir)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the rows as JSON here.")] = None,
+) -> None:
+    if grad_ckpt not in ("off", "on", "both"):
+        raise typer.BadParameter(f"must be off, on or both; got {grad_ckpt!r}", param_hint="--grad-ckpt")
+    sizes = batch_size or [8]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root = a.root or Path(tempfile.mkdtemp(prefix="ragturbo-speed-"))
-    fx = make_fixture(root, a.arch, max(2 * max(a.batch_size), 16))
-    modes = {"off": [False], "on": [True], "both": [False, True]}[a.grad_ckpt]
+    work = root or Path(tempfile.mkdtemp(prefix="ragturbo-speed-"))
+    fx = make_fixture(work, arch, max(2 * max(sizes), 16))
+    modes = {"off": [False], "on": [True], "both": [False, True]}[grad_ckpt]
     rows = []
     for gc in modes:
-        for bs in a.batch_size:
-            row = measure(a.arch, bs, a.steps, a.warmup, gc, root, fx)
+        for bs in sizes:
+            row = measure(arch, bs, steps, warmup, gc, work, fx)
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "final"}), flush=True)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(rows, indent=2))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=2))
+
+
+def main() -> None:
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command(help=(__doc__ or "").splitlines()[0])(_run)
+    app(prog_name="python -m training.speed")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""UNet split, H-adapter and slerp injection: the model graph of METHOD.md."""
+"""UNet split, H-adapter and slerp injection: the model graph of the README and docs/engines.md."""
 
 from __future__ import annotations
 

@@ -42,3 +42,23 @@ def test_embedded_db_builds_once_and_follows_model_changes(tmp_path: Path, monke
 
     monkeypatch.setenv("RAGTURBO_MODEL_DIR", str(shipped))
     assert ensure_embedded_db(db, n=12).startswith("skipped")
+
+
+def test_parallel_render_writes_the_split_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first-start renderer (workers that write PNGs) gives make_split's images and captions."""
+    import numpy as np
+    from PIL import Image
+
+    import toyworld.embedded_db as edb
+    from toyworld.models.adapter import write_folder_dataset
+    from toyworld.models.data import make_split
+
+    monkeypatch.setattr(edb, "RENDER_CHUNK", 7)
+    fast = edb.write_retrieval_folder(tmp_path / "fast", 30, workers=2, progress=False)
+    sp = make_split("retrieval", 30, workers=1)
+    assert sp.images is not None
+    ref = write_folder_dataset(tmp_path / "ref", sp.images, sp.captions)
+    assert (fast / "captions.jsonl").read_text() == (ref / "captions.jsonl").read_text()
+    for i in range(30):
+        a = np.asarray(Image.open(fast / f"{i:06d}.png"))
+        assert np.array_equal(a, sp.images[i]), i

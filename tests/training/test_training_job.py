@@ -113,8 +113,17 @@ def test_bad_config_names_the_offending_values(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="unknown config key"):
         config_from_dict({"student": "s", "teacher_unet": "t", "data": {"path": "d"}, "stepz": 3})
-    with pytest.raises(ValueError, match=r"retrieval.k must be in 1..8, got 9"):
+    with pytest.raises(ValueError, match=r"retrieval.k: Input should be less than or equal to 8 \(got 9\)"):
         config_from_dict({"student": "s", "teacher_unet": "t", "data": {"path": "d"}, "retrieval": {"k": 9}})
+    # every bad value at once, each with its key and the value given (pydantic bounds)
+    with pytest.raises(ValueError) as err:
+        config_from_dict({"student": "s", "teacher_unet": "t", "data": {"path": "d"},
+                          "steps": 0, "ema_decay": 1.5, "mixed_precision": "fp8"})
+    for part in ("steps: Input should be greater than or equal to 1 (got 0)",
+                 "ema_decay: Input should be less than 1 (got 1.5)", "mixed_precision:", "'fp8'"):
+        assert part in str(err.value)
+    with pytest.raises(ValueError, match=r"optim.lr: Input should be greater than 0 \(got 0\)"):
+        config_from_dict({"student": "s", "teacher_unet": "t", "data": {"path": "d"}, "optim": {"lr": 0}})
     toml = tmp_path / "c.toml"
     toml.write_text('student = "s"\nteacher_unet = "t"\ncontrol = true\n[data]\npath = "d"\n[loss]\nl1_weight = 3.0\n')
     cfg = load_config(toml)

@@ -40,6 +40,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/* Where the model comes from: "volume" (the models PVC) or "image" (the toy model in the image). */}}
+{{- define "ragturbo.modelSource" -}}
+{{- $s := default "volume" .Values.model.source -}}
+{{- if not (has $s (list "volume" "image")) -}}
+{{- fail (printf "model.source must be volume or image, got %q" $s) -}}
+{{- end -}}
+{{- if and (eq $s "image") .Values.jobs.trt.enabled -}}
+{{- fail "jobs.trt.enabled needs model.source=volume: the plans are written to the models volume" -}}
+{{- end -}}
+{{- if and (eq $s "image") .Values.model.fetch.enabled -}}
+{{- fail "model.fetch.enabled needs model.source=volume: it fills the models volume" -}}
+{{- end -}}
+{{- $s -}}
+{{- end -}}
+
+{{- define "ragturbo.modelDir" -}}
+{{- printf "%s/%s" .Values.model.mountPath .Values.model.subPath -}}
+{{- end -}}
+
 {{- define "ragturbo.modelClaim" -}}
 {{- default (printf "%s-models" (include "ragturbo.fullname" .)) .Values.model.persistence.existingClaim -}}
 {{- end -}}
@@ -105,10 +124,12 @@ margin counts as at least 1 s. */}}
 
 {{/* Environment shared by the service and the Jobs. */}}
 {{- define "ragturbo.env" -}}
+{{- if eq (include "ragturbo.modelSource" .) "volume" }}
 - name: RAGTURBO_MODEL_DIR
-  value: {{ printf "%s/%s" .Values.model.mountPath .Values.model.subPath | quote }}
+  value: {{ include "ragturbo.modelDir" . | quote }}
 - name: {{ .Values.model.engineDirEnv }}
   value: {{ printf "%s/%s" .Values.model.mountPath .Values.model.engineSubPath | quote }}
+{{- end }}
 - name: RAGTURBO_BACKEND
   value: {{ .Values.config.backend | quote }}
 - name: RAGTURBO_DEVICE

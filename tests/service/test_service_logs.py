@@ -1,0 +1,44 @@
+"""The JSON log line an operator's log pipeline parses (python-json-logger underneath)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from service.logs import JsonFormatter, request_id_var
+
+
+def _lines(emit) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+    buf = io.StringIO()
+    h = logging.StreamHandler(buf)
+    h.setFormatter(JsonFormatter())
+    lg = logging.getLogger("ragturbo.test.logs")
+    lg.handlers, lg.propagate = [h], False
+    lg.setLevel(logging.INFO)
+    emit(lg)
+    return [json.loads(x) for x in buf.getvalue().splitlines()]
+
+
+def test_fields_order_extras_and_request_id() -> None:
+    tok = request_id_var.set("req-7")
+    try:
+        (rec,) = _lines(lambda lg: lg.info("done %s ü", "x", extra={"status": 200, "obj": ValueError("v")}))
+    finally:
+        request_id_var.reset(tok)
+    assert list(rec)[:5] == ["ts", "level", "logger", "msg", "request_id"]
+    assert rec["ts"].endswith("Z") and rec["level"] == "INFO" and rec["msg"] == "done x ü"
+    assert rec["request_id"] == "req-7" and rec["status"] == 200 and rec["obj"] == "v"
+
+
+def test_explicit_request_id_and_exception_text() -> None:
+    def emit(lg: logging.Logger) -> None:
+        lg.warning("w", extra={"request_id": "abc"})
+        try:
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            lg.exception("boom")
+
+    w, e = _lines(emit)
+    assert w["request_id"] == "abc" and "exc" not in w
+    assert e["request_id"] == "-" and "ZeroDivisionError" in e["exc"]
