@@ -33,7 +33,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         min_iters: int = typer.Option(10, help="Minimum timed iterations per measurement."),
         time_budget_s: float | None = typer.Option(None, help="Skip what would overrun this budget."),
     ) -> None:
-        """Latency/throughput table: diffusers eager vs compiled peer vs the fast runner (PERF.md)."""
+        """Latency/throughput table: diffusers eager vs compiled peer vs the fast runner (docs/perf.md)."""
         from engines.bench.cli_impl import bench_pipeline
         from engines.bench.report import format_table
 

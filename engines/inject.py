@@ -1,4 +1,4 @@
-"""Training-free H-space injection by spherical interpolation (METHOD.md).
+"""Training-free H-space injection by spherical interpolation (docs/engines.md).
 
 h = sin((1-w)Ω)/sinΩ · h_r + sin(wΩ)/sinΩ · h_t, Ω = arccos<ĥ_t, ĥ_r>, where w is the
 weight of the target (0.8 by default) and the angle is taken between the flattened,

@@ -2,7 +2,7 @@
 
 Thin orchestrator: text encoder -> UNet encoder at the student timestep -> H-adapter
 or slerp injection or nothing -> UNet decoder -> x0 -> VAE decoder -> uint8. It takes
-retrieved H-features and λ as tensors and knows nothing of the index (DESIGN.md).
+retrieved H-features and λ as tensors and knows nothing of the index (docs/architecture.md).
 Also provides what ingest needs: ``encode_images`` (VAE posterior mean) and
 ``retrieval_features`` (UNet encoder at t=0 on the clean latent with its caption).
 """

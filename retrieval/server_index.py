@@ -1,6 +1,6 @@
 """Qdrant server/cluster through ``qdrant-client`` (URL, API key, timeouts, retries).
 
-For production (DESIGN.md). Each call retries transient errors (transport, timeouts, 5xx,
+For production (docs/architecture.md). Each call retries transient errors (transport, timeouts, 5xx,
 429) with exponential backoff (tenacity). A server that is down when the index is opened
 does not fail the open: the index reconnects in the background with backoff
 (``retrieval.reconnect``), calls raise ``RetrievalError`` until then, and ``status()``

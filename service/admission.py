@@ -1,4 +1,4 @@
-"""Admission and waiting for one request (DESIGN.md, data flow): prompt limit, readiness,
+"""Admission and waiting for one request (docs/service.md, data flow): prompt limit, readiness,
 seeds, the queue bound (in ``Batcher.submit``), the deadline and client disconnects.
 
 ``run_job`` takes the request model whole; both routes express themselves as a

@@ -1,4 +1,4 @@
-"""The FastAPI app (DESIGN.md, HTTP API): lifespan, middleware, error handlers, routes.
+"""The FastAPI app (docs/service.md, HTTP API): lifespan, middleware, error handlers, routes.
 
 ``create_app(settings, factory)`` wires everything; nothing happens at import time. The
 engine is built and warmed up in the background after startup so /healthz answers at

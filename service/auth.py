@@ -1,4 +1,4 @@
-"""API keys (DESIGN.md, 401): ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+"""API keys (docs/service.md, 401): ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
 
 FastAPI's security classes read the headers, so the OpenAPI document declares both
 schemes on exactly the routes that need a key (it is generated from the routes). Every

@@ -16,7 +16,7 @@ STAGE_BUCKETS: tuple[float, ...] = (
     0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 
-# End-to-end request latency and queue wait. The latency SLO of PERF.md is stated in
+# End-to-end request latency and queue wait. The latency SLO of docs/perf.md is stated in
 # tens of milliseconds, so 5 ms resolution up to 50 ms, then ~1.5x steps; the tail up
 # to the default request timeout (30 s) so timed-out requests land in a finite bucket.
 REQUEST_BUCKETS: tuple[float, ...] = (
@@ -32,7 +32,7 @@ QUEUE_BUCKETS: tuple[float, ...] = (
     0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 )  # fmt: skip
 
-# Images per pipeline call. Engines are built for powers of two (1..64 in PERF.md), so
+# Images per pipeline call. Engines are built for powers of two (1..64 in docs/perf.md), so
 # the powers of two and the values right between them show how full batches run.
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 

@@ -1,4 +1,4 @@
-"""``ragturbo serve`` and ``ragturbo bench service`` (DESIGN.md, CLI)."""
+"""``ragturbo serve`` and ``ragturbo bench service`` (docs/service.md, CLI)."""
 
 from __future__ import annotations
 

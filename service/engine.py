@@ -1,7 +1,7 @@
 """The seam between the service and the model: what the batcher calls.
 
 The service only needs ``TextToImage.generate(reqs) -> (results, timings_ms)`` and three
-attributes; it never knows which backend runs (STYLE.md, the seam). The real object
+attributes; it never knows which backend runs (docs/architecture.md, the seam). The real object
 comes from ``retrieval.compose.build_text_to_image`` (the one place a prompt becomes
 an image); tests pass their own factory.
 """

@@ -1,4 +1,4 @@
-"""The service's error hierarchy and its one mapping to HTTP (DESIGN.md, errors).
+"""The service's error hierarchy and its one mapping to HTTP (docs/service.md, errors).
 
 Every error response is ``{"error": {"message", "type", "code"}}``. ``type`` is the
 class of failure, ``code`` a stable machine-readable string. Responses never carry stack

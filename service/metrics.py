@@ -1,4 +1,4 @@
-"""The service's Prometheus metrics (DESIGN.md, Metrics): prefix ``ragturbo_``, seconds.
+"""The service's Prometheus metrics (docs/service.md, Metrics): prefix ``ragturbo_``, seconds.
 
 One ``Metrics`` object per app with its own registry, so several apps (tests) never
 collide and ``/metrics`` shows exactly this service. Buckets come from service.buckets.
@@ -39,7 +39,7 @@ REJECT_REASONS: tuple[str, ...] = (
 
 
 class Metrics:
-    """All service metrics on one registry; names exactly as DESIGN.md."""
+    """All service metrics on one registry; names exactly as docs/service.md."""
 
     content_type = CONTENT_TYPE_LATEST
 

@@ -1,4 +1,4 @@
-"""The HTTP routes (DESIGN.md, HTTP API) as an APIRouter built from the settings.
+"""The HTTP routes (docs/service.md, HTTP API) as an APIRouter built from the settings.
 
 Dependencies are ``Annotated``: ``State`` (the ServiceState of the app) and, only when
 API keys are configured, the key check — so the OpenAPI document, generated from these

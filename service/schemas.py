@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API (DESIGN.md, HTTP API).
+"""Request and response bodies of the HTTP API (docs/service.md, HTTP API).
 
 Types are strict (a string is not an int; 2.0 is, as in JSON Schema) so wrong types get
 a 422 that names the field. The prompt's upper bound is a setting (max_prompt_chars); the

@@ -1,4 +1,4 @@
-"""Running the app under uvicorn with a graceful drain (DESIGN.md: readyz 503 while
+"""Running the app under uvicorn with a graceful drain (docs/service.md: readyz 503 while
 draining) and bounded request reading (service.protocol).
 
 One deadline governs the whole shutdown: SIGTERM at ``t`` means the process has exited

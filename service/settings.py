@@ -1,4 +1,4 @@
-"""The service's one typed settings class (DESIGN.md, Settings).
+"""The service's one typed settings class (docs/service.md, Settings).
 
 Read from the environment with the prefix ``RAGTURBO_`` (e.g. ``RAGTURBO_MAX_BATCH=16``).
 Bounds live in the types, choices are ``Literal``; cross-field checks name the values.

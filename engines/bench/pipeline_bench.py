@@ -1,6 +1,6 @@
 """``ragturbo bench pipeline``: the one-step pipeline's latency and throughput, per batch size.
 
-Variants, timed in one process on one device (PERF.md, "Measuring"):
+Variants, timed in one process on one device (docs/perf.md, "Measuring"):
 
 - ``eager``: diffusers eager (the baseline; plain SD-Turbo, no retrieval)
 - ``peer``: diffusers + torch.compile(mode="reduce-overhead"), channels-last (CUDA only)
@@ -62,7 +62,7 @@ class BenchOptions:
     subpixel_vae: bool = True
     ablate_subpixel: bool = False
     parity_batches: tuple[int, ...] = (1, 8)
-    peak_tflops: float | None = None  # None: 790 on CUDA (PERF.md), no floor on CPU
+    peak_tflops: float | None = None  # None: 790 on CUDA (docs/perf.md), no floor on CPU
     time_budget_s: float | None = None
     feature_dtype: str = "auto"  # device index H-features: float16, float8, auto (float8 > 100K)
     seed: int = 0
@@ -359,7 +359,7 @@ def _peer_rows(peer, ref, opts, device, gflop, peak, result, clock, emit) -> lis
     rows: list[dict[str, Any]] = []
     last_build = 0.0
     for b in opts.batches:
-        # a first compile of the SD-Turbo-sized modules takes minutes (PERF.md: 245 s)
+        # a first compile of the SD-Turbo-sized modules takes minutes (docs/perf.md: 245 s)
         need = 1.2 * last_build + 20.0 if last_build else (150.0 if opts.arch != "tiny" else 30.0)
         if not clock.allows(need):
             result["skipped"].append(f"{peer.name} b={b}: time budget ({clock.elapsed():.0f} s used)")

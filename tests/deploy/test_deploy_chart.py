@@ -221,3 +221,18 @@ def test_dashboard_configmap_carries_the_dashboard(rendered) -> None:
     dash = json.loads(cm["data"]["ragturbo-dashboard.json"])
     assert dash["uid"] == "ragturbo-overview"
     assert re.search(r"ragturbo_queue_depth", cm["data"]["ragturbo-dashboard.json"])
+
+
+def test_compile_cache_reaches_the_service_on_a_volume() -> None:
+    """The fast backend's torch.compile cache: env + mount, a PVC when persistence is on."""
+    objs = rv.render({"compileCache": {"persistence": {"enabled": True, "size": "20Gi"}}})
+    c = _container(objs)
+    assert _env(c)["RAGTURBO_COMPILE_CACHE_DIR"] == "/cache/compile"
+    assert {"name": "compile-cache", "mountPath": "/cache/compile"} in c["volumeMounts"]
+    pvcs = [o for o in objs if o["kind"] == "PersistentVolumeClaim"]
+    cache = [p for p in pvcs if p["metadata"]["name"].endswith("-compile-cache")]
+    assert len(cache) == 1 and cache[0]["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    vols = _one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "compile-cache", "persistentVolumeClaim": {"claimName": cache[0]["metadata"]["name"]}} in vols
+    off = rv.render({"compileCache": {"enabled": False}})
+    assert "RAGTURBO_COMPILE_CACHE_DIR" not in _env(_container(off))
