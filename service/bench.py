@@ -15,8 +15,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -68,22 +69,32 @@ def _metric_sum_count(text: str, name: str) -> tuple[float, float]:
     return s, c
 
 
-async def _load(url: str, clients: int, seconds: float) -> tuple[list[float], int, int]:
+async def _load(
+    url: str,
+    clients: int,
+    seconds: float,
+    body: Callable[[int, int], dict[str, Any]] | None = None,
+    ok: Callable[[Any], bool] | None = None,
+) -> tuple[list[float], int, int]:
+    """Closed-loop clients for ``seconds``: latencies of the answers ``ok`` accepts (default:
+    status 200), their count, and the rest. ``body(client, n)`` makes each request."""
     import httpx
 
+    make = body or (lambda i, n: {"prompt": f"a red circle {i}", "seed": n})
+    good = ok or (lambda r: r.status_code == 200)
     lat: list[float] = []
     errors = 0
     stop = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
 
         async def one(i: int) -> None:
             nonlocal errors
             n = 0
             while time.monotonic() < stop:
                 t0 = time.perf_counter()
-                r = await client.post(url, json={"prompt": f"a red circle {i}", "seed": n})
-                if r.status_code == 200:
+                r = await client.post(url, json=make(i, n))
+                if good(r):
                     lat.append(time.perf_counter() - t0)
                 else:
                     errors += 1

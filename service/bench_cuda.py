@@ -24,6 +24,7 @@ from typing import Any
 import typer
 
 from service.bench import _free_port, _pct
+from service.bench import _load as _closed_loop
 
 STAGES = ("text", "retrieval", "unet", "vae", "encode")
 
@@ -51,30 +52,16 @@ def _delta(m0: dict, m1: dict, key: str) -> tuple[float, float]:
     return b[0] - a[0], b[1] - a[1]
 
 
-async def _load(url: str, clients: int, seconds: float, fmt: str, k: int) -> tuple[list[float], int]:
-    import httpx
+def _load(url: str, clients: int, seconds: float, fmt: str, k: int) -> tuple[list[float], int]:
+    """Closed-loop JPEG requests with retrieval; an answer without retrieval counts as an error."""
+    def body(i: int, n: int) -> dict[str, Any]:
+        return {"prompt": f"a photo of object {i} number {n}", "seed": n, "format": fmt,
+                "retrieval": {"mode": "adapter", "k": k}}
 
-    lat: list[float] = []
-    errors = 0
-    stop = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    def ok(r: Any) -> bool:
+        return r.status_code == 200 and r.json().get("retrieval_status") == "ok"
 
-        async def one(i: int) -> None:
-            nonlocal errors
-            n = 0
-            while time.monotonic() < stop:
-                body = {"prompt": f"a photo of object {i} number {n}", "seed": n, "format": fmt,
-                        "retrieval": {"mode": "adapter", "k": k}}
-                t0 = time.perf_counter()
-                r = await client.post(url, json=body)
-                if r.status_code == 200 and r.json().get("retrieval_status") == "ok":
-                    lat.append(time.perf_counter() - t0)
-                else:
-                    errors += 1
-                n += 1
-
-        await asyncio.gather(*(one(i) for i in range(clients)))
+    lat, _, errors = asyncio.run(_closed_loop(url, clients, seconds, body, ok))
     return lat, errors
 
 
@@ -158,10 +145,10 @@ def bench_service_cuda(
         typer.echo(f"server N={n} ({fdt}) ready in {start_s:.1f} s ({srv['cache']} compile cache)", err=True)
         try:
             for c in (clients if not result["rows"] or not clients_after_first else clients_after_first):
-                asyncio.run(_load(f"{base}/generate", c, min(2.0, seconds / 3), fmt, k))  # warm
+                _load(f"{base}/generate", c, min(2.0, seconds / 3), fmt, k)  # warm
                 m0 = _metrics(base)
                 t0 = time.perf_counter()
-                lat, errors = asyncio.run(_load(f"{base}/generate", c, seconds, fmt, k))
+                lat, errors = _load(f"{base}/generate", c, seconds, fmt, k)
                 wall = time.perf_counter() - t0
                 m1 = _metrics(base)
                 bs, bc = _delta(m0, m1, "ragturbo_batch_size")
