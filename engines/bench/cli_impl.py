@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from engines.bench.pipeline_bench import VARIANTS, BenchOptions, run_pipeline_bench
-from engines.bench.report import format_table
 from engines.bench.timing import TimingPolicy
 
 log = logging.getLogger(__name__)
@@ -78,31 +77,12 @@ def bench_pipeline(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m engines.bench`` (argparse, no typer needed: the GPU machine may lack it)."""
-    import argparse
+    """``python -m engines.bench ...`` = ``ragturbo bench pipeline ...`` (one declaration of
+    the options: the typer command in engines/bench_cli.py)."""
+    import sys
 
-    p = argparse.ArgumentParser(prog="python -m engines.bench", description=__doc__)
-    p.add_argument("--arch", default="tiny")
-    p.add_argument("--batch", default="1,4,16")
-    p.add_argument("--backend", default=",".join(VARIANTS))
-    p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="fp16")
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--compile", default="whole", choices=["none", "regional", "whole"])
-    p.add_argument("--no-cuda-graphs", action="store_true")
-    p.add_argument("--no-subpixel-vae", action="store_true")
-    p.add_argument("--ablate-subpixel", action="store_true")
-    p.add_argument("--parity-batch", default="1,8")
-    p.add_argument("--min-time-s", type=float, default=1.0)
-    p.add_argument("--min-iters", type=int, default=10)
-    p.add_argument("--time-budget-s", type=float, default=None)
-    p.add_argument("--random-weights", action="store_true", help="accepted for CLI parity (always random)")
-    a = p.parse_args(argv)
+    from ragturbo.cli import _register_all, app
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    res = bench_pipeline(
-        a.arch, a.batch, a.backend, a.json, a.device, a.dtype, a.k, a.compile,
-        not a.no_cuda_graphs, not a.no_subpixel_vae, a.ablate_subpixel, a.parity_batch,
-        a.min_time_s, a.min_iters, a.time_budget_s,
-    )
-    print(format_table(res))
+    _register_all()
+    app(["bench", "pipeline", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m engines.bench")

@@ -30,9 +30,9 @@ def format_table(result: dict[str, Any]) -> str:
         "",
         (
             "| variant | batch | text ms | retrieval ms | UNet(+adapter) ms | VAE ms | end to end ms "
-            "| images/s | x eager | x peer | floor fraction | retrieval overhead | peak GiB | build s |"
+            "| images/s | x eager | x peer | floor fraction | retrieval overhead | served ms | peak GiB | build s |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(result["rows"], key=lambda r: (r["batch"], r["variant"])):
         s = r["stages_ms"]
@@ -42,6 +42,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"{_f(s.get('unet'))} | {_f(s.get('vae'))} | {_f(r['e2e_ms'])} | {_f(r['images_per_s'], 1)} | "
             f"{_f(r.get('speedup_vs_eager'))} | {_f(r.get('speedup_vs_peer'))} | "
             f"{_f(r.get('floor_fraction'), 3)} | {_f(ovh) + ' %' if ovh is not None else '-'} | "
+            f"{_f(r.get('served_e2e_ms'))} | "
             f"{_f(r.get('peak_mem_gib'))} | {_f(r.get('build_s'), 1)} |"
         )
     if result.get("parity"):
