@@ -14,6 +14,11 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from engines.backends.names import BACKENDS
+
+# "auto" plus the registry's names (engines/backends/names.py): one list, not two.
+BackendName = Literal[("auto", *BACKENDS)]  # type: ignore[valid-type]
+
 
 def _default_device() -> str:
     import torch
@@ -38,7 +43,7 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     """Model directory (diffusers layout + hadapter/). None: the shipped toy model, or a
     random tiny model written under ``db_path`` (engines.default_model)."""
-    backend: Literal["auto", "fast", "torch", "torch-opt", "onnxruntime", "tensorrt"] = "auto"
+    backend: BackendName = "auto"
     """Runtime backend, chosen once. If it cannot start the service stays not ready.
     ``auto``: ``fast`` on a CUDA device (the serving engine: retrieval search inside one
     CUDA graph per batch bucket), ``torch`` on CPU. ``torch-opt`` is the torch backend's

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.backends.base import Backend, BackendUnavailable, SearchingBackend, SearchOutput
-
-BACKENDS: tuple[str, ...] = ("fast", "torch", "torch-opt", "onnxruntime", "tensorrt")
+from engines.backends.names import BACKENDS
 
 __all__ = [
     "BACKENDS", "Backend", "BackendUnavailable", "SearchOutput", "SearchingBackend", "create_backend",
