@@ -65,8 +65,7 @@ class GpuIndex:
             self.feat = torch.zeros((cap, *self.h_shape), dtype=torch.uint8, device=self.device)
             self.scale = torch.ones((cap,), dtype=torch.float32, device=self.device)
         else:
-            store = dtype if dtype != torch.float32 else torch.float32
-            self.feat = torch.zeros((cap, *self.h_shape), dtype=store, device=self.device)
+            self.feat = torch.zeros((cap, *self.h_shape), dtype=dtype, device=self.device)
             self.scale = None
         self.n = 0
 
