@@ -23,6 +23,7 @@ from engines.hadapter import HAdapter
 from engines.inject import slerp_inject
 from engines.stages import (
     MODES,
+    images_to_uint8,
     normalize_modes,
     seeded_noise,
     stage_timer,
@@ -352,6 +353,5 @@ class OneStepPipeline(OneStepFront):
     def decode_latents(self, x0: torch.Tensor) -> np.ndarray:
         """x0 latents -> uint8 (B,H,W,3)."""
         img = self.vae.decode(x0 / float(self.vae.config.scaling_factor)).sample
-        img = ((img.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return img.permute(0, 2, 3, 1).cpu().numpy()
+        return images_to_uint8(img).cpu().numpy()
 

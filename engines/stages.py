@@ -72,3 +72,10 @@ def x0_from_output(
     if prediction_type == "v_prediction":
         return sa * z - s1a * model_out
     return model_out
+
+
+def images_to_uint8(img: torch.Tensor) -> torch.Tensor:
+    """Decoder sample (B,3,H,W) in about [-1,1] -> uint8 (B,H,W,3) (round half to even)."""
+    out = ((img.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return out.permute(0, 2, 3, 1)
+

@@ -22,7 +22,10 @@ from torch import nn
 
 from engines.hadapter import HAdapter
 from engines.inject import slerp_inject
+from engines.stages import images_to_uint8
 from engines.unet_split import HSplitUNet
+
+__all__ = ["TextEncoderGraph", "UNetGraph", "VaeDecoderGraph", "images_to_uint8", "mix_retrieval"]
 
 
 def mix_retrieval(
@@ -102,9 +105,3 @@ class VaeDecoderGraph(nn.Module):
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latent / self.scale).sample
-
-
-def images_to_uint8(img: torch.Tensor) -> torch.Tensor:
-    """Decoder sample (B,3,H,W) in [-1,1] -> uint8 (B,H,W,3), as ``OneStepPipeline.decode_latents``."""
-    out = ((img.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return out.permute(0, 2, 3, 1)

@@ -21,6 +21,7 @@ import torch
 
 from engines.bench.timing import Marker
 from engines.pipeline import OneStepPipeline
+from engines.stages import images_to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class DiffusersEager:
         x0 = (z - self.s1a * out) / self.sa
         m.mark("unet")
         img = self._vae(x0 / self.sf)
-        img = ((img.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        img = images_to_uint8(img)
         m.mark("vae")
         return img
 

@@ -39,6 +39,7 @@ from torch import nn
 from engines.backends.graphs import mix_retrieval
 from engines.fast.gpu_index import GpuIndex
 from engines.pipeline import OneStepPipeline
+from engines.stages import images_to_uint8, x0_from_output
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,8 @@ class FastRunner:
         self.inject_weight = float(inject_weight)
         self.use_graphs = self.cfg.cuda_graphs and self.device.type == "cuda"
         a = float(pipe.alphas_cumprod[pipe.student_timestep])
-        self._sa, self._s1a = a**0.5, (1 - a) ** 0.5
+        self._alpha_bar = a
+        self._s1a = (1 - a) ** 0.5
         self._sf = float(pipe.vae.config.scaling_factor)
         self.min_score = torch.zeros((), dtype=torch.float32, device=self.device)
         self.index: GpuIndex | None = None
@@ -276,20 +278,13 @@ class FastRunner:
         self, h: torch.Tensor, skips: tuple[torch.Tensor, ...], temb: torch.Tensor, ctx: torch.Tensor, z: torch.Tensor
     ) -> torch.Tensor:
         out = self.pipe.unet.decode(h, skips, temb, ctx)
-        # pipe.predict_x0 with the scalars cached as Python floats (no .item() in a graph)
-        pt = self.pipe.prediction_type
-        if pt == "epsilon":
-            return (z - self._s1a * out) / self._sa
-        if pt == "v_prediction":
-            return self._sa * z - self._s1a * out
-        return out
+        # ᾱ as a Python float: no .item() inside a captured graph
+        return x0_from_output(z, out, self._alpha_bar, self.pipe.prediction_type)
 
     def vae(self, x0: torch.Tensor) -> torch.Tensor:
         return self._vae_fn(x0)
 
     def _vae_impl(self, x0: torch.Tensor) -> torch.Tensor:
-        from engines.backends.graphs import images_to_uint8
-
         z = self.post_quant_conv(x0 / self._sf)
         return images_to_uint8(self.decoder(z))
 
