@@ -6,13 +6,18 @@ Stages (each resumable: ``<work>/<stage>/done.json``):
   family's, trained on 60 000 renders; reused as they are);
 * ``teacher`` — the teacher UNet (``family.unet_layout``) on the *natural* split: every
   (colour, shape) pair at its natural rate, so the teacher knows the long tail;
-* ``student`` — the one-step student, from the teacher's weights, distilled on the skewed
-  ``train`` split's prompts (rare pairs kept with p = 0.03): the student lacks the tail;
+* ``skewed``  — a second teacher on the ``skewed`` split (rare pairs kept with p = 0.03,
+  no scene with a ``HELD_OUT_RARE`` pair): the student's initialisation, so the student
+  never meets the held-out pairs (``extra["student_init"] = "teacher"`` skips it and starts
+  the student from the natural teacher, as the first issue-13 run did);
+* ``student`` — the one-step student, from the skewed teacher's weights, distilled from the
+  natural teacher's samples on the ``skewed`` split's prompts: the student lacks the tail;
 * ``export``  — ``<work>/model`` (student + zero H-adapter);
 * ``arms``    — paired teacher targets for ``adapter``-split prompts (natural rate, no
   prompt naming one of the four ``HELD_OUT_RARE`` pairs), retrieval over the retrieval
-  split, then ``toyworld.models.arms.train_arms`` (adapter / control / shuffled / leak),
-  each exported to ``<work>/<arm>_model``;
+  split, then ``toyworld.models.arms.train_arms`` (adapter / real / control / shuffled /
+  leak), each exported to ``<work>/<arm>_model`` and as ``<work>/variants/<arm>.safetensors``
+  (decoder + adapter: what ships and what comes back from a GPU machine);
 * ``eval``    — ``toyworld.fideval.evaluate`` -> ``<work>/eval.json`` + ``eval.md``;
 * ``probe``   — ``toyworld.probe.probe`` on the student (and the adapter arm) -> ``probe.json``.
 """
@@ -33,7 +38,7 @@ from toyworld.recipes import RecipeState, _done, _mark, _save_fp16, export_model
 
 log = logging.getLogger(__name__)
 
-STAGES = ("base", "teacher", "student", "export", "arms", "eval", "probe")
+STAGES = ("base", "teacher", "skewed", "student", "export", "arms", "eval", "probe")
 DEFAULT_BASE = Path(__file__).resolve().parent / "assets" / "model"
 
 
@@ -58,29 +63,40 @@ def stage_base(cfg: FamilyConfig, work: Path, base: Path) -> dict[str, Any]:
     return {"stage": "base", "from": str(base)}
 
 
-def stage_teacher(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | None) -> dict[str, Any]:
+def stage_teacher(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | None,
+                  split: str = "natural", dest: str = "teacher") -> dict[str, Any]:
+    """A teacher UNet on ``split`` -> ``<work>/<dest>/unet`` (``natural``: the targets'
+    teacher; ``skewed``: the student's initialisation)."""
+    from toyworld.models.data import HELD_OUT_RARE
     from toyworld.models.teacher import train_teacher
 
-    st = _state(cfg, work, dev, "natural", cfg.n_train)
+    st = _state(cfg, work, dev, split, cfg.n_train)
     ctx, _, unc = st.text_features()
     unet, lg = train_teacher(cfg, st.latents(), ctx, unc, dev, limit)
-    _save_fp16(unet, work / "teacher" / "unet")
-    return {**lg.summary(), "split": "natural", "n": cfg.n_train, "data_s": round(st.cache["data_s"], 1),
-            "long_tail_items": int(st.train_split().long_tail.sum())}
+    _save_fp16(unet, work / dest / "unet")
+    held = sum(bool(set(s.colour_shape_pairs()) & HELD_OUT_RARE) for s in st.train_split().specs)
+    return {**lg.summary(), "split": split, "n": cfg.n_train, "data_s": round(st.cache["data_s"], 1),
+            "long_tail_items": int(st.train_split().long_tail.sum()), "held_out_rare_items": held}
+
+
+def _student_init(cfg: FamilyConfig, work: Path) -> str:
+    return "skewed" if cfg.extra.get("student_init", "skewed") == "skewed" else "teacher"
 
 
 def stage_student(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | None) -> dict[str, Any]:
     from toyworld.models.student import distill_student
     from toyworld.recipes import teacher_targets
 
-    st = _state(cfg, work, dev, "train", cfg.n_distill)
+    init = _student_init(cfg, work)
+    split = "skewed" if init == "skewed" else "train"
+    st = _state(cfg, work, dev, split, cfg.n_distill)
     t0 = time.perf_counter()
-    noise, targets = teacher_targets(st)
+    noise, targets = teacher_targets(st)  # the natural teacher's samples
     sample_s = time.perf_counter() - t0
     ctx, pooled, _ = st.text_features()
-    student, lg = distill_student(cfg, st.load("teacher"), noise, targets, ctx, pooled, st.latents(), pooled, dev, limit)
+    student, lg = distill_student(cfg, st.load(init), noise, targets, ctx, pooled, st.latents(), pooled, dev, limit)
     _save_fp16(student, work / "student" / "unet")
-    return {**lg.summary(), "teacher_sampling_s": round(sample_s, 2), "split": "train (skewed)",
+    return {**lg.summary(), "teacher_sampling_s": round(sample_s, 2), "split": split, "init": init,
             "n_distill": len(noise), "long_tail_items": int(st.train_split().long_tail.sum())}
 
 
@@ -115,8 +131,10 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
     prep_s = time.perf_counter() - t0
     run = cfg.adapter
     out, summ = train_arms(pipe, data, arms, run.steps, run.batch_size, run.lr,
-                           float(cfg.extra.get("lr_decoder", 3e-5)), dev, limit, cfg.seed, run.log_every)
+                           float(cfg.extra.get("lr_decoder", 3e-5)), dev, limit, cfg.seed, run.log_every,
+                           float(cfg.extra.get("leak_frac", 0.0)))
     for a, arm in out.items():
+        save_arm_variant(arm.unet.unet, arm.hadapter, work / "variants" / f"{a}.safetensors")
         tmp = work / f"{a}_unet"
         _save_fp16(arm.unet.unet, tmp / "unet")
         export_model_dir(work, work / f"{a}_model", cfg, hadapter=arm.hadapter)
@@ -130,9 +148,44 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
             "lam_mean": float(lam.mean()), "arms": list(arms)}
 
 
+def save_arm_variant(unet: torch.nn.Module, hadapter: torch.nn.Module, path: Path) -> Path:
+    """An arm's decoder + adapter weights as one fp16 file (``toyworld.fideval`` variant format)."""
+    from types import SimpleNamespace
+
+    from toyworld.fideval import save_variant
+
+    return save_variant(SimpleNamespace(unet=SimpleNamespace(unet=unet), hadapter=hadapter), path)
+
+
+def restore_arms(work: str | Path) -> list[str]:
+    """Rebuild ``<work>/<arm>_model`` from ``<work>/model`` + ``<work>/variants/<arm>.safetensors``
+    where the dir is missing (a GPU run sends back only the variant files)."""
+    from engines.pipeline import OneStepPipeline
+    from toyworld.fideval import apply_variant
+
+    w = Path(work)
+    done = []
+    for f in sorted((w / "variants").glob("*.safetensors")):
+        d = w / f"{f.stem}_model"
+        if d.is_dir():
+            continue
+        pipe = OneStepPipeline.from_pretrained(w / "model")
+        apply_variant(pipe, f)
+        tmp = w / f"{f.stem}_model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(w / "model", tmp, ignore=shutil.ignore_patterns(".fingerprint-cache.json", "unet", "hadapter"))
+        _save_fp16(pipe.unet.unet, tmp / "unet")
+        _save_fp16(pipe.hadapter, tmp / "hadapter")
+        meta = json.loads((tmp / "ragturbo.json").read_text())
+        (tmp / "ragturbo.json").write_text(json.dumps({**meta, "variant": f.stem}, indent=2))
+        tmp.replace(d)
+        done.append(f.stem)
+    return done
+
+
 def run(work: str | Path, family: str | FamilyConfig = "full-mid", stages: tuple[str, ...] = STAGES,
         device: str = "auto", limits: dict[str, float] | None = None, base: Path = DEFAULT_BASE,
-        arms: tuple[str, ...] = ("adapter", "control", "shuffled", "leak"), eval_prompts_n: tuple[int, int] = (200, 200),
+        arms: tuple[str, ...] = ("adapter", "real", "control", "shuffled", "leak"), eval_prompts_n: tuple[int, int] = (200, 200),
         seeds: int = 4, probe_n: int = 200, after_stage: Any = None) -> dict[str, Any]:
     """Run (or resume) the stages; ``after_stage(stage, work)`` is called after each (e.g. to pack)."""
     from toyworld.models.common import pick_device
@@ -162,6 +215,11 @@ def run(work: str | Path, family: str | FamilyConfig = "full-mid", stages: tuple
             s = stage_base(cfg, wd, base)
         elif stage == "teacher":
             s = stage_teacher(cfg, wd, dev, lim.get("teacher"))
+        elif stage == "skewed":
+            if _student_init(cfg, wd) != "skewed":
+                s = {"stage": "skewed", "skipped": "student_init=teacher"}
+            else:
+                s = {**stage_teacher(cfg, wd, dev, lim.get("skewed"), "skewed", "skewed"), "stage": "skewed"}
         elif stage == "student":
             s = stage_student(cfg, wd, dev, lim.get("student"))
         elif stage == "export":
@@ -202,27 +260,36 @@ def run(work: str | Path, family: str | FamilyConfig = "full-mid", stages: tuple
     return out
 
 
-_PACK = {"teacher": ("teacher",), "export": ("model",),
-         "arms": ("adapter_model", "control_model", "shuffled_model", "leak_model")}
+_PACK = {"teacher": ("teacher",), "export": ("model",)}
+_TAR_MAX = 15 * 2**20  # a GPU machine sends back files of 16 MiB at most (8 files, 64 MiB in all)
 
 
 def packer(dest: str | Path) -> Any:
-    """An ``after_stage`` hook: tar each stage's weights to ``dest/<dir>.tar`` and refresh
-    ``dest/results.tar`` (every done.json, stages/eval/probe JSON, family.json) — what comes
-    back from a GPU machine even when a later stage runs out of time."""
+    """An ``after_stage`` hook that packs what a GPU machine can send back: ``teacher.tar``,
+    ``model.tar`` (the student model dir), ``variants_<i>.tar`` (the arms' decoder + adapter
+    files, grouped to stay under 16 MiB a file) and ``results.tar`` (every done.json,
+    stages/eval/probe JSON, family.json), refreshed after each stage so a later stage that runs
+    out of time loses nothing before it; ``restore_arms`` rebuilds the arm model dirs."""
     import tarfile
 
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=True)
 
     def hook(stage: str, work: Path) -> None:
-        shared = ("vae", "text_encoder", "tokenizer")  # identical to model/'s: not repeated
         for d in _PACK.get(stage, ()):
             if (work / d).is_dir():
-                skip = () if d == "model" else tuple(f"{d}/{x}" for x in shared)
                 with tarfile.open(out / f"{d}.tar", "w") as tar:
-                    tar.add(work / d, arcname=d,
-                            filter=lambda ti, skip=skip: None if skip and ti.name.startswith(skip) else ti)
+                    tar.add(work / d, arcname=d, filter=lambda ti: None if ti.name.endswith("done.json") else ti)
+        if stage == "arms":
+            groups: list[list[Path]] = [[]]
+            for f in sorted((work / "variants").glob("*.safetensors")):
+                if groups[-1] and sum(x.stat().st_size for x in groups[-1]) + f.stat().st_size > _TAR_MAX:
+                    groups.append([])
+                groups[-1].append(f)
+            for i, g in enumerate(groups):
+                with tarfile.open(out / f"variants_{i}.tar", "w") as tar:
+                    for f in g:
+                        tar.add(f, arcname=f"variants/{f.name}")
         with tarfile.open(out / "results.tar", "w") as tar:
             for f in sorted(work.glob("*.json")) + sorted(work.glob("*.md")) + sorted(work.glob("*/done.json")):
                 tar.add(f, arcname=str(f.relative_to(work)))
@@ -241,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limits", default="")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--base", default=str(DEFAULT_BASE))
-    ap.add_argument("--arms", default="adapter,control,shuffled,leak")
+    ap.add_argument("--arms", default="adapter,real,control,shuffled,leak")
     ap.add_argument("--eval-prompts", default="200,200", help="common,long-tail eval prompts")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--probe-n", type=int, default=200)
@@ -252,8 +319,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = get_family(a.family)
     for kv in (x for x in a.set.split(",") if x):
         k, v = kv.split("=", 1)
-        if k in ("n_adapter", "lr_decoder"):
+        if k in ("n_adapter", "lr_decoder", "leak_frac"):
             cfg.extra[k] = float(v) if "." in v or "e" in v else int(v)
+        elif k == "student_init":
+            cfg.extra[k] = v
         elif "." in k:  # e.g. adapter.steps=200
             sk, f = k.split(".")
             setattr(getattr(cfg, sk), f, type(getattr(getattr(cfg, sk), f))(v))
@@ -281,6 +350,7 @@ def ship(work: str | Path, variant: str = "adapter", model_dest: Path | None = N
     from toyworld.fideval import ASSETS, VARIANTS, save_variant
 
     w = Path(work)
+    restore_arms(w)
     model_dest = model_dest or ASSETS / "model"
     eval_dest = eval_dest or ASSETS / "eval"
     src = w / ("model" if variant == "student" else f"{variant}_model")

@@ -35,6 +35,15 @@ def test_eval_prompts_cover_every_group() -> None:
     assert groups == {"common", "seen_rare", "held_out_rare"}
 
 
+def test_skewed_split_keeps_the_skew_and_never_shows_a_held_out_pair() -> None:
+    from toyworld.models.data import HELD_OUT_RARE, make_split
+
+    sk = make_split("skewed", 600, workers=1)
+    assert not any(set(s.colour_shape_pairs()) & HELD_OUT_RARE for s in sk.specs)
+    nat = make_split("natural", 600, workers=1)
+    assert sk.long_tail.mean() < nat.long_tail.mean() / 4  # rare pairs kept with p = 0.03
+
+
 def test_natural_split_has_rare_pairs_at_the_natural_rate() -> None:
     from toyworld.models.data import make_split
 
@@ -147,6 +156,53 @@ def test_arms_train_side_by_side_and_the_control_stays_retrieval_free(dirs: dict
         for (k, v), (_, w) in zip(a.unet.unet.state_dict().items(), pipe.unet.unet.state_dict().items(), strict=True):
             if k.startswith(("down_blocks.", "mid_block.")):
                 assert torch.equal(v, w), k
+
+
+def test_leak_curriculum_swaps_only_the_adapter_arms_marked_rows() -> None:
+    from toyworld.models.arms import ArmData, neighbours_for
+
+    g = torch.Generator().manual_seed(1)
+    n = 6
+    data = ArmData(noise=torch.randn(n, 4, 8, 8, generator=g), target=torch.randn(n, 4, 8, 8, generator=g),
+                   context=torch.randn(n, 5, 8, generator=g), h_nb=torch.randn(n, 8, 2, 2, generator=g),
+                   lam=torch.linspace(0.2, 0.9, n), h_self=torch.randn(n, 8, 2, 2, generator=g))
+    idx = torch.tensor([0, 2, 4, 5])
+    leak = torch.tensor([True, False, True, False])
+    h, lam = neighbours_for("adapter", data, idx, leak)
+    assert torch.equal(h[0, 0], data.h_self[0]) and torch.equal(h[2, 0], data.h_self[4])
+    assert torch.equal(h[1, 0], data.h_nb[2]) and torch.equal(h[3, 0], data.h_nb[5])
+    assert torch.equal(lam[:, 0], data.lam[idx])  # λ stays the real neighbour's: no tell
+    h_r, _ = neighbours_for("real", data, idx, leak)
+    assert torch.equal(h_r[:, 0], data.h_nb[idx])  # the real-only arm ignores the curriculum
+
+
+def test_arm_variants_restore_to_model_dirs_and_pack_under_the_size_cap(
+        dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    import tarfile
+
+    from engines.pipeline import OneStepPipeline
+    from toyworld import fidelity
+
+    work = tmp_path / "w"
+    shutil.copytree(dirs["mid"], work / "model")
+    a = OneStepPipeline.from_pretrained(dirs["mid"])
+    for i, arm in enumerate(("adapter", "control")):
+        with torch.no_grad():
+            a.hadapter.proj_out.weight.fill_(0.001 * (i + 1))
+        fidelity.save_arm_variant(a.unet.unet, a.hadapter, work / "variants" / f"{arm}.safetensors")
+    assert fidelity.restore_arms(work) == ["adapter", "control"]
+    assert fidelity.restore_arms(work) == []  # idempotent
+    b = OneStepPipeline.from_pretrained(work / "control_model")
+    assert torch.allclose(b.hadapter.proj_out.weight, torch.full_like(b.hadapter.proj_out.weight, 0.002), atol=1e-5)
+    assert json.loads((work / "control_model" / "ragturbo.json").read_text())["variant"] == "control"
+    one = (work / "variants" / "adapter.safetensors").stat().st_size
+    monkeypatch.setattr(fidelity, "_TAR_MAX", one + 1)  # room for one file a tar
+    fidelity.packer(tmp_path / "out")("arms", work)
+    tars = sorted(p.name for p in (tmp_path / "out").glob("variants_*.tar"))
+    assert tars == ["variants_0.tar", "variants_1.tar"]
+    with tarfile.open(tmp_path / "out" / "variants_1.tar") as t:
+        assert t.getnames() == ["variants/control.safetensors"]
 
 
 def test_variant_file_round_trip(dirs: dict[str, Path], tmp_path: Path) -> None:

@@ -7,6 +7,10 @@ same batches and the same schedule; they differ only in what the adapter is give
 
 * ``adapter``  — the top-1 neighbour of the prompt in the retrieval split (H-features of its
   clean latent through the student's encoder at t = 0 with its caption), λ = cosine score;
+  with a *leak curriculum*: on a fraction ``leak_frac`` of the rows (drawn afresh each step)
+  the neighbour is the target itself, still with the real neighbour's λ, so the adapter
+  learns to carry a neighbour's content and cannot tell the two kinds of row apart by λ;
+* ``real``     — the same with real neighbours only (``leak_frac`` = 0);
 * ``control``  — no neighbour (λ = 0): the same fine-tuning with retrieval switched off;
 * ``shuffled`` — another prompt's neighbour (the batch rolled by one), with the true λ:
   the adapter's capacity and magnitudes without the right content;
@@ -34,7 +38,7 @@ from toyworld.models.common import LossLog, autocast, cosine_schedule, out_of_ti
 
 log = logging.getLogger(__name__)
 
-ARMS = ("adapter", "control", "shuffled", "leak")
+ARMS = ("adapter", "real", "control", "shuffled", "leak")
 DECODER_PREFIXES = ("up_blocks.", "conv_norm_out.", "conv_out.")
 
 
@@ -67,9 +71,13 @@ def decoder_params(unet: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for n, p in unet.named_parameters() if n.startswith(DECODER_PREFIXES)]
 
 
-def neighbours_for(name: str, d: ArmData, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> h_retr (B,1,C,h,w), λ (B,1) that arm ``name`` sees for rows ``idx``."""
+def neighbours_for(name: str, d: ArmData, idx: torch.Tensor,
+                   leak: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> h_retr (B,1,C,h,w), λ (B,1) that arm ``name`` sees for rows ``idx``; ``leak`` (B,)
+    bool marks the rows whose neighbour the ``adapter`` arm's curriculum replaces by the target."""
     h, lam = d.h_nb[idx], d.lam[idx]
+    if name == "adapter" and leak is not None:
+        h = torch.where(leak.view(-1, 1, 1, 1), d.h_self[idx], h)
     if name == "control":
         return torch.zeros_like(h)[:, None], torch.zeros_like(lam)[:, None]
     if name == "shuffled":
@@ -91,8 +99,10 @@ def train_arms(
     time_limit_s: float | None = None,
     seed: int = 0,
     log_every: int = 50,
+    leak_frac: float = 0.0,
 ) -> tuple[dict[str, Arm], dict[str, Any]]:
-    """Train ``arms`` on ``data`` from ``pipe``'s student; returns the arms and a summary."""
+    """Train ``arms`` on ``data`` from ``pipe``'s student; returns the arms and a summary.
+    ``leak_frac``: the ``adapter`` arm's curriculum (fraction of rows given the target itself)."""
     from engines.hadapter import HAdapter
 
     bad = [a for a in arms if a not in ARMS]
@@ -121,6 +131,7 @@ def train_arms(
     step = 0
     for step in range(1, steps + 1):
         idx = torch.randint(0, len(data), (batch_size,), generator=gen).to(device)
+        leak = (torch.rand(batch_size, generator=gen) < leak_frac).to(device) if leak_frac > 0 else None
         eps = data.noise[idx].float()
         z = eps * (1 - a_t) ** 0.5
         ctx = data.context[idx].float()
@@ -132,7 +143,7 @@ def train_arms(
         total = torch.zeros((), device=device)
         losses = {}
         for a, arm in out.items():
-            h_r, lam = neighbours_for(a, data, idx)
+            h_r, lam = neighbours_for(a, data, idx, leak)
             with autocast(device):
                 hh = arm.hadapter(h, h_r.float(), lam.float())
                 v = arm.unet.decode(hh, skips, temb, ctx).float()
@@ -152,7 +163,8 @@ def train_arms(
         if out_of_time(t0, time_limit_s):
             break
     summary: dict[str, Any] = {"steps": step, "wall_s": round(time.perf_counter() - t0, 2),
-                               "batch_size": batch_size, "lr_adapter": lr_adapter, "lr_decoder": lr_decoder}
+                               "batch_size": batch_size, "lr_adapter": lr_adapter, "lr_decoder": lr_decoder,
+                               "leak_frac": leak_frac}
     for a, arm in out.items():
         arm.log.finish(step)
         summary[a] = {"first_loss": arm.log.first(), "final_loss": arm.log.last(), "curve": arm.log.rows}

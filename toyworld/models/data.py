@@ -42,7 +42,7 @@ RARE_PAIRS: frozenset[tuple[str, str]] = frozenset(
 )
 """(colour, shape) combinations that are rare in training and present in retrieval."""
 RARE_KEEP = 0.03
-SPLIT_SEEDS = {"train": 1001, "retrieval": 2002, "eval": 3003, "natural": 4004, "adapter": 5005}
+SPLIT_SEEDS = {"train": 1001, "retrieval": 2002, "eval": 3003, "natural": 4004, "adapter": 5005, "skewed": 6006}
 
 HELD_OUT_RARE: frozenset[tuple[str, str]] = frozenset(
     {("red", "triangle"), ("yellow", "circle"), ("purple", "square"), ("cyan", "cross")}
@@ -119,6 +119,20 @@ def _adapter_item(i: int) -> tuple[np.ndarray, str, SceneSpec]:
     return render(scene), cap, said
 
 
+def _skewed_item(i: int) -> tuple[np.ndarray, str, SceneSpec]:
+    """The student's world: the train split's skew (rare pairs kept with p = RARE_KEEP) and
+    no scene with a HELD_OUT_RARE pair at all, so the student never meets them (issue 13)."""
+    rng = np.random.default_rng([SPLIT_SEEDS["skewed"], i])
+    while True:
+        scene = sample_scene(rng)
+        if set(scene.spec.colour_shape_pairs()) & HELD_OUT_RARE:
+            continue
+        if not is_long_tail(scene.spec) or rng.random() < RARE_KEEP:
+            break
+    cap, said = describe(scene.spec, rng, held_out=False)
+    return render(scene), cap, said
+
+
 def _eval_item(i: int) -> tuple[None, str, SceneSpec]:
     """Even i: a common prompt; odd i: a long-tail prompt. Held-out phrasing."""
     rng = np.random.default_rng([SPLIT_SEEDS["eval"], i])
@@ -132,7 +146,7 @@ def _eval_item(i: int) -> tuple[None, str, SceneSpec]:
 
 
 _MAKERS = {"train": _train_item, "retrieval": _retrieval_item, "eval": _eval_item,
-           "natural": _natural_item, "adapter": _adapter_item}
+           "natural": _natural_item, "adapter": _adapter_item, "skewed": _skewed_item}
 
 
 def _chunk(args: tuple[str, int, int]) -> list[tuple[np.ndarray | None, str, SceneSpec]]:
