@@ -2,8 +2,8 @@
 
 ``Retriever``: (pooled prompt embeddings (B,D), k, exclude_ids per sample) ->
 (h_retr (B,k,C,h,w), λ (B,k)). λ is the cosine score of the neighbour's caption against the
-prompt, 0 below ``min_score`` and for missing neighbours (whose features are zeros), exactly
-what the service feeds the adapter.
+prompt, 0 below ``min_score``, when not positive and for missing neighbours (whose features
+are zeros), exactly what the service feeds the adapter (``engines.stages.neighbour_lambda``).
 
 - ``InMemoryRetriever``: exact cosine search over a matrix (built from the training pairs).
 - ``NullRetriever``: the control run — zero features, λ = 0 (the adapter contributes nothing).
@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
+
+from engines.stages import neighbour_lambda
 
 
 @runtime_checkable
@@ -47,7 +49,7 @@ class InMemoryRetriever:
         ids: N point ids (what ``exclude_ids`` refers to).
         embeddings: pooled caption embeddings (N,D), any scale (normalised here).
         features: H-features (N,C,h,w) of each pair (UNet encoder at t=0, clean latent).
-        min_score: scores below get λ = 0.
+        min_score: scores below (and scores <= 0) get λ = 0.
     """
 
     def __init__(
@@ -91,9 +93,7 @@ class InMemoryRetriever:
         kk = min(k, sims.shape[1])
         score, idx = sims.topk(kk, dim=1)
         h = self.features[idx].float()  # (B,kk,C,h,w)
-        lam = torch.where(
-            torch.isfinite(score) & (score >= self.min_score), score, torch.zeros_like(score)
-        )
+        lam = neighbour_lambda(score, self.min_score)
         h = h * (lam != 0)[:, :, None, None, None]
         if kk < k:  # fewer pairs than k: pad with null neighbours
             h = torch.cat([h, torch.zeros((b, k - kk, *h.shape[2:]))], 1)

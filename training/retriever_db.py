@@ -1,7 +1,8 @@
 """The training-side adapter over the ``retrieval`` package (the service's index + feature store).
 
 Same calls as serving (``RetrievalDB.search`` and ``.features``), same λ rule as
-``retrieval.compose``: the cosine score, or 0 when it is negative or under ``min_score``.
+``retrieval.compose`` (``engines.stages.neighbour_lambda``): the cosine score, or 0 when it
+is not positive or under ``min_score``.
 Missing neighbours are null (zero features, λ = 0).
 """
 
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from engines.stages import neighbour_lambda
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +59,9 @@ class DbRetriever:
         pos = 0
         for i, ns in enumerate(neigh):
             for j, n in enumerate(ns[:k]):
-                if n.score > 0 and n.score >= self.min_score:
-                    h[i, j] = feats[pos]
-                    lam[i, j] = float(n.score)
+                h[i, j] = feats[pos]
+                lam[i, j] = float(n.score)
                 pos += 1
             pos += max(0, len(ns) - k)
-        return h, lam
+        lam = neighbour_lambda(lam, self.min_score)
+        return h * (lam != 0)[:, :, None, None, None], lam
