@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from engines.stages import neighbour_lambda
+from training.retriever import gather
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +50,5 @@ class DbRetriever:
     def __call__(
         self, pooled: torch.Tensor, k: int, exclude_ids: Sequence[frozenset[str]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        b = pooled.shape[0]
         neigh = self.db.search(pooled.detach().float().cpu(), k, list(exclude_ids))
-        flat = [n.id for ns in neigh for n in ns]
-        feats = self.db.features(flat).float().cpu() if flat else torch.zeros((0, *self.h_shape))
-        h = torch.zeros((b, k, *self.h_shape))
-        lam = torch.zeros((b, k))
-        pos = 0
-        for i, ns in enumerate(neigh):
-            for j, n in enumerate(ns[:k]):
-                h[i, j] = feats[pos]
-                lam[i, j] = float(n.score)
-                pos += 1
-            pos += max(0, len(ns) - k)
-        lam = neighbour_lambda(lam, self.min_score)
-        return h * (lam != 0)[:, :, None, None, None], lam
+        return gather(neigh, self.db.features, k, self.h_shape, self.min_score)
