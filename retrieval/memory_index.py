@@ -18,6 +18,13 @@ from retrieval.index import VectorIndex, as_matrix, per_query
 from retrieval.types import Neighbour
 
 
+def _float_tensor(x: Any) -> torch.Tensor:
+    """A torch tensor or array-like as a float32 CPU tensor."""
+    if hasattr(x, "detach"):
+        return x.detach().float().cpu()
+    return torch.as_tensor(np.asarray(x, dtype=np.float32))
+
+
 class MemoryIndex(VectorIndex):
     """Points id -> (unit vector (D,), payload) in one (N,D) float32 matrix."""
 
@@ -35,8 +42,7 @@ class MemoryIndex(VectorIndex):
         cls, ids: Sequence[str], vectors: Any, payloads: Sequence[dict[str, Any]] | None = None
     ) -> MemoryIndex:
         """An index over ``vectors`` (N,D) (torch or numpy, any scale: normalised here)."""
-        v = vectors.detach().float().cpu() if hasattr(vectors, "detach") else torch.as_tensor(
-            np.asarray(vectors, dtype=np.float32))
+        v = _float_tensor(vectors)
         if v.ndim != 2:
             raise ValueError(f"vectors must be (N,D), got shape {tuple(v.shape)}")
         idx = cls(int(v.shape[1]))
@@ -44,8 +50,7 @@ class MemoryIndex(VectorIndex):
         return idx
 
     def upsert(self, ids: Sequence[str], vectors: Any, payloads: Sequence[dict[str, Any]]) -> None:
-        v = vectors.detach().float().cpu() if hasattr(vectors, "detach") else torch.as_tensor(
-            np.asarray(vectors, dtype=np.float32))
+        v = _float_tensor(vectors)
         if v.ndim != 2 or v.shape[1] != self.dim or not len(ids) == v.shape[0] == len(payloads):
             raise ValueError(
                 f"need {len(ids)} ids, vectors ({len(ids)},{self.dim}) and as many payloads; got "
