@@ -1,6 +1,7 @@
 """What the torch pipeline and the graph backends share: stage timing, tokenizing, the
-seeded noise, x0 from the model output, and mode validation (one place, so every backend
-starts from the same noise and reads the model the same way)."""
+seeded noise, x0 from the model output, the λ rule for retrieved neighbours, and mode
+validation (one place, so every backend starts from the same noise and reads the model the
+same way)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,18 @@ def x0_from_output(
     if prediction_type == "v_prediction":
         return sa * z - s1a * model_out
     return model_out
+
+
+def neighbour_lambda(scores: torch.Tensor, min_score: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """The λ rule, the one copy: a neighbour's weight is its cosine score, or 0 when the score
+    is under ``min_score`` or not positive (NaN and -inf give 0). Elementwise, any shape;
+    ``min_score`` may be a 0-d tensor (the fast runner's captured graphs read it in place).
+
+    Used by the service (``retrieval.compose``), the fast runner's in-graph search, training
+    (``training.retriever``, ``training.retriever_db``) and the toy world's eval database.
+    """
+    keep = (scores >= min_score) & (scores > 0)
+    return torch.where(keep, scores, torch.zeros_like(scores))
 
 
 def images_to_uint8(img: torch.Tensor) -> torch.Tensor:

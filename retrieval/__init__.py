@@ -1,6 +1,7 @@
 """retrieval: the pairs database and the one place a prompt becomes an image.
 
-Owns: the vector index (Qdrant Edge embedded, Qdrant server via qdrant-client), the
+Owns: the vector index (Qdrant Edge embedded, Qdrant server via qdrant-client, and
+``memory_index.MemoryIndex`` for in-memory databases such as training's own pairs), the
 H-feature store, ingest, search, the device copy a searching backend serves from
 (``resident``) and the composition embed -> search -> gather -> generate (``compose``).
 Imports: ``engines`` (backends, pipeline types); never ``service`` or ``training``.

@@ -3,7 +3,7 @@
 The CLI, the service and the training job call ``TextToImage.generate``. A batch may
 mix modes, k, seeds and excluded ids; each result equals running its request alone.
 λ for a neighbour is its cosine score, or 0 below ``min_score`` (negative scores are
-always 0). If the index or feature store fails or times out, the affected requests
+always 0): ``engines.stages.neighbour_lambda``, the one copy of the rule. If the index or feature store fails or times out, the affected requests
 are generated with mode "off" and ``retrieval_status="unavailable"`` (logged and
 counted in ``unavailable_total``); retrieval never makes ``generate`` raise.
 
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from engines.backends.base import Backend, SearchingBackend
+from engines.stages import neighbour_lambda
 from retrieval.db import DbConfig, RetrievalDB, open_db_for_pipeline
 from retrieval.resident import ResidentIndex
 from retrieval.types import FingerprintMismatchError, Neighbour
@@ -221,8 +222,9 @@ class TextToImage:
                     status[i], retrieved[i], modes[i] = "ok", ns, reqs[i].mode
                     for j, n in enumerate(ns):
                         h_retr[i, j] = feats[pos]
-                        lam[i, j] = n.score if n.score >= self.min_score and n.score > 0 else 0.0
+                        lam[i, j] = n.score
                         pos += 1
+                lam = neighbour_lambda(lam, self.min_score)
         timings["retrieval"] = (time.perf_counter() - t0) * 1e3
 
         out = pipe.generate(text, [r.seed for r in reqs], modes, h_retr, lam)

@@ -20,7 +20,6 @@ permutation per epoch, so resuming at a step reproduces the exact batches.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from retrieval.types import point_id
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +52,6 @@ def _noise_seed(value: object, where: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 0:
         raise ValueError(f"{where}: noise_seed must be a non-negative integer, got {value!r}")
     return int(value)
-
-
-def pair_id(caption: str, image_bytes: bytes) -> str:
-    """The retrieval package's stable point id (falls back to the same formula if absent)."""
-    try:
-        from retrieval.types import point_id
-    except ImportError:  # pragma: no cover - retrieval not installed
-        import uuid
-
-        ns = uuid.UUID("6f0c1d2e-8a4b-5c3d-9e7f-a1b2c3d4e5f6")
-        h = hashlib.sha256(caption.encode("utf-8") + b"\x00" + image_bytes).hexdigest()
-        return str(uuid.uuid5(ns, h))
-    return point_id(caption, image_bytes)
 
 
 def read_pairs(path: str | Path, fmt: str = "auto", max_items: int | None = None) -> list[Pair]:
@@ -101,7 +89,7 @@ def _read_folder(root: Path, max_items: int | None) -> list[Pair]:
         img = root / f
         if not img.is_file():
             raise FileNotFoundError(f"{cap}:{n}: image {img} does not exist")
-        pid = str(rec["id"]) if rec.get("id") else pair_id(caption, img.read_bytes())
+        pid = str(rec["id"]) if rec.get("id") else point_id(caption, img.read_bytes())
         seed = _noise_seed(rec.get("noise_seed"), f"{cap}:{n}")
         pairs.append(Pair(id=pid, caption=caption, image_path=img, noise_seed=seed))
         if max_items and len(pairs) >= max_items:
@@ -131,9 +119,9 @@ def _read_parquet(path: Path, max_items: int | None) -> list[Pair]:
         if r.get("id"):
             pid = str(r["id"])
         elif img is not None:
-            pid = pair_id(str(r["caption"]), img)
+            pid = point_id(str(r["caption"]), img)
         else:
-            pid = pair_id(str(r["caption"]), lat_arr.tobytes())  # type: ignore[union-attr]
+            pid = point_id(str(r["caption"]), lat_arr.tobytes())  # type: ignore[union-attr]
         seed = _noise_seed(r.get("noise_seed"), f"{path}: row {pid}")
         pairs.append(Pair(id=pid, caption=str(r["caption"]), image_bytes=img, latent=lat_arr,
                           noise_seed=seed))

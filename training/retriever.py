@@ -2,20 +2,25 @@
 
 ``Retriever``: (pooled prompt embeddings (B,D), k, exclude_ids per sample) ->
 (h_retr (B,k,C,h,w), λ (B,k)). λ is the cosine score of the neighbour's caption against the
-prompt, 0 below ``min_score`` and for missing neighbours (whose features are zeros), exactly
-what the service feeds the adapter.
+prompt, 0 below ``min_score``, when not positive and for missing neighbours (whose features
+are zeros), exactly what the service feeds the adapter (``engines.stages.neighbour_lambda``).
 
-- ``InMemoryRetriever``: exact cosine search over a matrix (built from the training pairs).
+- ``InMemoryRetriever``: ``retrieval.memory_index.MemoryIndex`` (the ``VectorIndex``
+  interface, exact cosine in memory) over the training pairs.
 - ``NullRetriever``: the control run — zero features, λ = 0 (the adapter contributes nothing).
 - ``DbRetriever`` (``training.retriever_db``): the ``retrieval`` package's index + feature store.
+
+Both turn neighbours into tensors with ``gather`` (one copy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+from engines.stages import neighbour_lambda
 
 
 @runtime_checkable
@@ -40,14 +45,39 @@ class NullRetriever:
         return torch.zeros((b, k, *self.h_shape)), torch.zeros((b, k))
 
 
+def gather(
+    neigh: Sequence[Sequence[Any]], features: Callable[[list[str]], torch.Tensor], k: int,
+    h_shape: tuple[int, ...], min_score: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neighbours per sample (best first) -> h_retr (B,k,C,h,w), λ (B,k) float32 on the CPU.
+
+    ``features(ids)`` gives the H-features of the ids in order. λ is ``neighbour_lambda``;
+    a neighbour with λ = 0 and a missing one (fewer than k) get zero features.
+    """
+    b = len(neigh)
+    flat = [n.id for ns in neigh for n in ns[:k]]
+    feats = features(flat).float().cpu() if flat else torch.zeros((0, *h_shape))
+    h = torch.zeros((b, k, *h_shape))
+    lam = torch.zeros((b, k))
+    pos = 0
+    for i, ns in enumerate(neigh):
+        for j, n in enumerate(ns[:k]):
+            h[i, j] = feats[pos]
+            lam[i, j] = float(n.score)
+            pos += 1
+    lam = neighbour_lambda(lam, min_score)
+    return h * (lam != 0)[:, :, None, None, None], lam
+
+
 class InMemoryRetriever:
-    """Exact cosine top-k over ``embeddings`` (N,D) with H-features ``features`` (N,C,h,w).
+    """Exact cosine top-k (``retrieval.memory_index.MemoryIndex``) over ``embeddings`` (N,D)
+    with H-features ``features`` (N,C,h,w).
 
     Args:
         ids: N point ids (what ``exclude_ids`` refers to).
         embeddings: pooled caption embeddings (N,D), any scale (normalised here).
         features: H-features (N,C,h,w) of each pair (UNet encoder at t=0, clean latent).
-        min_score: scores below get λ = 0.
+        min_score: scores below (and scores <= 0) get λ = 0.
     """
 
     def __init__(
@@ -57,6 +87,8 @@ class InMemoryRetriever:
         features: torch.Tensor,
         min_score: float = 0.0,
     ) -> None:
+        from retrieval.memory_index import MemoryIndex
+
         if embeddings.ndim != 2 or features.ndim != 4:
             raise ValueError(
                 f"need embeddings (N,D) and features (N,C,h,w); got {tuple(embeddings.shape)}, "
@@ -67,14 +99,18 @@ class InMemoryRetriever:
                 f"{len(ids)} ids, {embeddings.shape[0]} embeddings, {features.shape[0]} features"
             )
         self.ids = list(ids)
+        self.index = MemoryIndex.from_vectors(self.ids, embeddings)
         self._row = {pid: i for i, pid in enumerate(self.ids)}
-        self.emb = torch.nn.functional.normalize(embeddings.detach().float().cpu(), dim=-1)
         # fp16 in host memory, as the service's feature store keeps them (SD: 160 KiB a pair)
         self.features = features.detach().cpu().to(torch.float16)
+        self.h_shape = tuple(self.features.shape[1:])
         self.min_score = float(min_score)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def _features(self, ids: list[str]) -> torch.Tensor:
+        return self.features[[self._row[i] for i in ids]]
 
     def __call__(
         self, pooled: torch.Tensor, k: int, exclude_ids: Sequence[frozenset[str]]
@@ -82,20 +118,5 @@ class InMemoryRetriever:
         b = pooled.shape[0]
         if len(exclude_ids) != b:
             raise ValueError(f"{len(exclude_ids)} exclude sets for a batch of {b}")
-        q = torch.nn.functional.normalize(pooled.detach().float().cpu(), dim=-1)
-        sims = q @ self.emb.T  # (B,N)
-        for i, ex in enumerate(exclude_ids):
-            rows = [self._row[e] for e in ex if e in self._row]
-            if rows:
-                sims[i, rows] = float("-inf")
-        kk = min(k, sims.shape[1])
-        score, idx = sims.topk(kk, dim=1)
-        h = self.features[idx].float()  # (B,kk,C,h,w)
-        lam = torch.where(
-            torch.isfinite(score) & (score >= self.min_score), score, torch.zeros_like(score)
-        )
-        h = h * (lam != 0)[:, :, None, None, None]
-        if kk < k:  # fewer pairs than k: pad with null neighbours
-            h = torch.cat([h, torch.zeros((b, k - kk, *h.shape[2:]))], 1)
-            lam = torch.cat([lam, torch.zeros((b, k - kk))], 1)
-        return h, lam
+        neigh = self.index.search(pooled, k, list(exclude_ids))
+        return gather(neigh, self._features, k, self.h_shape, self.min_score)

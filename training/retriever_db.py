@@ -1,7 +1,8 @@
 """The training-side adapter over the ``retrieval`` package (the service's index + feature store).
 
 Same calls as serving (``RetrievalDB.search`` and ``.features``), same λ rule as
-``retrieval.compose``: the cosine score, or 0 when it is negative or under ``min_score``.
+``retrieval.compose`` (``engines.stages.neighbour_lambda``): the cosine score, or 0 when it
+is not positive or under ``min_score``.
 Missing neighbours are null (zero features, λ = 0).
 """
 
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from training.retriever import gather
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +50,5 @@ class DbRetriever:
     def __call__(
         self, pooled: torch.Tensor, k: int, exclude_ids: Sequence[frozenset[str]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        b = pooled.shape[0]
         neigh = self.db.search(pooled.detach().float().cpu(), k, list(exclude_ids))
-        flat = [n.id for ns in neigh for n in ns]
-        feats = self.db.features(flat).float().cpu() if flat else torch.zeros((0, *self.h_shape))
-        h = torch.zeros((b, k, *self.h_shape))
-        lam = torch.zeros((b, k))
-        pos = 0
-        for i, ns in enumerate(neigh):
-            for j, n in enumerate(ns[:k]):
-                if n.score > 0 and n.score >= self.min_score:
-                    h[i, j] = feats[pos]
-                    lam[i, j] = float(n.score)
-                pos += 1
-            pos += max(0, len(ns) - k)
-        return h, lam
+        return gather(neigh, self.db.features, k, self.h_shape, self.min_score)

@@ -152,7 +152,7 @@ def write_dataset(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from training.data import pair_id
+    from retrieval.types import point_id
 
     pngs = []
     for im in images:
@@ -160,7 +160,7 @@ def write_dataset(
         Image.fromarray(im).save(buf, format="PNG")
         pngs.append(buf.getvalue())
     cols: dict[str, object] = {
-        "id": [pair_id(p, b) for p, b in zip(prompts, pngs, strict=True)],
+        "id": [point_id(p, b) for p, b in zip(prompts, pngs, strict=True)],
         "caption": list(prompts),
         "image": pngs,
         "latent": [lat.flatten().numpy().tolist() for lat in latents],

@@ -39,7 +39,7 @@ from torch import nn
 from engines.backends.graphs import mix_retrieval
 from engines.fast.gpu_index import GpuIndex
 from engines.pipeline import OneStepPipeline
-from engines.stages import images_to_uint8, x0_from_output
+from engines.stages import images_to_uint8, neighbour_lambda, x0_from_output
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +246,7 @@ class FastRunner:
             raise RuntimeError("the search variant needs an index (set_index)")
         scores, rows = self.index.search(pooled, int(kmask.shape[1]))
         on = ((admask + injmask) > 0).to(torch.float32)[:, None]
-        keep = (scores >= self.min_score) & (scores > 0)
-        lam = torch.where(keep, scores, torch.zeros_like(scores)) * kmask.float() * on
+        lam = neighbour_lambda(scores, self.min_score) * kmask.float() * on
         return self.index.gather(rows), lam, scores, rows
 
     def unet(

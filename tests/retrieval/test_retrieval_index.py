@@ -1,4 +1,4 @@
-"""The index interface, run identically on Qdrant Edge and on qdrant-client local mode."""
+"""The index interface, run identically on Qdrant Edge, qdrant-client local mode and MemoryIndex."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.fixture(params=["edge", "qdrant-client-local-memory", "qdrant-client-local-path"])
+@pytest.fixture(params=["edge", "qdrant-client-local-memory", "qdrant-client-local-path", "memory"])
 def index(request: pytest.FixtureRequest, tmp_path: Path) -> VectorIndex:
     if request.param == "edge":
         from retrieval.edge_index import EdgeIndex
@@ -28,6 +28,10 @@ def index(request: pytest.FixtureRequest, tmp_path: Path) -> VectorIndex:
         from retrieval.server_index import QdrantServerIndex
 
         idx = QdrantServerIndex(DIM, location=":memory:")
+    elif request.param == "memory":
+        from retrieval.memory_index import MemoryIndex
+
+        idx = MemoryIndex(DIM)
     else:
         from retrieval.server_index import QdrantServerIndex
 

@@ -7,13 +7,25 @@ and the gauge is 0; with the shipped-style database it says ok and where the sea
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
+
+
+def wait_ready(c: TestClient) -> dict[str, Any]:
+    """The /readyz body once it answers 200 (the model loads in the background), or the last one."""
+    for _ in range(600):
+        r = c.get("/readyz")
+        if r.status_code == 200:
+            break
+        time.sleep(0.1)
+    return r.json()
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +39,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_readyz_names_missing_database(backend: str, tiny: Path, tmp_path: Path) -> None:
     s = Settings(model_dir=tiny, backend=backend, device="cpu", db_path=tmp_path / "none", max_batch=2)
     with TestClient(create_app(s)) as c:
-        for _ in range(600):
-            r = c.get("/readyz")
-            if r.status_code == 200:
-                break
-            import time
-
-            time.sleep(0.1)
-        body = r.json()
+        body = wait_ready(c)
         assert body["status"] == "degraded" and body["retrieval"] == "degraded", body
         assert body["detail"] and body["backend"] == backend
         assert "ragturbo_retrieval_available 0.0" in c.get("/metrics").text
@@ -44,14 +49,7 @@ def test_readyz_says_the_search_runs_in_the_fast_graph(tiny: Path, tmp_path: Pat
     s = Settings(model_dir=tiny, backend="fast", device="cpu", synthetic_pairs=64,
                  db_path=tmp_path / "db", max_batch=2)
     with TestClient(create_app(s)) as c:
-        for _ in range(600):
-            r = c.get("/readyz")
-            if r.status_code == 200:
-                break
-            import time
-
-            time.sleep(0.1)
-        body = r.json()
+        body = wait_ready(c)
         assert body["status"] == "ready" and body["retrieval"] == "ok", body
         assert "inside the fast graph over 64 pairs (synthetic)" in body["detail"]
         g = c.post("/generate", json={"prompt": "a red circle", "retrieval": {"k": 2}}).json()

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from engines.stages import neighbour_lambda
+
 log = logging.getLogger(__name__)
 
 
@@ -59,10 +61,12 @@ class RetrievalDB:
         q = torch.nn.functional.normalize(pooled.float().to(self.pooled.device), dim=-1)
         return (q @ self.pooled.T).topk(k, dim=1)
 
-    def neighbours(self, pooled: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> h_retr (B,k,C,h,w), λ (B,k) (= cosine, clamped at 0), indices (B,k)."""
+    def neighbours(
+        self, pooled: torch.Tensor, k: int = 1, min_score: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> h_retr (B,k,C,h,w), λ (B,k) (the service's rule, ``neighbour_lambda``), indices (B,k)."""
         s, i = self.search(pooled, k)
-        return self.features[i], s.clamp_min(0.0), i
+        return self.features[i], neighbour_lambda(s, min_score), i
 
 
 def write_folder_dataset(out: Path, images: np.ndarray, captions: list[str]) -> Path:

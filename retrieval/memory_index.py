@@ -1,0 +1,111 @@
+"""``MemoryIndex``: exact cosine top-k over a matrix held in memory, behind ``VectorIndex``.
+
+The third implementation of the index interface (beside Qdrant Edge and the Qdrant server):
+no files, no server, for a database that is built on the fly and fits in memory (training
+over its own pairs, tests). Search is one matmul and one ``topk`` in torch (float32 on the
+CPU); excluded ids score -inf and are never returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from retrieval.index import VectorIndex, as_matrix, per_query
+from retrieval.types import Neighbour
+
+
+def _float_tensor(x: Any) -> torch.Tensor:
+    """A torch tensor or array-like as a float32 CPU tensor."""
+    if hasattr(x, "detach"):
+        return x.detach().float().cpu()
+    return torch.as_tensor(np.asarray(x, dtype=np.float32))
+
+
+class MemoryIndex(VectorIndex):
+    """Points id -> (unit vector (D,), payload) in one (N,D) float32 matrix."""
+
+    name = "memory"
+
+    def __init__(self, dim: int) -> None:
+        self.dim = int(dim)
+        self._ids: list[str] = []
+        self._row: dict[str, int] = {}
+        self._payloads: list[dict[str, Any]] = []
+        self._vec = torch.zeros((0, self.dim), dtype=torch.float32)
+
+    @classmethod
+    def from_vectors(
+        cls, ids: Sequence[str], vectors: Any, payloads: Sequence[dict[str, Any]] | None = None
+    ) -> MemoryIndex:
+        """An index over ``vectors`` (N,D) (torch or numpy, any scale: normalised here)."""
+        v = _float_tensor(vectors)
+        if v.ndim != 2:
+            raise ValueError(f"vectors must be (N,D), got shape {tuple(v.shape)}")
+        idx = cls(int(v.shape[1]))
+        idx.upsert(ids, v, payloads if payloads is not None else [{} for _ in ids])
+        return idx
+
+    def upsert(self, ids: Sequence[str], vectors: Any, payloads: Sequence[dict[str, Any]]) -> None:
+        v = _float_tensor(vectors)
+        if v.ndim != 2 or v.shape[1] != self.dim or not len(ids) == v.shape[0] == len(payloads):
+            raise ValueError(
+                f"need {len(ids)} ids, vectors ({len(ids)},{self.dim}) and as many payloads; got "
+                f"vectors {tuple(v.shape)}, {len(payloads)} payloads"
+            )
+        v = torch.nn.functional.normalize(v, dim=-1)
+        new: list[torch.Tensor] = []
+        for pid, vec, pl in zip(ids, v, payloads):
+            pid = str(pid)
+            if pid in self._row:
+                self._vec[self._row[pid]] = vec
+                self._payloads[self._row[pid]] = dict(pl)
+                continue
+            self._row[pid] = len(self._ids)
+            self._ids.append(pid)
+            self._payloads.append(dict(pl))
+            new.append(vec)
+        if new:
+            self._vec = torch.cat([self._vec, torch.stack(new)])
+
+    def search(
+        self,
+        embeddings: Any,
+        k: int | Sequence[int],
+        exclude_ids: Collection[str] | Sequence[Collection[str]] | None = None,
+    ) -> list[list[Neighbour]]:
+        q = torch.from_numpy(as_matrix(embeddings, self.dim))
+        ks, ex = per_query(len(q), k, exclude_ids)
+        if len(q) == 0 or not self._ids:
+            return [[] for _ in ks]
+        sims = torch.nn.functional.normalize(q, dim=-1) @ self._vec.T  # (B,N)
+        for i, e in enumerate(ex):
+            rows = [self._row[pid] for pid in e if pid in self._row]
+            if rows:
+                sims[i, rows] = float("-inf")
+        score, idx = sims.topk(min(max(ks), sims.shape[1]), dim=1)
+        out = []
+        for kk, s, r in zip(ks, score.tolist(), idx.tolist()):
+            out.append([
+                Neighbour(self._ids[j], str(self._payloads[j].get("caption", "")), v)
+                for v, j in zip(s[:kk], r[:kk]) if v != float("-inf")
+            ])
+        return out
+
+    def count(self) -> int:
+        return len(self._ids)
+
+    def contains(self, ids: Sequence[str]) -> list[bool]:
+        return [str(i) in self._row for i in ids]
+
+    def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {str(i): dict(self._payloads[self._row[str(i)]]) for i in ids if str(i) in self._row}
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return {str(i): self._vec[self._row[str(i)]].numpy().copy() for i in ids if str(i) in self._row}
+
+    def close(self) -> None:
+        """Nothing to release."""
