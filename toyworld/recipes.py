@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import typer
 
 from toyworld.models.configs import SCHEDULER, FamilyConfig, get_family
 
@@ -300,23 +301,27 @@ def run_recipe(
     return summaries
 
 
-def main(argv: list[str] | None = None) -> None:
+def _recipe_command(
+    work: str = typer.Argument(..., help="work directory (one sub-folder per stage)"),
+    family: str = typer.Option("full", help="model family"),
+    stages: str = typer.Option(",".join(STAGES), help="comma-separated stages to run"),
+    pack: str | None = typer.Option(None, help="copy each finished stage's outputs here"),
+    limits: str = typer.Option("", help="per-stage time limits in seconds, e.g. vae=60,unet=120"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+) -> None:
     """python -m toyworld.recipes WORKDIR [--family full] [--stages a,b] [--pack DIR] [--limits vae=60,...]"""
-    import argparse
-
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("work")
-    ap.add_argument("--family", default="full")
-    ap.add_argument("--stages", default=",".join(STAGES))
-    ap.add_argument("--pack", default=None)
-    ap.add_argument("--limits", default="")
-    ap.add_argument("--device", default="auto")
-    a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    limits = {k: float(v) for k, v in (kv.split("=") for kv in a.limits.split(",") if kv)}
-    res = run_recipe(a.work, a.family, tuple(a.stages.split(",")), a.device, limits, a.pack)
+    lim = {k: float(v) for k, v in (kv.split("=") for kv in limits.split(",") if kv)}
+    res = run_recipe(work, family, tuple(stages.split(",")), device, lim, pack)
     for k, v in res.items():
         print(k, {kk: vv for kk, vv in v.items() if kk != "curve"})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the recipe CLI (typer) on ``argv`` (default: sys.argv[1:])."""
+    app = typer.Typer(add_completion=False)
+    app.command()(_recipe_command)
+    typer.main.get_command(app).main(args=argv, prog_name="python -m toyworld.recipes")
 
 
 if __name__ == "__main__":

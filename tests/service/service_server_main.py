@@ -3,8 +3,10 @@ included) with a chosen engine. Settings come from RAGTURBO_* as in production."
 
 from __future__ import annotations
 
-import argparse
+import enum
+from typing import Annotated
 
+import typer
 from service_fakes import FakeT2I, real_factory
 
 from service.app import create_app
@@ -13,16 +15,20 @@ from service.server import serve
 from service.settings import Settings
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--engine", choices=["real", "fake"], default="real")
-    p.add_argument("--batch-s", type=float, default=0.0, help="fake engine: seconds per batch")
-    args = p.parse_args()
+class Engine(str, enum.Enum):
+    real = "real"
+    fake = "fake"
+
+
+def main(
+    engine: Annotated[Engine, typer.Option(help="the real engine or the fake one")] = Engine.real,
+    batch_s: Annotated[float, typer.Option("--batch-s", help="fake engine: seconds per batch")] = 0.0,
+) -> None:
     settings = Settings()
     configure_logging(settings.log_format, "INFO")
-    factory = real_factory if args.engine == "real" else (lambda s: FakeT2I(batch_s=args.batch_s))
+    factory = real_factory if engine is Engine.real else (lambda s: FakeT2I(batch_s=batch_s))
     serve(settings, create_app(settings, factory))
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)
