@@ -47,3 +47,17 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e
         typer.echo(format_table(res))
+
+    @bench.command("vae")
+    def vae(
+        out: Path = typer.Option(..., "--out", help="Directory for vae_levers.json and vae_levers.md."),
+        arch: str = typer.Option("sd-turbo", help="Model family: sd-turbo or tiny."),
+        batch: str = typer.Option("1,16", help="Comma-separated batch sizes."),
+        budget_s: float = typer.Option(400.0, help="Skip levers that would overrun this budget."),
+        autotune_budget_s: float = typer.Option(180.0, help="Cap on the max-autotune child process."),
+    ) -> None:
+        """VAE decoder profile and levers, each alone vs eager (issue #17, docs/perf.md)."""
+        from engines.bench.vae_levers import main as vae_main
+
+        vae_main(["--out", str(out), "--arch", arch, "--batch", batch, "--budget-s", str(budget_s),
+                  "--autotune-budget-s", str(autotune_budget_s)])
