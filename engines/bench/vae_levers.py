@@ -421,7 +421,7 @@ def fp8_unet(arch: str, device: torch.device, batches: tuple[int, ...], timing: 
     n = fp8_linears(unet8)
     res: dict[str, Any] = {"status": "ok", "linears_replaced": n, "by_batch": {},
                            "note": "eager; per-tensor scales; compare with unet fp16 eager"}
-    c, s = latent_shape(arch)
+    c, s, _ = latent_shape(arch)
     cad = int(cfg.unet["cross_attention_dim"])
     with torch.inference_mode():
         for b in batches:
