@@ -15,8 +15,8 @@ Stages (each resumable: ``<work>/<stage>/done.json``):
 * ``export``  — ``<work>/model`` (student + zero H-adapter);
 * ``arms``    — paired teacher targets for ``adapter``-split prompts (natural rate, no
   prompt naming one of the four ``HELD_OUT_RARE`` pairs), retrieval over the retrieval
-  split, then ``toyworld.models.arms.train_arms`` (adapter / real / control / shuffled /
-  leak), each exported to ``<work>/<arm>_model`` and as ``<work>/variants/<arm>.safetensors``
+  split, then ``toyworld.models.arms.train_arms`` (adapter / real / control / control_plain /
+  shuffled / leak; the swap curriculum: ``extra["swap_frac"]``), each exported to ``<work>/<arm>_model`` and as ``<work>/variants/<arm>.safetensors``
   (decoder + adapter: what ships and what comes back from a GPU machine);
 * ``eval``    — ``toyworld.fideval.evaluate`` -> ``<work>/eval.json`` + ``eval.md``;
 * ``probe``   — ``toyworld.probe.probe`` on the student (and the adapter arm) -> ``probe.json``.
@@ -126,13 +126,23 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
     sample_s = time.perf_counter() - t0
     db = Database.build(pipe, cfg.n_retrieval)
     lam, idx = db.search(pooled, 1)
+    swap_frac = float(cfg.extra.get("swap_frac", 0.0))
+    ctx_swap = None
+    if swap_frac > 0:
+        from toyworld.models.common import tokenize
+        from toyworld.models.swaps import swapped_captions
+        from toyworld.models.text import encode_all
+
+        swapped = swapped_captions(sp.captions, cfg.seed + 17, HELD_OUT_RARE)
+        ctx_swap, _ = encode_all(st.load("text"), tokenize(st.tokenizer(), swapped), dev)
+        ctx_swap = ctx_swap.to(dev)
     data = ArmData(noise=noise, target=targets, context=ctx, h_nb=db.features[idx[:, 0]].to(dev),
-                   lam=lam[:, 0].to(dev), h_self=self_features(pipe, targets, ctx).to(dev))
+                   lam=lam[:, 0].to(dev), h_self=self_features(pipe, targets, ctx).to(dev), context_swap=ctx_swap)
     prep_s = time.perf_counter() - t0
     run = cfg.adapter
     out, summ = train_arms(pipe, data, arms, run.steps, run.batch_size, run.lr,
                            float(cfg.extra.get("lr_decoder", 3e-5)), dev, limit, cfg.seed, run.log_every,
-                           float(cfg.extra.get("leak_frac", 0.0)))
+                           float(cfg.extra.get("leak_frac", 0.0)), swap_frac)
     for a, arm in out.items():
         save_arm_variant(arm.unet.unet, arm.hadapter, work / "variants" / f"{a}.safetensors")
         tmp = work / f"{a}_unet"
@@ -185,7 +195,7 @@ def restore_arms(work: str | Path) -> list[str]:
 
 def run(work: str | Path, family: str | FamilyConfig = "full-mid", stages: tuple[str, ...] = STAGES,
         device: str = "auto", limits: dict[str, float] | None = None, base: Path = DEFAULT_BASE,
-        arms: tuple[str, ...] = ("adapter", "real", "control", "shuffled", "leak"), eval_prompts_n: tuple[int, int] = (200, 200),
+        arms: tuple[str, ...] = ("adapter", "real", "control", "control_plain", "shuffled", "leak"), eval_prompts_n: tuple[int, int] = (200, 200),
         seeds: int = 4, probe_n: int = 200, after_stage: Any = None) -> dict[str, Any]:
     """Run (or resume) the stages; ``after_stage(stage, work)`` is called after each (e.g. to pack)."""
     from toyworld.models.common import pick_device
@@ -308,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limits", default="")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--base", default=str(DEFAULT_BASE))
-    ap.add_argument("--arms", default="adapter,real,control,shuffled,leak")
+    ap.add_argument("--arms", default="adapter,real,control,control_plain,shuffled,leak")
     ap.add_argument("--eval-prompts", default="200,200", help="common,long-tail eval prompts")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--probe-n", type=int, default=200)
@@ -319,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = get_family(a.family)
     for kv in (x for x in a.set.split(",") if x):
         k, v = kv.split("=", 1)
-        if k in ("n_adapter", "lr_decoder", "leak_frac"):
+        if k in ("n_adapter", "lr_decoder", "leak_frac", "swap_frac"):
             cfg.extra[k] = float(v) if "." in v or "e" in v else int(v)
         elif k == "student_init":
             cfg.extra[k] = v

@@ -5,11 +5,12 @@ Modes (each one image per (prompt, seed), scored by ``toyworld.checker``):
 * ``teacher``   — the multi-step teacher (DDIM ``teacher_steps``, CFG ``guidance``);
 * ``student``   — the one-step student, no retrieval;
 * ``inject``    — the student + training-free slerp injection of the top-1 neighbour;
-* ``adapter``   — the adapter arm (H-adapter + fine-tuned decoder, trained with the leak
-  curriculum: ``toyworld.models.arms``), top-1 neighbour, λ = cosine;
-* ``real``      — the arm trained on real neighbours only, top-1 neighbour, λ = cosine;
+* ``adapter``   — the adapter arm (H-adapter + fine-tuned decoder, trained with the
+  curriculum of ``toyworld.models.arms``), top-1 neighbour, λ = cosine;
+* ``real``      — the arm trained on real neighbours without the curriculum, top-1, λ = cosine;
 * ``adapter_k4``— the same model with the top-4 neighbours (trained with k = 1);
-* ``control``   — the control arm (same training, λ = 0);
+* ``control``   — the control arm (same training, curriculum rows included, λ = 0);
+* ``control_plain`` — the retrieval-free fine-tune without the curriculum (λ = 0);
 * ``shuffled_test``    — the adapter arm given another prompt's neighbour (true λ);
 * ``shuffled_trained`` — the arm trained with shuffled neighbours, given the right ones;
 * ``oracle``    — the adapter arm given a clean render of the prompt itself (λ = 1);
@@ -45,15 +46,17 @@ log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED_EVAL = ASSETS / "eval"
-VARIANTS = ("student", "adapter", "real", "control", "shuffled", "leak")
-ALL_MODES = ("teacher", "student", "inject", "adapter", "adapter_k4", "real", "control", "shuffled_test",
-             "shuffled_trained", "oracle", "leak")
+VARIANTS = ("student", "adapter", "real", "control", "control_plain", "shuffled", "leak")
+ALL_MODES = ("teacher", "student", "inject", "adapter", "adapter_k4", "real", "control", "control_plain",
+             "shuffled_test", "shuffled_trained", "oracle", "leak")
 GROUPS = ("common", "seen_rare", "held_out_rare")
 COMPARISONS = (
     ("adapter", "student"), ("adapter", "control"), ("control", "student"),
     ("shuffled_test", "control"), ("shuffled_trained", "control"), ("adapter_k4", "control"),
     ("oracle", "control"), ("leak", "control"), ("inject", "student"), ("teacher", "student"),
     ("real", "control"), ("adapter", "real"), ("shuffled_test", "adapter"),
+    ("adapter", "control_plain"), ("control_plain", "student"), ("real", "control_plain"),
+    ("oracle", "control_plain"), ("shuffled_trained", "control_plain"),
 )
 
 
@@ -230,6 +233,7 @@ def evaluate(
     avail = {"teacher": suite.teacher is not None, "student": "student" in suite.pipes,
              "inject": "student" in suite.pipes, "adapter": "adapter" in suite.pipes,
              "adapter_k4": "adapter" in suite.pipes, "real": "real" in suite.pipes, "control": "control" in suite.pipes,
+             "control_plain": "control_plain" in suite.pipes,
              "shuffled_test": "adapter" in suite.pipes, "shuffled_trained": "shuffled" in suite.pipes,
              "oracle": "adapter" in suite.pipes, "leak": "leak" in suite.pipes and suite.teacher is not None}
     want = [m for m in (modes or ALL_MODES) if avail.get(m)]
@@ -265,7 +269,7 @@ def evaluate(
                 h = db.features[idx4[src, :k].to(db.features.device)]
                 lam = lam4[pi, :k]
                 key = {"inject": "student", "adapter": "adapter", "adapter_k4": "adapter", "real": "real", "control": "control",
-                       "shuffled_test": "adapter", "shuffled_trained": "shuffled"}[m]
+                       "control_plain": "control_plain", "shuffled_test": "adapter", "shuffled_trained": "shuffled"}[m]
                 ims = suite.pipes[key].generate(text, ss, "inject" if m == "inject" else "adapter", h, lam).images
             walls[m] += time.perf_counter() - t0
             images[m].append(ims)

@@ -7,18 +7,24 @@ same batches and the same schedule; they differ only in what the adapter is give
 
 * ``adapter``  — the top-1 neighbour of the prompt in the retrieval split (H-features of its
   clean latent through the student's encoder at t = 0 with its caption), λ = cosine score;
-  with a *leak curriculum*: on a fraction ``leak_frac`` of the rows (drawn afresh each step)
-  the neighbour is the target itself, still with the real neighbour's λ, so the adapter
-  learns to carry a neighbour's content and cannot tell the two kinds of row apart by λ;
-* ``real``     — the same with real neighbours only (``leak_frac`` = 0);
-* ``control``  — no neighbour (λ = 0): the same fine-tuning with retrieval switched off;
+  with the *swap curriculum* (``toyworld.models.swaps``): on a fraction ``swap_frac`` of the
+  rows (drawn afresh each step) the student's encoder reads a caption with one colour or
+  shape swapped, while the neighbour and the target stay those of the true caption, so the
+  neighbour's content is the only way to the right attribute; optionally a *leak
+  curriculum* too (``leak_frac``: the neighbour is the target itself, with the real λ);
+* ``real``     — real neighbours, no curriculum (plain rows only);
+* ``control``  — no neighbour (λ = 0), the same rows as ``adapter`` (swaps included): the
+  same fine-tuning with retrieval switched off;
+* ``control_plain`` — no neighbour, plain rows only: the best retrieval-free fine-tune
+  (the swaps can only hurt an arm that cannot see a neighbour);
 * ``shuffled`` — another prompt's neighbour (the batch rolled by one), with the true λ:
   the adapter's capacity and magnitudes without the right content;
-* ``leak``     — the target itself (its latent's H-features at t = 0, λ = 1): an upper
-  bound that says whether the pathway can carry content at all.
+* ``leak``     — the target itself (its latent's H-features at t = 0, λ = 1), swaps
+  included: an upper bound that says whether the pathway can carry content at all.
 
 The encoder is frozen and shared (the retrieval features stay valid for every arm), so one
-encoder pass per batch serves all arms. Loss: smooth-L1 (β = 0.1) between x̂0 and the
+encoder pass per batch and caption kind (swapped rows, plain rows) serves all arms.
+Loss: smooth-L1 (β = 0.1) between x̂0 and the
 target, as the student's distillation; no adversarial term (a deviation from the paper's
 LADD objective, see docs/toyworld-models.md).
 """
@@ -38,14 +44,17 @@ from toyworld.models.common import LossLog, autocast, cosine_schedule, out_of_ti
 
 log = logging.getLogger(__name__)
 
-ARMS = ("adapter", "real", "control", "shuffled", "leak")
+ARMS = ("adapter", "real", "control", "control_plain", "shuffled", "leak")
+PLAIN_ARMS = frozenset({"real", "control_plain"})
+"""Arms that never see a swapped caption."""
 DECODER_PREFIXES = ("up_blocks.", "conv_norm_out.", "conv_out.")
 
 
 @dataclass
 class ArmData:
     """Adapter-training rows on one device: noise (N,4,h,w), target x0 (N,4,h,w), caption
-    context (N,T,D), neighbour H (N,C,h',w') and λ (N,), the target's own H (N,C,h',w')."""
+    context (N,T,D), neighbour H (N,C,h',w') and λ (N,), the target's own H (N,C,h',w'), and
+    the context of each row's swapped caption (N,T,D) or None (no swap curriculum)."""
 
     noise: torch.Tensor
     target: torch.Tensor
@@ -53,6 +62,7 @@ class ArmData:
     h_nb: torch.Tensor
     lam: torch.Tensor
     h_self: torch.Tensor
+    context_swap: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.noise)
@@ -78,7 +88,7 @@ def neighbours_for(name: str, d: ArmData, idx: torch.Tensor,
     h, lam = d.h_nb[idx], d.lam[idx]
     if name == "adapter" and leak is not None:
         h = torch.where(leak.view(-1, 1, 1, 1), d.h_self[idx], h)
-    if name == "control":
+    if name in ("control", "control_plain"):
         return torch.zeros_like(h)[:, None], torch.zeros_like(lam)[:, None]
     if name == "shuffled":
         return h.roll(1, 0)[:, None], lam[:, None]
@@ -100,14 +110,19 @@ def train_arms(
     seed: int = 0,
     log_every: int = 50,
     leak_frac: float = 0.0,
+    swap_frac: float = 0.0,
 ) -> tuple[dict[str, Arm], dict[str, Any]]:
     """Train ``arms`` on ``data`` from ``pipe``'s student; returns the arms and a summary.
-    ``leak_frac``: the ``adapter`` arm's curriculum (fraction of rows given the target itself)."""
+    ``leak_frac``: the ``adapter`` arm's leak curriculum (fraction of rows given the target
+    itself); ``swap_frac``: fraction of rows whose encoder reads the swapped caption, for every
+    arm but ``PLAIN_ARMS`` (needs ``data.context_swap``)."""
     from engines.hadapter import HAdapter
 
     bad = [a for a in arms if a not in ARMS]
     if bad:
         raise ValueError(f"unknown arm(s) {bad}; choose from {ARMS}")
+    if swap_frac > 0 and data.context_swap is None:
+        raise ValueError(f"swap_frac={swap_frac} needs ArmData.context_swap")
     torch.manual_seed(seed)
     base = pipe.unet
     base.eval().requires_grad_(False)
@@ -132,17 +147,25 @@ def train_arms(
     for step in range(1, steps + 1):
         idx = torch.randint(0, len(data), (batch_size,), generator=gen).to(device)
         leak = (torch.rand(batch_size, generator=gen) < leak_frac).to(device) if leak_frac > 0 else None
+        swap = (torch.rand(batch_size, generator=gen) < swap_frac).to(device) if swap_frac > 0 else None
         eps = data.noise[idx].float()
         z = eps * (1 - a_t) ** 0.5
         ctx = data.context[idx].float()
         tt = torch.full((len(idx),), pipe.student_timestep, device=device, dtype=torch.long)
-        with torch.no_grad(), autocast(device):
-            h, skips, temb = base.encode(z, tt, ctx)
-        h, skips, temb = h.float(), tuple(s.float() for s in skips), temb.float()
+        kinds = {"plain": ctx}
+        if swap is not None and data.context_swap is not None:
+            kinds = {"swap": torch.where(swap.view(-1, 1, 1), data.context_swap[idx].float(), ctx),
+                     **({"plain": ctx} if set(out) & PLAIN_ARMS else {})}
+        enc = {}
+        for kind, c in kinds.items():
+            with torch.no_grad(), autocast(device):
+                h, skips, temb = base.encode(z, tt, c)
+            enc[kind] = (h.float(), tuple(s.float() for s in skips), temb.float(), c)
         tgt = data.target[idx].float()
         total = torch.zeros((), device=device)
         losses = {}
         for a, arm in out.items():
+            h, skips, temb, ctx = enc["plain" if a in PLAIN_ARMS or "swap" not in enc else "swap"]
             h_r, lam = neighbours_for(a, data, idx, leak)
             with autocast(device):
                 hh = arm.hadapter(h, h_r.float(), lam.float())
@@ -164,7 +187,7 @@ def train_arms(
             break
     summary: dict[str, Any] = {"steps": step, "wall_s": round(time.perf_counter() - t0, 2),
                                "batch_size": batch_size, "lr_adapter": lr_adapter, "lr_decoder": lr_decoder,
-                               "leak_frac": leak_frac}
+                               "leak_frac": leak_frac, "swap_frac": swap_frac}
     for a, arm in out.items():
         arm.log.finish(step)
         summary[a] = {"first_loss": arm.log.first(), "final_loss": arm.log.last(), "curve": arm.log.rows}
