@@ -158,6 +158,32 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
             "lam_mean": float(lam.mean()), "arms": list(arms)}
 
 
+def seed_from_shipped(cfg: FamilyConfig, work: str | Path, teacher_unet: Path,
+                      model: Path | None = None, student_variant: Path | None = None) -> None:
+    """Start ``work`` from the shipped student (``toyworld/assets/model`` with the shipped
+    ``eval/student.safetensors`` decoder: issue 13's first run, initialised from the natural
+    teacher) and a natural-split teacher UNet dir (targets): stages ``base`` .. ``student``
+    are marked done, so ``export``, ``arms``, ``eval`` and ``probe`` run on them."""
+    from engines.pipeline import OneStepPipeline
+    from toyworld.fideval import ASSETS, apply_variant
+
+    w = Path(work)
+    w.mkdir(parents=True, exist_ok=True)
+    model = model or ASSETS / "model"
+    student_variant = student_variant or ASSETS / "eval" / "student.safetensors"
+    if not (teacher_unet / "config.json").is_file():
+        raise FileNotFoundError(f"no teacher UNet at {teacher_unet} (config.json missing)")
+    _mark(w, "base", stage_base(cfg, w, model))
+    shutil.rmtree(w / "teacher" / "unet", ignore_errors=True)
+    shutil.copytree(teacher_unet, w / "teacher" / "unet")
+    _mark(w, "teacher", {"stage": "teacher", "from": str(teacher_unet)})
+    _mark(w, "skewed", {"stage": "skewed", "skipped": "student from the shipped model"})
+    pipe = OneStepPipeline.from_pretrained(model)
+    apply_variant(pipe, student_variant)
+    _save_fp16(pipe.unet.unet, w / "student" / "unet")
+    _mark(w, "student", {"stage": "student", "from": f"{model} + {student_variant}"})
+
+
 def save_arm_variant(unet: torch.nn.Module, hadapter: torch.nn.Module, path: Path) -> Path:
     """An arm's decoder + adapter weights as one fp16 file (``toyworld.fideval`` variant format)."""
     from types import SimpleNamespace
@@ -324,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--probe-n", type=int, default=200)
     ap.add_argument("--pack", default=None, help="tar stage outputs here after each stage")
     ap.add_argument("--set", default="", help="family overrides, e.g. n_train=2000,n_retrieval=500")
+    ap.add_argument("--seed-shipped", default=None, metavar="TEACHER_UNET",
+                    help="start from the shipped student and this natural-split teacher UNet dir")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = get_family(a.family)
@@ -338,6 +366,8 @@ def main(argv: list[str] | None = None) -> None:
             setattr(getattr(cfg, sk), f, type(getattr(getattr(cfg, sk), f))(v))
         else:
             setattr(cfg, k, type(getattr(cfg, k))(v))
+    if a.seed_shipped:
+        seed_from_shipped(cfg, a.work, Path(a.seed_shipped))
     limits = {k: float(v) for k, v in (kv.split("=") for kv in a.limits.split(",") if kv)}
     ev = tuple(int(x) for x in a.eval_prompts.split(","))
     res = run(a.work, cfg, tuple(a.stages.split(",")), a.device, limits, Path(a.base),
