@@ -286,3 +286,59 @@ def test_cli_eval_defaults_to_the_shipped_models(tmp_path: Path, monkeypatch: py
     js = json.loads(out.output[out.output.index("{"):])
     assert set(js["modes"]) == {"student", "adapter", "control"} and js["shipped_variant"] == "adapter"
     assert "assets" in str(seen["source"])
+
+
+# ---------------------------------------------------------------- swap curriculum
+def test_swapped_captions_change_one_attribute_and_never_name_a_held_out_pair() -> None:
+    from toyworld.models.data import HELD_OUT_RARE, make_split
+    from toyworld.models.swaps import swap_attribute, swapped_captions
+    from toyworld.parse import parse
+
+    sp = make_split("adapter", 200, workers=1)
+    sw = swapped_captions(sp.captions, 3, HELD_OUT_RARE)
+    assert sw == swapped_captions(sp.captions, 3, HELD_OUT_RARE)  # a pure function of the seed
+    changed = 0
+    for cap, new in zip(sp.captions, sw, strict=True):
+        a, b = parse(cap), parse(new)
+        assert not set(b.colour_shape_pairs()) & HELD_OUT_RARE
+        if new != cap:
+            changed += 1
+            # exactly one word differs (besides a/an), and it is a colour or a shape
+            diff = [(x, y) for x, y in zip(cap.split(), new.split(), strict=True) if x != y and x not in ("a", "an")]
+            assert len(diff) == 1
+            assert a.colour_shape_pairs() != b.colour_shape_pairs()
+            assert a.count == b.count and a.relation == b.relation
+    assert changed > 190
+    rng = np.random.default_rng(0)
+    assert swap_attribute("an orange circle", rng) in {f"a {c} circle" for c in ("red", "green", "blue", "yellow", "purple", "white", "cyan")} | {
+        f"an orange {s}" for s in ("square", "triangle", "diamond", "cross")}
+    assert swap_attribute("no colour words here", rng) is None
+
+
+def test_swap_curriculum_feeds_swapped_captions_to_every_arm_but_the_plain_ones(dirs: dict[str, Path]) -> None:
+    from engines.pipeline import OneStepPipeline
+    from toyworld.models.arms import PLAIN_ARMS, ArmData, train_arms
+
+    pipe = OneStepPipeline.from_pretrained(dirs["mid"])
+    n, (c, hh, ww) = 8, pipe.h_shape
+    g = torch.Generator().manual_seed(0)
+    kw = {"noise": torch.randn(n, 4, 16, 16, generator=g), "target": torch.randn(n, 4, 16, 16, generator=g),
+              "context": pipe.encode_text(["a red circle"] * n).context, "h_nb": torch.randn(n, c, hh, ww, generator=g),
+              "lam": torch.full((n,), 0.9), "h_self": torch.randn(n, c, hh, ww, generator=g)}
+    with pytest.raises(ValueError, match="context_swap"):
+        train_arms(pipe, ArmData(**kw), ("adapter",), 1, 4, 1e-2, 1e-3, torch.device("cpu"), swap_frac=0.5)
+    data = ArmData(**kw, context_swap=pipe.encode_text(["a blue circle"] * n).context)
+    base = pipe.unet
+    orig = base.encode
+    calls: list[torch.Tensor] = []
+    base.encode = lambda z, t, ctx: (calls.append(ctx.clone()), orig(z, t, ctx))[1]  # type: ignore[method-assign]
+    try:
+        _arms, summ = train_arms(pipe, data, ("adapter", "control_plain"), 2, 8, 1e-2, 1e-3, torch.device("cpu"),
+                                swap_frac=1.0)
+    finally:
+        base.encode = orig  # type: ignore[method-assign]
+    assert summ["swap_frac"] == 1.0 and "control_plain" in PLAIN_ARMS
+    # per step: one pass with the swapped captions (swap_frac = 1: every row) and one plain pass
+    assert len(calls) == 4
+    assert torch.allclose(calls[0], data.context_swap[:1].expand_as(calls[0]))
+    assert torch.allclose(calls[1], data.context[:1].expand_as(calls[1]))
