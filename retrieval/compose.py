@@ -1,6 +1,7 @@
 """embed -> search -> gather features -> generate: the one place a prompt becomes an image.
 
-The CLI, the service and the training job call ``TextToImage.generate``. A batch may
+The CLI, the service and the toy world's eval (``toyworld.eval``, over an in-memory
+database) call ``TextToImage.generate``. A batch may
 mix modes, k, seeds and excluded ids; each result equals running its request alone.
 λ for a neighbour is its cosine score, or 0 below ``min_score`` (negative scores are
 always 0): ``engines.stages.neighbour_lambda``, the one copy of the rule. If the index or feature store fails or times out, the affected requests
@@ -67,6 +68,7 @@ class TextToImage:
 
     ``db=None`` means retrieval is not available (e.g. the database could not be
     opened): requests with a retrieval mode get status "unavailable".
+    ``retrieval_timeout_s=None``: no deadline; the search runs in the caller's thread.
     """
 
     def __init__(
@@ -164,6 +166,8 @@ class TextToImage:
         if self.db is None:
             return None
         try:
+            if self.retrieval_timeout_s is None:  # no deadline: no thread hop either
+                return self._retrieve(pooled.detach().float().cpu(), ks, excl)
             fut = self._pool.submit(self._retrieve, pooled.detach().float().cpu(), ks, excl)
             return fut.result(timeout=self.retrieval_timeout_s)
         except cf.TimeoutError:
