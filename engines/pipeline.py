@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from engines.stages import (
     x0_from_output,
 )
 from engines.unet_split import HSplitUNet
+
+if TYPE_CHECKING:
+    from engines.modeldir import ModelDir
 
 log = logging.getLogger(__name__)
 
@@ -162,20 +165,22 @@ class OneStepPipeline(OneStepFront):
     @classmethod
     def from_pretrained(
         cls,
-        model_dir: str | Path,
+        model_dir: str | Path | ModelDir,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         inject_weight: float = 0.8,
     ) -> OneStepPipeline:
-        from engines.modeldir import fingerprint, load_components
+        """Load a model directory (a path, or a ``ModelDir`` already opened: it is not read again)."""
+        from engines.modeldir import ModelDir, load_components
 
-        comps = load_components(model_dir, device=device, dtype=dtype)
+        md = ModelDir.open(model_dir)
+        comps = load_components(md, device=device, dtype=dtype)
         info = comps.pop("info")
         return cls(
             **comps,
             student_timestep=info.student_timestep,
             name=info.name,
-            fingerprint=fingerprint(info.path),
+            fingerprint=md.fingerprint,
             inject_weight=inject_weight,
         )
 

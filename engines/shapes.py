@@ -20,7 +20,10 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engines.modeldir import ModelDir
 
 COMPONENTS: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder")
 DYNAMIC_AXES: tuple[str, ...] = ("B", "K")
@@ -239,17 +242,14 @@ def spec_from_arch(arch: str, batch: DimRange | None = None, k: DimRange | None 
 
 
 def spec_from_model_dir(
-    path: str | Path, batch: DimRange | None = None, k: DimRange | None = None
+    path: str | Path | ModelDir, batch: DimRange | None = None, k: DimRange | None = None
 ) -> ShapeSpec:
-    """Spec of a model directory, from its config.json files only (no weights loaded)."""
-    from engines.modeldir import validate_model_dir
+    """Spec of a model directory (a path or an opened ``ModelDir``), from its configs only."""
+    from engines.modeldir import ModelDir
 
-    info = validate_model_dir(path)
-    cfgs = {
-        c: json.loads((info.path / c / "config.json").read_text())
-        for c in ("unet", "vae", "text_encoder")
-    }
-    return spec_from_configs(cfgs["unet"], cfgs["vae"], cfgs["text_encoder"], info.name, batch, k)
+    md = ModelDir.open(path)
+    cfgs = md.configs
+    return spec_from_configs(cfgs["unet"], cfgs["vae"], cfgs["text_encoder"], md.name, batch, k)
 
 
 def spec_from_pipeline(pipe: Any, batch: DimRange | None = None, k: DimRange | None = None) -> ShapeSpec:

@@ -12,14 +12,13 @@ loaded on first use.
 
 from __future__ import annotations
 
-import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +37,9 @@ from engines.stages import (
     tokenize_prompts,
     x0_from_output,
 )
+
+if TYPE_CHECKING:
+    from engines.modeldir import ModelDir
 
 log = logging.getLogger(__name__)
 
@@ -104,31 +106,28 @@ class GraphBackend(OneStepFront, Backend):
 
     def __init__(
         self,
-        model_dir: str | Path,
+        model_dir: str | Path | ModelDir,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         spec: ShapeSpec | None = None,
         inject_weight: float = 0.8,
     ) -> None:
-        from transformers import CLIPTokenizer
+        from engines.modeldir import ModelDir
 
-        from engines.modeldir import fingerprint, validate_model_dir
-
-        info = validate_model_dir(model_dir)
-        self.model_dir = info.path
+        md = ModelDir.open(model_dir)
+        self.model = md
+        self.model_dir = md.path
         self.device = torch.device(device)
         self.dtype = dtype
-        self.spec = spec or spec_from_model_dir(self.model_dir)
-        self.name = info.name
-        self.fingerprint = fingerprint(self.model_dir)
+        self.spec = spec or spec_from_model_dir(md)
+        self.name = md.name
+        self.fingerprint = md.fingerprint
         self.inject_weight = float(inject_weight)
-        self.tokenizer = CLIPTokenizer.from_pretrained(
-            str(self.model_dir / "tokenizer"), local_files_only=True
-        )
-        sched = json.loads((self.model_dir / "scheduler" / "scheduler_config.json").read_text())
+        self.tokenizer = md.tokenizer
+        sched = md.scheduler_config
         self.prediction_type = str(sched.get("prediction_type", "epsilon"))
         self.alphas_cumprod = alphas_cumprod_from_config(sched)
-        self.student_timestep = int(info.student_timestep)
+        self.student_timestep = int(md.info.student_timestep)
         self._torch_pipe: Any = None
 
     # ------------------------------------------------------------------ properties
@@ -270,7 +269,7 @@ class GraphBackend(OneStepFront, Backend):
 
             log.info("%s backend: loading the torch pipeline for ingest calls", self.backend_name)
             self._torch_pipe = OneStepPipeline.from_pretrained(
-                self.model_dir, device=self.device, inject_weight=self.inject_weight
+                self.model, device=self.device, inject_weight=self.inject_weight
             )
         return self._torch_pipe
 

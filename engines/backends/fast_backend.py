@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from engines.fast.gpu_index import FeatureDtype, GpuIndex, IndexFull
 from engines.fast.runner import STAGES, FastConfig, FastRunner
 from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
 from engines.stages import normalize_modes, seeded_noise, tokenize_prompts
+
+if TYPE_CHECKING:
+    from engines.modeldir import ModelDir
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,7 @@ class FastBackend(SearchingBackend):
     @classmethod
     def from_model_dir(
         cls,
-        model_dir: str | Path,
+        model_dir: str | Path | ModelDir,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         inject_weight: float = 0.8,

@@ -17,12 +17,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engines.backends.base import Backend, BackendUnavailable, GraphBackend
 from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
+
+if TYPE_CHECKING:
+    from engines.modeldir import ModelDir
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,7 @@ class TorchBackend(Backend):
 
     def __init__(
         self,
-        model_dir: str | Path,
+        model_dir: str | Path | ModelDir,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         inject_weight: float = 0.8,
@@ -199,7 +202,7 @@ class TorchOptBackend(GraphBackend):
 
     def __init__(
         self,
-        model_dir: str | Path,
+        model_dir: str | Path | ModelDir,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         inject_weight: float = 0.8,
@@ -227,7 +230,7 @@ class TorchOptBackend(GraphBackend):
         self.channels_last = on_cuda if channels_last is None else channels_last
         pad = self.cuda_graphs if pad_to_buckets is None else (pad_to_buckets or self.cuda_graphs)
         pipe = OneStepPipeline.from_pretrained(
-            self.model_dir, device=dev, dtype=dtype, inject_weight=inject_weight
+            self.model, device=dev, dtype=dtype, inject_weight=inject_weight
         )
         self._torch_pipe = pipe  # ingest calls reuse it
         if self.channels_last:
