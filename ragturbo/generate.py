@@ -182,15 +182,11 @@ def _remote(url: str, prompt: str, out: Path, *, seed: int, mode: str, k: int, f
 
 def _local(prompt: str, out: Path, fmt: str, seed: int, mode: str, k: int, dbp: Path,
            qurl: str | None, min_score: float, model_dir: Path | None, device: str) -> None:
-    from engines.default_model import default_model_dir
+    from engines.default_model import resolve_model_dir
     from retrieval.compose import GenRequest, build_text_to_image
     from service.encode import encode_image
 
-    mdir = model_dir or (
-        Path(os.environ["RAGTURBO_MODEL_DIR"])
-        if os.environ.get("RAGTURBO_MODEL_DIR")
-        else default_model_dir(dbp)
-    )
+    mdir = resolve_model_dir(model_dir, dbp)
     t2i = build_text_to_image(
         mdir,
         device=device,

@@ -1,0 +1,33 @@
+"""``resolve_model_dir``: explicit > $RAGTURBO_MODEL_DIR > the embedded default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def test_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engines.default_model as dm
+
+    shipped = tmp_path / "shipped"
+    (shipped / "unet").mkdir(parents=True)
+    (shipped / "unet" / "config.json").write_text("{}")
+    monkeypatch.setattr(dm, "SHIPPED", shipped)
+    monkeypatch.setenv("RAGTURBO_MODEL_DIR", str(tmp_path / "from-env"))
+    assert dm.resolve_model_dir(tmp_path / "given", tmp_path) == tmp_path / "given"
+    assert dm.resolve_model_dir(None, tmp_path) == tmp_path / "from-env"
+    assert dm.resolve_model_dir(None, tmp_path, read_env=False) == shipped
+    monkeypatch.delenv("RAGTURBO_MODEL_DIR")
+    assert dm.resolve_model_dir(None, tmp_path) == shipped
+
+
+def test_settings_use_the_resolver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engines.default_model as dm
+    from service.settings import Settings
+
+    monkeypatch.setattr(dm, "SHIPPED", tmp_path / "absent")
+    monkeypatch.setattr(dm, "default_model_dir", lambda data_dir: Path(data_dir) / "default")
+    monkeypatch.delenv("RAGTURBO_MODEL_DIR", raising=False)
+    assert Settings(db_path=tmp_path).resolved_model_dir() == tmp_path / "default"
+    assert Settings(db_path=tmp_path, model_dir=tmp_path / "m").resolved_model_dir() == tmp_path / "m"
