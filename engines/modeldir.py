@@ -151,7 +151,8 @@ class ModelDir:
         return f"ModelDir({str(self.path)!r})"
 
 
-def _file_digest(p: Path) -> str:
+def file_sha256(p: Path) -> str:
+    """sha256 of a file's bytes, hex (read in 4 MiB chunks)."""
     h = hashlib.sha256()
     with p.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -186,7 +187,7 @@ def fingerprint(path: str | Path, components: tuple[str, ...] = FEATURE_COMPONEN
             if ent and ent.get("key") == key:
                 dig = ent["sha256"]
             else:
-                dig = _file_digest(f)
+                dig = file_sha256(f)
                 cache[rel] = {"key": key, "sha256": dig}
                 dirty = True
             h.update(rel.encode() + b"\0" + dig.encode() + b"\n")

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engines.modes import MAX_K
+
 if TYPE_CHECKING:
     from engines.modeldir import ModelDir
 
@@ -105,7 +107,7 @@ class ShapeSpec:
     h_shape: tuple[int, int, int]
     vocab_size: int
     batch: DimRange = DimRange(1, 4, 16)
-    k: DimRange = DimRange(1, 1, 8)
+    k: DimRange = DimRange(1, 1, MAX_K)
     components: dict[str, ComponentSpec] = field(default_factory=dict)
 
     def component(self, name: str) -> ComponentSpec:
@@ -228,7 +230,7 @@ def spec_from_configs(
         h_shape=(c, hh, ww),
         vocab_size=int(text_encoder["vocab_size"]),
         batch=batch or DimRange(1, 4, 16),
-        k=k or DimRange(1, 1, 8),
+        k=k or DimRange(1, 1, MAX_K),
         components=_components(t, d, c, hh, ww, lc, ls, res),
     )
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from engines.modes import MODES
+
 
 @contextmanager
 def stage_timer(device: torch.device, timings: dict[str, float], key: str) -> Iterator[None]:
@@ -40,9 +42,6 @@ def tokenize_prompts(
         return_tensors="pt",
     ).input_ids
     return ids.to(device, torch.int64)
-
-
-MODES: tuple[str, ...] = ("adapter", "inject", "off")
 
 
 def normalize_modes(modes: Sequence[str] | str, b: int) -> list[str]:

@@ -21,6 +21,8 @@ from typing import Any
 
 import typer
 
+from engines.modes import MAX_K
+
 log = logging.getLogger(__name__)
 
 FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
@@ -110,7 +112,7 @@ def generate(
     ),
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Noise seed."),
     mode: str = typer.Option("adapter", "--mode", help="Retrieval mode: adapter, inject or off."),
-    k: int = typer.Option(1, "--k", min=1, max=8, help="Neighbours to retrieve."),
+    k: int = typer.Option(1, "--k", min=1, max=MAX_K, help="Neighbours to retrieve."),
     url: str | None = typer.Option(
         None,
         "--url",
@@ -139,7 +141,7 @@ def generate(
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda:0."),
 ) -> None:
     """Write one image for PROMPT at the model's native size (in-process, or via --url)."""
-    from engines.pipeline import MODES
+    from engines.modes import MODES
 
     if mode not in MODES:
         raise typer.BadParameter(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")

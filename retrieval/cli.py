@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from engines.default_model import resolve_model_dir
+from engines.modes import MAX_K
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -20,7 +21,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 def bench_fp8_cmd(
     pairs: int = typer.Option(1024, "--pairs", min=8, help="Real toy pairs (rendered + encoded)."),
     prompts: int = typer.Option(128, "--prompts", min=1, help="Eval prompts generated per variant."),
-    k: int = typer.Option(2, "--k", min=1, max=8),
+    k: int = typer.Option(2, "--k", min=1, max=MAX_K),
     model_dir: Path | None = typer.Option(None, "--model-dir", help="Default: the shipped toy model."),
     out: Path = typer.Option(Path("data/bench/fp8.json"), "--out", help="JSON output."),
 ) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from engines.backends.base import Backend, SearchingBackend
+from engines.modes import MAX_K, MODES, Mode
 from engines.stages import neighbour_lambda
 from retrieval.db import DbConfig, RetrievalDB, open_db_for_pipeline
 from retrieval.resident import ResidentIndex
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_K = 8
 RetrievalStatus = Literal["ok", "unavailable", "off"]
 
 
@@ -47,7 +47,7 @@ RetrievalStatus = Literal["ok", "unavailable", "off"]
 class GenRequest:
     prompt: str
     seed: int
-    mode: Literal["adapter", "inject", "off"] = "adapter"
+    mode: Mode = "adapter"
     k: int = 1  # 1..8
     exclude_ids: frozenset[str] = frozenset()
     fmt: str | None = None  # the image format the caller will encode (an engine may do it)
@@ -189,8 +189,8 @@ class TextToImage:
         for r in reqs:
             if not 1 <= r.k <= MAX_K:
                 raise ValueError(f"k must be in 1..{MAX_K}, got {r.k}")
-            if r.mode not in ("adapter", "inject", "off"):
-                raise ValueError(f"mode must be adapter, inject or off; got {r.mode!r}")
+            if r.mode not in MODES:
+                raise ValueError(f"mode must be one of {', '.join(MODES)}; got {r.mode!r}")
         self._maybe_refresh()
         if self.resident is not None and not any(r.exclude_ids for r in reqs):
             return self._generate_resident(reqs)

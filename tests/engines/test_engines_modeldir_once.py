@@ -28,7 +28,7 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
     monkeypatch.setattr(md, "validate_model_dir", counted("validate", md.validate_model_dir))
     monkeypatch.setattr(md, "fingerprint", counted("fingerprint", md.fingerprint))
-    monkeypatch.setattr(md, "_file_digest", counted("file_hash", md._file_digest))
+    monkeypatch.setattr(md, "file_sha256", counted("file_hash", md.file_sha256))
     tok = CLIPTokenizer.from_pretrained.__func__  # type: ignore[attr-defined]
     monkeypatch.setattr(CLIPTokenizer, "from_pretrained", classmethod(counted("tokenizer", tok)))
     return c
