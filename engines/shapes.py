@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from engines.modeldir import ModelDir
 
 COMPONENTS: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder")
+BATCH_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
+"""Batch sizes the CUDA-graph backends (fast, torch-opt) capture unless told otherwise."""
 DYNAMIC_AXES: tuple[str, ...] = ("B", "K")
 MAX_TEXT_LEN = 77
 
@@ -106,7 +109,7 @@ class ShapeSpec:
     embed_dim: int
     h_shape: tuple[int, int, int]
     vocab_size: int
-    batch: DimRange = DimRange(1, 4, 16)
+    batch: DimRange = DimRange(1, 4, BATCH_BUCKETS[-1])
     k: DimRange = DimRange(1, 1, MAX_K)
     components: dict[str, ComponentSpec] = field(default_factory=dict)
 
@@ -229,10 +232,18 @@ def spec_from_configs(
         embed_dim=d,
         h_shape=(c, hh, ww),
         vocab_size=int(text_encoder["vocab_size"]),
-        batch=batch or DimRange(1, 4, 16),
+        batch=batch or DimRange(1, 4, BATCH_BUCKETS[-1]),
         k=k or DimRange(1, 1, MAX_K),
         components=_components(t, d, c, hh, ww, lc, ls, res),
     )
+
+
+def batch_buckets(max_batch: int, given: Sequence[int] = ()) -> tuple[int, ...]:
+    """The buckets an engine serving batches of up to ``max_batch`` captures: ``given``
+    (sorted, unique), else the ``BATCH_BUCKETS`` below ``max_batch`` plus ``max_batch``."""
+    if given:
+        return tuple(sorted({int(b) for b in given}))
+    return tuple(sorted({b for b in BATCH_BUCKETS if b < max_batch} | {int(max_batch)}))
 
 
 def spec_from_arch(arch: str, batch: DimRange | None = None, k: DimRange | None = None) -> ShapeSpec:

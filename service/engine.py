@@ -132,7 +132,7 @@ def _backend_options(settings: Settings) -> dict[str, Any]:
     if settings.backend in ("fast", "torch-opt") and settings.batch_buckets:
         opts["buckets"] = settings.batch_buckets
     elif settings.backend == "fast":
-        from engines.backends.fast_backend import DEFAULT_BUCKETS
+        from engines.shapes import batch_buckets
 
-        opts["buckets"] = sorted({b for b in DEFAULT_BUCKETS if b < settings.max_batch} | {settings.max_batch})
+        opts["buckets"] = batch_buckets(settings.max_batch)
     return opts

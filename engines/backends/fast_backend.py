@@ -35,6 +35,7 @@ from engines.backends.base import BackendUnavailable, SearchingBackend, SearchOu
 from engines.fast.gpu_index import FeatureDtype, GpuIndex, IndexFull
 from engines.fast.runner import STAGES, FastConfig, FastRunner
 from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
+from engines.shapes import BATCH_BUCKETS
 from engines.stages import normalize_modes, seeded_noise, tokenize_prompts
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
 DEFAULT_K_BUCKETS: tuple[int, ...] = (1, 4, 8)
 
 
@@ -66,7 +66,7 @@ class FastBackend(SearchingBackend):
         compile: str | None = None,
         cuda_graphs: bool | None = None,
         subpixel_vae: bool = True,
-        buckets: Sequence[int] = DEFAULT_BUCKETS,
+        buckets: Sequence[int] = BATCH_BUCKETS,
         k_buckets: Sequence[int] = DEFAULT_K_BUCKETS,
         inject_weight: float = 0.8,
         tokenizer_cache: int = 4096,

@@ -23,13 +23,13 @@ import torch
 
 from engines.backends.base import Backend, BackendUnavailable, GraphBackend
 from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
+from engines.shapes import BATCH_BUCKETS
 
 if TYPE_CHECKING:
     from engines.modeldir import ModelDir
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
 
 
 def _check_device(device: torch.device) -> None:
@@ -209,7 +209,7 @@ class TorchOptBackend(GraphBackend):
         compile: bool | None = None,
         cuda_graphs: bool | None = None,
         channels_last: bool | None = None,
-        buckets: Sequence[int] = DEFAULT_BUCKETS,
+        buckets: Sequence[int] = BATCH_BUCKETS,
         pad_to_buckets: bool | None = None,
         compile_mode: str = "default",
     ) -> None:

@@ -31,3 +31,17 @@ def test_settings_use_the_resolver(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("RAGTURBO_MODEL_DIR", raising=False)
     assert Settings(db_path=tmp_path).resolved_model_dir() == tmp_path / "default"
     assert Settings(db_path=tmp_path, model_dir=tmp_path / "m").resolved_model_dir() == tmp_path / "m"
+
+
+def test_batch_buckets_come_from_one_place() -> None:
+    import inspect
+
+    from engines.backends.fast_backend import FastBackend
+    from engines.backends.torch_backend import TorchOptBackend
+    from engines.shapes import BATCH_BUCKETS, ShapeSpec, batch_buckets
+
+    assert batch_buckets(8) == (1, 2, 4, 8) and batch_buckets(6) == (1, 2, 4, 6)
+    assert batch_buckets(32) == (*BATCH_BUCKETS, 32) and batch_buckets(8, [6, 1, 3, 3]) == (1, 3, 6)
+    assert ShapeSpec.__dataclass_fields__["batch"].default.max == BATCH_BUCKETS[-1]
+    for init in (FastBackend.__init__, TorchOptBackend.__init__):
+        assert inspect.signature(init).parameters["buckets"].default is BATCH_BUCKETS
