@@ -12,7 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engines.backends.base import Backend, BackendUnavailable, SearchingBackend, SearchOutput
+from engines.backends.base import (
+    Backend,
+    BackendUnavailable,
+    SearchingBackend,
+    SearchOutput,
+    require_device,
+)
 from engines.backends.names import BACKENDS
 
 if TYPE_CHECKING:
@@ -58,7 +64,7 @@ def create_backend(
                 raise ValueError(f"torch backend takes no options, got {sorted(options)}")
             from engines.backends.torch_backend import TorchBackend
 
-            return TorchBackend(model_dir, device, dtype or torch.float32, inject_weight)
+            return TorchBackend.from_pretrained(model_dir, require_device(device), dtype or torch.float32, inject_weight)
     if name == "fast":
         from engines.backends.fast_backend import FastBackend
 

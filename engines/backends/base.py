@@ -51,6 +51,14 @@ class BackendUnavailable(RuntimeError):
     """
 
 
+def require_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device; BackendUnavailable when it is CUDA and torch sees none."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailable(f"device {dev} requested but torch sees no CUDA device")
+    return dev
+
+
 class Backend(ABC):
     """What ``TextToImage`` needs from an engine (see module docstring)."""
 

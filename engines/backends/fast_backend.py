@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from engines.backends.base import BackendUnavailable, SearchingBackend, SearchOutput
+from engines.backends.base import BackendUnavailable, SearchingBackend, SearchOutput, require_device
 from engines.fast.gpu_index import FeatureDtype, GpuIndex, IndexFull
 from engines.fast.runner import STAGES, FastConfig, FastRunner
 from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
@@ -114,9 +114,7 @@ class FastBackend(SearchingBackend):
         inject_weight: float = 0.8,
         **options: Any,
     ) -> FastBackend:
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailable(f"device {dev} requested but torch sees no CUDA device")
+        dev = require_device(device)
         if dtype is None:
             dtype = torch.float16 if dev.type == "cuda" else torch.float32
         if dev.type == "cpu" and dtype == torch.float16:

@@ -1,7 +1,7 @@
 """torch backends: ``torch`` (the eager pipeline as is) and ``torch-opt`` (optimised).
 
-``torch`` wraps ``OneStepPipeline`` and adds nothing: the reference every other backend
-is compared with.
+``torch`` is ``OneStepPipeline`` itself behind the backend interface, adding nothing: the
+reference every other backend is compared with.
 
 ``torch-opt`` runs the same graphs as the exported engines (``engines.backends.graphs``)
 with, on CUDA: fp16/bf16 weights, channels-last UNet/VAE, ``torch.compile`` and one CUDA
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engines.backends.base import Backend, BackendUnavailable, GraphBackend
-from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
+from engines.backends.base import Backend, BackendUnavailable, GraphBackend, require_device
+from engines.pipeline import OneStepPipeline
 from engines.shapes import BATCH_BUCKETS
 
 if TYPE_CHECKING:
@@ -32,77 +32,18 @@ log = logging.getLogger(__name__)
 
 
 
-def _check_device(device: torch.device) -> None:
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable(f"device {device} requested but torch sees no CUDA device")
+class TorchBackend(OneStepPipeline, Backend):
+    """The eager ``OneStepPipeline`` as a backend: the pipeline itself, named ``torch``.
 
-
-class TorchBackend(Backend):
-    """The eager ``OneStepPipeline`` behind the backend interface."""
+    Build with ``TorchBackend.from_pretrained`` (what ``create_backend("torch", ...)`` does).
+    """
 
     backend_name = "torch"
 
-    def __init__(
-        self,
-        model_dir: str | Path | ModelDir,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
-        inject_weight: float = 0.8,
-    ) -> None:
-        _check_device(torch.device(device))
-        self.pipe = OneStepPipeline.from_pretrained(
-            model_dir, device=device, dtype=dtype, inject_weight=inject_weight
-        )
-        self.name = self.pipe.name
-        self.fingerprint = self.pipe.fingerprint
-
     @property
-    def resolution(self) -> int:
-        return self.pipe.resolution
-
-    @property
-    def h_shape(self) -> tuple[int, int, int]:
-        return self.pipe.h_shape
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return self.pipe.latent_shape
-
-    @property
-    def embed_dim(self) -> int:
-        return self.pipe.embed_dim
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipe.device
-
-    def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings:
-        return self.pipe.encode_text(prompts)
-
-    def generate(
-        self,
-        text: TextEmbeddings,
-        seeds: Sequence[int],
-        modes: Sequence[str] | str = "adapter",
-        h_retr: torch.Tensor | None = None,
-        lam: torch.Tensor | None = None,
-    ) -> GenerateOutput:
-        return self.pipe.generate(text, seeds, modes, h_retr, lam)
-
-    def denoise(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.pipe.denoise(*args, **kwargs)
-
-    def decode_latents(self, x0: torch.Tensor) -> Any:
-        return self.pipe.decode_latents(x0)
-
-    def encode_images(self, images: Any) -> torch.Tensor:
-        return self.pipe.encode_images(images)
-
-    def retrieval_features(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.pipe.retrieval_features(latents, context)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> GenerateOutput:
-        return self.pipe(*args, **kwargs)
+    def pipe(self) -> OneStepPipeline:
+        """The pipeline: this object (for code that reads a backend's torch pipeline)."""
+        return self
 
 
 class _BucketRunner:
@@ -215,8 +156,7 @@ class TorchOptBackend(GraphBackend):
     ) -> None:
         from engines.backends.graphs import TextEncoderGraph, UNetGraph, VaeDecoderGraph
 
-        dev = torch.device(device)
-        _check_device(dev)
+        dev = require_device(device)
         on_cuda = dev.type == "cuda"
         if dtype is None:
             dtype = torch.float16 if on_cuda else torch.float32
