@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from retrieval.index import VectorIndex, as_matrix, per_query
+from retrieval.index import VectorIndex, as_matrix
 from retrieval.reconnect import Reconnector
 from retrieval.types import Neighbour, RetrievalError
 
@@ -133,14 +133,7 @@ class EdgeIndex(VectorIndex):
             shard.update(qe.UpdateOperation.upsert_points(pts))
             shard.flush()
 
-    def search(
-        self,
-        embeddings: Any,
-        k: int | Sequence[int],
-        exclude_ids: Collection[str] | Sequence[Collection[str]] | None = None,
-    ) -> list[list[Neighbour]]:
-        x = as_matrix(embeddings, self.dim)
-        ks, ex = per_query(len(x), k, exclude_ids)
+    def _search(self, x: np.ndarray, ks: list[int], ex: list[frozenset[str]]) -> list[list[Neighbour]]:
         qe = self._qe
         reqs = [
             qe.QueryRequest(

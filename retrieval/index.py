@@ -65,7 +65,6 @@ class VectorIndex(ABC):
     ) -> None:
         """Insert or replace points; vectors (N,D). Durable when it returns."""
 
-    @abstractmethod
     def search(
         self,
         embeddings: Any,
@@ -76,7 +75,16 @@ class VectorIndex(ABC):
 
         ``k`` is one int or one per query; ``exclude_ids`` one set for all queries or
         one per query (ids that must never be returned, e.g. the query pair itself).
+        The embeddings are checked and the arguments made per-query here, once for
+        every implementation; ``_search`` does the rest.
         """
+        x = as_matrix(embeddings, self.dim)
+        ks, ex = per_query(len(x), k, exclude_ids)
+        return self._search(x, ks, ex)
+
+    @abstractmethod
+    def _search(self, x: np.ndarray, ks: list[int], ex: list[frozenset[str]]) -> list[list[Neighbour]]:
+        """x (B,D) float32 (checked), ks and ex one per query -> B lists, best first."""
 
     @abstractmethod
     def count(self) -> int:

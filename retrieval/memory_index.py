@@ -10,13 +10,13 @@ returned. ``MemoryFeatures`` is the feature side of such a database: with both,
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from retrieval.index import VectorIndex, as_matrix, per_query
+from retrieval.index import VectorIndex
 from retrieval.types import Neighbour
 
 Device = str | torch.device
@@ -85,14 +85,8 @@ class MemoryIndex(VectorIndex):
         if new:
             self._vec = torch.cat([self._vec, torch.stack(new)])
 
-    def search(
-        self,
-        embeddings: Any,
-        k: int | Sequence[int],
-        exclude_ids: Collection[str] | Sequence[Collection[str]] | None = None,
-    ) -> list[list[Neighbour]]:
-        q = torch.from_numpy(as_matrix(embeddings, self.dim)).to(self.device)
-        ks, ex = per_query(len(q), k, exclude_ids)
+    def _search(self, x: np.ndarray, ks: list[int], ex: list[frozenset[str]]) -> list[list[Neighbour]]:
+        q = torch.from_numpy(x).to(self.device)
         if len(q) == 0 or not self._ids:
             return [[] for _ in ks]
         sims = torch.nn.functional.normalize(q, dim=-1) @ self._vec.T  # (B,N)

@@ -59,37 +59,6 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _scores(images: np.ndarray, prompts: list[str]) -> list[dict[str, Any]]:
-    from toyworld.checker import CATEGORIES, score
-    from toyworld.detect import analyse
-
-    out = []
-    for im, p in zip(images, prompts, strict=True):
-        r = score(im, p)
-        a = analyse(im)
-        out.append(
-            {
-                "overall": r.score,
-                **{c: r.per_category[c] for c in CATEGORIES if c in r.per_category},
-                "fg": a.foreground_components,
-                "clean": a.clean_components,
-            }
-        )
-    return out
-
-
-def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    from toyworld.checker import CATEGORIES
-
-    res: dict[str, Any] = {"n": len(rows), "overall": float(np.mean([r["overall"] for r in rows])) if rows else None}
-    for c in CATEGORIES:
-        vals = [r[c] for r in rows if c in r]
-        res[c] = float(np.mean(vals)) if vals else None
-    fg = sum(r["fg"] for r in rows)
-    res["realism"] = float(sum(r["clean"] for r in rows) / fg) if fg else 0.0
-    return res
-
-
 def _retrieval_tensors(pipe: Any) -> dict[str, torch.Tensor]:
     """The weights that decide a pipe's retrieval features: text encoder, VAE, UNet minus decoder."""
     out = {f"te.{k}": v for k, v in pipe.text_encoder.state_dict().items()}
@@ -199,6 +168,7 @@ def evaluate(
     from toyworld.models.common import pick_device
     from toyworld.models.data import is_long_tail
     from toyworld.parse import parse
+    from toyworld.scoring import aggregate, score_images
 
     if not prompts:
         raise ValueError("no prompts to evaluate")
@@ -219,13 +189,13 @@ def evaluate(
         neigh: list[str] = []
         for i in range(0, len(flat_p), batch):
             ims, nb = runner.generate(mode, flat_p[i : i + batch], flat_s[i : i + batch])
-            rows += _scores(ims, flat_p[i : i + batch])
+            rows += score_images(ims, flat_p[i : i + batch])
             neigh += nb
             if keep_images and mode not in samples:
                 samples[mode] = ims[:keep_images]
-        agg = _aggregate(rows)
-        agg["common"] = _aggregate([r for r, t in zip(rows, flat_t, strict=True) if not t])
-        agg["long_tail"] = _aggregate([r for r, t in zip(rows, flat_t, strict=True) if t])
+        agg = aggregate(rows)
+        agg["common"] = aggregate([r for r, t in zip(rows, flat_t, strict=True) if not t])
+        agg["long_tail"] = aggregate([r for r, t in zip(rows, flat_t, strict=True) if t])
         agg["latency_ms"] = runner.latency_ms(mode, prompts[0])
         agg["wall_s"] = round(time.perf_counter() - t0, 2)
         if mode in ("inject", "adapter", "control"):
