@@ -76,13 +76,32 @@ def alphas_cumprod_from_config(cfg: dict[str, Any]) -> torch.Tensor:
 
 
 class OneStepFront:
-    """``generate`` and ``__call__`` over a class's ``denoise``, ``decode_latents``,
-    ``encode_text`` and ``_timed`` (shared by OneStepPipeline and the graph backends)."""
+    """``denoise``, ``generate`` and ``__call__`` over a class's ``_denoise``,
+    ``decode_latents``, ``encode_text`` and ``_timed`` (shared by OneStepPipeline and the
+    graph backends)."""
 
-    denoise: Any
+    _denoise: Any
     decode_latents: Any
     encode_text: Any
     _timed: Any
+
+    @torch.inference_mode()
+    def denoise(
+        self,
+        text: TextEmbeddings,
+        seeds: Sequence[int],
+        modes: Sequence[str] | str = "adapter",
+        h_retr: torch.Tensor | None = None,
+        lam: torch.Tensor | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> torch.Tensor:
+        """One step -> x0 latents (B,4,L,L) float32 on ``self.device``. Checks the seeds and
+        modes against the batch once; ``_denoise(text, seeds, modes list, h_retr, lam,
+        timings)`` runs the step."""
+        b = len(text)
+        if len(seeds) != b:
+            raise ValueError(f"got {len(seeds)} seeds for a batch of {b}")
+        return self._denoise(text, seeds, normalize_modes(modes, b), h_retr, lam, {} if timings is None else timings)
 
     @torch.inference_mode()
     def generate(
@@ -327,22 +346,12 @@ class OneStepPipeline(OneStepFront):
             out = torch.where(use, inj, out)
         return out
 
-    @torch.inference_mode()
-    def denoise(
-        self,
-        text: TextEmbeddings,
-        seeds: Sequence[int],
-        modes: Sequence[str] | str = "adapter",
-        h_retr: torch.Tensor | None = None,
-        lam: torch.Tensor | None = None,
-        timings: dict[str, float] | None = None,
+    def _denoise(
+        self, text: TextEmbeddings, seeds: Sequence[int], modes: list[str],
+        h_retr: torch.Tensor | None, lam: torch.Tensor | None, timings: dict[str, float],
     ) -> torch.Tensor:
         """One step: -> x0 latents (B,4,h,w)."""
         b = len(text)
-        if len(seeds) != b:
-            raise ValueError(f"got {len(seeds)} seeds for a batch of {b}")
-        modes = normalize_modes(modes, b)
-        timings = {} if timings is None else timings
         with self._timed(timings, "unet"):
             z = self.noisy_input(self.initial_noise(seeds))
             t = torch.full((b,), self.student_timestep, device=self.device, dtype=torch.long)

@@ -31,7 +31,6 @@ from engines.pipeline import (
 )
 from engines.shapes import ShapeSpec, spec_from_model_dir
 from engines.stages import (
-    normalize_modes,
     seeded_noise,
     stage_timer,
     tokenize_prompts,
@@ -218,23 +217,13 @@ class GraphBackend(OneStepFront, Backend):
         inj = torch.tensor([m == "inject" for m in modes], dtype=torch.float32)
         return h_retr.float(), lam.float(), ad, inj
 
-    @torch.inference_mode()
-    def denoise(
-        self,
-        text: TextEmbeddings,
-        seeds: Sequence[int],
-        modes: Sequence[str] | str = "adapter",
-        h_retr: torch.Tensor | None = None,
-        lam: torch.Tensor | None = None,
-        timings: dict[str, float] | None = None,
+    def _denoise(
+        self, text: TextEmbeddings, seeds: Sequence[int], modes: list[str],
+        h_retr: torch.Tensor | None, lam: torch.Tensor | None, timings: dict[str, float],
     ) -> torch.Tensor:
-        """One step -> x0 latents (B,4,L,L) float32 on ``self.device`` (as ``OneStepPipeline.denoise``)."""
+        """The graphs' step (``OneStepFront.denoise`` checked the arguments)."""
         b = len(text)
-        if len(seeds) != b:
-            raise ValueError(f"got {len(seeds)} seeds for a batch of {b}")
-        ms = normalize_modes(modes, b)
-        hr, lm, ad, inj = self._retrieval_inputs(b, ms, h_retr, lam)
-        timings = {} if timings is None else timings
+        hr, lm, ad, inj = self._retrieval_inputs(b, modes, h_retr, lam)
         a = float(self.alphas_cumprod[self.student_timestep])
         dev = self.device
         x0s = []
