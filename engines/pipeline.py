@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODES", "GenerateOutput", "OneStepFront", "OneStepPipeline", "TextEmbeddings"]
+__all__ = ["MODES", "GenerateAPI", "GenerateOutput", "OneStepPipeline", "TextEmbeddings"]
 
 
 @dataclass
@@ -75,8 +75,8 @@ def alphas_cumprod_from_config(cfg: dict[str, Any]) -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-class OneStepFront:
-    """``denoise``, ``generate`` and ``__call__`` over a class's ``_denoise``,
+class GenerateAPI:
+    """The generation API (``denoise``, ``generate``, ``__call__``) over a class's ``_denoise``,
     ``decode_latents``, ``encode_text`` and ``_timed`` (shared by OneStepPipeline and the
     graph backends)."""
 
@@ -136,7 +136,7 @@ class OneStepFront:
         return out
 
 
-class OneStepPipeline(OneStepFront):
+class OneStepPipeline(GenerateAPI):
     """One-step generation with optional retrieved H-features.
 
     Build with ``from_pretrained(model_dir)`` (local files only) or ``from_arch`` (random

@@ -185,7 +185,7 @@ def _remote(url: str, prompt: str, out: Path, *, seed: int, mode: str, k: int, f
 def _local(prompt: str, out: Path, fmt: str, seed: int, mode: str, k: int, dbp: Path,
            qurl: str | None, min_score: float, model_dir: Path | None, device: str) -> None:
     from engines.default_model import resolve_model_dir
-    from retrieval.compose import GenRequest, build_text_to_image
+    from retrieval.compose import ImageRequest, build_text_to_image
     from service.encode import encode_image
 
     mdir = resolve_model_dir(model_dir, dbp)
@@ -198,7 +198,7 @@ def _local(prompt: str, out: Path, fmt: str, seed: int, mode: str, k: int, dbp: 
         min_score=min_score,
     )
     try:
-        (res,), _ = t2i.generate([GenRequest(prompt=prompt, seed=seed, mode=mode, k=k)])  # type: ignore[arg-type]
+        (res,), _ = t2i.generate([ImageRequest(prompt=prompt, seed=seed, mode=mode, k=k)])  # type: ignore[arg-type]
     finally:
         t2i.close()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,17 +44,22 @@ RetrievalStatus = Literal["ok", "unavailable", "off"]
 
 
 @dataclass(frozen=True)
-class GenRequest:
+class ImageRequest:
+    """One image to make, one item of a ``TextToImage.generate`` batch (the service turns an
+    HTTP ``GenerateRequest`` into ``num_images`` of these)."""
+
     prompt: str
     seed: int
     mode: Mode = "adapter"
-    k: int = 1  # 1..8
+    k: int = 1  # 1..MAX_K
     exclude_ids: frozenset[str] = frozenset()
     fmt: str | None = None  # the image format the caller will encode (an engine may do it)
 
 
 @dataclass
-class GenResult:
+class ImageResult:
+    """The image made for one ``ImageRequest``, with its neighbours and retrieval status."""
+
     image: np.ndarray  # uint8 (H,W,3)
     seed: int
     retrieved: list[Neighbour] = field(default_factory=list)
@@ -182,7 +187,7 @@ class TextToImage:
         return None
 
     # ------------------------------------------------------------------ generate
-    def generate(self, reqs: Sequence[GenRequest]) -> tuple[list[GenResult], dict[str, float]]:
+    def generate(self, reqs: Sequence[ImageRequest]) -> tuple[list[ImageResult], dict[str, float]]:
         """One batch. Results in request order; timings in ms: text, retrieval, unet, vae."""
         if not reqs:
             return [], {"text": 0.0, "retrieval": 0.0, "unet": 0.0, "vae": 0.0}
@@ -235,7 +240,7 @@ class TextToImage:
         timings["unet"] = out.timings_ms.get("unet", 0.0)
         timings["vae"] = out.timings_ms.get("vae", 0.0)
         results = [
-            GenResult(
+            ImageResult(
                 image=out.images[i], seed=r.seed, retrieved=retrieved[i], retrieval_status=status[i]
             )
             for i, r in enumerate(reqs)
@@ -258,7 +263,7 @@ class TextToImage:
         self.retrieval_backend = f"device-index ({pend.source}, {len(pend)} pairs)"
         log.info("device copy of the database loaded: search now runs inside the graph")
 
-    def _generate_resident(self, reqs: Sequence[GenRequest]) -> tuple[list[GenResult], dict[str, float]]:
+    def _generate_resident(self, reqs: Sequence[ImageRequest]) -> tuple[list[ImageResult], dict[str, float]]:
         """Search, λ and gather inside the backend's graph; rows mapped back to pairs here."""
         assert self.resident is not None and isinstance(self.pipe, SearchingBackend)
         out = self.pipe.generate_search(
@@ -270,11 +275,11 @@ class TextToImage:
             enc = out.encoded[i] if out.encoded is not None else None
             extra = {"encoded": enc, "encoded_format": r.fmt if enc is not None else None}
             if r.mode == "off":
-                results.append(GenResult(image=out.images[i], seed=r.seed, **extra))
+                results.append(ImageResult(image=out.images[i], seed=r.seed, **extra))
                 continue
             ns = self.resident.neighbours(out.rows[i], out.scores[i], r.k)
             results.append(
-                GenResult(image=out.images[i], seed=r.seed, retrieved=ns, retrieval_status="ok", **extra)
+                ImageResult(image=out.images[i], seed=r.seed, retrieved=ns, retrieval_status="ok", **extra)
             )
         return results, dict(out.timings_ms)
 

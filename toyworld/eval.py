@@ -119,7 +119,7 @@ class _Runner:
     @torch.no_grad()
     def generate(self, mode: str, prompts: list[str], seeds: list[int]) -> tuple[np.ndarray, list[str]]:
         """-> images uint8 (B,64,64,3), top-1 neighbour captions ('' for no retrieval)."""
-        from retrieval.compose import GenRequest
+        from retrieval.compose import ImageRequest
 
         key = mode if mode in ("adapter", "control") else "student"
         if mode == "teacher":
@@ -133,7 +133,7 @@ class _Runner:
             x0 = sample(self.teacher, text.context, unc, noise, self.teacher_steps, self.guidance)
             return pipe.decode_latents(x0), [""] * len(prompts)
         m = {"student": "off", "inject": "inject"}.get(mode, "adapter")
-        res, _ = self.t2i[key].generate([GenRequest(prompt=p, seed=s, mode=m) for p, s in zip(prompts, seeds, strict=True)])
+        res, _ = self.t2i[key].generate([ImageRequest(prompt=p, seed=s, mode=m) for p, s in zip(prompts, seeds, strict=True)])
         if m != "off" and any(r.retrieval_status != "ok" for r in res):
             raise RuntimeError(f"eval {mode}: retrieval did not answer ({[r.retrieval_status for r in res]})")
         return np.stack([r.image for r in res]), [r.retrieved[0].caption if r.retrieved else "" for r in res]

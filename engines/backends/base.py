@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from engines.pipeline import (
+    GenerateAPI,
     GenerateOutput,
-    OneStepFront,
     TextEmbeddings,
     alphas_cumprod_from_config,
 )
@@ -101,7 +101,7 @@ class Backend(ABC):
         return {"backend": self.backend_name, "model": self.name, "fingerprint": self.fingerprint}
 
 
-class GraphBackend(OneStepFront, Backend):
+class GraphBackend(GenerateAPI, Backend):
     """Host-side logic shared by the graph runtimes (torch-opt, onnxruntime, tensorrt).
 
     Subclasses set ``backend_name`` and implement ``_run``; ``max_batch`` (None: any)
@@ -221,7 +221,7 @@ class GraphBackend(OneStepFront, Backend):
         self, text: TextEmbeddings, seeds: Sequence[int], modes: list[str],
         h_retr: torch.Tensor | None, lam: torch.Tensor | None, timings: dict[str, float],
     ) -> torch.Tensor:
-        """The graphs' step (``OneStepFront.denoise`` checked the arguments)."""
+        """The graphs' step (``GenerateAPI.denoise`` checked the arguments)."""
         b = len(text)
         hr, lm, ad, inj = self._retrieval_inputs(b, modes, h_retr, lam)
         a = float(self.alphas_cumprod[self.student_timestep])

@@ -31,12 +31,12 @@ class TextToImageLike(Protocol):
 EngineFactory = Callable[["Settings"], TextToImageLike]
 
 
-def gen_request(prompt: str, seed: int, mode: str, k: int, fmt: str | None = None) -> Any:
-    """A ``retrieval.compose.GenRequest`` (imported lazily); ``fmt`` lets an engine that
+def image_request(prompt: str, seed: int, mode: str, k: int, fmt: str | None = None) -> Any:
+    """A ``retrieval.compose.ImageRequest`` (imported lazily); ``fmt`` lets an engine that
     can encode on the device (fast: JPEG via nvJPEG) hand back encoded bytes."""
-    from retrieval.compose import GenRequest
+    from retrieval.compose import ImageRequest
 
-    return GenRequest(prompt=prompt, seed=seed, mode=mode, k=k, fmt=fmt)  # type: ignore[arg-type]
+    return ImageRequest(prompt=prompt, seed=seed, mode=mode, k=k, fmt=fmt)  # type: ignore[arg-type]
 
 
 def retrieval_probe_for(t2i: Any) -> Callable[[], tuple[bool, str | None]] | None:
