@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.index import VectorIndex, as_matrix
+from retrieval.index import VectorIndex
 from retrieval.reconnect import Reconnector
 from retrieval.types import Neighbour, RetrievalError
 
@@ -118,14 +118,7 @@ class EdgeIndex(VectorIndex):
         """(True, None) when the shard is open, else (False, why)."""
         return self._reconnect.status()
 
-    def upsert(
-        self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
-    ) -> None:
-        x = as_matrix(vectors, self.dim)
-        if not len(ids) == len(x) == len(payloads):
-            raise ValueError(f"ids {len(ids)}, vectors {len(x)}, payloads {len(payloads)} differ")
-        if not len(ids):
-            return
+    def _upsert(self, ids: Sequence[str], x: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None:
         qe = self._qe
         pts = [qe.Point(i, v.tolist(), dict(p)) for i, v, p in zip(ids, x, payloads)]
         with self._lock:

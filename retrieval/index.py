@@ -59,11 +59,21 @@ class VectorIndex(ABC):
     name: str
     dim: int
 
+    def upsert(self, ids: Sequence[str], vectors: Any, payloads: Sequence[dict[str, Any]]) -> None:
+        """Insert or replace points; vectors (N,D) (numpy or torch). Durable when it returns.
+
+        The vectors are checked and the lengths compared here, once for every
+        implementation; ``_upsert`` stores them.
+        """
+        x = as_matrix(vectors, self.dim)
+        if not len(ids) == len(x) == len(payloads):
+            raise ValueError(f"ids {len(ids)}, vectors {len(x)}, payloads {len(payloads)} differ")
+        if len(ids):
+            self._upsert(ids, x, payloads)
+
     @abstractmethod
-    def upsert(
-        self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
-    ) -> None:
-        """Insert or replace points; vectors (N,D). Durable when it returns."""
+    def _upsert(self, ids: Sequence[str], x: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None:
+        """x (N,D) float32 (checked), as many ids and payloads (N >= 1)."""
 
     def search(
         self,

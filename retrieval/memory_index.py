@@ -62,13 +62,8 @@ class MemoryIndex(VectorIndex):
         idx.upsert(ids, v, payloads if payloads is not None else [{} for _ in ids])
         return idx
 
-    def upsert(self, ids: Sequence[str], vectors: Any, payloads: Sequence[dict[str, Any]]) -> None:
-        v = _float_tensor(vectors).to(self.device)
-        if v.ndim != 2 or v.shape[1] != self.dim or not len(ids) == v.shape[0] == len(payloads):
-            raise ValueError(
-                f"need {len(ids)} ids, vectors ({len(ids)},{self.dim}) and as many payloads; got "
-                f"vectors {tuple(v.shape)}, {len(payloads)} payloads"
-            )
+    def _upsert(self, ids: Sequence[str], x: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None:
+        v = torch.from_numpy(x).to(self.device)
         if not self._unit:
             v = torch.nn.functional.normalize(v, dim=-1)
         new: list[torch.Tensor] = []

@@ -25,7 +25,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from retrieval.index import COLLECTION, VectorIndex, as_matrix
+from retrieval.index import COLLECTION, VectorIndex
 from retrieval.reconnect import Reconnector
 from retrieval.types import Neighbour, RetrievalError
 
@@ -194,14 +194,7 @@ class QdrantServerIndex(VectorIndex):
         )
 
     # ------------------------------------------------------------------ interface
-    def upsert(
-        self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
-    ) -> None:
-        x = as_matrix(vectors, self.dim)
-        if not len(ids) == len(x) == len(payloads):
-            raise ValueError(f"ids {len(ids)}, vectors {len(x)}, payloads {len(payloads)} differ")
-        if not len(ids):
-            return
+    def _upsert(self, ids: Sequence[str], x: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None:
         pts = [
             self._m.PointStruct(id=i, vector=v.tolist(), payload=dict(p))
             for i, v, p in zip(ids, x, payloads)
