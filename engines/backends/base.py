@@ -58,6 +58,17 @@ def require_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def device_and_dtype(name: str, device: str | torch.device, dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype]:
+    """The device (``require_device``) and dtype of a graph-capturing backend: float16 on CUDA
+    and float32 on the CPU by default; float16 on the CPU is refused (BackendUnavailable)."""
+    dev = require_device(device)
+    if dtype is None:
+        dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    if dev.type == "cpu" and dtype == torch.float16:
+        raise BackendUnavailable(f"{name}: float16 needs CUDA; use float32 or bfloat16 on CPU")
+    return dev, dtype
+
+
 class Backend(ABC):
     """What ``TextToImage`` needs from an engine (see module docstring)."""
 

@@ -31,7 +31,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from engines.backends.base import BackendUnavailable, SearchingBackend, SearchOutput, require_device
+from engines.backends.base import (
+    BackendUnavailable,
+    SearchingBackend,
+    SearchOutput,
+    device_and_dtype,
+)
 from engines.fast.gpu_index import FeatureDtype, GpuIndex, IndexFull
 from engines.fast.runner import STAGES, FastConfig, FastRunner
 from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
@@ -114,11 +119,7 @@ class FastBackend(SearchingBackend):
         inject_weight: float = 0.8,
         **options: Any,
     ) -> FastBackend:
-        dev = require_device(device)
-        if dtype is None:
-            dtype = torch.float16 if dev.type == "cuda" else torch.float32
-        if dev.type == "cpu" and dtype == torch.float16:
-            raise BackendUnavailable("fast: float16 needs CUDA; use float32 or bfloat16 on CPU")
+        dev, dtype = device_and_dtype("fast", device, dtype)
         pipe = OneStepPipeline.from_pretrained(
             model_dir, device=dev, dtype=dtype, inject_weight=inject_weight
         )

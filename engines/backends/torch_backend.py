@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engines.backends.base import Backend, BackendUnavailable, GraphBackend, require_device
+from engines.backends.base import Backend, BackendUnavailable, GraphBackend, device_and_dtype
 from engines.pipeline import OneStepPipeline
 from engines.shapes import BATCH_BUCKETS
 
@@ -156,12 +156,8 @@ class TorchOptBackend(GraphBackend):
     ) -> None:
         from engines.backends.graphs import TextEncoderGraph, UNetGraph, VaeDecoderGraph
 
-        dev = require_device(device)
+        dev, dtype = device_and_dtype("torch-opt", device, dtype)
         on_cuda = dev.type == "cuda"
-        if dtype is None:
-            dtype = torch.float16 if on_cuda else torch.float32
-        if not on_cuda and dtype == torch.float16:
-            raise BackendUnavailable("torch-opt: float16 needs CUDA; use float32 or bfloat16 on CPU")
         super().__init__(model_dir, dev, dtype, inject_weight=inject_weight)
         self.compile = on_cuda if compile is None else compile
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs

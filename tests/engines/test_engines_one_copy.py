@@ -1,4 +1,6 @@
-"""``resolve_model_dir``: explicit > $RAGTURBO_MODEL_DIR > the embedded default."""
+"""Rules kept in one place: which model directory (``resolve_model_dir``: explicit >
+$RAGTURBO_MODEL_DIR > the embedded default), the batch buckets, a graph backend's device
+and dtype defaults."""
 
 from __future__ import annotations
 
@@ -45,3 +47,18 @@ def test_batch_buckets_come_from_one_place() -> None:
     assert ShapeSpec.__dataclass_fields__["batch"].default.max == BATCH_BUCKETS[-1]
     for init in (FastBackend.__init__, TorchOptBackend.__init__):
         assert inspect.signature(init).parameters["buckets"].default is BATCH_BUCKETS
+
+
+def test_device_and_dtype_defaults() -> None:
+    import torch
+
+    from engines.backends import BackendUnavailable
+    from engines.backends.base import device_and_dtype
+
+    assert device_and_dtype("fast", "cpu", None) == (torch.device("cpu"), torch.float32)
+    assert device_and_dtype("fast", "cpu", torch.bfloat16)[1] == torch.bfloat16
+    with pytest.raises(BackendUnavailable, match="torch-opt: float16 needs CUDA"):
+        device_and_dtype("torch-opt", "cpu", torch.float16)
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailable, match="no CUDA device"):
+            device_and_dtype("fast", "cuda", None)
