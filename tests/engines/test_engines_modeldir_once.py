@@ -41,7 +41,8 @@ def test_backend_start_reads_the_model_dir_once(name: str, tiny_model_dir: Path,
 
     from engines.backends import create_backend
 
-    d = shutil.copytree(tiny_model_dir, tmp_path / "m")  # no fingerprint cache yet
+    # a copy without the fingerprint cache other tests may have written: every file is hashed
+    d = shutil.copytree(tiny_model_dir, tmp_path / "m", ignore=shutil.ignore_patterns(".fingerprint-cache.json"))
     n_files = sum(1 for c in ("text_encoder", "tokenizer", "unet", "vae") for f in (d / c).rglob("*") if f.is_file())
     be = create_backend(name, d)
     assert counts["validate"] == 1
