@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-
-def _model_dir(model_dir: Path | None) -> Path:
-    if model_dir is not None:
-        return model_dir
-    if os.environ.get("RAGTURBO_MODEL_DIR"):
-        return Path(os.environ["RAGTURBO_MODEL_DIR"])
-    from engines.default_model import default_model_dir
-
-    return default_model_dir("data")
+from engines.default_model import resolve_model_dir
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -51,7 +42,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             k = DimRange(1, 1, max_k)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e
-        man = export_onnx(_model_dir(model_dir), out, opset=opset, batch=batch, k=k, verify=verify)
+        man = export_onnx(resolve_model_dir(model_dir), out, opset=opset, batch=batch, k=k, verify=verify)
         typer.echo(
             f"wrote {out} (model {man['model_name']}, fingerprint {man['fingerprint']}, "
             f"opset {man['opset']}, {man['export_seconds']} s)"

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engines.modeldir import file_sha256
 from engines.shapes import COMPONENTS, DimRange, ShapeSpec, spec_from_pipeline
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,6 @@ ALWAYS_EXTERNAL = ("unet",)
 
 class ExportError(RuntimeError):
     """Export produced an invalid or inaccurate graph; the message says which and why."""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def component_files(onnx_dir: Path, comp: str) -> list[Path]:

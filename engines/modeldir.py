@@ -4,6 +4,12 @@ Layout (diffusers): ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
 ``scheduler/``, plus ``hadapter/`` (config.json + safetensors) and an optional
 ``ragturbo.json`` ({"name", "student_timestep", "resolution"}). Loading reads local
 files only (``local_files_only=True``); anything missing fails with the path.
+
+``ModelDir.open(path)`` reads a directory once: the layout is validated, the configs and
+the scheduler config are parsed, and the tokenizer and the fingerprint are made on first
+use and kept. The pipeline, the graph backends and the shape spec take a ``ModelDir``
+(or a path, which they open), so a backend start validates once, builds one tokenizer
+and hashes the weights once.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +102,57 @@ def validate_model_dir(path: str | Path) -> ModelInfo:
     )
 
 
-def _file_digest(p: Path) -> str:
+class ModelDir:
+    """One model directory, validated once; what every loader reads from it.
+
+    ``info`` (name, student timestep, resolution, hadapter), ``configs`` (the unet, vae
+    and text_encoder config.json), ``scheduler_config``; ``tokenizer`` and ``fingerprint``
+    are built on first use and kept.
+    """
+
+    def __init__(self, info: ModelInfo) -> None:
+        self.info = info
+        self.configs: dict[str, dict[str, Any]] = {
+            c: json.loads((info.path / c / "config.json").read_text()) for c in ("unet", "vae", "text_encoder")
+        }
+        self.scheduler_config: dict[str, Any] = json.loads(
+            (info.path / "scheduler" / "scheduler_config.json").read_text()
+        )
+
+    @classmethod
+    def open(cls, path: str | Path | ModelDir) -> ModelDir:
+        """A ``ModelDir`` for ``path`` (validated; ModelDirError names what is missing), or ``path`` itself."""
+        return path if isinstance(path, ModelDir) else cls(validate_model_dir(path))
+
+    @property
+    def path(self) -> Path:
+        return self.info.path
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        """The CLIP tokenizer of ``tokenizer/`` (one instance per directory)."""
+        from transformers import CLIPTokenizer
+
+        try:
+            return CLIPTokenizer.from_pretrained(str(self.path / "tokenizer"), local_files_only=True)
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelDirError(f"could not load the tokenizer of {self.path}: {e}") from e
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """``fingerprint(path)``, computed once."""
+        return fingerprint(self.path)
+
+    def __repr__(self) -> str:
+        return f"ModelDir({str(self.path)!r})"
+
+
+def file_sha256(p: Path) -> str:
+    """sha256 of a file's bytes, hex (read in 4 MiB chunks)."""
     h = hashlib.sha256()
     with p.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -130,7 +187,7 @@ def fingerprint(path: str | Path, components: tuple[str, ...] = FEATURE_COMPONEN
             if ent and ent.get("key") == key:
                 dig = ent["sha256"]
             else:
-                dig = _file_digest(f)
+                dig = file_sha256(f)
                 cache[rel] = {"key": key, "sha256": dig}
                 dirty = True
             h.update(rel.encode() + b"\0" + dig.encode() + b"\n")
@@ -145,19 +202,19 @@ def fingerprint(path: str | Path, components: tuple[str, ...] = FEATURE_COMPONEN
 
 
 def load_components(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path | ModelDir, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> dict[str, Any]:
     """Load tokenizer, text encoder, UNet, VAE, H-adapter and scheduler config from disk."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
     from engines.hadapter import HAdapter
 
-    info = validate_model_dir(path)
-    root = info.path
+    md = ModelDir.open(path)
+    info, root = md.info, md.path
     kw = {"local_files_only": True}
+    tokenizer = md.tokenizer
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"), **kw)
         text_encoder = CLIPTextModel.from_pretrained(str(root / "text_encoder"), dtype=dtype, **kw)
         unet = UNet2DConditionModel.from_pretrained(str(root / "unet"), torch_dtype=dtype, **kw)
         vae = AutoencoderKL.from_pretrained(str(root / "vae"), torch_dtype=dtype, **kw)
@@ -174,7 +231,6 @@ def load_components(
             hadapter = HAdapter(channels=ch, num_heads=heads).to(dtype=dtype)
     except (OSError, ValueError, KeyError) as e:
         raise ModelDirError(f"could not load model directory {root}: {e}") from e
-    sched = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     return {
         "info": info,
         "tokenizer": tokenizer,
@@ -182,5 +238,5 @@ def load_components(
         "unet": unet.to(device).eval(),
         "vae": vae.to(device).eval(),
         "hadapter": hadapter.to(device).eval(),
-        "scheduler_config": sched,
+        "scheduler_config": md.scheduler_config,
     }

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,10 +32,12 @@ from engines.stages import (
 )
 from engines.unet_split import HSplitUNet
 
+if TYPE_CHECKING:
+    from engines.modeldir import ModelDir
+
 log = logging.getLogger(__name__)
 
-Mode = Literal["adapter", "inject", "off"]
-__all__ = ["MODES", "GenerateOutput", "OneStepFront", "OneStepPipeline", "TextEmbeddings"]
+__all__ = ["MODES", "GenerateAPI", "GenerateOutput", "OneStepPipeline", "TextEmbeddings"]
 
 
 @dataclass
@@ -73,14 +75,33 @@ def alphas_cumprod_from_config(cfg: dict[str, Any]) -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-class OneStepFront:
-    """``generate`` and ``__call__`` over a class's ``denoise``, ``decode_latents``,
-    ``encode_text`` and ``_timed`` (shared by OneStepPipeline and the graph backends)."""
+class GenerateAPI:
+    """The generation API (``denoise``, ``generate``, ``__call__``) over a class's ``_denoise``,
+    ``decode_latents``, ``encode_text`` and ``_timed`` (shared by OneStepPipeline and the
+    graph backends)."""
 
-    denoise: Any
+    _denoise: Any
     decode_latents: Any
     encode_text: Any
     _timed: Any
+
+    @torch.inference_mode()
+    def denoise(
+        self,
+        text: TextEmbeddings,
+        seeds: Sequence[int],
+        modes: Sequence[str] | str = "adapter",
+        h_retr: torch.Tensor | None = None,
+        lam: torch.Tensor | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> torch.Tensor:
+        """One step -> x0 latents (B,4,L,L) float32 on ``self.device``. Checks the seeds and
+        modes against the batch once; ``_denoise(text, seeds, modes list, h_retr, lam,
+        timings)`` runs the step."""
+        b = len(text)
+        if len(seeds) != b:
+            raise ValueError(f"got {len(seeds)} seeds for a batch of {b}")
+        return self._denoise(text, seeds, normalize_modes(modes, b), h_retr, lam, {} if timings is None else timings)
 
     @torch.inference_mode()
     def generate(
@@ -115,7 +136,7 @@ class OneStepFront:
         return out
 
 
-class OneStepPipeline(OneStepFront):
+class OneStepPipeline(GenerateAPI):
     """One-step generation with optional retrieved H-features.
 
     Build with ``from_pretrained(model_dir)`` (local files only) or ``from_arch`` (random
@@ -162,20 +183,22 @@ class OneStepPipeline(OneStepFront):
     @classmethod
     def from_pretrained(
         cls,
-        model_dir: str | Path,
+        model_dir: str | Path | ModelDir,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         inject_weight: float = 0.8,
     ) -> OneStepPipeline:
-        from engines.modeldir import fingerprint, load_components
+        """Load a model directory (a path, or a ``ModelDir`` already opened: it is not read again)."""
+        from engines.modeldir import ModelDir, load_components
 
-        comps = load_components(model_dir, device=device, dtype=dtype)
+        md = ModelDir.open(model_dir)
+        comps = load_components(md, device=device, dtype=dtype)
         info = comps.pop("info")
         return cls(
             **comps,
             student_timestep=info.student_timestep,
             name=info.name,
-            fingerprint=fingerprint(info.path),
+            fingerprint=md.fingerprint,
             inject_weight=inject_weight,
         )
 
@@ -323,22 +346,12 @@ class OneStepPipeline(OneStepFront):
             out = torch.where(use, inj, out)
         return out
 
-    @torch.inference_mode()
-    def denoise(
-        self,
-        text: TextEmbeddings,
-        seeds: Sequence[int],
-        modes: Sequence[str] | str = "adapter",
-        h_retr: torch.Tensor | None = None,
-        lam: torch.Tensor | None = None,
-        timings: dict[str, float] | None = None,
+    def _denoise(
+        self, text: TextEmbeddings, seeds: Sequence[int], modes: list[str],
+        h_retr: torch.Tensor | None, lam: torch.Tensor | None, timings: dict[str, float],
     ) -> torch.Tensor:
         """One step: -> x0 latents (B,4,h,w)."""
         b = len(text)
-        if len(seeds) != b:
-            raise ValueError(f"got {len(seeds)} seeds for a batch of {b}")
-        modes = normalize_modes(modes, b)
-        timings = {} if timings is None else timings
         with self._timed(timings, "unet"):
             z = self.noisy_input(self.initial_noise(seeds))
             t = torch.full((b,), self.student_timestep, device=self.device, dtype=torch.long)

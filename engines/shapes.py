@@ -18,11 +18,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from engines.modes import MAX_K
+
+if TYPE_CHECKING:
+    from engines.modeldir import ModelDir
 
 COMPONENTS: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder")
+BATCH_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
+"""Batch sizes the CUDA-graph backends (fast, torch-opt) capture unless told otherwise."""
 DYNAMIC_AXES: tuple[str, ...] = ("B", "K")
 MAX_TEXT_LEN = 77
 
@@ -101,8 +109,8 @@ class ShapeSpec:
     embed_dim: int
     h_shape: tuple[int, int, int]
     vocab_size: int
-    batch: DimRange = DimRange(1, 4, 16)
-    k: DimRange = DimRange(1, 1, 8)
+    batch: DimRange = DimRange(1, 4, BATCH_BUCKETS[-1])
+    k: DimRange = DimRange(1, 1, MAX_K)
     components: dict[str, ComponentSpec] = field(default_factory=dict)
 
     def component(self, name: str) -> ComponentSpec:
@@ -224,10 +232,18 @@ def spec_from_configs(
         embed_dim=d,
         h_shape=(c, hh, ww),
         vocab_size=int(text_encoder["vocab_size"]),
-        batch=batch or DimRange(1, 4, 16),
-        k=k or DimRange(1, 1, 8),
+        batch=batch or DimRange(1, 4, BATCH_BUCKETS[-1]),
+        k=k or DimRange(1, 1, MAX_K),
         components=_components(t, d, c, hh, ww, lc, ls, res),
     )
+
+
+def batch_buckets(max_batch: int, given: Sequence[int] = ()) -> tuple[int, ...]:
+    """The buckets an engine serving batches of up to ``max_batch`` captures: ``given``
+    (sorted, unique), else the ``BATCH_BUCKETS`` below ``max_batch`` plus ``max_batch``."""
+    if given:
+        return tuple(sorted({int(b) for b in given}))
+    return tuple(sorted({b for b in BATCH_BUCKETS if b < max_batch} | {int(max_batch)}))
 
 
 def spec_from_arch(arch: str, batch: DimRange | None = None, k: DimRange | None = None) -> ShapeSpec:
@@ -239,17 +255,14 @@ def spec_from_arch(arch: str, batch: DimRange | None = None, k: DimRange | None 
 
 
 def spec_from_model_dir(
-    path: str | Path, batch: DimRange | None = None, k: DimRange | None = None
+    path: str | Path | ModelDir, batch: DimRange | None = None, k: DimRange | None = None
 ) -> ShapeSpec:
-    """Spec of a model directory, from its config.json files only (no weights loaded)."""
-    from engines.modeldir import validate_model_dir
+    """Spec of a model directory (a path or an opened ``ModelDir``), from its configs only."""
+    from engines.modeldir import ModelDir
 
-    info = validate_model_dir(path)
-    cfgs = {
-        c: json.loads((info.path / c / "config.json").read_text())
-        for c in ("unet", "vae", "text_encoder")
-    }
-    return spec_from_configs(cfgs["unet"], cfgs["vae"], cfgs["text_encoder"], info.name, batch, k)
+    md = ModelDir.open(path)
+    cfgs = md.configs
+    return spec_from_configs(cfgs["unet"], cfgs["vae"], cfgs["text_encoder"], md.name, batch, k)
 
 
 def spec_from_pipeline(pipe: Any, batch: DimRange | None = None, k: DimRange | None = None) -> ShapeSpec:

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from engines.modes import MODES
+
 
 @contextmanager
 def stage_timer(device: torch.device, timings: dict[str, float], key: str) -> Iterator[None]:
@@ -40,9 +42,6 @@ def tokenize_prompts(
         return_tensors="pt",
     ).input_ids
     return ids.to(device, torch.int64)
-
-
-MODES: tuple[str, ...] = ("adapter", "inject", "off")
 
 
 def normalize_modes(modes: Sequence[str] | str, b: int) -> list[str]:
@@ -81,7 +80,8 @@ def neighbour_lambda(scores: torch.Tensor, min_score: float | torch.Tensor = 0.0
     ``min_score`` may be a 0-d tensor (the fast runner's captured graphs read it in place).
 
     Used by the service (``retrieval.compose``), the fast runner's in-graph search, training
-    (``training.retriever``, ``training.retriever_db``) and the toy world's eval database.
+    (``training.retriever``, ``training.retriever_db``) and the fp8 feature bench
+    (``retrieval.feature_precision``); the toy world's eval goes through compose.
     """
     keep = (scores >= min_score) & (scores > 0)
     return torch.where(keep, scores, torch.zeros_like(scores))

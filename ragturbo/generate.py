@@ -21,6 +21,8 @@ from typing import Any
 
 import typer
 
+from engines.modes import MAX_K
+
 log = logging.getLogger(__name__)
 
 FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
@@ -110,7 +112,7 @@ def generate(
     ),
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Noise seed."),
     mode: str = typer.Option("adapter", "--mode", help="Retrieval mode: adapter, inject or off."),
-    k: int = typer.Option(1, "--k", min=1, max=8, help="Neighbours to retrieve."),
+    k: int = typer.Option(1, "--k", min=1, max=MAX_K, help="Neighbours to retrieve."),
     url: str | None = typer.Option(
         None,
         "--url",
@@ -139,7 +141,7 @@ def generate(
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda:0."),
 ) -> None:
     """Write one image for PROMPT at the model's native size (in-process, or via --url)."""
-    from engines.pipeline import MODES
+    from engines.modes import MODES
 
     if mode not in MODES:
         raise typer.BadParameter(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
@@ -182,15 +184,11 @@ def _remote(url: str, prompt: str, out: Path, *, seed: int, mode: str, k: int, f
 
 def _local(prompt: str, out: Path, fmt: str, seed: int, mode: str, k: int, dbp: Path,
            qurl: str | None, min_score: float, model_dir: Path | None, device: str) -> None:
-    from engines.default_model import default_model_dir
-    from retrieval.compose import GenRequest, build_text_to_image
+    from engines.default_model import resolve_model_dir
+    from retrieval.compose import ImageRequest, build_text_to_image
     from service.encode import encode_image
 
-    mdir = model_dir or (
-        Path(os.environ["RAGTURBO_MODEL_DIR"])
-        if os.environ.get("RAGTURBO_MODEL_DIR")
-        else default_model_dir(dbp)
-    )
+    mdir = resolve_model_dir(model_dir, dbp)
     t2i = build_text_to_image(
         mdir,
         device=device,
@@ -200,7 +198,7 @@ def _local(prompt: str, out: Path, fmt: str, seed: int, mode: str, k: int, dbp: 
         min_score=min_score,
     )
     try:
-        (res,), _ = t2i.generate([GenRequest(prompt=prompt, seed=seed, mode=mode, k=k)])  # type: ignore[arg-type]
+        (res,), _ = t2i.generate([ImageRequest(prompt=prompt, seed=seed, mode=mode, k=k)])  # type: ignore[arg-type]
     finally:
         t2i.close()
     out.parent.mkdir(parents=True, exist_ok=True)

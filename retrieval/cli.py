@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from engines.default_model import resolve_model_dir
+from engines.modes import MAX_K
+
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.command("ingest")(ingest_cmd)
@@ -18,7 +21,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 def bench_fp8_cmd(
     pairs: int = typer.Option(1024, "--pairs", min=8, help="Real toy pairs (rendered + encoded)."),
     prompts: int = typer.Option(128, "--prompts", min=1, help="Eval prompts generated per variant."),
-    k: int = typer.Option(2, "--k", min=1, max=8),
+    k: int = typer.Option(2, "--k", min=1, max=MAX_K),
     model_dir: Path | None = typer.Option(None, "--model-dir", help="Default: the shipped toy model."),
     out: Path = typer.Option(Path("data/bench/fp8.json"), "--out", help="JSON output."),
 ) -> None:
@@ -113,18 +116,6 @@ def bench_retrieval_cmd(
     typer.echo(f"wrote {out}")
 
 
-def _model_dir(model_dir: Path | None, db: Path) -> Path:
-    import os
-
-    from engines.default_model import default_model_dir
-
-    if model_dir is not None:
-        return model_dir
-    if os.environ.get("RAGTURBO_MODEL_DIR"):
-        return Path(os.environ["RAGTURBO_MODEL_DIR"])
-    return default_model_dir(db)
-
-
 def _db_path(db: Path | None) -> Path:
     import os
 
@@ -186,7 +177,7 @@ def ingest_cmd(
     dbp = _db_path(db)
     url, key = _qdrant(qdrant_url)
     cfg = DbConfig(db_path=dbp, qdrant_url=url, qdrant_api_key=key)
-    pipe = OneStepPipeline.from_pretrained(_model_dir(model_dir, dbp), device=device)
+    pipe = OneStepPipeline.from_pretrained(resolve_model_dir(model_dir, dbp), device=device)
     if rebuild_features:
         n = rebuild(pipe, cfg, batch=batch)
         typer.echo(f"rebuilt features of {n} pairs for model {pipe.fingerprint}")
@@ -256,7 +247,7 @@ def search_cmd(
         raise typer.BadParameter("QUERY must not be empty")
     dbp = _db_path(db)
     url, key = _qdrant(qdrant_url)
-    pipe = OneStepPipeline.from_pretrained(_model_dir(model_dir, dbp))
+    pipe = OneStepPipeline.from_pretrained(resolve_model_dir(model_dir, dbp))
     try:
         database = open_db_for_pipeline(
             DbConfig(db_path=dbp, qdrant_url=url, qdrant_api_key=key), pipe

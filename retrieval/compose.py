@@ -1,6 +1,7 @@
 """embed -> search -> gather features -> generate: the one place a prompt becomes an image.
 
-The CLI, the service and the training job call ``TextToImage.generate``. A batch may
+The CLI, the service and the toy world's eval (``toyworld.eval``, over an in-memory
+database) call ``TextToImage.generate``. A batch may
 mix modes, k, seeds and excluded ids; each result equals running its request alone.
 λ for a neighbour is its cosine score, or 0 below ``min_score`` (negative scores are
 always 0): ``engines.stages.neighbour_lambda``, the one copy of the rule. If the index or feature store fails or times out, the affected requests
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from engines.backends.base import Backend, SearchingBackend
+from engines.modes import MAX_K, MODES, Mode
 from engines.stages import neighbour_lambda
 from retrieval.db import DbConfig, RetrievalDB, open_db_for_pipeline
 from retrieval.resident import ResidentIndex
@@ -38,22 +40,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_K = 8
 RetrievalStatus = Literal["ok", "unavailable", "off"]
 
 
 @dataclass(frozen=True)
-class GenRequest:
+class ImageRequest:
+    """One image to make, one item of a ``TextToImage.generate`` batch (the service turns an
+    HTTP ``GenerateRequest`` into ``num_images`` of these)."""
+
     prompt: str
     seed: int
-    mode: Literal["adapter", "inject", "off"] = "adapter"
-    k: int = 1  # 1..8
+    mode: Mode = "adapter"
+    k: int = 1  # 1..MAX_K
     exclude_ids: frozenset[str] = frozenset()
     fmt: str | None = None  # the image format the caller will encode (an engine may do it)
 
 
 @dataclass
-class GenResult:
+class ImageResult:
+    """The image made for one ``ImageRequest``, with its neighbours and retrieval status."""
+
     image: np.ndarray  # uint8 (H,W,3)
     seed: int
     retrieved: list[Neighbour] = field(default_factory=list)
@@ -67,6 +73,7 @@ class TextToImage:
 
     ``db=None`` means retrieval is not available (e.g. the database could not be
     opened): requests with a retrieval mode get status "unavailable".
+    ``retrieval_timeout_s=None``: no deadline; the search runs in the caller's thread.
     """
 
     def __init__(
@@ -164,6 +171,8 @@ class TextToImage:
         if self.db is None:
             return None
         try:
+            if self.retrieval_timeout_s is None:  # no deadline: no thread hop either
+                return self._retrieve(pooled.detach().float().cpu(), ks, excl)
             fut = self._pool.submit(self._retrieve, pooled.detach().float().cpu(), ks, excl)
             return fut.result(timeout=self.retrieval_timeout_s)
         except cf.TimeoutError:
@@ -178,15 +187,15 @@ class TextToImage:
         return None
 
     # ------------------------------------------------------------------ generate
-    def generate(self, reqs: Sequence[GenRequest]) -> tuple[list[GenResult], dict[str, float]]:
+    def generate(self, reqs: Sequence[ImageRequest]) -> tuple[list[ImageResult], dict[str, float]]:
         """One batch. Results in request order; timings in ms: text, retrieval, unet, vae."""
         if not reqs:
             return [], {"text": 0.0, "retrieval": 0.0, "unet": 0.0, "vae": 0.0}
         for r in reqs:
             if not 1 <= r.k <= MAX_K:
                 raise ValueError(f"k must be in 1..{MAX_K}, got {r.k}")
-            if r.mode not in ("adapter", "inject", "off"):
-                raise ValueError(f"mode must be adapter, inject or off; got {r.mode!r}")
+            if r.mode not in MODES:
+                raise ValueError(f"mode must be one of {', '.join(MODES)}; got {r.mode!r}")
         self._maybe_refresh()
         if self.resident is not None and not any(r.exclude_ids for r in reqs):
             return self._generate_resident(reqs)
@@ -231,7 +240,7 @@ class TextToImage:
         timings["unet"] = out.timings_ms.get("unet", 0.0)
         timings["vae"] = out.timings_ms.get("vae", 0.0)
         results = [
-            GenResult(
+            ImageResult(
                 image=out.images[i], seed=r.seed, retrieved=retrieved[i], retrieval_status=status[i]
             )
             for i, r in enumerate(reqs)
@@ -254,7 +263,7 @@ class TextToImage:
         self.retrieval_backend = f"device-index ({pend.source}, {len(pend)} pairs)"
         log.info("device copy of the database loaded: search now runs inside the graph")
 
-    def _generate_resident(self, reqs: Sequence[GenRequest]) -> tuple[list[GenResult], dict[str, float]]:
+    def _generate_resident(self, reqs: Sequence[ImageRequest]) -> tuple[list[ImageResult], dict[str, float]]:
         """Search, λ and gather inside the backend's graph; rows mapped back to pairs here."""
         assert self.resident is not None and isinstance(self.pipe, SearchingBackend)
         out = self.pipe.generate_search(
@@ -266,11 +275,11 @@ class TextToImage:
             enc = out.encoded[i] if out.encoded is not None else None
             extra = {"encoded": enc, "encoded_format": r.fmt if enc is not None else None}
             if r.mode == "off":
-                results.append(GenResult(image=out.images[i], seed=r.seed, **extra))
+                results.append(ImageResult(image=out.images[i], seed=r.seed, **extra))
                 continue
             ns = self.resident.neighbours(out.rows[i], out.scores[i], r.k)
             results.append(
-                GenResult(image=out.images[i], seed=r.seed, retrieved=ns, retrieval_status="ok", **extra)
+                ImageResult(image=out.images[i], seed=r.seed, retrieved=ns, retrieval_status="ok", **extra)
             )
         return results, dict(out.timings_ms)
 

@@ -25,6 +25,7 @@ from retrieval.types import Neighbour
 if TYPE_CHECKING:
     from engines.backends.base import Backend
     from engines.pipeline import OneStepPipeline
+    from retrieval.memory_index import MemoryFeatures
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,13 @@ class DbConfig:
 
 
 class RetrievalDB:
-    """search(embeddings (B,D), k, exclude_ids) -> neighbours; features(ids) -> (n,C,h,w) fp16."""
+    """search(embeddings (B,D), k, exclude_ids) -> neighbours; features(ids) -> (n,C,h,w) fp16.
 
-    def __init__(self, index: VectorIndex, store: FeatureStore) -> None:
+    The store is a ``FeatureStore`` on disk, or for a database built in memory a
+    ``retrieval.memory_index.MemoryFeatures`` (read-only: no ``upsert``).
+    """
+
+    def __init__(self, index: VectorIndex, store: FeatureStore | MemoryFeatures) -> None:
         self.index = index
         self.store = store
 
@@ -95,6 +100,8 @@ class RetrievalDB:
         files: Sequence[str],
     ) -> None:
         """Features first (durable), then the index: a crash never indexes a point without features."""
+        if not isinstance(self.store, FeatureStore):
+            raise TypeError(f"upsert needs a FeatureStore on disk, not {type(self.store).__name__}")
         self.store.put(ids, h, latents, captions, files)
         payloads = [
             {"caption": c, "file": f, "fingerprint": self.store.fingerprint}

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from retrieval.index import VectorIndex, as_matrix, per_query
+from retrieval.index import VectorIndex
 from retrieval.reconnect import Reconnector
 from retrieval.types import Neighbour, RetrievalError
 
@@ -118,14 +118,7 @@ class EdgeIndex(VectorIndex):
         """(True, None) when the shard is open, else (False, why)."""
         return self._reconnect.status()
 
-    def upsert(
-        self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
-    ) -> None:
-        x = as_matrix(vectors, self.dim)
-        if not len(ids) == len(x) == len(payloads):
-            raise ValueError(f"ids {len(ids)}, vectors {len(x)}, payloads {len(payloads)} differ")
-        if not len(ids):
-            return
+    def _upsert(self, ids: Sequence[str], x: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None:
         qe = self._qe
         pts = [qe.Point(i, v.tolist(), dict(p)) for i, v, p in zip(ids, x, payloads)]
         with self._lock:
@@ -133,14 +126,7 @@ class EdgeIndex(VectorIndex):
             shard.update(qe.UpdateOperation.upsert_points(pts))
             shard.flush()
 
-    def search(
-        self,
-        embeddings: Any,
-        k: int | Sequence[int],
-        exclude_ids: Collection[str] | Sequence[Collection[str]] | None = None,
-    ) -> list[list[Neighbour]]:
-        x = as_matrix(embeddings, self.dim)
-        ks, ex = per_query(len(x), k, exclude_ids)
+    def _search(self, x: np.ndarray, ks: list[int], ex: list[frozenset[str]]) -> list[list[Neighbour]]:
         qe = self._qe
         reqs = [
             qe.QueryRequest(

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from engines.stages import neighbour_lambda
+
 SD_TURBO_H = (1280, 8, 8)
 SD_TURBO_DIM = 1024
 PAPER_PAIRS = 630_000
@@ -128,7 +130,7 @@ def image_effect(
         seeds = list(range(s, s + len(ps)))
         text = pipe.encode_text(ps)  # type: ignore[attr-defined]
         scores, rows = i16.search(text.pooled, k)  # type: ignore[attr-defined]
-        lam = scores.clamp_min(0.0)
+        lam = neighbour_lambda(scores)
         gen = pipe.generate  # type: ignore[attr-defined]
         a = gen(text, seeds, mode, i16.gather(rows), lam).images  # type: ignore[attr-defined]
         b = gen(text, seeds, mode, i8.gather(rows), lam).images  # type: ignore[attr-defined]

@@ -59,13 +59,22 @@ class VectorIndex(ABC):
     name: str
     dim: int
 
-    @abstractmethod
-    def upsert(
-        self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
-    ) -> None:
-        """Insert or replace points; vectors (N,D). Durable when it returns."""
+    def upsert(self, ids: Sequence[str], vectors: Any, payloads: Sequence[dict[str, Any]]) -> None:
+        """Insert or replace points; vectors (N,D) (numpy or torch). Durable when it returns.
+
+        The vectors are checked and the lengths compared here, once for every
+        implementation; ``_upsert`` stores them.
+        """
+        x = as_matrix(vectors, self.dim)
+        if not len(ids) == len(x) == len(payloads):
+            raise ValueError(f"ids {len(ids)}, vectors {len(x)}, payloads {len(payloads)} differ")
+        if len(ids):
+            self._upsert(ids, x, payloads)
 
     @abstractmethod
+    def _upsert(self, ids: Sequence[str], x: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None:
+        """x (N,D) float32 (checked), as many ids and payloads (N >= 1)."""
+
     def search(
         self,
         embeddings: Any,
@@ -76,7 +85,16 @@ class VectorIndex(ABC):
 
         ``k`` is one int or one per query; ``exclude_ids`` one set for all queries or
         one per query (ids that must never be returned, e.g. the query pair itself).
+        The embeddings are checked and the arguments made per-query here, once for
+        every implementation; ``_search`` does the rest.
         """
+        x = as_matrix(embeddings, self.dim)
+        ks, ex = per_query(len(x), k, exclude_ids)
+        return self._search(x, ks, ex)
+
+    @abstractmethod
+    def _search(self, x: np.ndarray, ks: list[int], ex: list[frozenset[str]]) -> list[list[Neighbour]]:
+        """x (B,D) float32 (checked), ks and ex one per query -> B lists, best first."""
 
     @abstractmethod
     def count(self) -> int:

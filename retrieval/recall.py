@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -243,6 +244,14 @@ def recall_grid(
     n, nq = len(db), len(q)
     dist = distinct if distinct is not None else n
     rows: list[RecallRow] = []
+
+    def measured(idx: Any, m: int, efc: int, hnsw_ef: int | None, full_scan_kb: int, build_s: float,
+                 indexed: int, mode: str) -> RecallRow:
+        """Search every query with the index's current params; one row of the table."""
+        r1, r4, p50, p99 = measure(idx, db, q, truth_s)
+        return RecallRow(n, dist, nq, m, efc, hnsw_ef, full_scan_kb, round(build_s, 2), round(r1, 4),
+                         round(r4, 4), round(p50, 3), round(p99, 3), indexed, mode)
+
     for bi, (m, efc) in enumerate(builds):
         idx, build_s = build_edge(workdir / f"edge-{n}-{m}-{efc}", db, m, efc, FORCE_HNSW_KB)
         assert isinstance(idx, EdgeIndex)
@@ -250,47 +259,11 @@ def recall_grid(
         try:
             for ef in efs:
                 idx._params = idx._qe.SearchParams(hnsw_ef=ef)
-                r1, r4, p50, p99 = measure(idx, db, q, truth_s)
-                rows.append(
-                    RecallRow(
-                        n,
-                        dist,
-                        nq,
-                        m,
-                        efc,
-                        ef,
-                        FORCE_HNSW_KB,
-                        round(build_s, 2),
-                        round(r1, 4),
-                        round(r4, 4),
-                        round(p50, 3),
-                        round(p99, 3),
-                        indexed,
-                        "hnsw",
-                    )
-                )
+                rows.append(measured(idx, m, efc, ef, FORCE_HNSW_KB, build_s, indexed, "hnsw"))
                 log.info("recall %s", rows[-1])
             if bi == 0:
                 idx._params = idx._qe.SearchParams(exact=True)
-                r1, r4, p50, p99 = measure(idx, db, q, truth_s)
-                rows.append(
-                    RecallRow(
-                        n,
-                        dist,
-                        nq,
-                        m,
-                        efc,
-                        None,
-                        FORCE_HNSW_KB,
-                        0.0,
-                        round(r1, 4),
-                        round(r4, 4),
-                        round(p50, 3),
-                        round(p99, 3),
-                        0,
-                        "exact=True",
-                    )
-                )
+                rows.append(measured(idx, m, efc, None, FORCE_HNSW_KB, 0.0, 0, "exact=True"))
         finally:
             idx.close()
             shutil.rmtree(workdir / f"edge-{n}-{m}-{efc}", ignore_errors=True)
@@ -302,25 +275,8 @@ def recall_grid(
         try:
             indexed = idx.info()["indexed_vectors"]  # type: ignore[attr-defined]
             idx._params = idx._qe.SearchParams(hnsw_ef=128)  # type: ignore[attr-defined]
-            r1, r4, p50, p99 = measure(idx, db, q, truth_s)
-            rows.append(
-                RecallRow(
-                    n,
-                    dist,
-                    nq,
-                    m,
-                    efc,
-                    128,
-                    SHIPPED_FULL_SCAN_KB,
-                    round(build_s, 2),
-                    round(r1, 4),
-                    round(r4, 4),
-                    round(p50, 3),
-                    round(p99, 3),
-                    indexed,
-                    "as shipped (EdgeIndex defaults)",
-                )
-            )
+            rows.append(measured(idx, m, efc, 128, SHIPPED_FULL_SCAN_KB, build_s, indexed,
+                                 "as shipped (EdgeIndex defaults)"))
         finally:
             idx.close()  # type: ignore[attr-defined]
             shutil.rmtree(workdir / f"edge-{n}-shipped", ignore_errors=True)

@@ -12,7 +12,7 @@ API, used in tests and for small setups; it is not the Qdrant engine.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from retrieval.index import COLLECTION, VectorIndex, as_matrix, per_query
+from retrieval.index import COLLECTION, VectorIndex
 from retrieval.reconnect import Reconnector
 from retrieval.types import Neighbour, RetrievalError
 
@@ -194,28 +194,14 @@ class QdrantServerIndex(VectorIndex):
         )
 
     # ------------------------------------------------------------------ interface
-    def upsert(
-        self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
-    ) -> None:
-        x = as_matrix(vectors, self.dim)
-        if not len(ids) == len(x) == len(payloads):
-            raise ValueError(f"ids {len(ids)}, vectors {len(x)}, payloads {len(payloads)} differ")
-        if not len(ids):
-            return
+    def _upsert(self, ids: Sequence[str], x: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None:
         pts = [
             self._m.PointStruct(id=i, vector=v.tolist(), payload=dict(p))
             for i, v, p in zip(ids, x, payloads)
         ]
         self._call("upsert", lambda: self._client.upsert(self.collection, points=pts, wait=True))
 
-    def search(
-        self,
-        embeddings: Any,
-        k: int | Sequence[int],
-        exclude_ids: Collection[str] | Sequence[Collection[str]] | None = None,
-    ) -> list[list[Neighbour]]:
-        x = as_matrix(embeddings, self.dim)
-        ks, ex = per_query(len(x), k, exclude_ids)
+    def _search(self, x: np.ndarray, ks: list[int], ex: list[frozenset[str]]) -> list[list[Neighbour]]:
         m = self._m
         reqs = [
             m.QueryRequest(

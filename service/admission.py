@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from service.batcher import Job, JobResult
-from service.engine import gen_request
 from service.errors import ClientGone, DeadlineExceeded, InvalidInput, NotReady
 from service.schemas import MAX_SEED, GenerateRequest
+from service.seam import image_request
 from service.state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ async def run_job(
         log.info("prompt", extra={"prompt": body.prompt, "num_images": body.num_images})
     seeds = seeds_for(body)
     mode, k = body.retrieval.mode, body.retrieval.k
-    reqs = [gen_request(body.prompt, sd, mode, k, fmt or body.format) for sd in seeds]
+    reqs = [image_request(body.prompt, sd, mode, k, fmt or body.format) for sd in seeds]
     deadline = arrival + s.request_timeout_s
     job: Job = state.batcher.submit(reqs, deadline)  # raises QueueFull (counted)
     watcher = asyncio.ensure_future(_wait_disconnect(request))

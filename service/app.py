@@ -17,11 +17,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.engine import EngineFactory, build_from_settings
 from service.errors import install_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.routes import build_router
+from service.seam import EngineFactory, build_from_settings
 from service.settings import Settings
 from service.state import ServiceState
 

@@ -1,6 +1,6 @@
 """Dynamic batcher: packs requests of different clients into one pipeline call.
 
-Contract: ``submit`` admits a job (a request's images, as a list of ``GenRequest``) or
+Contract: ``submit`` admits a job (a request's images, as a list of ``ImageRequest``) or
 raises ``QueueFull`` — the bound is checked and the rejection counted in the same step,
 with no ``await`` in between. One collector task forms batches in arrival order: when
 the model worker is idle the waiting jobs run at once (up to ``max_batch`` images; an

@@ -12,10 +12,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from engines.modes import MAX_K, Mode
+
 MAX_SEED = 2**32 - 1
 MAX_IMAGES = 8
 ImageFormat = Literal["png", "jpeg", "webp"]
-Mode = Literal["adapter", "inject", "off"]
 OpenAISize = Literal["auto", "64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024"]
 """Square sizes only: the model generates square images (a non-square size would stretch
 them). The image is resized with Lanczos from the native size; auto/null: native."""
@@ -56,7 +57,7 @@ class RetrievalOptions(_Strict):
         description="adapter: cross-attention H-adapter; inject: "
         "slerp in H-space; off: no retrieval.",
     )
-    k: Annotated[int, Field(ge=1, le=8, description="Neighbours to retrieve."), _INT] = 1
+    k: Annotated[int, Field(ge=1, le=MAX_K, description="Neighbours to retrieve."), _INT] = 1
 
 
 def _non_blank(v: str) -> str:

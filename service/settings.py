@@ -182,11 +182,9 @@ class Settings(BaseSettings):
 
     def resolved_model_dir(self) -> Path:
         """model_dir, or the embedded default (may write a random tiny model under db_path)."""
-        if self.model_dir is not None:
-            return self.model_dir
-        from engines.default_model import default_model_dir
+        from engines.default_model import resolve_model_dir
 
-        return default_model_dir(self.db_path)
+        return resolve_model_dir(self.model_dir, self.db_path, read_env=False)
 
     def bucket_for(self, n: int) -> int:
         """The batch size an engine runs for ``n`` real images (n itself without buckets)."""

@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from service.batcher import Batcher
-from service.engine import EngineFactory, TextToImageLike, gen_request, retrieval_probe_for
 from service.errors import NotReady, ServiceError
 from service.metrics import Metrics
+from service.seam import EngineFactory, TextToImageLike, image_request, retrieval_probe_for
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class ServiceState:
 
     def _warm_up(self, t2i: TextToImageLike, n: int, mode: str = "adapter") -> None:
         """Worker thread: one real generation of ``n`` images (raises if it fails)."""
-        reqs = [gen_request("warm-up", i, mode, 1) for i in range(n)]
+        reqs = [image_request("warm-up", i, mode, 1) for i in range(n)]
         results, _ = t2i.generate(reqs)
         if len(results) != n:
             raise RuntimeError(f"warm-up returned {len(results)} results for {n}")

@@ -10,10 +10,19 @@ graphs per batch bucket), ``onnxruntime`` (CPU or CUDA execution provider) and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engines.backends.base import Backend, BackendUnavailable, SearchingBackend, SearchOutput
+from engines.backends.base import (
+    Backend,
+    BackendUnavailable,
+    SearchingBackend,
+    SearchOutput,
+    require_device,
+)
 from engines.backends.names import BACKENDS
+
+if TYPE_CHECKING:
+    from engines.modeldir import ModelDir
 
 __all__ = [
     "BACKENDS", "Backend", "BackendUnavailable", "SearchOutput", "SearchingBackend", "create_backend",
@@ -22,7 +31,7 @@ __all__ = [
 
 def create_backend(
     name: str,
-    model_dir: str | Path,
+    model_dir: str | Path | ModelDir,
     device: str = "cpu",
     dtype: Any = None,
     onnx_dir: str | Path | None = None,
@@ -36,6 +45,8 @@ def create_backend(
     torch-opt on CUDA (float16). ``onnx_dir`` is required for onnxruntime, ``engine_dir``
     for tensorrt. ``options`` go to the backend (e.g. torch-opt's ``compile``).
     Raises ValueError for an unknown name and ``BackendUnavailable`` when it cannot start.
+    ``model_dir``: a path or an opened ``engines.modeldir.ModelDir`` (each backend opens a
+    path once and reads everything from that one object).
     """
     import torch
 
@@ -53,7 +64,7 @@ def create_backend(
                 raise ValueError(f"torch backend takes no options, got {sorted(options)}")
             from engines.backends.torch_backend import TorchBackend
 
-            return TorchBackend(model_dir, device, dtype or torch.float32, inject_weight)
+            return TorchBackend.from_pretrained(model_dir, require_device(device), dtype or torch.float32, inject_weight)
     if name == "fast":
         from engines.backends.fast_backend import FastBackend
 

@@ -12,32 +12,33 @@ loaded on first use.
 
 from __future__ import annotations
 
-import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from engines.pipeline import (
+    GenerateAPI,
     GenerateOutput,
-    OneStepFront,
     TextEmbeddings,
     alphas_cumprod_from_config,
 )
 from engines.shapes import ShapeSpec, spec_from_model_dir
 from engines.stages import (
-    normalize_modes,
     seeded_noise,
     stage_timer,
     tokenize_prompts,
     x0_from_output,
 )
+
+if TYPE_CHECKING:
+    from engines.modeldir import ModelDir
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,25 @@ class BackendUnavailable(RuntimeError):
 
     The service reports not-ready on this error; there is no fallback to another backend.
     """
+
+
+def require_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device; BackendUnavailable when it is CUDA and torch sees none."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailable(f"device {dev} requested but torch sees no CUDA device")
+    return dev
+
+
+def device_and_dtype(name: str, device: str | torch.device, dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype]:
+    """The device (``require_device``) and dtype of a graph-capturing backend: float16 on CUDA
+    and float32 on the CPU by default; float16 on the CPU is refused (BackendUnavailable)."""
+    dev = require_device(device)
+    if dtype is None:
+        dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    if dev.type == "cpu" and dtype == torch.float16:
+        raise BackendUnavailable(f"{name}: float16 needs CUDA; use float32 or bfloat16 on CPU")
+    return dev, dtype
 
 
 class Backend(ABC):
@@ -92,7 +112,7 @@ class Backend(ABC):
         return {"backend": self.backend_name, "model": self.name, "fingerprint": self.fingerprint}
 
 
-class GraphBackend(OneStepFront, Backend):
+class GraphBackend(GenerateAPI, Backend):
     """Host-side logic shared by the graph runtimes (torch-opt, onnxruntime, tensorrt).
 
     Subclasses set ``backend_name`` and implement ``_run``; ``max_batch`` (None: any)
@@ -104,31 +124,28 @@ class GraphBackend(OneStepFront, Backend):
 
     def __init__(
         self,
-        model_dir: str | Path,
+        model_dir: str | Path | ModelDir,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         spec: ShapeSpec | None = None,
         inject_weight: float = 0.8,
     ) -> None:
-        from transformers import CLIPTokenizer
+        from engines.modeldir import ModelDir
 
-        from engines.modeldir import fingerprint, validate_model_dir
-
-        info = validate_model_dir(model_dir)
-        self.model_dir = info.path
+        md = ModelDir.open(model_dir)
+        self.model = md
+        self.model_dir = md.path
         self.device = torch.device(device)
         self.dtype = dtype
-        self.spec = spec or spec_from_model_dir(self.model_dir)
-        self.name = info.name
-        self.fingerprint = fingerprint(self.model_dir)
+        self.spec = spec or spec_from_model_dir(md)
+        self.name = md.name
+        self.fingerprint = md.fingerprint
         self.inject_weight = float(inject_weight)
-        self.tokenizer = CLIPTokenizer.from_pretrained(
-            str(self.model_dir / "tokenizer"), local_files_only=True
-        )
-        sched = json.loads((self.model_dir / "scheduler" / "scheduler_config.json").read_text())
+        self.tokenizer = md.tokenizer
+        sched = md.scheduler_config
         self.prediction_type = str(sched.get("prediction_type", "epsilon"))
         self.alphas_cumprod = alphas_cumprod_from_config(sched)
-        self.student_timestep = int(info.student_timestep)
+        self.student_timestep = int(md.info.student_timestep)
         self._torch_pipe: Any = None
 
     # ------------------------------------------------------------------ properties
@@ -211,23 +228,13 @@ class GraphBackend(OneStepFront, Backend):
         inj = torch.tensor([m == "inject" for m in modes], dtype=torch.float32)
         return h_retr.float(), lam.float(), ad, inj
 
-    @torch.inference_mode()
-    def denoise(
-        self,
-        text: TextEmbeddings,
-        seeds: Sequence[int],
-        modes: Sequence[str] | str = "adapter",
-        h_retr: torch.Tensor | None = None,
-        lam: torch.Tensor | None = None,
-        timings: dict[str, float] | None = None,
+    def _denoise(
+        self, text: TextEmbeddings, seeds: Sequence[int], modes: list[str],
+        h_retr: torch.Tensor | None, lam: torch.Tensor | None, timings: dict[str, float],
     ) -> torch.Tensor:
-        """One step -> x0 latents (B,4,L,L) float32 on ``self.device`` (as ``OneStepPipeline.denoise``)."""
+        """The graphs' step (``GenerateAPI.denoise`` checked the arguments)."""
         b = len(text)
-        if len(seeds) != b:
-            raise ValueError(f"got {len(seeds)} seeds for a batch of {b}")
-        ms = normalize_modes(modes, b)
-        hr, lm, ad, inj = self._retrieval_inputs(b, ms, h_retr, lam)
-        timings = {} if timings is None else timings
+        hr, lm, ad, inj = self._retrieval_inputs(b, modes, h_retr, lam)
         a = float(self.alphas_cumprod[self.student_timestep])
         dev = self.device
         x0s = []
@@ -270,7 +277,7 @@ class GraphBackend(OneStepFront, Backend):
 
             log.info("%s backend: loading the torch pipeline for ingest calls", self.backend_name)
             self._torch_pipe = OneStepPipeline.from_pretrained(
-                self.model_dir, device=self.device, inject_weight=self.inject_weight
+                self.model, device=self.device, inject_weight=self.inject_weight
             )
         return self._torch_pipe
 

@@ -26,20 +26,28 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from engines.backends.base import BackendUnavailable, SearchingBackend, SearchOutput
+from engines.backends.base import (
+    BackendUnavailable,
+    SearchingBackend,
+    SearchOutput,
+    device_and_dtype,
+)
 from engines.fast.gpu_index import FeatureDtype, GpuIndex, IndexFull
 from engines.fast.runner import STAGES, FastConfig, FastRunner
 from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
+from engines.shapes import BATCH_BUCKETS
 from engines.stages import normalize_modes, seeded_noise, tokenize_prompts
+
+if TYPE_CHECKING:
+    from engines.modeldir import ModelDir
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
 DEFAULT_K_BUCKETS: tuple[int, ...] = (1, 4, 8)
 
 
@@ -63,7 +71,7 @@ class FastBackend(SearchingBackend):
         compile: str | None = None,
         cuda_graphs: bool | None = None,
         subpixel_vae: bool = True,
-        buckets: Sequence[int] = DEFAULT_BUCKETS,
+        buckets: Sequence[int] = BATCH_BUCKETS,
         k_buckets: Sequence[int] = DEFAULT_K_BUCKETS,
         inject_weight: float = 0.8,
         tokenizer_cache: int = 4096,
@@ -105,19 +113,13 @@ class FastBackend(SearchingBackend):
     @classmethod
     def from_model_dir(
         cls,
-        model_dir: str | Path,
+        model_dir: str | Path | ModelDir,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         inject_weight: float = 0.8,
         **options: Any,
     ) -> FastBackend:
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailable(f"device {dev} requested but torch sees no CUDA device")
-        if dtype is None:
-            dtype = torch.float16 if dev.type == "cuda" else torch.float32
-        if dev.type == "cpu" and dtype == torch.float16:
-            raise BackendUnavailable("fast: float16 needs CUDA; use float32 or bfloat16 on CPU")
+        dev, dtype = device_and_dtype("fast", device, dtype)
         pipe = OneStepPipeline.from_pretrained(
             model_dir, device=dev, dtype=dtype, inject_weight=inject_weight
         )

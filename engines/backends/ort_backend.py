@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from engines.backends.base import BackendUnavailable, GraphBackend
 from engines.shapes import COMPONENTS, ShapeSpec
+
+if TYPE_CHECKING:
+    from engines.modeldir import ModelDir
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ class OrtBackend(GraphBackend):
 
     def __init__(
         self,
-        model_dir: str | Path,
+        model_dir: str | Path | ModelDir,
         onnx_dir: str | Path,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,

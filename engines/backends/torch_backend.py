@@ -1,7 +1,7 @@
 """torch backends: ``torch`` (the eager pipeline as is) and ``torch-opt`` (optimised).
 
-``torch`` wraps ``OneStepPipeline`` and adds nothing: the reference every other backend
-is compared with.
+``torch`` is ``OneStepPipeline`` itself behind the backend interface, adding nothing: the
+reference every other backend is compared with.
 
 ``torch-opt`` runs the same graphs as the exported engines (``engines.backends.graphs``)
 with, on CUDA: fp16/bf16 weights, channels-last UNet/VAE, ``torch.compile`` and one CUDA
@@ -17,89 +17,33 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engines.backends.base import Backend, BackendUnavailable, GraphBackend
-from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
+from engines.backends.base import Backend, BackendUnavailable, GraphBackend, device_and_dtype
+from engines.pipeline import OneStepPipeline
+from engines.shapes import BATCH_BUCKETS
+
+if TYPE_CHECKING:
+    from engines.modeldir import ModelDir
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
 
 
-def _check_device(device: torch.device) -> None:
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable(f"device {device} requested but torch sees no CUDA device")
+class TorchBackend(OneStepPipeline, Backend):
+    """The eager ``OneStepPipeline`` as a backend: the pipeline itself, named ``torch``.
 
-
-class TorchBackend(Backend):
-    """The eager ``OneStepPipeline`` behind the backend interface."""
+    Build with ``TorchBackend.from_pretrained`` (what ``create_backend("torch", ...)`` does).
+    """
 
     backend_name = "torch"
 
-    def __init__(
-        self,
-        model_dir: str | Path,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
-        inject_weight: float = 0.8,
-    ) -> None:
-        _check_device(torch.device(device))
-        self.pipe = OneStepPipeline.from_pretrained(
-            model_dir, device=device, dtype=dtype, inject_weight=inject_weight
-        )
-        self.name = self.pipe.name
-        self.fingerprint = self.pipe.fingerprint
-
     @property
-    def resolution(self) -> int:
-        return self.pipe.resolution
-
-    @property
-    def h_shape(self) -> tuple[int, int, int]:
-        return self.pipe.h_shape
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return self.pipe.latent_shape
-
-    @property
-    def embed_dim(self) -> int:
-        return self.pipe.embed_dim
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipe.device
-
-    def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings:
-        return self.pipe.encode_text(prompts)
-
-    def generate(
-        self,
-        text: TextEmbeddings,
-        seeds: Sequence[int],
-        modes: Sequence[str] | str = "adapter",
-        h_retr: torch.Tensor | None = None,
-        lam: torch.Tensor | None = None,
-    ) -> GenerateOutput:
-        return self.pipe.generate(text, seeds, modes, h_retr, lam)
-
-    def denoise(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.pipe.denoise(*args, **kwargs)
-
-    def decode_latents(self, x0: torch.Tensor) -> Any:
-        return self.pipe.decode_latents(x0)
-
-    def encode_images(self, images: Any) -> torch.Tensor:
-        return self.pipe.encode_images(images)
-
-    def retrieval_features(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.pipe.retrieval_features(latents, context)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> GenerateOutput:
-        return self.pipe(*args, **kwargs)
+    def pipe(self) -> OneStepPipeline:
+        """The pipeline: this object (for code that reads a backend's torch pipeline)."""
+        return self
 
 
 class _BucketRunner:
@@ -199,26 +143,21 @@ class TorchOptBackend(GraphBackend):
 
     def __init__(
         self,
-        model_dir: str | Path,
+        model_dir: str | Path | ModelDir,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         inject_weight: float = 0.8,
         compile: bool | None = None,
         cuda_graphs: bool | None = None,
         channels_last: bool | None = None,
-        buckets: Sequence[int] = DEFAULT_BUCKETS,
+        buckets: Sequence[int] = BATCH_BUCKETS,
         pad_to_buckets: bool | None = None,
         compile_mode: str = "default",
     ) -> None:
         from engines.backends.graphs import TextEncoderGraph, UNetGraph, VaeDecoderGraph
 
-        dev = torch.device(device)
-        _check_device(dev)
+        dev, dtype = device_and_dtype("torch-opt", device, dtype)
         on_cuda = dev.type == "cuda"
-        if dtype is None:
-            dtype = torch.float16 if on_cuda else torch.float32
-        if not on_cuda and dtype == torch.float16:
-            raise BackendUnavailable("torch-opt: float16 needs CUDA; use float32 or bfloat16 on CPU")
         super().__init__(model_dir, dev, dtype, inject_weight=inject_weight)
         self.compile = on_cuda if compile is None else compile
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
@@ -227,7 +166,7 @@ class TorchOptBackend(GraphBackend):
         self.channels_last = on_cuda if channels_last is None else channels_last
         pad = self.cuda_graphs if pad_to_buckets is None else (pad_to_buckets or self.cuda_graphs)
         pipe = OneStepPipeline.from_pretrained(
-            self.model_dir, device=dev, dtype=dtype, inject_weight=inject_weight
+            self.model, device=dev, dtype=dtype, inject_weight=inject_weight
         )
         self._torch_pipe = pipe  # ingest calls reuse it
         if self.channels_last:

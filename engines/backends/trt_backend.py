@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engines.backends.base import BackendUnavailable, GraphBackend
 from engines.shapes import COMPONENTS, ShapeSpec
+
+if TYPE_CHECKING:
+    from engines.modeldir import ModelDir
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +47,12 @@ class TrtBackend(GraphBackend):
 
     def __init__(
         self,
-        model_dir: str | Path,
+        model_dir: str | Path | ModelDir,
         engine_dir: str | Path,
         device: str | torch.device = "cuda",
         inject_weight: float = 0.8,
     ) -> None:
-        from engines.modeldir import fingerprint
+        from engines.modeldir import ModelDir
         from engines.trt_build import (
             EngineMismatch,
             TensorRTUnavailable,
@@ -69,15 +72,16 @@ class TrtBackend(GraphBackend):
                                      f"(torch.cuda.is_available()={torch.cuda.is_available()})")
         idx = dev.index if dev.index is not None else torch.cuda.current_device()
         dev = torch.device("cuda", idx)
+        md = ModelDir.open(model_dir)
         try:
             sides = verify_engine_dir(
-                engine_dir, trt.__version__, compute_capability(idx), fingerprint(model_dir),
+                engine_dir, trt.__version__, compute_capability(idx), md.fingerprint,
                 float(inject_weight),
             )
         except (EngineMismatch, TensorRTUnavailable) as e:
             raise BackendUnavailable(str(e)) from e
         spec = ShapeSpec.from_dict(sides["unet"]["shapes"])
-        super().__init__(model_dir, dev, torch.float32, spec=spec, inject_weight=inject_weight)
+        super().__init__(md, dev, torch.float32, spec=spec, inject_weight=inject_weight)
         self.max_batch = spec.batch.max
         self.max_k = spec.k.max
         self.sidecars = sides

@@ -15,7 +15,7 @@ import pytest
 from conftest import make_pairs
 
 from engines.backends import create_backend
-from retrieval.compose import GenRequest, TextToImage, build_text_to_image
+from retrieval.compose import ImageRequest, TextToImage, build_text_to_image
 from retrieval.db import DbConfig, open_db_for_pipeline
 from retrieval.ingest import ingest
 from retrieval.resident import ResidentIndex
@@ -51,7 +51,7 @@ def test_every_backend_serves_retrieval(name: str, model_dir: Path, world: dict)
         assert t2i.backend_name == name
         assert (t2i.resident is not None) == (name == "fast")  # fast searches inside its graph
         cap = world["rows"][3]["caption"]
-        (res,), timings = t2i.generate([GenRequest(cap, seed=1, mode="adapter", k=3)])
+        (res,), timings = t2i.generate([ImageRequest(cap, seed=1, mode="adapter", k=3)])
         assert res.retrieval_status == "ok"
         assert len(res.retrieved) == 3
         assert res.retrieved[0].caption == cap and res.retrieved[0].score > 0.99
@@ -67,10 +67,10 @@ def test_fast_in_graph_search_equals_host_search(model_dir: Path, world: dict) -
         host = TextToImage(t2i.pipe, t2i.db)  # same backend, no device copy: the host path
         rows = world["rows"]
         reqs = [
-            GenRequest(rows[0]["caption"], 1, "adapter", 3),
-            GenRequest("a green square", 2, "inject", 2),
-            GenRequest(rows[7]["caption"], 3, "off", 1),
-            GenRequest("a blue circle, picture 9", 4, "adapter", 8),
+            ImageRequest(rows[0]["caption"], 1, "adapter", 3),
+            ImageRequest("a green square", 2, "inject", 2),
+            ImageRequest(rows[7]["caption"], 3, "off", 1),
+            ImageRequest("a blue circle, picture 9", 4, "adapter", 8),
         ]
         got, _ = t2i.generate(reqs)
         want, _ = host.generate(reqs)
@@ -79,7 +79,7 @@ def test_fast_in_graph_search_equals_host_search(model_dir: Path, world: dict) -
             assert [n.id for n in g.retrieved] == [n.id for n in w.retrieved]
             assert np.allclose([n.score for n in g.retrieved], [n.score for n in w.retrieved], atol=1e-4)
             assert np.abs(g.image.astype(int) - w.image.astype(int)).max() <= 1
-        on, off = t2i.generate([reqs[0], GenRequest(reqs[0].prompt, 1, "off")])[0]
+        on, off = t2i.generate([reqs[0], ImageRequest(reqs[0].prompt, 1, "off")])[0]
         assert np.abs(on.image.astype(int) - off.image.astype(int)).max() > 1  # retrieval acts
     finally:
         t2i.close()
@@ -99,7 +99,7 @@ def test_fast_picks_up_pairs_ingested_while_serving(model_dir: Path, pipe, datas
         new_root = tmp_path / "new"
         new_rows = make_pairs(new_root, 2, start=100)
         ingest(pipe, db, new_root, new_rows, batch=2, commit_every=2, progress=False)
-        (res,), _ = t2i.generate([GenRequest(new_rows[1]["caption"], 0, "adapter", 1)])
+        (res,), _ = t2i.generate([ImageRequest(new_rows[1]["caption"], 0, "adapter", 1)])
         assert len(t2i.resident) == 10
         assert res.retrieved[0].caption == new_rows[1]["caption"]
     finally:
@@ -112,7 +112,7 @@ def test_a_database_that_cannot_open_is_reported(name: str, model_dir: Path, tmp
     try:
         ok, why = t2i.retrieval_health()
         assert not ok and why  # a reason, for /readyz
-        (res,), _ = t2i.generate([GenRequest("a red circle", 0, "adapter", 1)])
+        (res,), _ = t2i.generate([ImageRequest("a red circle", 0, "adapter", 1)])
         assert res.retrieval_status == "unavailable"
     finally:
         t2i.close()

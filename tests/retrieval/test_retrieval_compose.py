@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.compose import GenRequest, TextToImage, build_text_to_image
+from retrieval.compose import ImageRequest, TextToImage, build_text_to_image
 
 
 @pytest.fixture()
@@ -20,11 +20,11 @@ def t2i(pipe, shared_db) -> TextToImage:  # type: ignore[no-untyped-def]
 def test_batch_equals_single(t2i: TextToImage, shared_db) -> None:  # type: ignore[no-untyped-def]
     _, rows = shared_db
     reqs = [
-        GenRequest(rows[0]["caption"], seed=1, mode="adapter", k=3),
-        GenRequest("a green square", seed=2, mode="adapter", k=1),
-        GenRequest(rows[5]["caption"], seed=3, mode="inject", k=2),
-        GenRequest("a red triangle", seed=4, mode="off"),
-        GenRequest(rows[0]["caption"], seed=5, mode="adapter", k=2, exclude_ids=frozenset()),
+        ImageRequest(rows[0]["caption"], seed=1, mode="adapter", k=3),
+        ImageRequest("a green square", seed=2, mode="adapter", k=1),
+        ImageRequest(rows[5]["caption"], seed=3, mode="inject", k=2),
+        ImageRequest("a red triangle", seed=4, mode="off"),
+        ImageRequest(rows[0]["caption"], seed=5, mode="adapter", k=2, exclude_ids=frozenset()),
     ]
     batch, timings = t2i.generate(reqs)
     assert set(timings) == {"text", "retrieval", "unet", "vae"}
@@ -40,7 +40,7 @@ def test_batch_equals_single(t2i: TextToImage, shared_db) -> None:  # type: igno
 def test_retrieval_changes_the_image(t2i: TextToImage, shared_db) -> None:  # type: ignore[no-untyped-def]
     _, rows = shared_db
     on, off = t2i.generate(
-        [GenRequest(rows[2]["caption"], 7, "adapter", 2), GenRequest(rows[2]["caption"], 7, "off")]
+        [ImageRequest(rows[2]["caption"], 7, "adapter", 2), ImageRequest(rows[2]["caption"], 7, "off")]
     )[0]
     assert on.image.shape == (64, 64, 3) and on.image.dtype == np.uint8
     assert np.abs(on.image.astype(int) - off.image.astype(int)).max() > 0
@@ -49,10 +49,10 @@ def test_retrieval_changes_the_image(t2i: TextToImage, shared_db) -> None:  # ty
 def test_exclude_ids_never_returns_the_pair(t2i: TextToImage, shared_db) -> None:  # type: ignore[no-untyped-def]
     _, rows = shared_db
     cap = rows[4]["caption"]
-    (first,), _ = t2i.generate([GenRequest(cap, 0, "adapter", 1)])
+    (first,), _ = t2i.generate([ImageRequest(cap, 0, "adapter", 1)])
     own = first.retrieved[0].id
     assert first.retrieved[0].caption == cap
-    (ex,), _ = t2i.generate([GenRequest(cap, 0, "adapter", 8, exclude_ids=frozenset({own}))])
+    (ex,), _ = t2i.generate([ImageRequest(cap, 0, "adapter", 8, exclude_ids=frozenset({own}))])
     assert own not in [n.id for n in ex.retrieved] and len(ex.retrieved) == 8
 
 
@@ -65,7 +65,7 @@ def test_lambda_zero_below_min_score(pipe, shared_db) -> None:  # type: ignore[n
     loose = TextToImage(pipe, db, min_score=0.0)
     (s,), _ = strict.generate(
         [
-            GenRequest(
+            ImageRequest(
                 cap,
                 3,
                 "adapter",
@@ -76,7 +76,7 @@ def test_lambda_zero_below_min_score(pipe, shared_db) -> None:  # type: ignore[n
     )
     (l,), _ = loose.generate(
         [
-            GenRequest(
+            ImageRequest(
                 cap,
                 3,
                 "adapter",
@@ -115,11 +115,11 @@ class _Slow:
 def test_index_failure_degrades_to_off(pipe, shared_db, bad, caplog) -> None:  # type: ignore[no-untyped-def]
     db, rows = shared_db
     t = TextToImage(pipe, db, retrieval_timeout_s=0.3)
-    (off,), _ = t.generate([GenRequest(rows[0]["caption"], 9, "off")])
+    (off,), _ = t.generate([ImageRequest(rows[0]["caption"], 9, "off")])
     real, db.index = db.index, bad()  # the index now fails (exception) or hangs (timeout)
     try:
         (res, res2), _timings = t.generate(
-            [GenRequest(rows[0]["caption"], 9, "adapter", 2), GenRequest("x", 1, "off")]
+            [ImageRequest(rows[0]["caption"], 9, "adapter", 2), ImageRequest("x", 1, "off")]
         )
     finally:
         db.index = real
@@ -132,7 +132,7 @@ def test_index_failure_degrades_to_off(pipe, shared_db, bad, caplog) -> None:  #
 
 def test_build_without_database_reports_unavailable(model_dir: Path, tmp_path: Path) -> None:
     t = build_text_to_image(model_dir, db_path=tmp_path / "empty")
-    (r,), _ = t.generate([GenRequest("a red circle", 0)])
+    (r,), _ = t.generate([ImageRequest("a red circle", 0)])
     assert r.retrieval_status == "unavailable" and r.image.shape == (t.resolution, t.resolution, 3)
     t.close()
 
@@ -147,7 +147,7 @@ def test_build_refuses_features_of_another_model(other_model_dir, shared_db) -> 
 
 def test_invalid_requests_raise(t2i: TextToImage) -> None:
     with pytest.raises(ValueError, match="k must be in 1..8"):
-        t2i.generate([GenRequest("x", 0, "adapter", k=9)])
+        t2i.generate([ImageRequest("x", 0, "adapter", k=9)])
 
 
 def test_off_rows_untouched_in_mixed_batch_with_trained_bias(model_dir: Path, shared_db) -> None:  # type: ignore[no-untyped-def]
@@ -162,8 +162,8 @@ def test_off_rows_untouched_in_mixed_batch_with_trained_bias(model_dir: Path, sh
     with torch.no_grad():
         p.hadapter.proj_out.bias.fill_(0.5)
     t = TextToImage(p, db)
-    off = GenRequest(rows[3]["caption"], 11, "off")
-    batch, _ = t.generate([GenRequest(rows[0]["caption"], 1, "adapter", 2), off])
+    off = ImageRequest(rows[3]["caption"], 11, "off")
+    batch, _ = t.generate([ImageRequest(rows[0]["caption"], 1, "adapter", 2), off])
     (alone,), _ = t.generate([off])
     assert np.abs(batch[1].image.astype(int) - alone.image.astype(int)).max() <= 1
 
@@ -175,7 +175,7 @@ def test_build_uses_engines_backends_without_fallback(model_dir: Path, ingested,
     db.close()  # one writer/reader process per Edge shard or local-mode path
     t = build_text_to_image(model_dir, backend="torch", db_config=db_config)
     assert t.backend_name == "torch" and t.model_name
-    (r,), timings = t.generate([GenRequest(rows[2]["caption"], 0, "adapter", 1)])
+    (r,), timings = t.generate([ImageRequest(rows[2]["caption"], 0, "adapter", 1)])
     assert r.retrieval_status == "ok" and r.retrieved[0].caption == rows[2]["caption"]
     assert set(timings) == {"text", "retrieval", "unet", "vae"}
     with pytest.raises(BackendUnavailable, match="onnx_dir"):

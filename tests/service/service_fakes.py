@@ -76,6 +76,6 @@ class FakeT2I:
 
 def real_factory(settings: Any) -> Any:
     """The production factory (retrieval.compose behind the settings)."""
-    from service.engine import build_from_settings
+    from service.seam import build_from_settings
 
     return build_from_settings(settings)

@@ -9,14 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from service_fakes import FakeT2I
 
-from retrieval.compose import GenRequest
+from retrieval.compose import ImageRequest
 from service.batcher import Batcher
 from service.errors import DeadlineExceeded, QueueFull
 from service.metrics import Metrics
 
 
 def _reqs(prompt: str, n: int, seed: int = 0, mode: str = "adapter", k: int = 1) -> list:
-    return [GenRequest(prompt=prompt, seed=seed + i, mode=mode, k=k) for i in range(n)]  # type: ignore[arg-type]
+    return [ImageRequest(prompt=prompt, seed=seed + i, mode=mode, k=k) for i in range(n)]  # type: ignore[arg-type]
 
 
 async def _with_batcher(t2i: FakeT2I, body, **kw):  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from service_fakes import FakeT2I
 
-from retrieval.compose import GenRequest
+from retrieval.compose import ImageRequest
 from service.app import create_app
 from service.batcher import Batcher
 from service.metrics import Metrics
@@ -139,13 +139,13 @@ def test_dropped_jobs_log_no_asyncio_error(caplog: pytest.LogCaptureFixture) -> 
         t2i = FakeT2I(batch_s=0.2)
         b = Batcher(t2i.generate, pool, Metrics(), max_batch=1, max_wait_ms=0, max_queue=8)
         b.start()
-        busy = b.submit([GenRequest(prompt="busy", seed=0)], time.monotonic() + 5)
+        busy = b.submit([ImageRequest(prompt="busy", seed=0)], time.monotonic() + 5)
         await asyncio.sleep(0.02)
         for reason in ("timeout", "disconnected"):
-            job = b.submit([GenRequest(prompt=reason, seed=0)], time.monotonic() + 5)
+            job = b.submit([ImageRequest(prompt=reason, seed=0)], time.monotonic() + 5)
             assert b.abandon(job, reason)
             del job
-        expiring = b.submit([GenRequest(prompt="expires", seed=0)], time.monotonic() + 0.05)
+        expiring = b.submit([ImageRequest(prompt="expires", seed=0)], time.monotonic() + 0.05)
         del expiring  # its caller gave up; the collector drops it when it comes up
         await busy.future
         await asyncio.sleep(0.05)

@@ -7,7 +7,7 @@ with the ``noise_seed`` it started from, so the student sees exactly that noise 
 regression losses compare like with like (``write_teacher_dataset``). The first GPU run
 regressed to real renders under unpaired noise and collapsed to the mean (near-black)
 image. Retrieval is an exact in-memory
-cosine index over the *retrieval split* (``RetrievalDB``), the same database the eval
+cosine index over the *retrieval split* (``RetrievalSplitDB``), the same database the eval
 and the service search, so neighbours can show long-tail combinations the training
 targets rarely contain. The control run is the same job with its control switch on
 (every neighbour null, λ = 0). Each run is exported with ``training.export`` to
@@ -20,19 +20,24 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from engines.stages import neighbour_lambda
+if TYPE_CHECKING:
+    from retrieval.db import RetrievalDB
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class RetrievalDB:
-    """The retrieval split in memory: captions, normalised pooled embeddings (N,D), H (N,C,h,w)."""
+class RetrievalSplitDB:
+    """The retrieval split in memory: captions, normalised pooled embeddings (N,D), H (N,C,h,w).
+
+    ``as_db`` serves it to ``retrieval.compose`` as a ``retrieval.db.RetrievalDB`` (exact
+    cosine in memory, λ by ``engines.stages.neighbour_lambda``), the path the service runs.
+    """
 
     ids: list[str]
     captions: list[str]
@@ -41,7 +46,7 @@ class RetrievalDB:
     long_tail: np.ndarray
 
     @staticmethod
-    def build(pipe: Any, n: int, batch: int = 512) -> RetrievalDB:
+    def build(pipe: Any, n: int, batch: int = 512) -> RetrievalSplitDB:
         """Regenerate items 0..n-1 of the retrieval split and compute their features with ``pipe``."""
         from toyworld.models.data import make_split
 
@@ -54,19 +59,16 @@ class RetrievalDB:
             feats.append(pipe.retrieval_features(lat, te.context).float())
             pooled.append(torch.nn.functional.normalize(te.pooled.float(), dim=-1))
         ids = [f"retrieval-{i}" for i in range(n)]
-        return RetrievalDB(ids, sp.captions, torch.cat(pooled), torch.cat(feats), sp.long_tail)
+        return RetrievalSplitDB(ids, sp.captions, torch.cat(pooled), torch.cat(feats), sp.long_tail)
 
-    def search(self, pooled: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """pooled (B,D) -> (scores (B,k), indices (B,k)) by exact cosine."""
-        q = torch.nn.functional.normalize(pooled.float().to(self.pooled.device), dim=-1)
-        return (q @ self.pooled.T).topk(k, dim=1)
+    def as_db(self) -> RetrievalDB:
+        """A ``retrieval.db.RetrievalDB`` over these pairs, searched on the device they live on."""
+        from retrieval.db import RetrievalDB
+        from retrieval.memory_index import MemoryFeatures, MemoryIndex
 
-    def neighbours(
-        self, pooled: torch.Tensor, k: int = 1, min_score: float = 0.0
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> h_retr (B,k,C,h,w), λ (B,k) (the service's rule, ``neighbour_lambda``), indices (B,k)."""
-        s, i = self.search(pooled, k)
-        return self.features[i], neighbour_lambda(s, min_score), i
+        index = MemoryIndex.from_vectors(self.ids, self.pooled, [{"caption": c} for c in self.captions],
+                                         device=self.pooled.device, unit=True)
+        return RetrievalDB(index, MemoryFeatures(self.ids, self.features))
 
 
 def write_folder_dataset(out: Path, images: np.ndarray, captions: list[str]) -> Path:
@@ -129,7 +131,7 @@ def stage_adapter(st: Any, control: bool, limit: float | None = None) -> dict[st
     retriever = None
     if not control:
         pipe = OneStepPipeline.from_pretrained(work / "model", device=st.device)
-        db = RetrievalDB.build(pipe, cfg.n_retrieval)
+        db = RetrievalSplitDB.build(pipe, cfg.n_retrieval)
         retriever = InMemoryRetriever(db.ids, db.pooled, db.features, 0.0)
         del pipe
     run = cfg.adapter

@@ -31,12 +31,12 @@ class TextToImageLike(Protocol):
 EngineFactory = Callable[["Settings"], TextToImageLike]
 
 
-def gen_request(prompt: str, seed: int, mode: str, k: int, fmt: str | None = None) -> Any:
-    """A ``retrieval.compose.GenRequest`` (imported lazily); ``fmt`` lets an engine that
+def image_request(prompt: str, seed: int, mode: str, k: int, fmt: str | None = None) -> Any:
+    """A ``retrieval.compose.ImageRequest`` (imported lazily); ``fmt`` lets an engine that
     can encode on the device (fast: JPEG via nvJPEG) hand back encoded bytes."""
-    from retrieval.compose import GenRequest
+    from retrieval.compose import ImageRequest
 
-    return GenRequest(prompt=prompt, seed=seed, mode=mode, k=k, fmt=fmt)  # type: ignore[arg-type]
+    return ImageRequest(prompt=prompt, seed=seed, mode=mode, k=k, fmt=fmt)  # type: ignore[arg-type]
 
 
 def retrieval_probe_for(t2i: Any) -> Callable[[], tuple[bool, str | None]] | None:
@@ -132,7 +132,7 @@ def _backend_options(settings: Settings) -> dict[str, Any]:
     if settings.backend in ("fast", "torch-opt") and settings.batch_buckets:
         opts["buckets"] = settings.batch_buckets
     elif settings.backend == "fast":
-        from engines.backends.fast_backend import DEFAULT_BUCKETS
+        from engines.shapes import batch_buckets
 
-        opts["buckets"] = sorted({b for b in DEFAULT_BUCKETS if b < settings.max_batch} | {settings.max_batch})
+        opts["buckets"] = batch_buckets(settings.max_batch)
     return opts

@@ -1,0 +1,13 @@
+"""The retrieval modes of a sample and the bound on its neighbours: one copy, no heavy
+imports (the service's schemas, the pipeline, compose and the CLI read them)."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Mode = Literal["adapter", "inject", "off"]
+"""adapter: the H-adapter over the retrieved features; inject: training-free slerp of the
+top neighbour into H; off: no retrieval."""
+MODES: tuple[str, ...] = get_args(Mode)
+MAX_K = 8
+"""Most neighbours one sample may have: the API's bound, compose's check and the graphs' K range."""
