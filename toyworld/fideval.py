@@ -167,10 +167,12 @@ class Database:
         return Database(sp.captions, sp.images, torch.cat(pooled), torch.cat(feats))
 
     def search(self, pooled: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """pooled (B,D) -> (λ = cosine clamped at 0 (B,k), indices (B,k))."""
+        """pooled (B,D) -> (λ by ``engines.stages.neighbour_lambda`` (B,k), indices (B,k))."""
+        from engines.stages import neighbour_lambda
+
         q = torch.nn.functional.normalize(pooled.float().to(self.pooled.device), dim=-1)
         s, i = (q @ self.pooled.T).topk(k, dim=1)
-        return s.clamp_min(0.0), i
+        return neighbour_lambda(s), i
 
 
 def oracle_images(prompts: list[str], seed: int = 7) -> np.ndarray:
