@@ -45,10 +45,11 @@ class TorchBackend(Backend):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         inject_weight: float = 0.8,
+        vae_decoder: str = "full",
     ) -> None:
         _check_device(torch.device(device))
         self.pipe = OneStepPipeline.from_pretrained(
-            model_dir, device=device, dtype=dtype, inject_weight=inject_weight
+            model_dir, device=device, dtype=dtype, inject_weight=inject_weight, vae_decoder=vae_decoder
         )
         self.name = self.pipe.name
         self.fingerprint = self.pipe.fingerprint
@@ -75,6 +76,9 @@ class TorchBackend(Backend):
 
     def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings:
         return self.pipe.encode_text(prompts)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "vae_decoder": self.pipe.vae_decoder}
 
     def generate(
         self,
@@ -209,6 +213,7 @@ class TorchOptBackend(GraphBackend):
         buckets: Sequence[int] = DEFAULT_BUCKETS,
         pad_to_buckets: bool | None = None,
         compile_mode: str = "default",
+        vae_decoder: str = "full",
     ) -> None:
         from engines.backends.graphs import TextEncoderGraph, UNetGraph, VaeDecoderGraph
 
@@ -227,8 +232,11 @@ class TorchOptBackend(GraphBackend):
         self.channels_last = on_cuda if channels_last is None else channels_last
         pad = self.cuda_graphs if pad_to_buckets is None else (pad_to_buckets or self.cuda_graphs)
         pipe = OneStepPipeline.from_pretrained(
-            self.model_dir, device=dev, dtype=dtype, inject_weight=inject_weight
+            self.model_dir, device=dev, dtype=dtype, inject_weight=inject_weight,
+            vae_decoder=vae_decoder,
         )
+        self.name = pipe.name  # "+vae_small" when the small decoder runs
+        self.vae_decoder = vae_decoder
         self._torch_pipe = pipe  # ingest calls reuse it
         if self.channels_last:
             pipe.unet.to(memory_format=torch.channels_last)
@@ -286,5 +294,6 @@ class TorchOptBackend(GraphBackend):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update(compile=self.compile, cuda_graphs=self.cuda_graphs, dtype=str(self.dtype))
+        d.update(compile=self.compile, cuda_graphs=self.cuda_graphs, dtype=str(self.dtype),
+                 vae_decoder=self.vae_decoder)
         return d
