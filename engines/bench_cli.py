@@ -32,6 +32,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         min_time_s: float = typer.Option(1.0, help="Minimum timed seconds per measurement."),
         min_iters: int = typer.Option(10, help="Minimum timed iterations per measurement."),
         time_budget_s: float | None = typer.Option(None, help="Skip what would overrun this budget."),
+        decoder: str = typer.Option(
+            "full", help="Comma list of VAE decoders: full, small (random weights, widths / 2, "
+            "speed only; rows named '<variant>+small-vae')."),
+        small_decoder_variants: str | None = typer.Option(
+            None, help="Variants also timed with the small decoder (default: all in --backend)."),
     ) -> None:
         """Latency/throughput table: diffusers eager vs compiled peer vs the fast runner (docs/perf.md)."""
         from engines.bench.cli_impl import bench_pipeline
@@ -43,6 +48,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             res = bench_pipeline(
                 arch, batch, backend, json_out, device, dtype, k, compile_mode, cuda_graphs,
                 subpixel_vae, ablate_subpixel, parity_batch, min_time_s, min_iters, time_budget_s,
+                decoder, small_decoder_variants,
             )
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e

@@ -176,6 +176,7 @@ class OneStepPipeline(GenerateAPI):
         if not 0.0 <= inject_weight <= 1.0:
             raise ValueError(f"inject_weight must be in [0,1], got {inject_weight}")
         self.inject_weight = inject_weight
+        self.vae_decoder = "full"  # from_pretrained sets "small" when it swaps the decoder
         self.max_length = int(getattr(tokenizer, "model_max_length", 77) or 77)
         self.max_length = min(self.max_length, 77)
 
@@ -187,20 +188,44 @@ class OneStepPipeline(GenerateAPI):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         inject_weight: float = 0.8,
+        vae_decoder: str = "full",
     ) -> OneStepPipeline:
-        """Load a model directory (a path, or a ``ModelDir`` already opened: it is not read again)."""
+        """Load a model directory (a path, or a ``ModelDir`` already opened: it is not read again).
+        ``vae_decoder``: "full" (the model's VAE) or "small" (the distilled decoder in
+        ``vae_small/`` replaces ``vae.decoder``; the name gets "+vae_small", the
+        fingerprint, which keys the H-features, stays: the encoder is unchanged)."""
         from engines.modeldir import ModelDir, load_components
+        from engines.vae_decoder import (
+            SMALL_DIR,
+            check_choice,
+            load_small_decoder,
+            small_decoder_dir,
+        )
 
+        check_choice(vae_decoder)
         md = ModelDir.open(model_dir)
+        if vae_decoder == "small":
+            small_decoder_dir(md.path)  # fail before loading gigabytes
         comps = load_components(md, device=device, dtype=dtype)
         info = comps.pop("info")
-        return cls(
+        name = info.name
+        if vae_decoder == "small":
+            dec, cfg = load_small_decoder(info.path, device=device, dtype=dtype)
+            comps["vae"].decoder = dec
+            name = f"{info.name}+{SMALL_DIR}"
+            log.info("VAE decoder: small (%s/%s, block_out_channels %s)", info.path, SMALL_DIR,
+                     cfg.get("block_out_channels"))
+        else:
+            log.info("VAE decoder: full (%s/vae)", info.path)
+        pipe = cls(
             **comps,
             student_timestep=info.student_timestep,
-            name=info.name,
+            name=name,
             fingerprint=md.fingerprint,
             inject_weight=inject_weight,
         )
+        pipe.vae_decoder = vae_decoder
+        return pipe
 
     @classmethod
     def from_arch(

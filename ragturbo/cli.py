@@ -31,6 +31,7 @@ CLI_MODULES = (
     "training.cli",
     "toyworld.cli",
     "toyworld.cli_models",
+    "toyworld.cli_small_decoder",
 )
 
 

@@ -85,11 +85,12 @@ def build_from_settings(settings: Settings) -> TextToImageLike:
 
     model_dir = settings.resolved_model_dir()
     log.info(
-        "building text-to-image: model_dir=%s backend=%s device=%s dtype=%s index=%s",
+        "building text-to-image: model_dir=%s backend=%s device=%s dtype=%s vae_decoder=%s index=%s",
         model_dir,
         settings.backend,
         settings.device,
         settings.dtype,
+        settings.vae_decoder,
         settings.qdrant_url or f"qdrant-edge:{settings.db_path}",
     )
     key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
@@ -124,7 +125,7 @@ def build_from_settings(settings: Settings) -> TextToImageLike:
 
 def _backend_options(settings: Settings) -> dict[str, Any]:
     """What ``create_backend`` takes besides the model: graph dirs, batch buckets."""
-    opts: dict[str, Any] = {}
+    opts: dict[str, Any] = {"vae_decoder": settings.vae_decoder}
     if settings.backend == "onnxruntime":
         opts["onnx_dir"] = settings.onnx_dir
     if settings.backend == "tensorrt":

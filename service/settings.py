@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     """torch device, e.g. ``cpu`` or ``cuda:0``. Empty: cuda:0 if available else cpu."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Compute dtype of the model weights. ``auto``: float16 on CUDA, float32 on CPU."""
+    vae_decoder: Literal["full", "small"] = "full"
+    """VAE decoder: ``full`` (the model's, default) or ``small`` (the distilled decoder in
+    ``<model_dir>/vae_small``: fewer channels, faster, images differ; its PSNR and checker
+    fidelity against the full decoder are in docs/perf.md). Backends torch, torch-opt and
+    fast run it; onnxruntime and tensorrt refuse it. The choice is logged and shows in the
+    model name ("+vae_small") of /readyz, responses and ``ragturbo_build_info``."""
 
     # ------------------------------------------------------------------ retrieval
     db_path: Path = Path("data")
@@ -164,6 +170,18 @@ class Settings(BaseSettings):
                 f"max_batch={self.max_batch} exceeds the largest batch bucket "
                 f"{max(self.batch_buckets)} (batch_buckets={self.batch_buckets})"
             )
+        if self.vae_decoder == "small":
+            if self.backend in ("onnxruntime", "tensorrt"):
+                raise ValueError(
+                    f"vae_decoder='small' is not served by backend={self.backend!r} (its graphs hold "
+                    "the full decoder); use backend torch, torch-opt or fast, or vae_decoder='full'"
+                )
+            small = (self.model_dir / "vae_small") if self.model_dir is not None else None
+            if small is not None and not (small / "config.json").is_file():
+                raise ValueError(
+                    f"vae_decoder='small' needs {small}/config.json and its weights "
+                    "(train them with `ragturbo toyworld small-decoder`), or set vae_decoder='full'"
+                )
         if self.metrics_require_key and not self.api_keys:
             raise ValueError("metrics_require_key=true needs api_keys to be set (it is empty)")
         if self.backend == "onnxruntime" and self.onnx_dir is None:

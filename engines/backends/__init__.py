@@ -37,6 +37,7 @@ def create_backend(
     onnx_dir: str | Path | None = None,
     engine_dir: str | Path | None = None,
     inject_weight: float = 0.8,
+    vae_decoder: str = "full",
     **options: Any,
 ) -> Backend:
     """Build the named backend for ``model_dir`` on ``device``.
@@ -44,12 +45,23 @@ def create_backend(
     ``dtype``: torch dtype (or "float32"/"float16"/"bfloat16"); default float32 except
     torch-opt on CUDA (float16). ``onnx_dir`` is required for onnxruntime, ``engine_dir``
     for tensorrt. ``options`` go to the backend (e.g. torch-opt's ``compile``).
+    ``vae_decoder``: "full" or "small" (the distilled decoder in ``model_dir/vae_small``,
+    engines/vae_decoder.py); the torch backends and ``fast`` run it, onnxruntime and
+    tensorrt (graphs exported with the full decoder) refuse it with ``BackendUnavailable``.
     Raises ValueError for an unknown name and ``BackendUnavailable`` when it cannot start.
     ``model_dir``: a path or an opened ``engines.modeldir.ModelDir`` (each backend opens a
     path once and reads everything from that one object).
     """
     import torch
 
+    from engines.vae_decoder import check_choice
+
+    check_choice(vae_decoder)
+    if vae_decoder != "full" and name in ("onnxruntime", "tensorrt"):
+        raise BackendUnavailable(
+            f"{name} runs the VAE graph exported from the full decoder; vae_decoder={vae_decoder!r} "
+            "is served by the torch, torch-opt and fast backends (or use vae_decoder='full')"
+        )
     if isinstance(dtype, str):
         table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
                  "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -64,15 +76,18 @@ def create_backend(
                 raise ValueError(f"torch backend takes no options, got {sorted(options)}")
             from engines.backends.torch_backend import TorchBackend
 
-            return TorchBackend.from_pretrained(model_dir, require_device(device), dtype or torch.float32, inject_weight)
+            return TorchBackend.from_pretrained(model_dir, require_device(device), dtype or torch.float32, inject_weight,
+                                                vae_decoder)
     if name == "fast":
         from engines.backends.fast_backend import FastBackend
 
-        return FastBackend.from_model_dir(model_dir, device, dtype, inject_weight, **options)
+        return FastBackend.from_model_dir(
+            model_dir, device, dtype, inject_weight, vae_decoder=vae_decoder, **options
+        )
     if name == "torch-opt":
         from engines.backends.torch_backend import TorchOptBackend
 
-        return TorchOptBackend(model_dir, device, dtype, inject_weight, **options)
+        return TorchOptBackend(model_dir, device, dtype, inject_weight, vae_decoder=vae_decoder, **options)
     if name == "onnxruntime":
         if onnx_dir is None:
             raise BackendUnavailable("onnxruntime backend needs onnx_dir (from `ragturbo export onnx`)")

@@ -117,11 +117,12 @@ class FastBackend(SearchingBackend):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         inject_weight: float = 0.8,
+        vae_decoder: str = "full",
         **options: Any,
     ) -> FastBackend:
         dev, dtype = device_and_dtype("fast", device, dtype)
         pipe = OneStepPipeline.from_pretrained(
-            model_dir, device=dev, dtype=dtype, inject_weight=inject_weight
+            model_dir, device=dev, dtype=dtype, inject_weight=inject_weight, vae_decoder=vae_decoder
         )
         for m in pipe.modules().values():
             m.eval().requires_grad_(False)
@@ -157,7 +158,7 @@ class FastBackend(SearchingBackend):
             index_rows=self.index_rows, index_capacity=idx.capacity if idx else 0,
             index_feature_dtype=idx.feature_dtype if idx else None,
             index_gib=round(idx.nbytes() / 2**30, 3) if idx else 0.0,
-            jpeg="device" if self._jpeg else "host",
+            jpeg="device" if self._jpeg else "host", vae_decoder=self.pipe.vae_decoder,
         )
         return d
 

@@ -45,6 +45,9 @@ class TorchBackend(OneStepPipeline, Backend):
         """The pipeline: this object (for code that reads a backend's torch pipeline)."""
         return self
 
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "vae_decoder": self.vae_decoder}
+
 
 class _BucketRunner:
     """Pads a batch to the next bucket (and K to ``k_pad``) and runs ``fn`` on static shapes.
@@ -153,6 +156,7 @@ class TorchOptBackend(GraphBackend):
         buckets: Sequence[int] = BATCH_BUCKETS,
         pad_to_buckets: bool | None = None,
         compile_mode: str = "default",
+        vae_decoder: str = "full",
     ) -> None:
         from engines.backends.graphs import TextEncoderGraph, UNetGraph, VaeDecoderGraph
 
@@ -166,8 +170,10 @@ class TorchOptBackend(GraphBackend):
         self.channels_last = on_cuda if channels_last is None else channels_last
         pad = self.cuda_graphs if pad_to_buckets is None else (pad_to_buckets or self.cuda_graphs)
         pipe = OneStepPipeline.from_pretrained(
-            self.model, device=dev, dtype=dtype, inject_weight=inject_weight
+            self.model, device=dev, dtype=dtype, inject_weight=inject_weight, vae_decoder=vae_decoder
         )
+        self.name = pipe.name  # "+vae_small" when the small decoder runs
+        self.vae_decoder = vae_decoder
         self._torch_pipe = pipe  # ingest calls reuse it
         if self.channels_last:
             pipe.unet.to(memory_format=torch.channels_last)
@@ -225,5 +231,6 @@ class TorchOptBackend(GraphBackend):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update(compile=self.compile, cuda_graphs=self.cuda_graphs, dtype=str(self.dtype))
+        d.update(compile=self.compile, cuda_graphs=self.cuda_graphs, dtype=str(self.dtype),
+                 vae_decoder=self.vae_decoder)
         return d

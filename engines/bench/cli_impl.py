@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from engines.bench.pipeline_bench import VARIANTS, BenchOptions, run_pipeline_bench
+from engines.bench.pipeline_bench import DECODERS, VARIANTS, BenchOptions, run_pipeline_bench
 from engines.bench.timing import TimingPolicy
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,13 @@ def parse_variants(text: str) -> tuple[str, ...]:
     return vals
 
 
+def parse_decoders(text: str) -> tuple[str, ...]:
+    vals = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not vals or any(v not in DECODERS for v in vals):
+        raise ValueError(f"--decoder takes a comma list of {DECODERS}, got {text!r}")
+    return vals
+
+
 def bench_pipeline(
     arch: str,
     batch: str,
@@ -47,6 +54,8 @@ def bench_pipeline(
     min_time_s: float = 1.0,
     min_iters: int = 10,
     time_budget_s: float | None = None,
+    decoder: str = "full",
+    small_decoder_variants: str | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark, print the table, write JSON; returns the result dict."""
     opts = BenchOptions(
@@ -62,6 +71,8 @@ def bench_pipeline(
         ablate_subpixel=ablate_subpixel,
         parity_batches=parse_int_list(parity_batch, "--parity-batch") if parity_batch else (),
         time_budget_s=time_budget_s,
+        decoders=parse_decoders(decoder),
+        small_variants=parse_variants(small_decoder_variants) if small_decoder_variants else None,
         policy=TimingPolicy(min_time_s=min_time_s, min_iters=min_iters),
     )
 

@@ -11,10 +11,15 @@ Variants, timed in one process on one device (docs/perf.md, "Measuring"):
   the retrieval overhead, and ``served_e2e_ms`` times the backend's own call from prompts
   (tokenizing, noise, copies to the host included).
 
+``decoders`` ("full", "small"): every variant in ``small_variants`` is also timed with a
+small VAE decoder (random weights, every width divided by ``small_width_div``, speed only)
+swapped into the same pipeline; its rows are named ``<variant>+small-vae`` and their
+ratios are against the full-decoder eager and peer rows of the same run.
+
 Inputs are token ids and noise already on the device; the timed region ends with uint8
 images on the device (the copy to the host and image encoding belong to the service).
-Order: eager, parity references, fast, peer; with a time budget, variants that would
-not fit are skipped and marked so in the result.
+Order: eager, parity references, fast (full, then small decoder), peer (likewise); with a
+time budget, rows that would not fit are skipped and marked so in the result.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ from engines.bench.timing import (
 log = logging.getLogger(__name__)
 
 VARIANTS: tuple[str, ...] = ("eager", "peer", "fast")
+DECODERS: tuple[str, ...] = ("full", "small")
+SMALL_SUFFIX = "+small-vae"
 
 
 @dataclass
@@ -66,9 +73,18 @@ class BenchOptions:
     time_budget_s: float | None = None
     feature_dtype: str = "auto"  # device index H-features: float16, float8, auto (float8 > 100K)
     seed: int = 0
+    decoders: tuple[str, ...] = ("full",)
+    small_variants: tuple[str, ...] | None = None  # None: every variant also runs "small"
+    small_width_div: int = 2
     policy: TimingPolicy = field(default_factory=TimingPolicy)
 
     def __post_init__(self) -> None:
+        bad_d = [d for d in self.decoders if d not in DECODERS]
+        if not self.decoders or bad_d:
+            raise ValueError(f"decoders must be a non-empty subset of {DECODERS}, got {self.decoders}")
+        bad_s = [v for v in (self.small_variants or ()) if v not in VARIANTS]
+        if bad_s:
+            raise ValueError(f"unknown small-decoder variant(s) {bad_s}; choose from {VARIANTS}")
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
             raise ValueError(f"unknown variant(s) {bad}; choose from {VARIANTS}")
@@ -159,8 +175,6 @@ def run_pipeline_bench(
     ``checkpoint(result)`` is called after each variant, so a run cut short keeps its rows.
     """
     save = checkpoint or (lambda r: None)
-    from engines.fast.runner import FastConfig, FastRunner
-
     clock = _Clock(opts.time_budget_s)
     device = resolve_device(opts.device)
     dtype = parse_dtype(opts.dtype)
@@ -187,33 +201,26 @@ def run_pipeline_bench(
     result["store"] = {"entries": int(index.n), "shape": list(base.shape[1:]), "k": opts.k,
                        "feature_dtype": fdt, "index_gib": round(index.nbytes() / 2**30, 2)}
 
-    # The eager reference runner (same stage functions as the fast one, no levers) for FLOPs and parity.
-    ref = FastRunner(pipe, opts.k, config=FastConfig(compile="none", cuda_graphs=False, subpixel_vae=False, channels_last=False), index=index)
-    x1 = ref.example_inputs(1, seed=opts.seed)
-    with torch.inference_mode():
-        ctx1, pooled1 = ref.text(x1["ids"])
-        hr1, lam1, _, _ = ref.retrieve(pooled1, x1["kmask"], x1["admask"], x1["injmask"])
-        x01 = ref.unet(x1["noise"], ctx1, hr1, lam1, x1["admask"], x1["injmask"])
-        fl = count_flops(
-            {
-                "text": lambda: ref.text(x1["ids"]),
-                "search": lambda: ref.retrieve(pooled1, x1["kmask"], x1["admask"], x1["injmask"]),
-                "unet+adapter": lambda: ref.unet(x1["noise"], ctx1, hr1, lam1, x1["admask"], x1["injmask"]),
-                "unet": lambda: ref.unet(x1["noise"], ctx1),
-                "vae": lambda: ref.vae(x01),
-            }
-        )
-    gflop_img = fl["text"] + fl["search"] + fl["unet+adapter"] + fl["vae"]
-    gflop_img_off = fl["text"] + fl["unet"] + fl["vae"]
-    result["gflop_per_image"] = {k: round(v, 3) for k, v in fl.items()} | {"total": round(gflop_img, 3)}
-    log.info("GFLOP per image: %s", result["gflop_per_image"])
+    small_dec = None
+    if "small" in opts.decoders:
+        from engines.vae_decoder import random_small_decoder
 
-    refs: dict[int, dict[str, torch.Tensor]] = {}
-    if "fast" in variants:
-        for b in opts.parity_batches:
-            x = ref.example_inputs(b, seed=opts.seed + b)
-            with torch.inference_mode():
-                refs[b] = {"img": ref.full_search(*x.values())[0], **x}
+        small_dec = random_small_decoder(pipe.vae, opts.small_width_div, seed=opts.seed)
+        result["small_decoder"] = {
+            "block_out_channels": [int(b.resnets[0].conv1.out_channels) for b in small_dec.up_blocks][::-1],
+            "weights": "random (speed only)", "width_div": opts.small_width_div,
+        }
+    full_dec = pipe.vae.decoder
+
+    def runs(variant: str) -> list[tuple[str, str]]:
+        """(decoder, row-name suffix) pairs ``variant`` is timed with."""
+        out = [("full", "")] if "full" in opts.decoders else []
+        if small_dec is not None and (opts.small_variants is None or variant in opts.small_variants):
+            out.append(("small", SMALL_SUFFIX))
+        return out
+
+    def use(decoder: str) -> None:
+        pipe.vae.decoder = small_dec if decoder == "small" else full_dec
 
     result["errors"] = {}
 
@@ -234,30 +241,85 @@ def run_pipeline_bench(
         _add_ratios(result["rows"])
         save(result)
 
-    if "eager" in variants:
-        guarded("eager", lambda: _eager_rows(pipe, ref, opts, device, gflop_img_off, peak, emit))
-    peer_model = None
+    # Per decoder: the eager reference runner (same stage functions as the fast one, no
+    # levers) for FLOPs and parity, built while that decoder is in the pipeline.
+    ctx: dict[str, dict[str, Any]] = {}
+    for dec in [d for d in DECODERS if any(d == r[0] for v in variants for r in runs(v))]:
+        use(dec)
+        ctx[dec] = reference(pipe, index, opts, "fast" in variants and any(r[0] == dec for r in runs("fast")))
+        tag = "" if dec == "full" else "_small_vae"
+        result[f"gflop_per_image{tag}"] = ctx[dec]["flops"]
+        log.info("GFLOP per image (%s decoder): %s", dec, ctx[dec]["flops"])
+    use("full")
+
+    # Peers copy the modules before any fast runner changes them (channels-last, compile).
+    peers: dict[str, Any] = {}
     if "peer" in variants:
         from engines.bench.variants import DiffusersCompiled
 
-        peer_model = DiffusersCompiled(pipe)  # copies taken before the fast runner changes the modules
+        for dec, _ in runs("peer"):
+            use(dec)
+            peers[dec] = DiffusersCompiled(pipe)
+        use("full")
+    if "eager" in variants:
+        for dec, suffix in runs("eager"):
+            use(dec)
+            c = ctx[dec]
+            guarded("eager" + suffix, lambda c=c, suffix=suffix: _eager_rows(
+                pipe, c["ref"], opts, device, c["gflop_off"], peak, emit, suffix))
     if "fast" in variants:
-        guarded(
-            "fast",
-            lambda: _fast_rows(pipe, index, opts, device, gflop_img, gflop_img_off, peak, refs, result, clock, emit),
-        )
-    if peer_model is not None:
-        guarded("peer", lambda: _peer_rows(peer_model, ref, opts, device, gflop_img_off, peak, result, clock, emit))
-        del peer_model
+        for dec, suffix in runs("fast"):
+            use(dec)
+            c = ctx[dec]
+            guarded("fast" + suffix, lambda c=c, suffix=suffix: _fast_rows(
+                pipe, index, opts, device, c["gflop"], c["gflop_off"], peak, c["refs"], result, clock, emit,
+                suffix))
+    for dec, peer_model in peers.items():
+        c = ctx[dec]
+        suffix = SMALL_SUFFIX if dec == "small" else ""
+        guarded("peer" + suffix, lambda p=peer_model, c=c, suffix=suffix: _peer_rows(
+            p, c["ref"], opts, device, c["gflop_off"], peak, result, clock, emit, suffix))
+    peers.clear()
+    use("full")
     if "fast" in variants and opts.ablate_subpixel:
         guarded("subpixel-ablation", lambda: _subpixel_ablation(pipe, index, opts, device, result, clock))
     _add_ratios(result["rows"])
     save(result)
-    result["elapsed_s"] = round(clock.elapsed(), 1)
     return result
 
 
-def _eager_rows(pipe, ref, opts, device, gflop, peak, emit) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+def reference(pipe: Any, index: Any, opts: BenchOptions, parity: bool) -> dict[str, Any]:
+    """The eager reference runner of the pipeline's current decoder, its FLOPs per image
+    and (``parity``) the reference images of the parity batches."""
+    from engines.fast.runner import FastConfig, FastRunner
+
+    ref = FastRunner(pipe, opts.k, config=FastConfig(compile="none", cuda_graphs=False, subpixel_vae=False,
+                                                     channels_last=False), index=index)
+    x1 = ref.example_inputs(1, seed=opts.seed)
+    with torch.inference_mode():
+        ctx1, pooled1 = ref.text(x1["ids"])
+        hr1, lam1, _, _ = ref.retrieve(pooled1, x1["kmask"], x1["admask"], x1["injmask"])
+        x01 = ref.unet(x1["noise"], ctx1, hr1, lam1, x1["admask"], x1["injmask"])
+        fl = count_flops(
+            {
+                "text": lambda: ref.text(x1["ids"]),
+                "search": lambda: ref.retrieve(pooled1, x1["kmask"], x1["admask"], x1["injmask"]),
+                "unet+adapter": lambda: ref.unet(x1["noise"], ctx1, hr1, lam1, x1["admask"], x1["injmask"]),
+                "unet": lambda: ref.unet(x1["noise"], ctx1),
+                "vae": lambda: ref.vae(x01),
+            }
+        )
+    gflop = fl["text"] + fl["search"] + fl["unet+adapter"] + fl["vae"]
+    refs: dict[int, dict[str, torch.Tensor]] = {}
+    for b in opts.parity_batches if parity else ():
+        x = ref.example_inputs(b, seed=opts.seed + b)
+        with torch.inference_mode():
+            refs[b] = {"img": ref.full_search(*x.values())[0], **x}
+    return {"ref": ref, "gflop": gflop, "gflop_off": fl["text"] + fl["unet"] + fl["vae"], "refs": refs,
+            "flops": {k: round(v, 3) for k, v in fl.items()} | {"total": round(gflop, 3)}}
+
+
+def _eager_rows(pipe, ref, opts, device, gflop, peak, emit, suffix="") -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     from engines.bench.variants import DiffusersEager
 
     eager = DiffusersEager(pipe)
@@ -268,13 +330,14 @@ def _eager_rows(pipe, ref, opts, device, gflop, peak, emit) -> list[dict[str, An
         runs = time_iterations(lambda m, x=x: eager.iteration(x, m), device, opts.policy)
         med = median_segments(runs)
         stages = {"text": med["text"], "retrieval": 0.0, "unet": med["unet"], "vae": med["vae"]}
-        rows.append(_row("diffusers-eager", b, stages, [r["total"] for r in runs], gflop, peak, _peak_gib(device), 0.0))
+        rows.append(_row("diffusers-eager" + suffix, b, stages, [r["total"] for r in runs], gflop, peak, _peak_gib(device), 0.0))
         log.info("eager b=%d: %.2f ms", b, rows[-1]["e2e_ms"])
         emit(rows[-1])
     return rows
 
 
-def _fast_rows(pipe, index, opts, device, gflop, gflop_off, peak, refs, result, clock, emit) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+def make_fast_backend(pipe: Any, index: Any, opts: BenchOptions, device: torch.device) -> Any:
+    """The ``fast`` backend over ``pipe`` (its current VAE decoder) searching ``index``."""
     from engines.backends.fast_backend import FastBackend
 
     backend = FastBackend(
@@ -282,56 +345,89 @@ def _fast_rows(pipe, index, opts, device, gflop, gflop_off, peak, refs, result, 
         subpixel_vae=opts.subpixel_vae,
         buckets=opts.batches, k_buckets=(opts.k,),
     )
+    backend.runner.set_index(index)
+    return backend
+
+
+def fast_row(backend: Any, name: str, b: int, opts: BenchOptions, device: torch.device, gflop: float,
+             peak: float | None, keep: bool = False) -> dict[str, Any]:
+    """One row of the fast backend at batch ``b``: build (compile + capture), stage times, end to
+    end, retrieval off, and the backend's own served call. ``keep``: leave the search bucket
+    captured (for a parity check after)."""
     runner = backend.runner
-    runner.set_index(index)
-    cfg = runner.cfg
-    name = "fast"
-    rows = []
-    for b in opts.batches:
-        _reset_peak(device)
-        t_build = runner.prepare(b, "search", stages=True) + runner.prepare(b, "plain")
-        peak_gib = _peak_gib(device)
-        stages = {
-            s: statistics.median(time_callable(runner.stage_callable(b, s), device, opts.policy))
-            for s in ("text", "retrieval", "unet", "vae")
-        }
-        e2e = time_callable(runner.stage_callable(b, "full"), device, opts.policy)
-        rows.append(_row(name, b, stages, e2e, gflop, peak, peak_gib, t_build))
-        off = time_callable(runner.stage_callable(b, "full", "plain"), device, opts.policy)
-        # Interleave a second on-measurement so drift between the two does not pass for overhead.
-        e2e2 = time_callable(runner.stage_callable(b, "full"), device, opts.policy)
-        on_ms = statistics.median(e2e + e2e2)
-        off_ms = statistics.median(off)
-        rows[-1]["retrieval_off_e2e_ms"] = round(off_ms, 3)
-        rows[-1]["retrieval_overhead_pct"] = round(100.0 * (on_ms - off_ms) / off_ms, 2)
-        # The backend's own call, as the service makes it: prompts in, host uint8 out.
-        prompts = [f"a served prompt {i}" for i in range(b)]
-        served = time_callable(
-            lambda p=prompts: backend.generate_search(p, list(range(len(p))), ["adapter"] * len(p),
-                                                      [opts.k] * len(p), 0.0),
-            device, opts.policy,
-        )
-        rows[-1]["served_e2e_ms"] = round(statistics.median(served), 3)
-        log.info("fast b=%d: %.2f ms (off %.2f ms, served %.2f ms), build %.1f s", b,
-                 rows[-1]["e2e_ms"], off_ms, rows[-1]["served_e2e_ms"], t_build)
-        emit(rows[-1])
-        runner.drop_stage_graphs()
-        for key in [k for k in runner.buckets if k[0] == b and b not in refs]:
+    _reset_peak(device)
+    t_build = runner.prepare(b, "search", stages=True) + runner.prepare(b, "plain")
+    peak_gib = _peak_gib(device)
+    stages = {
+        s: statistics.median(time_callable(runner.stage_callable(b, s), device, opts.policy))
+        for s in ("text", "retrieval", "unet", "vae")
+    }
+    e2e = time_callable(runner.stage_callable(b, "full"), device, opts.policy)
+    row = _row(name, b, stages, e2e, gflop, peak, peak_gib, t_build)
+    off = time_callable(runner.stage_callable(b, "full", "plain"), device, opts.policy)
+    # Interleave a second on-measurement so drift between the two does not pass for overhead.
+    e2e2 = time_callable(runner.stage_callable(b, "full"), device, opts.policy)
+    on_ms = statistics.median(e2e + e2e2)
+    off_ms = statistics.median(off)
+    row["retrieval_off_e2e_ms"] = round(off_ms, 3)
+    row["retrieval_overhead_pct"] = round(100.0 * (on_ms - off_ms) / off_ms, 2)
+    # The backend's own call, as the service makes it: prompts in, host uint8 out.
+    prompts = [f"a served prompt {i}" for i in range(b)]
+    served = time_callable(
+        lambda p=prompts: backend.generate_search(p, list(range(len(p))), ["adapter"] * len(p),
+                                                  [opts.k] * len(p), 0.0),
+        device, opts.policy,
+    )
+    row["served_e2e_ms"] = round(statistics.median(served), 3)
+    log.info("%s b=%d: %.2f ms (off %.2f ms, served %.2f ms), build %.1f s", name, b,
+             row["e2e_ms"], off_ms, row["served_e2e_ms"], t_build)
+    runner.drop_stage_graphs()
+    if not keep:
+        for key in [k for k in runner.buckets if k[0] == b]:
             del runner.buckets[key]
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    for b, r in refs.items():
-        if (b, "search", opts.k) not in runner.buckets:
-            runner.prepare(b, "search")
-        img = runner.run("search", **{n: r[n] for n in ("ids", "noise", "kmask", "admask", "injmask")})[0]
-        result["parity"][f"fast_vs_eager_b{b}"] = _parity(r, img)
-    result["fast_build_s"] = round(runner.build_s, 1)
-    result["fast_config"] = {
-        **{k: getattr(cfg, k) for k in ("compile", "cuda_graphs", "subpixel_vae", "channels_last")},
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def fast_parity(backend: Any, ref: dict[str, torch.Tensor], opts: BenchOptions) -> dict[str, float]:
+    """The fast backend's images against the eager reference images ``ref`` (same inputs)."""
+    runner = backend.runner
+    b = int(ref["ids"].shape[0])
+    if (b, "search", opts.k) not in runner.buckets:
+        runner.prepare(b, "search")
+    img = runner.run("search", **{n: ref[n] for n in ("ids", "noise", "kmask", "admask", "injmask")})[0]
+    return _parity(ref, img)
+
+
+def fast_config(backend: Any) -> dict[str, Any]:
+    runner = backend.runner
+    return {
+        **{k: getattr(runner.cfg, k) for k in ("compile", "cuda_graphs", "subpixel_vae", "channels_last")},
         "compiled_modules": runner.compiled_modules,
         "subpixel_layers": runner.subpixel_layers,
     }
-    runner.release()
+
+
+def _fast_rows(pipe, index, opts, device, gflop, gflop_off, peak, refs, result, clock, emit, suffix="") -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    backend = make_fast_backend(pipe, index, opts, device)
+    name = "fast" + suffix
+    rows = []
+    last_build = 0.0
+    for b in opts.batches:
+        # a first whole compile of the SD-Turbo-sized modules takes about a minute (docs/perf.md)
+        need = 1.2 * last_build + 15.0 if last_build else (90.0 if opts.arch != "tiny" else 10.0)
+        if not clock.allows(need):
+            result["skipped"].append(f"{name} b={b}: time budget ({clock.elapsed():.0f} s used)")
+            continue
+        rows.append(fast_row(backend, name, b, opts, device, gflop, peak, keep=b in refs))
+        last_build = rows[-1]["build_s"] or 0.0
+        emit(rows[-1])
+    for b, r in refs.items():
+        result["parity"][f"{name}_vs_eager_b{b}"] = fast_parity(backend, r, opts)
+    result[f"{name}_build_s"] = round(backend.runner.build_s, 1)
+    result[f"{name}_config"] = fast_config(backend)
+    backend.runner.release()
     return rows
 
 
@@ -355,32 +451,39 @@ def _subpixel_ablation(pipe, index, opts, device, result, clock) -> None:  # typ
     runner.release()
 
 
-def _peer_rows(peer, ref, opts, device, gflop, peak, result, clock, emit) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+def peer_row(peer: Any, ref: Any, b: int, opts: BenchOptions, device: torch.device, gflop: float,
+             peak: float | None, suffix: str = "") -> dict[str, Any]:
+    """One row of the tuned peer at batch ``b`` (its compile for this shape included in build s)."""
+    x = ref.example_inputs(b, seed=opts.seed + b)
+    _reset_peak(device)
+    t_build = peer.warm(x, device)
+    runs = time_iterations(lambda m, x=x: peer.iteration(x, m), device, opts.policy)
+    med = median_segments(runs)
+    stages = {"text": med["text"], "retrieval": 0.0, "unet": med["unet"], "vae": med["vae"]}
+    row = _row(peer.name + suffix, b, stages, [r["total"] for r in runs], gflop, peak, _peak_gib(device), t_build)
+    log.info("peer%s b=%d: %.2f ms, warm/compile %.1f s", suffix, b, row["e2e_ms"], t_build)
+    return row
+
+
+def _peer_rows(peer, ref, opts, device, gflop, peak, result, clock, emit, suffix="") -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     rows: list[dict[str, Any]] = []
     last_build = 0.0
     for b in opts.batches:
         # a first compile of the SD-Turbo-sized modules takes minutes (docs/perf.md: 245 s)
         need = 1.2 * last_build + 20.0 if last_build else (150.0 if opts.arch != "tiny" else 30.0)
         if not clock.allows(need):
-            result["skipped"].append(f"{peer.name} b={b}: time budget ({clock.elapsed():.0f} s used)")
+            result["skipped"].append(f"{peer.name}{suffix} b={b}: time budget ({clock.elapsed():.0f} s used)")
             continue
-        x = ref.example_inputs(b, seed=opts.seed + b)
-        _reset_peak(device)
-        t_build = peer.warm(x, device)
-        last_build = t_build
-        runs = time_iterations(lambda m, x=x: peer.iteration(x, m), device, opts.policy)
-        med = median_segments(runs)
-        stages = {"text": med["text"], "retrieval": 0.0, "unet": med["unet"], "vae": med["vae"]}
-        rows.append(_row(peer.name, b, stages, [r["total"] for r in runs], gflop, peak, _peak_gib(device), t_build))
+        rows.append(peer_row(peer, ref, b, opts, device, gflop, peak, suffix))
+        last_build = rows[-1]["build_s"] or 0.0
         emit(rows[-1])
-        log.info("peer b=%d: %.2f ms, warm/compile %.1f s", b, rows[-1]["e2e_ms"], t_build)
     return rows
 
 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:
     """speedup = baseline e2e / variant e2e at the same batch; vs_peer likewise."""
     base = {r["batch"]: r["e2e_ms"] for r in rows if r["variant"] == "diffusers-eager"}
-    peer = {r["batch"]: r["e2e_ms"] for r in rows if r["variant"].startswith("diffusers-compile")}
+    peer = {r["batch"]: r["e2e_ms"] for r in rows if r["variant"] == "diffusers-compile-ro"}
     for r in rows:
         b = r["batch"]
         r["speedup_vs_eager"] = round(base[b] / r["e2e_ms"], 2) if b in base else None

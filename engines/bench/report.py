@@ -25,7 +25,7 @@ def format_table(result: dict[str, Any]) -> str:
         (
             f"arch {result['options']['arch']}, dtype {result['options']['dtype']}, "
             f"k={result['store']['k']} of {result['store']['entries']} stored H-features, "
-            f"GFLOP/image {result['gflop_per_image']}"
+            f"GFLOP/image {result.get('gflop_per_image', '-')}"
         ),
         "",
         (
@@ -45,6 +45,11 @@ def format_table(result: dict[str, Any]) -> str:
             f"{_f(r.get('served_e2e_ms'))} | "
             f"{_f(r.get('peak_mem_gib'))} | {_f(r.get('build_s'), 1)} |"
         )
+    if result.get("small_decoder"):
+        lines.insert(2, (
+            f"rows '+small-vae': small VAE decoder {result['small_decoder']}, "
+            f"GFLOP/image {result.get('gflop_per_image_small_vae')}"
+        ))
     if result.get("parity"):
         lines.append("")
         lines.append("parity (uint8 images, fast vs eager, same inputs and weights): " + "; ".join(
@@ -57,6 +62,10 @@ def format_table(result: dict[str, Any]) -> str:
         ))
     if result.get("fast_config"):
         lines.append(f"fast config: {result['fast_config']}, total build {result.get('fast_build_s')} s")
+    if result.get("fast+small-vae_build_s") is not None:
+        lines.append(f"fast+small-vae total build {result['fast+small-vae_build_s']} s")
+    for name, err in (result.get("errors") or {}).items():
+        lines.append(f"error: {name}: {err[:300]}")
     for s in result.get("skipped", []):
         lines.append(f"skipped: {s}")
     lines.append(f"model build {result.get('model_build_s')} s, whole run {result.get('elapsed_s')} s")

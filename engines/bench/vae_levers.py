@@ -416,7 +416,9 @@ def fp8_unet(arch: str, device: torch.device, batches: tuple[int, ...], timing: 
 
     cfg = get_arch(arch)
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**cfg.unet).eval().requires_grad_(False).to(device, torch.float16)
+    with torch.device(device):  # random init of ~0.9 B parameters on the GPU, not the host
+        unet = UNet2DConditionModel(**cfg.unet)
+    unet = unet.eval().requires_grad_(False).to(device, torch.float16)
     unet8 = copy.deepcopy(unet)
     n = fp8_linears(unet8)
     res: dict[str, Any] = {"status": "ok", "linears_replaced": n, "by_batch": {},

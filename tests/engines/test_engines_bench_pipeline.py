@@ -130,3 +130,22 @@ def test_fast_runner_graphs_match_eager_on_gpu(compile_mode: str) -> None:
     assert len(res["parity"]) == 2
     for p in res["parity"].values():
         assert p["frac_gt2"] < 0.01
+
+
+def test_bench_shows_the_small_decoder_beside_the_full_one() -> None:
+    """--decoder full,small: both rows from the same run, the small decoder's FLOPs below the full one's."""
+    opts = BenchOptions(arch="tiny", batches=(2,), variants=("eager", "fast"), device="cpu", dtype="fp32",
+                        k=2, store_entries=8, compile="none", parity_batches=(2,), policy=QUICK,
+                        decoders=("full", "small"), small_variants=("fast",))
+    res = run_pipeline_bench(opts)
+    names = {(r["variant"], r["batch"]) for r in res["rows"]}
+    assert names == {(v, 2) for v in ("diffusers-eager", "fast", "fast+small-vae")}
+    assert res["gflop_per_image_small_vae"]["vae"] < res["gflop_per_image"]["vae"] / 2
+    assert res["gflop_per_image_small_vae"]["unet"] == res["gflop_per_image"]["unet"]
+    # the small rows' parity is against the eager path with the same (small) decoder
+    assert res["parity"]["fast+small-vae_vs_eager_b2"]["max_abs"] <= 1
+    row = next(r for r in res["rows"] if r["variant"] == "fast+small-vae" and r["batch"] == 2)
+    assert row["speedup_vs_eager"] is not None  # against the full-decoder eager row
+    assert "| fast+small-vae | 2 |" in format_table(res)
+    with pytest.raises(ValueError, match="decoders"):
+        BenchOptions(decoders=("medium",))
