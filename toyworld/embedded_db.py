@@ -178,6 +178,12 @@ def _init_worker(model_dir: str, threads: int) -> None:
     global _PIPE
     torch.set_num_threads(threads)
     keep_freed_memory()
+    try:  # one progress bar (the build's), not one "Loading weights" bar per worker
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
     _PIPE = OneStepPipeline.from_pretrained(model_dir)
 
 
