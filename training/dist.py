@@ -69,16 +69,24 @@ def pick_device(pref: str, info: DistInfo) -> torch.device:
 def wrap_ddp(module: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
     """``DistributedDataParallel(module)`` in a process group, else ``module`` itself.
 
-    DDP broadcasts rank 0's parameters and buffers when it wraps, and averages the
-    gradients of the parameters that require them during each backward that follows a
-    forward through the wrapper (bucketed all-reduce, overlapped with the backward).
+    DDP broadcasts rank 0's parameters when it wraps, and averages the gradients of the
+    parameters that require them during each backward that follows a forward through the
+    wrapper (bucketed all-reduce, overlapped with the backward). Buffers (the heads'
+    spectral-norm vectors) are broadcast here once and not before every forward
+    (``broadcast_buffers=False``): each rank updates them from the same weights, so they
+    stay equal, and the per-forward broadcast slowed a tiny 2-process CPU step
+    (docs/training.md, "Libraries considered"). ``gradient_as_bucket_view`` spares a copy.
     """
     if not info.enabled:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
+    with torch.no_grad():
+        for b in module.buffers():
+            dist.broadcast(b, 0)
     ids = [device.index if device.index is not None else info.local_rank] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids)
+    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
+                                   gradient_as_bucket_view=True)
 
 
 def mean_scalars(values: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
