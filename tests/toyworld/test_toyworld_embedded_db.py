@@ -100,9 +100,9 @@ def test_worker_build_stores_what_ingest_stores(
     vae: str, ingest_reference: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first-start build (render + encode in 1-thread workers) against write + ``ingest``:
-    the same files, point ids and captions, the same neighbours and scores for every query
-    (the index vectors are fp32 in both), stored features and generated images within
-    ``TOLERANCE``."""
+    the same files, point ids and captions; the same scores for every query and the same
+    top neighbour wherever it is not tied (the index vectors are fp32 in both); stored
+    features and generated images within ``TOLERANCE``."""
     import numpy as np
     import torch
 
@@ -137,9 +137,15 @@ def test_worker_build_stores_what_ingest_stores(
         caps = [r["caption"] for r in read_captions(ref_dir / "captions.jsonl")]
         queries = pipe.encode_text([*caps, "a big red circle", "two small blue squares on a gray background"])
         hits_ref, hits_new = ref_db.search(queries.pooled, 3), new_db.search(queries.pooled, 3)
-        assert [[h.id for h in r] for r in hits_new] == [[h.id for h in r] for r in hits_ref]
+        untied = 0
         for r_new, r_ref in zip(hits_new, hits_ref, strict=True):
             assert [h.score for h in r_new] == pytest.approx([h.score for h in r_ref], abs=1e-5)
+            # equal scores (pairs with the same caption) come back in an order that differs
+            # between any two builds, even two ``ingest`` runs (docs/toyworld.md)
+            if r_ref[0].score > r_ref[1].score:
+                assert r_new[0].id == r_ref[0].id
+                untied += 1
+        assert untied >= len(caps) // 2
 
         prompts = [caps[0], caps[5], caps[17], "a big red circle", "three small white diamonds",
                    "an orange circle above a cyan triangle"]
@@ -147,10 +153,15 @@ def test_worker_build_stores_what_ingest_stores(
                 for m in ("adapter", "inject")]
         out_ref, _ = TextToImage(pipe, ref_db).generate(reqs)
         out_new, _ = TextToImage(pipe, new_db).generate(reqs)
+        compared = 0
         for a_img, b_img in zip(out_ref, out_new, strict=True):
             assert a_img.retrieval_status == b_img.retrieval_status == "ok"
-            assert [n.id for n in a_img.retrieved] == [n.id for n in b_img.retrieved]
+            if [n.id for n in a_img.retrieved] != [n.id for n in b_img.retrieved]:
+                assert a_img.retrieved[0].score == pytest.approx(b_img.retrieved[0].score, abs=1e-6)
+                continue  # an exact tie resolved the other way: another pair with the same caption
             diff = np.abs(a_img.image.astype(int) - b_img.image.astype(int)).max()
             assert diff <= img_max, diff
+            compared += 1
+        assert compared >= len(reqs) - 2
     finally:
         new_db.close()
