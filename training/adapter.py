@@ -38,15 +38,15 @@ from training.config import TrainConfig, config_from_dict, load_config
 from training.data import batch_indices, shard
 from training.discriminator import hinge_d_loss, hinge_g_loss
 from training.dist import (
-    average_gradients,
     barrier,
-    broadcast_params,
     gather_objects,
     init_distributed,
     mean_scalars,
     pick_device,
     shutdown,
+    wrap_ddp,
 )
+from training.ema import ParamEMA
 from training.losses import Augment, latent_perceptual_loss, smooth_l1
 from training.retriever import Retriever
 from training.setup import Job, build_job
@@ -199,7 +199,9 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
     torch.manual_seed(cfg.seed)
     job: Job = build_job(cfg, device, retriever)
-    broadcast_params([job.gen.hadapter, job.gen.unet, job.heads], info)
+    # DistributedDataParallel (one process: the modules themselves): rank 0's weights are
+    # broadcast at wrapping, gradients are averaged over ranks during each backward.
+    gen, heads = wrap_ddp(job.gen, info, device), wrap_ddp(job.heads, info, device)
 
     g_params = [p for _, p in job.gen.trainable()]
     d_params = [p for p in job.heads.parameters() if p.requires_grad]
@@ -208,9 +210,7 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
     opt_d = torch.optim.AdamW(d_params, lr=oc.disc_lr, betas=oc.betas, weight_decay=oc.weight_decay)
     sch_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(oc.warmup_steps))
     sch_d = torch.optim.lr_scheduler.LambdaLR(opt_d, _lr_lambda(oc.warmup_steps))
-    ema: dict[str, torch.Tensor] | None = None
-    if cfg.ema_decay is not None:
-        ema = {n: p.detach().clone().float() for n, p in job.gen.trainable()}
+    ema = ParamEMA(job.gen.trainable(), cfg.ema_decay) if cfg.ema_decay is not None else None
 
     start = 0
     latest = out / LATEST
@@ -222,7 +222,7 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
         sch_g.load_state_dict(ck["sch_g"])
         sch_d.load_state_dict(ck["sch_d"])
         if ema is not None and ck.get("ema") is not None:
-            ema = {k: v.to(device) for k, v in ck["ema"].items()}
+            ema.load_state_dict(ck["ema"])
         rngs = ck.get("rng") or []
         if len(rngs) == info.world:
             set_rng_state(rngs[info.rank])
@@ -267,10 +267,11 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
         paired = torch.tensor([sd is not None for sd in seeds], dtype=torch.float32, device=device)
         reg_w = torch.ones_like(paired) if lc.unpaired_regression else paired
 
-        # ---------------- generator step (adapter + LoRA)
+        # ---------------- generator step (adapter + LoRA); the heads are frozen for it and
+        # called unwrapped, so only the generator's DDP reduces gradients in this backward
         job.heads.requires_grad_(False)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            x0_hat = job.gen(noise, ctx, h_retr, lam)
+            x0_hat = gen(noise, ctx, h_retr, lam)
             feats_fake, temb = job.tfeats(_renoise(x0_hat, s, eps_f, acp), s, ctx)
             logits_fake = job.heads(feats_fake, pooled, temb)
             adv_g = hinge_g_loss(logits_fake)
@@ -278,27 +279,23 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
             loss_g = lc.adv_weight * adv_g + lc.l1_weight * l1 + lc.lpips_weight * lp
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
-        average_gradients(g_params, info)
         if oc.grad_clip:
             torch.nn.utils.clip_grad_norm_(g_params, oc.grad_clip)
         opt_g.step()
         sch_g.step()
         if ema is not None:
-            with torch.no_grad():
-                for n, p in job.gen.trainable():
-                    ema[n].mul_(cfg.ema_decay).add_(p.detach().float(), alpha=1 - cfg.ema_decay)
+            ema.update()
 
         # ---------------- discriminator step (heads only; teacher frozen)
         job.heads.requires_grad_(True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             with torch.no_grad():
                 feats_real, _ = job.tfeats(_renoise(z0, s, eps_r, acp), s, ctx)
-            logits_real = job.heads(feats_real, pooled, temb.detach())
-            logits_fake_d = job.heads([f.detach() for f in feats_fake], pooled, temb.detach())
+            logits_real = heads(feats_real, pooled, temb.detach())
+            logits_fake_d = heads([f.detach() for f in feats_fake], pooled, temb.detach())
             loss_d = hinge_d_loss(logits_real, logits_fake_d)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
-        average_gradients(d_params, info)
         if oc.grad_clip:
             torch.nn.utils.clip_grad_norm_(d_params, oc.grad_clip)
         opt_d.step()
@@ -333,7 +330,7 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
                 state.update(
                     step=done, config=cfg.to_dict(), opt_g=opt_g.state_dict(),
                     opt_d=opt_d.state_dict(), sch_g=sch_g.state_dict(), sch_d=sch_d.state_dict(),
-                    ema=None if ema is None else {n: v.cpu() for n, v in ema.items()}, rng=rngs,
+                    ema=None if ema is None else ema.state_dict(), rng=rngs,
                     world=info.world,
                 )
                 last_ckpt = save_checkpoint(out, done, state, cfg.keep_checkpoints)

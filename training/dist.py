@@ -1,16 +1,16 @@
 """Data-parallel helpers for torchrun (env:// rendezvous; NCCL on GPU, gloo on CPU).
 
-Each process takes a contiguous share of every global batch; after each backward the
-gradients of a model are averaged with one flat all-reduce (what DistributedDataParallel
-does, done explicitly because the generator's loss back-propagates through the
-discriminator heads and the two models step in turn).
+Each process takes a contiguous share of every global batch; the generator and the
+discriminator heads are each wrapped in ``torch.nn.parallel.DistributedDataParallel``
+(``wrap_ddp``), which averages their gradients during the backward. The rest here is
+what DDP does not do: joining the group, the device of a rank, rank-averaged scalars
+for the log, gathering RNG states for the checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,9 @@ def init_distributed(device_pref: str) -> DistInfo:
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
         torch.cuda.set_device(local)
+        # NVLink SHARP (multicast) off unless the operator asks for it: the GPU hosts this
+        # job was written for are shared and do not lend multicast objects (docs/training.md).
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     dist.init_process_group(backend=backend)
     info = DistInfo(dist.get_rank(), dist.get_world_size(), local, True)
     log.info("distributed: rank %d/%d (%s)", info.rank, info.world, backend)
@@ -63,36 +66,27 @@ def pick_device(pref: str, info: DistInfo) -> torch.device:
     return torch.device(pref)
 
 
-def average_gradients(params: Iterable[torch.nn.Parameter], info: DistInfo) -> None:
-    """Average .grad of ``params`` over the group with one flat all-reduce."""
-    if not info.enabled:
-        return
-    ps = [p for p in params if p.requires_grad]
-    if not ps:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ps]
-    flat = torch.cat([g.reshape(-1).float() for g in grads])
-    dist.all_reduce(flat)
-    flat /= info.world
-    off = 0
-    for p in ps:
-        n = p.numel()
-        p.grad = flat[off : off + n].view_as(p).to(p.dtype)
-        off += n
+def wrap_ddp(module: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """``DistributedDataParallel(module)`` in a process group, else ``module`` itself.
 
-
-def broadcast_params(modules: Sequence[torch.nn.Module], info: DistInfo) -> None:
-    """Make every rank start from rank 0's trainable weights and buffers."""
+    DDP broadcasts rank 0's parameters when it wraps, and averages the gradients of the
+    parameters that require them during each backward that follows a forward through the
+    wrapper (bucketed all-reduce, overlapped with the backward). Buffers (the heads'
+    spectral-norm vectors) are broadcast here once and not before every forward
+    (``broadcast_buffers=False``): each rank updates them from the same weights, so they
+    stay equal, and the per-forward broadcast slowed a tiny 2-process CPU step
+    (docs/training.md, "Libraries considered"). ``gradient_as_bucket_view`` spares a copy.
+    """
     if not info.enabled:
-        return
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
     with torch.no_grad():
-        for m in modules:
-            for p in m.parameters():
-                if p.requires_grad:
-                    dist.broadcast(p.data, 0)
-            for b in m.buffers():
-                if b.is_floating_point():
-                    dist.broadcast(b, 0)
+        for b in module.buffers():
+            dist.broadcast(b, 0)
+    ids = [device.index if device.index is not None else info.local_rank] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
+                                   gradient_as_bucket_view=True)
 
 
 def mean_scalars(values: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:

@@ -22,8 +22,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def full_run(make_config: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], TrainResult]:
-    """4 uninterrupted steps, checkpoints at 2 and 4 (the reference for resume)."""
+    """4 uninterrupted steps with an EMA, checkpoints at 2 and 4 (the reference for resume)."""
     cfg = make_config(tmp_path_factory.mktemp("full") / "run", steps=4)
+    cfg["ema_decay"] = 0.7
     return cfg, train(copy.deepcopy(cfg))
 
 
@@ -66,14 +67,16 @@ def test_resume_is_exact(make_config: Any, tmp_path: Path,
                          full_run: tuple[dict[str, Any], TrainResult]) -> None:
     _, ref = full_run
     cfg = make_config(tmp_path / "run", steps=2)
+    cfg["ema_decay"] = 0.7
     train(copy.deepcopy(cfg))  # "interrupted" after step 2
     cfg["steps"] = 4
     res = train(copy.deepcopy(cfg))  # resumes from latest.pt
     assert _losses(res) == _losses(ref)  # the same losses, digit for digit, at steps 1-4
     a, b = load_checkpoint(res.checkpoint), load_checkpoint(ref.checkpoint)
-    for part in ("hadapter", "lora", "heads"):
+    for part in ("hadapter", "lora", "heads", "ema"):
         for k in b[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert not torch.equal(b["ema"]["hadapter.proj_out.weight"], b["hadapter"]["proj_out.weight"])
 
 
 def _losses(res: TrainResult) -> list[tuple[str, ...]]:

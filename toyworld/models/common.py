@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Iterable
@@ -102,16 +101,23 @@ class LossLog:
 
 
 class EMA:
-    """Exponential moving average of a module's parameters (a frozen copy)."""
+    """Exponential moving average of a module's parameters: torch's ``AveragedModel`` with
+    ``get_ema_multi_avg_fn`` (the one EMA of the repo; training/ema.py uses it too).
+
+    ``shadow`` is the averaged copy (eval mode, no grad); it starts at the module's weights
+    and each ``update`` is ``shadow ← shadow + (1 − decay)·(p − shadow)``.
+    """
 
     def __init__(self, module: torch.nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.shadow = copy.deepcopy(module).eval().requires_grad_(False)
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    @torch.no_grad()
+        self.decay = decay
+        self._avg = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+        self._avg.update_parameters(module)  # the first update copies; later ones average
+        self.shadow = self._avg.module.eval().requires_grad_(False)
+
     def update(self, module: torch.nn.Module) -> None:
-        for s, p in zip(self.shadow.parameters(), module.parameters(), strict=True):
-            s.lerp_(p.detach().to(s.dtype), 1.0 - self.decay)
+        self._avg.update_parameters(module)
 
 
 def out_of_time(t0: float, limit_s: float | None) -> bool:
