@@ -75,10 +75,18 @@ def train_teacher(
     return ema.shadow.float().eval(), lg.finish(step)
 
 
-def trailing_timesteps(steps: int, n_train: int = 1000) -> list[int]:
-    """[999, ...] ``steps`` trailing timesteps (diffusers' 'trailing' spacing)."""
-    ratio = n_train / steps
-    return [round(n_train - i * ratio) - 1 for i in range(steps)]
+def ddim_scheduler(steps: int) -> object:
+    """diffusers' ``DDIMScheduler`` for the family's schedule (v-prediction, trailing spacing,
+    999 first), eta = 0, no x0 clipping (latents are not pixels), final ᾱ = 1 (the last step
+    returns the predicted x0), with ``steps`` timesteps set."""
+    from diffusers import DDIMScheduler
+
+    cfg = {k: v for k, v in SCHEDULER.items() if not k.startswith("_")}
+    sched = DDIMScheduler(**{k: cfg[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                                                   "prediction_type", "timestep_spacing", "steps_offset")},
+                          clip_sample=False, set_alpha_to_one=True)
+    sched.set_timesteps(steps)
+    return sched
 
 
 @torch.no_grad()
@@ -90,23 +98,16 @@ def sample(
     steps: int = 25,
     guidance: float = 3.0,
 ) -> torch.Tensor:
-    """DDIM (eta=0) with classifier-free guidance: noise (B,4,h,w) -> x0 latents (B,4,h,w)."""
+    """DDIM (eta=0, diffusers' ``DDIMScheduler.step``) with classifier-free guidance:
+    noise (B,4,h,w) -> x0 latents (B,4,h,w)."""
     dev = noise.device
-    ac = alphas_cumprod_from_config(SCHEDULER).float().to(dev)
-    ts = trailing_timesteps(steps, len(ac))
+    sched = ddim_scheduler(steps)
     x = noise.float()
     b = x.shape[0]
     ctx2 = torch.cat([uncond.to(context.dtype).expand_as(context), context])
-    x0 = x
-    for i, t in enumerate(ts):
+    for t in sched.timesteps:  # type: ignore[attr-defined]
         with autocast(dev):
-            out = unet(torch.cat([x, x]), torch.full((2 * b,), t, device=dev), ctx2).sample.float()
+            out = unet(torch.cat([x, x]), torch.full((2 * b,), int(t), device=dev), ctx2).sample.float()
         vu, vc = out.chunk(2)
-        v = vu + guidance * (vc - vu)
-        a = ac[t]
-        x0 = a.sqrt() * x - (1 - a).sqrt() * v
-        eps = (1 - a).sqrt() * x + a.sqrt() * v
-        if i + 1 < len(ts):
-            ap = ac[ts[i + 1]]
-            x = ap.sqrt() * x0 + (1 - ap).sqrt() * eps
-    return x0
+        x = sched.step(vu + guidance * (vc - vu), int(t), x).prev_sample  # type: ignore[attr-defined]
+    return x
