@@ -21,7 +21,7 @@ import torch
 
 from engines.hadapter import HAdapter
 from engines.inject import slerp_inject
-from engines.stages import (
+from engines.rules import (
     MODES,
     images_to_uint8,
     normalize_modes,

@@ -4,7 +4,7 @@ The CLI, the service and the toy world's eval (``toyworld.eval``, over an in-mem
 database) call ``TextToImage.generate``. A batch may
 mix modes, k, seeds and excluded ids; each result equals running its request alone.
 λ for a neighbour is its cosine score, or 0 below ``min_score`` (negative scores are
-always 0): ``engines.stages.neighbour_lambda``, the one copy of the rule. If the index or feature store fails or times out, the affected requests
+always 0): ``engines.rules.neighbour_lambda``, the one copy of the rule. If the index or feature store fails or times out, the affected requests
 are generated with mode "off" and ``retrieval_status="unavailable"`` (logged and
 counted in ``unavailable_total``); retrieval never makes ``generate`` raise.
 
@@ -30,7 +30,7 @@ import torch
 
 from engines.backends.base import Backend, SearchingBackend
 from engines.modes import MAX_K, MODES, Mode
-from engines.stages import neighbour_lambda
+from engines.rules import neighbour_lambda
 from retrieval.db import DbConfig, RetrievalDB, open_db_for_pipeline
 from retrieval.resident import ResidentIndex
 from retrieval.types import FingerprintMismatchError, Neighbour

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from engines.stages import neighbour_lambda
+from engines.rules import neighbour_lambda
 
 SD_TURBO_H = (1280, 8, 8)
 SD_TURBO_DIM = 1024

@@ -167,8 +167,8 @@ class Database:
         return Database(sp.captions, sp.images, torch.cat(pooled), torch.cat(feats))
 
     def search(self, pooled: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """pooled (B,D) -> (λ by ``engines.stages.neighbour_lambda`` (B,k), indices (B,k))."""
-        from engines.stages import neighbour_lambda
+        """pooled (B,D) -> (λ by ``engines.rules.neighbour_lambda`` (B,k), indices (B,k))."""
+        from engines.rules import neighbour_lambda
 
         q = torch.nn.functional.normalize(pooled.float().to(self.pooled.device), dim=-1)
         s, i = (q @ self.pooled.T).topk(k, dim=1)

@@ -84,7 +84,7 @@ def _decode_float(vae: Any, decoder: torch.nn.Module, z: torch.Tensor, chunk: in
 
 
 def _uint8(img: torch.Tensor) -> np.ndarray:
-    from engines.stages import images_to_uint8
+    from engines.rules import images_to_uint8
 
     return images_to_uint8(img).numpy()
 

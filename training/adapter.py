@@ -47,9 +47,9 @@ from training.dist import (
     wrap_ddp,
 )
 from training.ema import ParamEMA
+from training.job_build import Job, build_job
 from training.losses import Augment, latent_perceptual_loss, smooth_l1
 from training.retriever import Retriever
-from training.setup import Job, build_job
 
 log = logging.getLogger(__name__)
 

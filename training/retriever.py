@@ -3,7 +3,7 @@
 ``Retriever``: (pooled prompt embeddings (B,D), k, exclude_ids per sample) ->
 (h_retr (B,k,C,h,w), λ (B,k)). λ is the cosine score of the neighbour's caption against the
 prompt, 0 below ``min_score``, when not positive and for missing neighbours (whose features
-are zeros), exactly what the service feeds the adapter (``engines.stages.neighbour_lambda``).
+are zeros), exactly what the service feeds the adapter (``engines.rules.neighbour_lambda``).
 
 - ``InMemoryRetriever``: ``retrieval.memory_index.MemoryIndex`` (the ``VectorIndex``
   interface, exact cosine in memory) over the training pairs.
@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from engines.stages import neighbour_lambda
+from engines.rules import neighbour_lambda
 
 
 @runtime_checkable

@@ -1,7 +1,7 @@
 """The training-side adapter over the ``retrieval`` package (the service's index + feature store).
 
 Same calls as serving (``RetrievalDB.search`` and ``.features``), same λ rule as
-``retrieval.compose`` (``engines.stages.neighbour_lambda``): the cosine score, or 0 when it
+``retrieval.compose`` (``engines.rules.neighbour_lambda``): the cosine score, or 0 when it
 is not positive or under ``min_score``.
 Missing neighbours are null (zero features, λ = 0).
 """

@@ -77,7 +77,7 @@ def sample_teacher(
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
     from engines.pipeline import OneStepPipeline
-    from training.setup import load_teacher
+    from training.job_build import load_teacher
 
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")

@@ -29,13 +29,13 @@ from engines.pipeline import (
     TextEmbeddings,
     alphas_cumprod_from_config,
 )
-from engines.shapes import ShapeSpec, spec_from_model_dir
-from engines.stages import (
+from engines.rules import (
     seeded_noise,
     stage_timer,
     tokenize_prompts,
     x0_from_output,
 )
+from engines.shapes import ShapeSpec, spec_from_model_dir
 
 if TYPE_CHECKING:
     from engines.modeldir import ModelDir

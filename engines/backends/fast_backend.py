@@ -40,8 +40,8 @@ from engines.backends.base import (
 from engines.fast.gpu_index import FeatureDtype, GpuIndex, IndexFull
 from engines.fast.runner import STAGES, FastConfig, FastRunner
 from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
+from engines.rules import normalize_modes, seeded_noise, tokenize_prompts
 from engines.shapes import BATCH_BUCKETS
-from engines.stages import normalize_modes, seeded_noise, tokenize_prompts
 
 if TYPE_CHECKING:
     from engines.modeldir import ModelDir

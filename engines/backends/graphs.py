@@ -22,7 +22,7 @@ from torch import nn
 
 from engines.hadapter import HAdapter
 from engines.inject import slerp_inject
-from engines.stages import images_to_uint8
+from engines.rules import images_to_uint8
 from engines.unet_split import HSplitUNet
 
 __all__ = ["TextEncoderGraph", "UNetGraph", "VaeDecoderGraph", "images_to_uint8", "mix_retrieval"]

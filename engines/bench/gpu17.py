@@ -37,7 +37,7 @@ from engines.bench.pipeline_bench import (
     resolve_device,
 )
 from engines.bench.report import format_table
-from engines.bench.setup import (
+from engines.bench.shared import (
     build_feature_store,
     build_gpu_index,
     build_pipeline,

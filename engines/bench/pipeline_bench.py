@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from engines.bench.setup import (
+from engines.bench.shared import (
     build_feature_store,
     build_gpu_index,
     build_pipeline,

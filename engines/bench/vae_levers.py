@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engines.stages import images_to_uint8
+from engines.rules import images_to_uint8
 
 T0 = time.perf_counter()
 

@@ -21,7 +21,7 @@ import torch
 
 from engines.bench.timing import Marker
 from engines.pipeline import OneStepPipeline
-from engines.stages import images_to_uint8
+from engines.rules import images_to_uint8
 
 log = logging.getLogger(__name__)
 

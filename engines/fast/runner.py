@@ -39,7 +39,7 @@ from torch import nn
 from engines.backends.graphs import mix_retrieval
 from engines.fast.gpu_index import GpuIndex
 from engines.pipeline import OneStepPipeline
-from engines.stages import images_to_uint8, neighbour_lambda, x0_from_output
+from engines.rules import images_to_uint8, neighbour_lambda, x0_from_output
 
 log = logging.getLogger(__name__)
 

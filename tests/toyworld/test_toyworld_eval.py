@@ -82,7 +82,7 @@ def runner(models):  # type: ignore[no-untyped-def]
 
 def _old_path(runner, mode: str, prompts: list[str], seeds: list[int]) -> tuple[np.ndarray, list[str]]:
     """The eval's generation as it was written before it called compose (reference copy)."""
-    from engines.stages import neighbour_lambda
+    from engines.rules import neighbour_lambda
 
     key = mode if mode in ("adapter", "control") else "student"
     pipe = runner.pipes[key]

@@ -36,7 +36,7 @@ class RetrievalSplitDB:
     """The retrieval split in memory: captions, normalised pooled embeddings (N,D), H (N,C,h,w).
 
     ``as_db`` serves it to ``retrieval.compose`` as a ``retrieval.db.RetrievalDB`` (exact
-    cosine in memory, λ by ``engines.stages.neighbour_lambda``), the path the service runs.
+    cosine in memory, λ by ``engines.rules.neighbour_lambda``), the path the service runs.
     """
 
     ids: list[str]

@@ -1,4 +1,4 @@
-"""What the torch pipeline and the graph backends share: stage timing, tokenizing, the
+"""The rules every backend follows, one copy each: stage timing, tokenizing, the
 seeded noise, x0 from the model output, the λ rule for retrieved neighbours, and mode
 validation (one place, so every backend starts from the same noise and reads the model the
 same way)."""
