@@ -108,7 +108,7 @@ def test_worker_build_stores_what_ingest_stores(
 
     import toyworld.embedded_db as edb
     from engines.default_model import SHIPPED
-    from retrieval.compose import GenRequest, TextToImage
+    from retrieval.compose import ImageRequest, TextToImage
     from retrieval.db import DbConfig, open_db_for_pipeline
     from retrieval.ingest import read_captions
 
@@ -149,7 +149,7 @@ def test_worker_build_stores_what_ingest_stores(
 
         prompts = [caps[0], caps[5], caps[17], "a big red circle", "three small white diamonds",
                    "an orange circle above a cyan triangle"]
-        reqs = [GenRequest(prompt=p, seed=s, mode=m) for s, p in enumerate(prompts)
+        reqs = [ImageRequest(prompt=p, seed=s, mode=m) for s, p in enumerate(prompts)
                 for m in ("adapter", "inject")]
         out_ref, _ = TextToImage(pipe, ref_db).generate(reqs)
         out_new, _ = TextToImage(pipe, new_db).generate(reqs)
