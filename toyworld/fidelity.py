@@ -142,7 +142,8 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
     run = cfg.adapter
     out, summ = train_arms(pipe, data, arms, run.steps, run.batch_size, run.lr,
                            float(cfg.extra.get("lr_decoder", 3e-5)), dev, limit, cfg.seed, run.log_every,
-                           float(cfg.extra.get("leak_frac", 0.0)), swap_frac)
+                           float(cfg.extra.get("leak_frac", 0.0)), swap_frac,
+                           bool(cfg.extra.get("swap_detach", 0)))
     for a, arm in out.items():
         save_arm_variant(arm.unet.unet, arm.hadapter, work / "variants" / f"{a}.safetensors")
         tmp = work / f"{a}_unet"
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = get_family(a.family)
     for kv in (x for x in a.set.split(",") if x):
         k, v = kv.split("=", 1)
-        if k in ("n_adapter", "lr_decoder", "leak_frac", "swap_frac"):
+        if k in ("n_adapter", "lr_decoder", "leak_frac", "swap_frac", "swap_detach"):
             cfg.extra[k] = float(v) if "." in v or "e" in v else int(v)
         elif k == "student_init":
             cfg.extra[k] = v

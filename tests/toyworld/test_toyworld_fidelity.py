@@ -342,3 +342,35 @@ def test_swap_curriculum_feeds_swapped_captions_to_every_arm_but_the_plain_ones(
     assert len(calls) == 4
     assert torch.allclose(calls[0], data.context_swap[:1].expand_as(calls[0]))
     assert torch.allclose(calls[1], data.context[:1].expand_as(calls[1]))
+
+
+def test_swap_detach_keeps_the_decoder_out_of_the_swapped_rows_gradient(dirs: dict[str, Path]) -> None:
+    from engines.pipeline import OneStepPipeline
+    from toyworld.models.arms import ArmData, _decode_split, decoder_params, train_arms
+
+    pipe = OneStepPipeline.from_pretrained(dirs["mid"])
+    n, (c, hh, ww) = 8, pipe.h_shape
+    g = torch.Generator().manual_seed(0)
+    data = ArmData(noise=torch.randn(n, 4, 16, 16, generator=g), target=torch.randn(n, 4, 16, 16, generator=g),
+                   context=pipe.encode_text(["a red circle"] * n).context, h_nb=torch.randn(n, c, hh, ww, generator=g),
+                   lam=torch.full((n,), 0.9), h_self=torch.randn(n, c, hh, ww, generator=g),
+                   context_swap=pipe.encode_text(["a blue circle"] * n).context)
+    # the split decode computes what the plain decode computes
+    z = torch.randn(4, 4, 16, 16, generator=g)
+    rows = torch.tensor([True, False, True, False])
+    with torch.no_grad():
+        h, skips, temb = pipe.unet.encode(z, torch.full((4,), 999), data.context[:4].clone())
+        split = _decode_split(pipe.unet, h, skips, temb, data.context[:4].clone(), rows)
+        plain = pipe.unet.decode(h, skips, temb, data.context[:4].clone()).float()
+    assert torch.allclose(split, plain, atol=1e-6)
+    before = [p.detach().clone() for p in decoder_params(pipe.unet.unet)]
+    moved = {}
+    for detach in (True, False):
+        arms, _ = train_arms(pipe, data, ("adapter",), 2, 8, 1e-2, 1e-2, torch.device("cpu"),
+                             swap_frac=1.0, swap_detach_decoder=detach)
+        after = decoder_params(arms["adapter"].unet.unet)
+        moved[detach] = max((a - b).abs().max().item() for a, b in zip(after, before, strict=True))
+        # the zero-initialised output projection learned: the swapped rows' gradient reaches the adapter
+        assert arms["adapter"].hadapter.proj_out.weight.abs().sum() > 0
+    assert moved[True] == 0.0  # every row swapped: the decoder learns nothing
+    assert moved[False] > 0.0

@@ -111,11 +111,15 @@ def train_arms(
     log_every: int = 50,
     leak_frac: float = 0.0,
     swap_frac: float = 0.0,
+    swap_detach_decoder: bool = False,
 ) -> tuple[dict[str, Arm], dict[str, Any]]:
     """Train ``arms`` on ``data`` from ``pipe``'s student; returns the arms and a summary.
     ``leak_frac``: the ``adapter`` arm's leak curriculum (fraction of rows given the target
     itself); ``swap_frac``: fraction of rows whose encoder reads the swapped caption, for every
-    arm but ``PLAIN_ARMS`` (needs ``data.context_swap``)."""
+    arm but ``PLAIN_ARMS`` (needs ``data.context_swap``); ``swap_detach_decoder``: the swapped
+    rows' loss reaches the adapter (through the decoder) but not the decoder's weights, so the
+    curriculum cannot teach the decoder to distrust H (the third run's cost, see
+    docs/toyworld-models.md)."""
     from engines.hadapter import HAdapter
 
     bad = [a for a in arms if a not in ARMS]
@@ -169,7 +173,10 @@ def train_arms(
             h_r, lam = neighbours_for(a, data, idx, leak)
             with autocast(device):
                 hh = arm.hadapter(h, h_r.float(), lam.float())
-                v = arm.unet.decode(hh, skips, temb, ctx).float()
+                if swap_detach_decoder and swap is not None and a not in PLAIN_ARMS and bool(swap.any()):
+                    v = _decode_split(arm.unet, hh, skips, temb, ctx, swap)
+                else:
+                    v = arm.unet.decode(hh, skips, temb, ctx).float()
             x0 = a_t**0.5 * z - (1 - a_t) ** 0.5 * v
             loss = F.smooth_l1_loss(x0, tgt, beta=0.1)
             losses[a] = loss
@@ -187,13 +194,45 @@ def train_arms(
             break
     summary: dict[str, Any] = {"steps": step, "wall_s": round(time.perf_counter() - t0, 2),
                                "batch_size": batch_size, "lr_adapter": lr_adapter, "lr_decoder": lr_decoder,
-                               "leak_frac": leak_frac, "swap_frac": swap_frac}
+                               "leak_frac": leak_frac, "swap_frac": swap_frac,
+                               "swap_detach_decoder": swap_detach_decoder}
     for a, arm in out.items():
         arm.log.finish(step)
         summary[a] = {"first_loss": arm.log.first(), "final_loss": arm.log.last(), "curve": arm.log.rows}
         arm.unet.eval().requires_grad_(False)
         arm.hadapter.eval().requires_grad_(False)
     return out, summary
+
+
+class _Decode(torch.nn.Module):
+    """``unet.decode`` as a module's forward, for ``torch.func.functional_call``."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.u = unet
+
+    def forward(self, h: torch.Tensor, skips: tuple[torch.Tensor, ...], temb: torch.Tensor,
+                ctx: torch.Tensor) -> torch.Tensor:
+        return self.u.decode(h, skips, temb, ctx)
+
+
+def _decode_split(unet: torch.nn.Module, hh: torch.Tensor, skips: tuple[torch.Tensor, ...], temb: torch.Tensor,
+                  ctx: torch.Tensor, swap: torch.Tensor) -> torch.Tensor:
+    """Decode every row; the rows where ``swap`` is set run on detached decoder weights (their
+    gradient reaches ``hh``, not the decoder)."""
+    from torch.func import functional_call
+
+    def rows(m: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+        return hh[m], tuple(s[m] for s in skips), temb[m], ctx[m]
+
+    frozen = {f"u.{n}": p.detach() for n, p in unet.named_parameters()}
+    v_swap = functional_call(_Decode(unet), frozen, rows(swap)).float()
+    out = torch.zeros((hh.shape[0], *v_swap.shape[1:]), device=v_swap.device, dtype=torch.float32)
+    out = out.index_put((swap.nonzero(as_tuple=True)[0],), v_swap)
+    keep = ~swap
+    if bool(keep.any()):
+        out = out.index_put((keep.nonzero(as_tuple=True)[0],), unet.decode(*rows(keep)).float())
+    return out
 
 
 @torch.no_grad()
