@@ -22,7 +22,10 @@ and ``nb_full`` / ``nb_partial``: whether the top-1 neighbour's own image answer
 question of the prompt. Paired bootstrap 95 % intervals (prompts resampled) for the
 differences that the issue's targets name. Retrieval is exact cosine over the pooled
 text embeddings of the retrieval split, H-features from the student's frozen encoder —
-the same math as the service's Qdrant search.
+the same math as the service's Qdrant search; the modes with real neighbours (and the
+student) go through ``retrieval.compose.TextToImage``, the service's own path, and only the
+modes that hand the adapter something else (shuffled at test time, oracle, leak) call the
+pipeline directly.
 
 Models come from a work dir (``<work>/model`` = the student, ``<work>/<arm>_model``,
 ``<work>/teacher/unet``) or from the shipped assets (``toyworld/assets/model`` plus
@@ -166,6 +169,15 @@ class Database:
             pooled.append(torch.nn.functional.normalize(te.pooled.float(), dim=-1))
         return Database(sp.captions, sp.images, torch.cat(pooled), torch.cat(feats))
 
+    def as_retrieval_db(self) -> Any:
+        """The pairs as a ``retrieval.db.RetrievalDB`` (exact cosine in memory), what
+        ``retrieval.compose.TextToImage`` (the service's path) searches."""
+        from toyworld.models.adapter import RetrievalSplitDB
+
+        ids = [f"retrieval-{i}" for i in range(len(self.captions))]
+        return RetrievalSplitDB(ids, self.captions, self.pooled, self.features,
+                                np.zeros(len(self.captions), dtype=bool)).as_db()
+
     def search(self, pooled: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """pooled (B,D) -> (λ by ``engines.rules.neighbour_lambda`` (B,k), indices (B,k))."""
         from engines.rules import neighbour_lambda
@@ -194,6 +206,18 @@ def _teacher_latents(suite: Suite, pipe: Any, prompts: list[str], seeds: list[in
     return sample(suite.teacher, text.context, unc, pipe.initial_noise(seeds), steps, guidance)
 
 
+def compose_images(t2i: Any, prompts: list[str], seeds: list[int], mode: str, k: int = 1) -> np.ndarray:
+    """uint8 images (B,H,W,3) through ``retrieval.compose.TextToImage.generate`` (embed → search
+    → gather → λ → generate: the one path the service and the CLI run); raises when retrieval
+    did not answer, so an eval never quietly falls back to no retrieval."""
+    from retrieval.compose import ImageRequest
+
+    res, _ = t2i.generate([ImageRequest(prompt=p, seed=s, mode=mode, k=k) for p, s in zip(prompts, seeds, strict=True)])  # type: ignore[arg-type]
+    if mode != "off" and any(r.retrieval_status != "ok" for r in res):
+        raise RuntimeError(f"eval {mode}: retrieval did not answer ({[r.retrieval_status for r in res]})")
+    return np.stack([r.image for r in res])
+
+
 def evaluate(
     prompts: list[str],
     suite: Suite,
@@ -219,6 +243,12 @@ def evaluate(
     t_db = time.perf_counter()
     db = Database.build(base, n_retrieval)
     db_s = time.perf_counter() - t_db
+    from retrieval.compose import TextToImage
+
+    # every variant shares the student's text encoder, VAE and UNet encoder, so one database
+    # (features from the student's encoder) serves them all; no search deadline in an eval
+    rdb = db.as_retrieval_db()
+    t2i = {k: TextToImage(p, rdb, retrieval_timeout_s=None) for k, p in suite.pipes.items()}
     S = seeds_per_prompt
     flat_p = [p for p in prompts for _ in range(S)]
     flat_s = [1000 * i + j for i in range(len(prompts)) for j in range(S)]
@@ -261,18 +291,17 @@ def evaluate(
                     h = pipe.retrieval_features(x0_teacher, text.context).float()[:, None]
                     ims = pipe.generate(text, ss, "adapter", h, torch.ones(len(ps), 1)).images
             elif m == "student":
-                ims = suite.pipes["student"].generate(text, ss, "off").images
+                ims = compose_images(t2i["student"], ps, ss, "off")
             elif m == "oracle":
                 ims = suite.pipes["adapter"].generate(text, ss, "adapter", orc_h[pi.to(orc_h.device)][:, None],
                                                       torch.ones(len(ps), 1)).images
+            elif m == "shuffled_test":  # another prompt's neighbour with the true λ: by hand
+                h = db.features[idx4[pi_shuf, :1].to(db.features.device)]
+                ims = suite.pipes["adapter"].generate(text, ss, "adapter", h, lam4[pi, :1]).images
             else:
-                k = 4 if m == "adapter_k4" else 1
-                src = pi_shuf if m == "shuffled_test" else pi
-                h = db.features[idx4[src, :k].to(db.features.device)]
-                lam = lam4[pi, :k]
                 key = {"inject": "student", "adapter": "adapter", "adapter_k4": "adapter", "real": "real", "control": "control",
-                       "control_plain": "control_plain", "shuffled_test": "adapter", "shuffled_trained": "shuffled"}[m]
-                ims = suite.pipes[key].generate(text, ss, "inject" if m == "inject" else "adapter", h, lam).images
+                       "control_plain": "control_plain", "shuffled_trained": "shuffled"}[m]
+                ims = compose_images(t2i[key], ps, ss, "inject" if m == "inject" else "adapter", 4 if m == "adapter_k4" else 1)
             walls[m] += time.perf_counter() - t0
             images[m].append(ims)
     t_sc = time.perf_counter()

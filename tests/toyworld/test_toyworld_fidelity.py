@@ -374,3 +374,31 @@ def test_swap_detach_keeps_the_decoder_out_of_the_swapped_rows_gradient(dirs: di
         assert arms["adapter"].hadapter.proj_out.weight.abs().sum() > 0
     assert moved[True] == 0.0  # every row swapped: the decoder learns nothing
     assert moved[False] > 0.0
+
+
+@pytest.mark.parametrize(("mode", "k"), [("off", 1), ("inject", 1), ("adapter", 1), ("adapter", 4)])
+def test_fideval_compose_images_equal_the_direct_path(dirs: dict[str, Path], mode: str, k: int) -> None:
+    """The eval's one-step modes go through retrieval.compose: the same images as the direct
+    pipeline calls that made the published tables (search, gather, λ by hand)."""
+    from engines.pipeline import OneStepPipeline
+    from retrieval.compose import TextToImage
+    from toyworld.fideval import Database, compose_images
+
+    pipe = OneStepPipeline.from_pretrained(dirs["mid"])
+    torch.manual_seed(3)
+    with torch.no_grad():  # a non-zero adapter, so the neighbours change the image
+        for prm in pipe.hadapter.proj_out.parameters():
+            prm.normal_(0, 0.2)
+    db = Database.build(pipe, 24)
+    prompts = ["a red circle", "two blue squares", "a small green triangle above a yellow cross"]
+    seeds = [0, 1001, 7]
+    with torch.no_grad():
+        text = pipe.encode_text(prompts)
+        lam, idx = db.search(text.pooled, k)
+        old = pipe.generate(text, seeds, mode, db.features[idx], lam).images
+    new = compose_images(TextToImage(pipe, db.as_retrieval_db(), retrieval_timeout_s=None), prompts, seeds, mode, k)
+    assert new.dtype == np.uint8 and new.shape == old.shape
+    assert np.array_equal(new, old), np.abs(new.astype(int) - old).max()
+    if mode == "adapter":
+        plain = compose_images(TextToImage(pipe, db.as_retrieval_db(), retrieval_timeout_s=None), prompts, seeds, "off")
+        assert not np.array_equal(new, plain)  # the equality covers the retrieval path
