@@ -157,17 +157,13 @@ class Database:
 
     @staticmethod
     def build(pipe: Any, n: int, batch: int = 512) -> Database:
+        from toyworld.models.adapter import RetrievalSplitDB
         from toyworld.models.data import make_split
 
         sp = make_split("retrieval", n)
         assert sp.images is not None
-        pooled, feats = [], []
-        for i in range(0, n, batch):
-            te = pipe.encode_text(sp.captions[i : i + batch])
-            lat = pipe.encode_images(sp.images[i : i + batch])
-            feats.append(pipe.retrieval_features(lat, te.context).float())
-            pooled.append(torch.nn.functional.normalize(te.pooled.float(), dim=-1))
-        return Database(sp.captions, sp.images, torch.cat(pooled), torch.cat(feats))
+        r = RetrievalSplitDB.from_split(pipe, sp, batch)
+        return Database(sp.captions, sp.images, r.pooled, r.features)
 
     def as_retrieval_db(self) -> Any:
         """The pairs as a ``retrieval.db.RetrievalDB`` (exact cosine in memory), what

@@ -50,8 +50,14 @@ class RetrievalSplitDB:
         """Regenerate items 0..n-1 of the retrieval split and compute their features with ``pipe``."""
         from toyworld.models.data import make_split
 
-        sp = make_split("retrieval", n)
+        return RetrievalSplitDB.from_split(pipe, make_split("retrieval", n), batch)
+
+    @staticmethod
+    def from_split(pipe: Any, sp: Any, batch: int = 512) -> RetrievalSplitDB:
+        """The pairs of a ``toyworld.models.data.Split`` with images: normalised pooled caption
+        embeddings and H-features (the student's encoder at t = 0) computed with ``pipe``."""
         assert sp.images is not None
+        n = len(sp)
         pooled, feats = [], []
         for i in range(0, n, batch):
             te = pipe.encode_text(sp.captions[i : i + batch])
