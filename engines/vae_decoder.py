@@ -15,7 +15,6 @@ Trained for the toy world by ``ragturbo toyworld small-decoder`` (toyworld/small
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -80,14 +79,6 @@ def build_decoder(kwargs: dict[str, Any]) -> nn.Module:
     return Decoder(**kwargs)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _vae_weights(model_dir: Path) -> Path | None:
     files = sorted(p for p in (model_dir / "vae").glob("*.safetensors"))
     return files[0] if files else None
@@ -113,7 +104,7 @@ def load_small_decoder(
     """(the small ``Decoder`` in eval mode, its config.json) from ``model_dir/vae_small``."""
     from safetensors.torch import load_file
 
-    from engines.modeldir import ModelDirError
+    from engines.modeldir import ModelDirError, file_sha256
 
     d = small_decoder_dir(model_dir)
     try:
@@ -122,10 +113,11 @@ def load_small_decoder(
         raise ModelDirError(f"{d / 'config.json'} is not valid JSON: {e}") from e
     want = cfg.get("distilled_from_vae_sha256")
     src = _vae_weights(Path(model_dir).expanduser())
-    if want and src is not None and file_sha256(src) != want:
+    have = file_sha256(src) if want and src is not None else None
+    if have is not None and have != want:
         raise ModelDirError(
             f"{d} was distilled from another VAE (sha256 {want[:12]}…, {src} is "
-            f"{file_sha256(src)[:12]}…): retrain it with `ragturbo toyworld small-decoder`"
+            f"{have[:12]}…): retrain it with `ragturbo toyworld small-decoder`"
         )
     try:
         dec = build_decoder({k: cfg[k] for k in _DECODER_KEYS if k in cfg})

@@ -209,11 +209,11 @@ def run(model_dir: str | Path = DEFAULT_MODEL, cfg: SmallDecoderConfig | None = 
 
 
 def _run(model_dir: Path, cfg: SmallDecoderConfig, report: str | Path | None, write: bool) -> dict[str, Any]:
+    from engines.modeldir import file_sha256
     from engines.pipeline import OneStepPipeline
     from engines.vae_decoder import (
         SMALL_DIR,
         _vae_weights,
-        file_sha256,
         param_count,
         save_small_decoder,
     )

@@ -412,17 +412,9 @@ def fast_config(backend: Any) -> dict[str, Any]:
 def _fast_rows(pipe, index, opts, device, gflop, gflop_off, peak, refs, result, clock, emit, suffix="") -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     backend = make_fast_backend(pipe, index, opts, device)
     name = "fast" + suffix
-    rows = []
-    last_build = 0.0
-    for b in opts.batches:
-        # a first whole compile of the SD-Turbo-sized modules takes about a minute (docs/perf.md)
-        need = 1.2 * last_build + 15.0 if last_build else (90.0 if opts.arch != "tiny" else 10.0)
-        if not clock.allows(need):
-            result["skipped"].append(f"{name} b={b}: time budget ({clock.elapsed():.0f} s used)")
-            continue
-        rows.append(fast_row(backend, name, b, opts, device, gflop, peak, keep=b in refs))
-        last_build = rows[-1]["build_s"] or 0.0
-        emit(rows[-1])
+    # a first whole compile of the SD-Turbo-sized modules takes about a minute (docs/perf.md)
+    rows = _budgeted_rows(name, opts, (90.0 if opts.arch != "tiny" else 10.0, 15.0), result, clock, emit,
+                          lambda b: fast_row(backend, name, b, opts, device, gflop, peak, keep=b in refs))
     for b, r in refs.items():
         result["parity"][f"{name}_vs_eager_b{b}"] = fast_parity(backend, r, opts)
     result[f"{name}_build_s"] = round(backend.runner.build_s, 1)
@@ -466,15 +458,24 @@ def peer_row(peer: Any, ref: Any, b: int, opts: BenchOptions, device: torch.devi
 
 
 def _peer_rows(peer, ref, opts, device, gflop, peak, result, clock, emit, suffix="") -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    # a first compile of the SD-Turbo-sized modules takes minutes (docs/perf.md: 245 s)
+    return _budgeted_rows(peer.name + suffix, opts, (150.0 if opts.arch != "tiny" else 30.0, 20.0), result, clock,
+                          emit, lambda b: peer_row(peer, ref, b, opts, device, gflop, peak, suffix))
+
+
+def _budgeted_rows(name: str, opts: BenchOptions, need_s: tuple[float, float], result: dict[str, Any], clock: Any,
+                   emit: Any, make: Any) -> list[dict[str, Any]]:
+    """``make(b)`` for each batch of ``opts.batches`` while the clock allows it: the first needs
+    ``need_s[0]`` seconds (a cold compile), later ones 1.2 × the last build + ``need_s[1]``;
+    a batch that does not fit is listed in ``result["skipped"]``, not silently dropped."""
     rows: list[dict[str, Any]] = []
     last_build = 0.0
     for b in opts.batches:
-        # a first compile of the SD-Turbo-sized modules takes minutes (docs/perf.md: 245 s)
-        need = 1.2 * last_build + 20.0 if last_build else (150.0 if opts.arch != "tiny" else 30.0)
+        need = 1.2 * last_build + need_s[1] if last_build else need_s[0]
         if not clock.allows(need):
-            result["skipped"].append(f"{peer.name}{suffix} b={b}: time budget ({clock.elapsed():.0f} s used)")
+            result["skipped"].append(f"{name} b={b}: time budget ({clock.elapsed():.0f} s used)")
             continue
-        rows.append(peer_row(peer, ref, b, opts, device, gflop, peak, suffix))
+        rows.append(make(b))
         last_build = rows[-1]["build_s"] or 0.0
         emit(rows[-1])
     return rows

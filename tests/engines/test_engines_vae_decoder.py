@@ -13,12 +13,11 @@ import pytest
 import torch
 
 from engines.backends import BackendUnavailable, create_backend
-from engines.modeldir import ModelDirError
+from engines.modeldir import ModelDirError, file_sha256
 from engines.pipeline import OneStepPipeline
 from engines.vae_decoder import (
     SMALL_DIR,
     _vae_weights,
-    file_sha256,
     param_count,
     random_small_decoder,
     save_small_decoder,

@@ -128,16 +128,27 @@ def test_decoder_text_swap_changes_the_output_only_with_cross_attention(dirs: di
     assert outs["mid"] == 0.0 and outs["xattn"] > 0.0
 
 
+def _arm_data(pipe: object, n: int = 8, swap: bool = False) -> object:
+    """Random adapter-training rows for the tiny mid model (captions "a red circle"; with
+    ``swap`` the swapped captions read "a blue circle")."""
+    from toyworld.models.arms import ArmData
+
+    c, hh, ww = pipe.h_shape  # type: ignore[attr-defined]
+    g = torch.Generator().manual_seed(0)
+    return ArmData(noise=torch.randn(n, 4, 16, 16, generator=g), target=torch.randn(n, 4, 16, 16, generator=g),
+                   context=pipe.encode_text(["a red circle"] * n).context,  # type: ignore[attr-defined]
+                   h_nb=torch.randn(n, c, hh, ww, generator=g), lam=torch.full((n,), 0.9),
+                   h_self=torch.randn(n, c, hh, ww, generator=g),
+                   context_swap=pipe.encode_text(["a blue circle"] * n).context if swap else None)  # type: ignore[attr-defined]
+
+
 def test_arms_train_side_by_side_and_the_control_stays_retrieval_free(dirs: dict[str, Path]) -> None:
     from engines.pipeline import OneStepPipeline
-    from toyworld.models.arms import ArmData, neighbours_for, train_arms
+    from toyworld.models.arms import neighbours_for, train_arms
 
     pipe = OneStepPipeline.from_pretrained(dirs["mid"])
-    n, (c, hh, ww) = 8, pipe.h_shape
-    g = torch.Generator().manual_seed(0)
-    data = ArmData(noise=torch.randn(n, 4, 16, 16, generator=g), target=torch.randn(n, 4, 16, 16, generator=g),
-                   context=pipe.encode_text(["a red circle"] * n).context, h_nb=torch.randn(n, c, hh, ww, generator=g),
-                   lam=torch.full((n,), 0.9), h_self=torch.randn(n, c, hh, ww, generator=g))
+    c, hh, ww = pipe.h_shape
+    data = _arm_data(pipe)
     idx = torch.arange(4)
     h_l, lam_l = neighbours_for("leak", data, idx)
     assert torch.equal(h_l[:, 0], data.h_self[idx]) and torch.all(lam_l == 1)
@@ -317,17 +328,12 @@ def test_swapped_captions_change_one_attribute_and_never_name_a_held_out_pair() 
 
 def test_swap_curriculum_feeds_swapped_captions_to_every_arm_but_the_plain_ones(dirs: dict[str, Path]) -> None:
     from engines.pipeline import OneStepPipeline
-    from toyworld.models.arms import PLAIN_ARMS, ArmData, train_arms
+    from toyworld.models.arms import PLAIN_ARMS, train_arms
 
     pipe = OneStepPipeline.from_pretrained(dirs["mid"])
-    n, (c, hh, ww) = 8, pipe.h_shape
-    g = torch.Generator().manual_seed(0)
-    kw = {"noise": torch.randn(n, 4, 16, 16, generator=g), "target": torch.randn(n, 4, 16, 16, generator=g),
-              "context": pipe.encode_text(["a red circle"] * n).context, "h_nb": torch.randn(n, c, hh, ww, generator=g),
-              "lam": torch.full((n,), 0.9), "h_self": torch.randn(n, c, hh, ww, generator=g)}
     with pytest.raises(ValueError, match="context_swap"):
-        train_arms(pipe, ArmData(**kw), ("adapter",), 1, 4, 1e-2, 1e-3, torch.device("cpu"), swap_frac=0.5)
-    data = ArmData(**kw, context_swap=pipe.encode_text(["a blue circle"] * n).context)
+        train_arms(pipe, _arm_data(pipe), ("adapter",), 1, 4, 1e-2, 1e-3, torch.device("cpu"), swap_frac=0.5)
+    data = _arm_data(pipe, swap=True)
     base = pipe.unet
     orig = base.encode
     calls: list[torch.Tensor] = []
@@ -346,15 +352,11 @@ def test_swap_curriculum_feeds_swapped_captions_to_every_arm_but_the_plain_ones(
 
 def test_swap_detach_keeps_the_decoder_out_of_the_swapped_rows_gradient(dirs: dict[str, Path]) -> None:
     from engines.pipeline import OneStepPipeline
-    from toyworld.models.arms import ArmData, _decode_split, decoder_params, train_arms
+    from toyworld.models.arms import _decode_split, decoder_params, train_arms
 
     pipe = OneStepPipeline.from_pretrained(dirs["mid"])
-    n, (c, hh, ww) = 8, pipe.h_shape
-    g = torch.Generator().manual_seed(0)
-    data = ArmData(noise=torch.randn(n, 4, 16, 16, generator=g), target=torch.randn(n, 4, 16, 16, generator=g),
-                   context=pipe.encode_text(["a red circle"] * n).context, h_nb=torch.randn(n, c, hh, ww, generator=g),
-                   lam=torch.full((n,), 0.9), h_self=torch.randn(n, c, hh, ww, generator=g),
-                   context_swap=pipe.encode_text(["a blue circle"] * n).context)
+    data = _arm_data(pipe, swap=True)
+    g = torch.Generator().manual_seed(1)
     # the split decode computes what the plain decode computes
     z = torch.randn(4, 4, 16, 16, generator=g)
     rows = torch.tensor([True, False, True, False])
