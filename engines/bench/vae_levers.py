@@ -386,7 +386,7 @@ class FP8Linear(nn.Module):
         if pad:
             x2 = torch.nn.functional.pad(x2, (0, 0, 0, pad))
         xs = (x2.abs().amax().float().clamp(min=1e-12) / self.FMAX).reshape(())
-        x8 = (x2.float() / xs).to(torch.float8_e4m3fn)
+        x8 = (x2.float() / xs).to(torch.float8_e4m3fn).contiguous()  # _scaled_mm: A row-major
         y = torch._scaled_mm(x8, self.w8.t(), scale_a=xs, scale_b=self.w_scale, bias=self.bias,
                              out_dtype=torch.float16)
         if pad:
