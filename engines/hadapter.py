@@ -1,10 +1,13 @@
 """The H-adapter: cross-attention from the target's H-tokens to retrieved H-tokens.
 
-h = h_t + Σ_k λ_k · Block(h_t, h_r,k), where Block is one transformer block at H-space
+h = h_t + Σ_k λ_k · Block(h_t, h_r,k) / max(1, Σ_k λ_k), where Block is one transformer block at H-space
 width (pre-norm cross-attention with queries from h_t and keys/values from the k-th
 neighbour, then a GEGLU feed-forward with a residual), followed by a zero-initialised
 output projection. Zero init makes an untrained adapter exactly the identity; λ_k = 0
 (no neighbour, or a score under the minimum) leaves h_t exactly unchanged.
+The division by max(1, Σλ) keeps k > 1 neighbours at the weight one neighbour has (λ is a
+cosine, so at k = 1 it never divides): without it an adapter trained at k = 1 and run at
+k = 4 gets about four times the residual it learned.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ class HAdapter(ModelMixin, ConfigMixin):
         y = a + self.ff(self.norm_ff(a))
         y = y.reshape(b, k, n, c)
         lam_y = lam.to(y.dtype)
+        lam_y = lam_y / lam_y.sum(1, keepdim=True).clamp(min=1.0)  # Σλ ≤ 1, so k = 1 is unchanged
         mixed = (lam_y[:, :, None, None] * y).sum(1)  # (B, N, C)
         # Σ_k λ_k · proj_out(y_k): the bias is scaled by Σλ too, so λ = 0 is exactly h_t.
         delta = F.linear(mixed, self.proj_out.weight) + lam_y.sum(1)[:, None, None] * self.proj_out.bias

@@ -70,18 +70,34 @@ def test_untrained_adapter_is_identity_and_lambda_zero_is_identity() -> None:
     assert torch.equal(ad(h, r, torch.zeros(3, 2)), h)
 
 
-def test_adapter_k_neighbours_sum_with_their_own_lambda() -> None:
+def test_adapter_k_neighbours_sum_with_their_own_lambda_over_max_one_sum() -> None:
+    """k residuals, each weighted by its own λ, divided by max(1, Σλ): row 0 (Σλ = 1.4) is the
+    λ-weighted mean, row 1 (Σλ = 0.9) the plain λ-weighted sum."""
     torch.manual_seed(0)
     ad = HAdapter(channels=64, num_heads=4, ff_mult=2).eval()
     torch.nn.init.normal_(ad.proj_out.weight, std=0.1)
     torch.nn.init.normal_(ad.proj_out.bias, std=0.1)
     h = torch.randn(2, 64, 4, 4)
     r = torch.randn(2, 3, 64, 4, 4)
-    lam = torch.tensor([[0.9, 0.5, 0.0], [0.3, 0.0, 0.7]])
+    lam = torch.tensor([[0.9, 0.5, 0.0], [0.2, 0.0, 0.7]])
     with torch.no_grad():
         joint = ad(h, r, lam) - h
         parts = sum(ad(h, r[:, i : i + 1], lam[:, i : i + 1]) - h for i in range(3))
-    assert (joint - parts).abs().max().item() < 1e-5
+    scale = torch.tensor([1 / 1.4, 1.0])[:, None, None, None]
+    assert (joint - parts * scale).abs().max().item() < 1e-5
+    assert (joint[0] - parts[0]).abs().max().item() > 1e-3  # the division is not a no-op
+
+
+def test_adapter_one_neighbour_is_never_rescaled() -> None:
+    """λ is a cosine (≤ 1), so at k = 1 the residual is λ · Block: the published k = 1 path."""
+    torch.manual_seed(1)
+    ad = HAdapter(channels=64, num_heads=4, ff_mult=2).eval()
+    torch.nn.init.normal_(ad.proj_out.weight, std=0.1)
+    h, r = torch.randn(2, 64, 4, 4), torch.randn(2, 1, 64, 4, 4)
+    with torch.no_grad():
+        full = ad(h, r, torch.ones(2, 1)) - h
+        half = ad(h, r, torch.full((2, 1), 0.5)) - h
+    assert torch.allclose(half, 0.5 * full, atol=1e-6)
 
 
 def test_adapter_shape_errors_name_shapes() -> None:
