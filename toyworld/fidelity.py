@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from toyworld.models.configs import FamilyConfig, get_family
-from toyworld.recipes import RecipeState, _done, _mark, _save_fp16, export_model_dir
+from toyworld.recipes import RecipeState, _done, _mark, _save_fp16, export_model_dir, start_run
 
 log = logging.getLogger(__name__)
 
@@ -225,18 +225,7 @@ def run(work: str | Path, family: str | FamilyConfig = "full-mid", stages: tuple
         arms: tuple[str, ...] = ("adapter", "real", "control", "control_plain", "shuffled", "leak"), eval_prompts_n: tuple[int, int] = (200, 200),
         seeds: int = 4, probe_n: int = 200, after_stage: Any = None) -> dict[str, Any]:
     """Run (or resume) the stages; ``after_stage(stage, work)`` is called after each (e.g. to pack)."""
-    from toyworld.models.common import pick_device
-
-    cfg = get_family(family) if isinstance(family, str) else family
-    bad = [s for s in stages if s not in STAGES]
-    if bad:
-        raise ValueError(f"unknown stage(s) {bad}; choose from {STAGES}")
-    wd = Path(work)
-    wd.mkdir(parents=True, exist_ok=True)
-    (wd / "family.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    dev = pick_device(device)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    cfg, wd, dev = start_run(work, family, stages, STAGES, device)
     lim = limits or {}
     out: dict[str, Any] = {}
     for stage in STAGES:

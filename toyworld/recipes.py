@@ -251,6 +251,27 @@ def pack_stage(work: Path, stage: str, out_dir: Path) -> Path:
     return dst
 
 
+def start_run(
+    work: str | Path, family: str | FamilyConfig, stages: tuple[str, ...], known: tuple[str, ...],
+    device: str,
+) -> tuple[FamilyConfig, Path, torch.device]:
+    """What every staged toy-world run does first (this recipe and ``toyworld.fidelity``):
+    check the stage names against ``known``, create ``work`` and write its ``family.json``,
+    pick the device and allow TF32. Returns (family config, work dir, device)."""
+    from toyworld.models.common import pick_device
+
+    cfg = get_family(family) if isinstance(family, str) else family
+    bad = [s for s in stages if s not in known]
+    if bad:
+        raise ValueError(f"unknown stage(s) {bad}; choose from {known}")
+    wd = Path(work)
+    wd.mkdir(parents=True, exist_ok=True)
+    (wd / "family.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return cfg, wd, pick_device(device)
+
+
 def run_recipe(
     work: str | Path,
     family: str | FamilyConfig = "full",
@@ -260,18 +281,8 @@ def run_recipe(
     pack_to: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the stages; returns {stage: summary}. Also writes workdir/stages.json."""
-    from toyworld.models.common import pick_device
-
-    cfg = get_family(family) if isinstance(family, str) else family
-    bad = [s for s in stages if s not in STAGES]
-    if bad:
-        raise ValueError(f"unknown stage(s) {bad}; choose from {STAGES}")
-    wd = Path(work)
-    wd.mkdir(parents=True, exist_ok=True)
-    (wd / "family.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    st = RecipeState(cfg=cfg, work=wd, device=pick_device(device))
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    cfg, wd, dev = start_run(work, family, stages, STAGES, device)
+    st = RecipeState(cfg=cfg, work=wd, device=dev)
     summaries: dict[str, Any] = {}
     for stage in STAGES:
         if stage not in stages:
