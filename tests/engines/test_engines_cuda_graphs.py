@@ -80,6 +80,14 @@ def test_padded_runner_makes_the_named_inputs_channels_last() -> None:
 
 # ---------------------------------------------------------------- CUDA (-m gpu)
 
+PROMPTS, SEEDS, MODES = ["a red circle", "two blue squares", "x"], [3, 1, 4], ["adapter", "inject", "off"]
+
+
+def _neighbours(h_shape: tuple[int, int, int], k: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (h_retr, λ) for the three PROMPTS: 3 rows, so bucket 4 pads one."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(len(PROMPTS), k, *h_shape, generator=g), torch.rand(len(PROMPTS), k, generator=g)
+
 
 @pytest.mark.gpu
 @needs_cuda
@@ -105,14 +113,11 @@ def test_torch_opt_graphs_without_compile_match_its_eager_padding(tmp_path: Path
     kw = {"compile": False, "buckets": (1, 4), "channels_last": True}
     eager = create_backend("torch-opt", model, "cuda", torch.float32, cuda_graphs=False, pad_to_buckets=True, **kw)
     graphs = create_backend("torch-opt", model, "cuda", torch.float32, cuda_graphs=True, **kw)
-    prompts, seeds, modes = ["a red circle", "two blue squares", "x"], [3, 1, 4], ["adapter", "inject", "off"]
-    c, h, w = eager.h_shape
-    g = torch.Generator().manual_seed(0)
-    hr, lam = torch.randn(3, 2, c, h, w, generator=g), torch.rand(3, 2, generator=g)
-    text = eager.encode_text(prompts)
-    want = eager.denoise(text, seeds, modes, hr, lam).float().cpu()
-    got = graphs.denoise(text, seeds, modes, hr, lam).float().cpu()
-    again = graphs.denoise(text.select([0]), seeds[:1], modes[:1], hr[:1], lam[:1]).float().cpu()
+    hr, lam = _neighbours(eager.h_shape)
+    text = eager.encode_text(PROMPTS)
+    want = eager.denoise(text, SEEDS, MODES, hr, lam).float().cpu()
+    got = graphs.denoise(text, SEEDS, MODES, hr, lam).float().cpu()
+    again = graphs.denoise(text.select([0]), SEEDS[:1], MODES[:1], hr[:1], lam[:1]).float().cpu()
     assert (got - want).abs().max() <= 1e-3 * want.abs().max()
     assert (again - want[:1]).abs().max() <= 1e-3 * want.abs().max()
     assert sorted(graphs._runners["unet"].graphs) == [1, 4]
@@ -152,12 +157,9 @@ def test_fast_backend_graphs_without_compile_match_eager(tiny_model_dir: Path) -
     kw = {"compile": "none", "buckets": (1, 4), "k_buckets": (2,)}
     eager = create_backend("fast", tiny_model_dir, "cuda", cuda_graphs=False, **kw)
     graphs = create_backend("fast", tiny_model_dir, "cuda", cuda_graphs=True, **kw)
-    prompts, seeds, modes = ["a red circle", "two blue squares", "x"], [3, 1, 4], ["adapter", "inject", "off"]
-    c, h, w = eager.h_shape
-    g = torch.Generator().manual_seed(0)
-    hr, lam = torch.randn(3, 2, c, h, w, generator=g), torch.rand(3, 2, generator=g)
-    want = eager.generate(eager.encode_text(prompts), seeds, modes, hr, lam).images
-    got = graphs.generate(graphs.encode_text(prompts), seeds, modes, hr, lam).images
+    hr, lam = _neighbours(eager.h_shape)
+    want = eager.generate(eager.encode_text(PROMPTS), SEEDS, MODES, hr, lam).images
+    got = graphs.generate(graphs.encode_text(PROMPTS), SEEDS, MODES, hr, lam).images
     assert got.shape == want.shape == (3, 64, 64, 3)
     assert int(abs(got.astype(int) - want.astype(int)).max()) <= 1
     assert {(b, v) for b, v, _ in graphs.runner.buckets} == {(4, "text"), (4, "given")}
