@@ -1,7 +1,9 @@
 """Which model directory a command uses: ``resolve_model_dir``, the one copy of the rule.
 
 An explicit directory (``--model-dir``, ``Settings.model_dir``), else ``RAGTURBO_MODEL_DIR``,
-else the embedded default: the trained toy-world model shipped in ``toyworld/assets/model``,
+else the embedded default: the shipped model (``shipped_model_dir``: the setting
+``RAGTURBO_SHIPPED_MODEL_DIR``, whose default value ``SHIPPED`` is the trained toy-world
+model in ``toyworld/assets/model`` — a path only, engines imports nothing of toyworld),
 or, where it is absent, a randomly initialised tiny model written once under the data
 directory — it produces noise-like images and says so in the log.
 """
@@ -15,12 +17,22 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SHIPPED = Path(__file__).resolve().parent.parent / "toyworld" / "assets" / "model"
+"""The default value of ``RAGTURBO_SHIPPED_MODEL_DIR`` (declared here only; read it through
+``shipped_model_dir``)."""
+SHIPPED_ENV = "RAGTURBO_SHIPPED_MODEL_DIR"
+
+
+def shipped_model_dir() -> Path:
+    """Where the shipped model lives: ``$RAGTURBO_SHIPPED_MODEL_DIR``, else ``SHIPPED``
+    (e.g. an image or an install that keeps the toy model elsewhere sets the variable)."""
+    return Path(os.environ.get(SHIPPED_ENV) or SHIPPED)
 
 
 def default_model_dir(data_dir: str | Path = "data") -> Path:
     """The shipped trained model if present, else a random tiny one under ``data_dir``."""
-    if (SHIPPED / "unet" / "config.json").is_file():
-        return SHIPPED
+    shipped = shipped_model_dir()
+    if (shipped / "unet" / "config.json").is_file():
+        return shipped
     target = Path(data_dir) / "random-tiny-model"
     if not (target / "ragturbo.json").is_file():
         from engines.random_models import write_model_dir
@@ -28,7 +40,7 @@ def default_model_dir(data_dir: str | Path = "data") -> Path:
         log.warning(
             "no trained default model at %s; writing a RANDOM tiny model to %s "
             "(images will not match prompts)",
-            SHIPPED,
+            shipped,
             target,
         )
         tmp = target.with_name(target.name + ".tmp")

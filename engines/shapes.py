@@ -246,6 +246,15 @@ def batch_buckets(max_batch: int, given: Sequence[int] = ()) -> tuple[int, ...]:
     return tuple(sorted({b for b in BATCH_BUCKETS if b < max_batch} | {int(max_batch)}))
 
 
+def bucket_for(n: int, buckets: Sequence[int], what: str = "batch") -> int:
+    """The smallest of ``buckets`` (ascending) that holds ``n``: the size a graph runs for
+    ``n`` rows (or ``n`` neighbours). ValueError past the largest."""
+    for b in buckets:
+        if b >= n:
+            return int(b)
+    raise ValueError(f"{what} {n} exceeds the largest bucket {buckets[-1] if buckets else None}")
+
+
 def spec_from_arch(arch: str, batch: DimRange | None = None, k: DimRange | None = None) -> ShapeSpec:
     """Spec of an in-code family ('tiny', 'sd-turbo') without building any module."""
     from engines.configs import get_arch

@@ -192,12 +192,12 @@ def memory_per_pair(
 
 def run_fp8(n: int = 1024, prompts: int = 256, k: int = 2, model_dir: str | None = None) -> dict:
     """Everything of the docs/perf.md table, as a dict."""
-    from engines.default_model import SHIPPED
+    from engines.default_model import shipped_model_dir
     from engines.pipeline import OneStepPipeline
     from retrieval.recall import query_prompts
 
     torch.manual_seed(0)
-    pipe = OneStepPipeline.from_pretrained(model_dir or SHIPPED)
+    pipe = OneStepPipeline.from_pretrained(model_dir or shipped_model_dir())
     t0 = time.perf_counter()
     feats, pooled, _ = real_features(pipe, n)
     rows = [
@@ -235,7 +235,7 @@ def run_fp8(n: int = 1024, prompts: int = 256, k: int = 2, model_dir: str | None
     return {
         "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "model": str(model_dir or SHIPPED),
+        "model": str(model_dir or shipped_model_dir()),
         "pairs": n,
         "h_shape": list(feats.shape[1:]),
         "feature_stats": stats,

@@ -312,15 +312,15 @@ def run_recall(
     """Embed, then run the grid for every size; JSON written to ``out`` after each size."""
     import torch
 
-    from engines.default_model import SHIPPED
+    from engines.default_model import shipped_model_dir
     from engines.pipeline import OneStepPipeline
 
-    pipe = OneStepPipeline.from_pretrained(model_dir or SHIPPED)
+    pipe = OneStepPipeline.from_pretrained(model_dir or shipped_model_dir())
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ragturbo-recall-"))
     meta = {
         "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "model": str(model_dir or SHIPPED),
+        "model": str(model_dir or shipped_model_dir()),
         "database": "toyworld retrieval-split captions, pooled text embeddings (unit)",
         "queries": "toyworld eval-split prompts (held-out phrasings), batch-1 in-process search",
         "recall": f"tie-aware: a returned row counts when its exact cosine >= the exact k-th - {TIE_EPS}",

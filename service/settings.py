@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engines.backends.names import BACKENDS
+from engines.shapes import bucket_for
 
 # "auto" plus the registry's names (engines/backends/names.py): one list, not two.
 BackendName = Literal[("auto", *BACKENDS)]  # type: ignore[valid-type]
@@ -205,11 +206,10 @@ class Settings(BaseSettings):
         return resolve_model_dir(self.model_dir, self.db_path, read_env=False)
 
     def bucket_for(self, n: int) -> int:
-        """The batch size an engine runs for ``n`` real images (n itself without buckets)."""
-        for b in self.batch_buckets:
-            if b >= n:
-                return b
-        return n
+        """The batch size an engine runs for ``n`` real images (n itself without buckets or
+        past the largest)."""
+        fits = bool(self.batch_buckets) and n <= self.batch_buckets[-1]
+        return bucket_for(n, self.batch_buckets) if fits else n
 
 
 _SECRET_FIELDS = frozenset({"api_keys", "qdrant_api_key"})

@@ -89,14 +89,15 @@ def probe_cmd(
 ) -> None:
     """Swap probe: does H-space carry content? (swap H / skips / decoder text with another
     prompt's, oracle H of a clean render, and the adapter given a perfect or leaked neighbour)."""
+    from engines.default_model import SHIPPED
     from toyworld.fideval import ASSETS
     from toyworld.models.data import eval_prompts
     from toyworld.probe import format_probe, probe
 
-    model = model or ASSETS / "model"
+    model = model or SHIPPED
     if adapter is None and json.loads((model / "ragturbo.json").read_text()).get("variant") == "adapter":
         adapter = model
-    if teacher_unet is None and (ASSETS / "eval" / "teacher_unet").is_dir() and model == ASSETS / "model":
+    if teacher_unet is None and (ASSETS / "eval" / "teacher_unet").is_dir() and model == SHIPPED:
         teacher_unet = ASSETS / "eval" / "teacher_unet"
     p, _ = eval_prompts(n // 2, n - n // 2)
     res = probe(model, p, seeds, adapter, teacher_unet, device)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-DEFAULT_MODEL = Path(__file__).parent / "assets" / "model"
+from engines.default_model import SHIPPED
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -18,7 +18,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @toyworld_app.command("small-decoder")
     def small_decoder_cmd(
-        model: Annotated[Path, typer.Option("--model", help="Model dir; writes MODEL/vae_small.")] = DEFAULT_MODEL,
+        model: Annotated[Path, typer.Option("--model", help="Model dir; writes MODEL/vae_small.")] = SHIPPED,
         report: Annotated[Path | None, typer.Option("--report", help="Write the full report as JSON.")] = None,
         steps: Annotated[int, typer.Option("--steps", min=1)] = 2400,
         width_div: Annotated[int, typer.Option("--width-div", min=1, help="Divide every block width by this.")] = 2,

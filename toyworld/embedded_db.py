@@ -310,7 +310,7 @@ def ensure_embedded_db(
     workers: int | None = None, vae: VaePrecision = "auto",
 ) -> str:
     """Build or refresh the toy retrieval DB for the shipped model; returns what it did."""
-    from engines.default_model import SHIPPED, default_model_dir
+    from engines.default_model import default_model_dir, shipped_model_dir
     from engines.modeldir import fingerprint
 
     if os.environ.get("RAGTURBO_MODEL_DIR"):
@@ -318,9 +318,9 @@ def ensure_embedded_db(
     if os.environ.get("RAGTURBO_QDRANT_URL"):
         return "skipped: RAGTURBO_QDRANT_URL is set (the server's collection is the operator's)"
     db = Path(db_path)
-    model = default_model_dir(db)
-    if model != SHIPPED:
-        return f"skipped: no shipped toy model at {SHIPPED}"
+    model, shipped = default_model_dir(db), shipped_model_dir()
+    if model != shipped:
+        return f"skipped: no shipped toy model at {shipped}"
     fp = fingerprint(model)
     stamp = db / STAMP
     want = {"fingerprint": fp, "n": n}

@@ -33,13 +33,14 @@ from typing import Any
 
 import torch
 
+from engines.default_model import SHIPPED
 from toyworld.models.configs import FamilyConfig, get_family
 from toyworld.recipes import RecipeState, _done, _mark, _save_fp16, export_model_dir, start_run
 
 log = logging.getLogger(__name__)
 
 STAGES = ("base", "teacher", "skewed", "student", "export", "arms", "eval", "probe")
-DEFAULT_BASE = Path(__file__).resolve().parent / "assets" / "model"
+DEFAULT_BASE = SHIPPED  # toyworld/assets/model, declared once in engines.default_model
 
 
 def _state(cfg: FamilyConfig, work: Path, device: torch.device, split: str, n: int) -> RecipeState:
@@ -170,7 +171,7 @@ def seed_from_shipped(cfg: FamilyConfig, work: str | Path, teacher_unet: Path,
 
     w = Path(work)
     w.mkdir(parents=True, exist_ok=True)
-    model = model or ASSETS / "model"
+    model = model or SHIPPED
     student_variant = student_variant or ASSETS / "eval" / "student.safetensors"
     if not (teacher_unet / "config.json").is_file():
         raise FileNotFoundError(f"no teacher UNet at {teacher_unet} (config.json missing)")
@@ -381,7 +382,7 @@ def ship(work: str | Path, variant: str = "adapter", model_dest: Path | None = N
 
     w = Path(work)
     restore_arms(w)
-    model_dest = model_dest or ASSETS / "model"
+    model_dest = model_dest or SHIPPED
     eval_dest = eval_dest or ASSETS / "eval"
     src = w / ("model" if variant == "student" else f"{variant}_model")
     if not src.is_dir():

@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from engines.default_model import SHIPPED
+
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -96,7 +98,7 @@ class Suite:
 
         from engines.pipeline import OneStepPipeline
 
-        model = model or ASSETS / "model"
+        model = model or SHIPPED
         eval_dir = eval_dir or SHIPPED_EVAL
         meta = json.loads((model / "ragturbo.json").read_text())
         base_variant = str(meta.get("variant", "student"))

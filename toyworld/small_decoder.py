@@ -34,10 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engines.default_model import SHIPPED
+
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = Path(__file__).parent / "assets" / "model"
-
 
 @dataclass(frozen=True)
 class SmallDecoderConfig:
@@ -196,7 +195,7 @@ def evaluate(pipe: Any, small: torch.nn.Module, cfg: SmallDecoderConfig) -> dict
     }
 
 
-def run(model_dir: str | Path = DEFAULT_MODEL, cfg: SmallDecoderConfig | None = None,
+def run(model_dir: str | Path = SHIPPED, cfg: SmallDecoderConfig | None = None,
         report: str | Path | None = None, write: bool = True) -> dict[str, Any]:
     """Train, evaluate and (``write``) save ``model_dir/vae_small``; returns the report."""
     cfg = cfg or SmallDecoderConfig()

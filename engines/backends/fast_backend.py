@@ -41,7 +41,7 @@ from engines.fast.gpu_index import FeatureDtype, GpuIndex, IndexFull
 from engines.fast.runner import STAGES, FastConfig, FastRunner
 from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
 from engines.rules import normalize_modes, seeded_noise, tokenize_prompts
-from engines.shapes import BATCH_BUCKETS
+from engines.shapes import BATCH_BUCKETS, bucket_for
 
 if TYPE_CHECKING:
     from engines.modeldir import ModelDir
@@ -211,16 +211,11 @@ class FastBackend(SearchingBackend):
 
     # ------------------------------------------------------------------ host helpers
     def bucket(self, n: int) -> int:
-        for b in self.buckets:
-            if b >= n:
-                return b
-        return self.buckets[-1]
+        """The batch bucket of a chunk of ``n`` <= the largest bucket (``_chunks``)."""
+        return bucket_for(n, self.buckets)
 
     def kbucket(self, k: int) -> int:
-        for kb in self.k_buckets:
-            if kb >= k:
-                return kb
-        raise ValueError(f"k={k} exceeds the largest K bucket {self.k_max}")
+        return bucket_for(k, self.k_buckets, "k")
 
     def _chunks(self, b: int) -> list[slice]:
         step = self.buckets[-1]

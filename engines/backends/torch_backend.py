@@ -7,9 +7,10 @@ reference every other backend is compared with.
 with, on CUDA: fp16/bf16 weights, channels-last UNet/VAE, ``torch.compile`` and one CUDA
 graph per batch bucket (batches padded up to the next bucket, neighbours padded to
 ``k_max`` with λ=0, so each bucket is one static-shape graph captured on first use or in
-``warmup``). Padding is exact: padded rows are computed and dropped; a zero-λ neighbour
-adds exactly zero. On CPU the defaults turn compile and CUDA graphs off and the graph
-modules run eagerly (what the CPU tests exercise, with bucket padding on).
+``warmup``: ``engines.cuda_graphs.PaddedBucketRunner``). Padding is exact: padded rows are
+computed and dropped; a zero-λ neighbour adds exactly zero. On CPU the defaults turn
+compile and CUDA graphs off and the graph modules run eagerly (what the CPU tests exercise,
+with bucket padding on).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engines.backends.base import Backend, BackendUnavailable, GraphBackend, device_and_dtype
+from engines.cuda_graphs import PaddedBucketRunner
 from engines.pipeline import OneStepPipeline
 from engines.shapes import BATCH_BUCKETS
 
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
     from engines.modeldir import ModelDir
 
 log = logging.getLogger(__name__)
-
 
 
 class TorchBackend(OneStepPipeline, Backend):
@@ -47,87 +48,6 @@ class TorchBackend(OneStepPipeline, Backend):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "vae_decoder": self.vae_decoder}
-
-
-class _BucketRunner:
-    """Pads a batch to the next bucket (and K to ``k_pad``) and runs ``fn`` on static shapes.
-
-    With ``cuda_graphs`` each (bucket) shape is captured once into a ``torch.cuda.CUDAGraph``
-    over static input/output buffers and replayed afterwards.
-    """
-
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        input_names: Sequence[str],
-        buckets: Sequence[int],
-        k_pad: int | None,
-        cuda_graphs: bool,
-        channels_last_inputs: Sequence[str] = (),
-    ) -> None:
-        self.fn = fn
-        self.input_names = list(input_names)
-        self.buckets = sorted({int(b) for b in buckets})
-        self.k_pad = k_pad
-        self.cuda_graphs = cuda_graphs
-        self.channels_last_inputs = set(channels_last_inputs)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], Any]] = {}
-
-    def bucket(self, b: int) -> int:
-        for x in self.buckets:
-            if x >= b:
-                return x
-        raise ValueError(f"batch {b} exceeds the largest bucket {self.buckets[-1]}")
-
-    def _pad(self, inputs: dict[str, torch.Tensor], bb: int) -> dict[str, torch.Tensor]:
-        out = {}
-        for n in self.input_names:
-            x = inputs[n]
-            shape = list(x.shape)
-            shape[0] = bb
-            if self.k_pad is not None and n in ("h_retr", "lam"):
-                shape[1] = self.k_pad
-            buf = x.new_zeros(shape)
-            buf[tuple(slice(0, s) for s in x.shape)] = x
-            if n in self.channels_last_inputs:
-                buf = buf.contiguous(memory_format=torch.channels_last)
-            out[n] = buf
-        return out
-
-    def _outputs(self, res: Any) -> tuple[torch.Tensor, ...]:
-        return res if isinstance(res, tuple) else (res,)
-
-    def __call__(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        b = int(inputs[self.input_names[0]].shape[0])
-        bb = self.bucket(b)
-        if self.k_pad is not None and "h_retr" in inputs and inputs["h_retr"].shape[1] > self.k_pad:
-            raise ValueError(f"k={inputs['h_retr'].shape[1]} exceeds k_max {self.k_pad}")
-        padded = self._pad(inputs, bb)
-        if not self.cuda_graphs:
-            return tuple(o[:b] for o in self._outputs(self.fn(*padded.values())))
-        if bb not in self.graphs:
-            self.graphs[bb] = self._capture(padded)
-        graph, static_in, static_out = self.graphs[bb]
-        for n, x in padded.items():
-            static_in[n].copy_(x)
-        graph.replay()
-        return tuple(o[:b].clone() for o in static_out)
-
-    def _capture(
-        self, example: dict[str, torch.Tensor]
-    ) -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
-        static_in = {n: x.clone() for n, x in example.items()}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):  # compile/autotune and allocator warm-up happen outside capture
-                self.fn(*static_in.values())
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = self._outputs(self.fn(*static_in.values()))
-        log.info("captured a CUDA graph for batch bucket %d", example[self.input_names[0]].shape[0])
-        return graph, static_in, static_out
 
 
 class TorchOptBackend(GraphBackend):
@@ -195,10 +115,10 @@ class TorchOptBackend(GraphBackend):
         self._text = text
         self._runners: dict[str, Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, ...]]] = {}
         if pad:
-            self._runners["unet"] = _BucketRunner(
+            self._runners["unet"] = PaddedBucketRunner(
                 unet_fn, specs["unet"].input_names, self.buckets, k_pad, self.cuda_graphs, cl
             )
-            self._runners["vae_decoder"] = _BucketRunner(
+            self._runners["vae_decoder"] = PaddedBucketRunner(
                 vae_fn, ["latent"], self.buckets, None, self.cuda_graphs,
                 ("latent",) if self.channels_last else (),
             )

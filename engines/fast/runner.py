@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from engines.backends.graphs import mix_retrieval
+from engines.cuda_graphs import capture_graphs, replayer
 from engines.fast.gpu_index import GpuIndex
 from engines.pipeline import OneStepPipeline
 from engines.rules import images_to_uint8, neighbour_lambda, x0_from_output
@@ -88,7 +89,8 @@ class _Bucket:
     batch: int
     variant: str
     inputs: dict[str, torch.Tensor]
-    graphs: dict[str, Any] = field(default_factory=dict)  # name -> CUDAGraph (or eager fn)
+    # engines.cuda_graphs.capture_graphs: name -> CUDAGraph (or eager fn), static outputs
+    graphs: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     stage_ms: dict[str, float] = field(default_factory=dict)
     # The stage closures and the eager intermediates they read: a stage graph replays
@@ -375,25 +377,9 @@ class FastRunner:
             fns = self._stage_fns(variant, x)
             if not stages:
                 fns = {"full": fns["full"]}
-            if self.use_graphs:
-                s = torch.cuda.Stream(self.device)
-                s.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(s):
-                    for _ in range(2):
-                        for fn in fns.values():
-                            fn()
-                torch.cuda.current_stream(self.device).wait_stream(s)
-                torch.cuda.synchronize(self.device)
-                for name, fn in fns.items():
-                    g = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(g, pool=self._pool):
-                        bucket.outputs[name] = fn()
-                    bucket.graphs[name] = g
-                torch.cuda.synchronize(self.device)
-            else:
-                for fn in fns.values():
-                    fn()
-                bucket.graphs = dict(fns)
+            bucket.graphs, bucket.outputs = capture_graphs(
+                fns, self.device, enabled=self.use_graphs, pool=self._pool, warmup=2
+            )
         bucket.keep = fns
         if stages:
             bucket.stage_ms = self._time_stages(bucket)
@@ -432,8 +418,7 @@ class FastRunner:
             torch.cuda.empty_cache()
 
     def _callable(self, bucket: _Bucket, name: str) -> Callable[[], Any]:
-        g = bucket.graphs[name]
-        return g.replay if self.use_graphs else g
+        return replayer(bucket.graphs[name])
 
     @staticmethod
     def _key(variant: str, x: dict[str, torch.Tensor]) -> tuple[int, str, int]:

@@ -1,5 +1,5 @@
 """Rules kept in one place: which model directory (``resolve_model_dir``: explicit >
-$RAGTURBO_MODEL_DIR > the embedded default), the batch buckets, a graph backend's device
+$RAGTURBO_MODEL_DIR > the embedded default, itself ``shipped_model_dir``), the batch buckets, a graph backend's device
 and dtype defaults."""
 
 from __future__ import annotations
@@ -22,6 +22,22 @@ def test_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert dm.resolve_model_dir(None, tmp_path, read_env=False) == shipped
     monkeypatch.delenv("RAGTURBO_MODEL_DIR")
     assert dm.resolve_model_dir(None, tmp_path) == shipped
+
+
+def test_the_shipped_model_dir_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$RAGTURBO_SHIPPED_MODEL_DIR moves the embedded default; unset, it is ``SHIPPED``."""
+    import engines.default_model as dm
+
+    moved = tmp_path / "moved"
+    (moved / "unet").mkdir(parents=True)
+    (moved / "unet" / "config.json").write_text("{}")
+    monkeypatch.delenv("RAGTURBO_MODEL_DIR", raising=False)
+    monkeypatch.delenv("RAGTURBO_SHIPPED_MODEL_DIR", raising=False)
+    assert dm.shipped_model_dir() == dm.SHIPPED
+    monkeypatch.setenv("RAGTURBO_SHIPPED_MODEL_DIR", str(moved))
+    assert dm.shipped_model_dir() == moved
+    assert dm.resolve_model_dir(None, tmp_path) == moved
+    assert dm.resolve_model_dir(tmp_path / "given", tmp_path) == tmp_path / "given"
 
 
 def test_settings_use_the_resolver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from engines.backends import BackendUnavailable, create_backend
+from engines.default_model import SHIPPED
 from engines.modeldir import ModelDirError, file_sha256
 from engines.pipeline import OneStepPipeline
 from engines.vae_decoder import (
@@ -23,8 +24,6 @@ from engines.vae_decoder import (
     save_small_decoder,
     small_decoder_kwargs,
 )
-
-SHIPPED = Path(__file__).resolve().parents[2] / "toyworld" / "assets" / "model"
 
 
 @pytest.fixture(scope="module")

@@ -165,3 +165,16 @@ def test_worker_build_stores_what_ingest_stores(
         assert compared >= len(reqs) - 2
     finally:
         new_db.close()
+
+
+def test_embedded_db_follows_the_shipped_model_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RAGTURBO_SHIPPED_MODEL_DIR moves the shipped model: with nothing there the random
+    fallback is not the shipped model, so no toy DB is built for it."""
+    from toyworld.embedded_db import ensure_embedded_db
+
+    monkeypatch.delenv("RAGTURBO_MODEL_DIR", raising=False)
+    monkeypatch.delenv("RAGTURBO_QDRANT_URL", raising=False)
+    monkeypatch.setenv("RAGTURBO_SHIPPED_MODEL_DIR", str(tmp_path / "nothing-here"))
+    msg = ensure_embedded_db(tmp_path / "data", n=4, batch=4)
+    assert msg == f"skipped: no shipped toy model at {tmp_path / 'nothing-here'}"
+    assert (tmp_path / "data" / "random-tiny-model" / "ragturbo.json").is_file()  # the fallback model
