@@ -21,7 +21,7 @@ import torch
 
 from engines.bench.timing import Marker
 from engines.pipeline import OneStepPipeline
-from engines.rules import images_to_uint8
+from engines.rules import images_to_uint8, x0_from_output
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ class DiffusersEager:
         self.vae = pipe.vae
         self.t = pipe.student_timestep
         a = float(pipe.alphas_cumprod[pipe.student_timestep])
-        self.sa, self.s1a = a**0.5, (1 - a) ** 0.5
+        self.alpha_bar, self.s1a = a, (1 - a) ** 0.5
+        self.prediction_type = pipe.prediction_type
         self.sf = float(pipe.vae.config.scaling_factor)
         self.build_s = 0.0
 
@@ -63,7 +64,7 @@ class DiffusersEager:
         z = x["noise"] * self.s1a
         t = torch.full((z.shape[0],), self.t, device=z.device, dtype=torch.long)
         out = self._unet(z, t, ctx)
-        x0 = (z - self.s1a * out) / self.sa
+        x0 = x0_from_output(z, out, self.alpha_bar, self.prediction_type)
         m.mark("unet")
         img = self._vae(x0 / self.sf)
         img = images_to_uint8(img)
