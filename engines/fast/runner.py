@@ -382,7 +382,8 @@ class FastRunner:
             )
         bucket.keep = fns
         if stages:
-            bucket.stage_ms = self._time_stages(bucket)
+            with torch.inference_mode():  # as the capture: weights that track gradients are fine
+                bucket.stage_ms = self._time_stages(bucket)
         key = self._key(variant, x)
         self.buckets[key] = bucket
         dt = time.perf_counter() - t0

@@ -149,3 +149,19 @@ def test_bench_shows_the_small_decoder_beside_the_full_one() -> None:
     assert "| fast+small-vae | 2 |" in format_table(res)
     with pytest.raises(ValueError, match="decoders"):
         BenchOptions(decoders=("medium",))
+
+
+def test_fast_runner_stage_timing_runs_on_weights_that_track_gradients(tiny_model_dir: Path) -> None:
+    """prepare(stages=True) times each stage under inference mode, like its capture, so a
+    pipeline whose modules were not frozen (requires_grad) still gets its stage times."""
+    from engines.fast.gpu_index import GpuIndex
+
+    pipe = OneStepPipeline.from_pretrained(tiny_model_dir)
+    pipe.unet.requires_grad_(True)
+    g = torch.Generator().manual_seed(2)
+    index = GpuIndex(pipe.embed_dim, pipe.h_shape, 16, pipe.device, pipe.dtype)
+    index.append(torch.randn((10, pipe.embed_dim), generator=g), torch.randn((10, *pipe.h_shape), generator=g))
+    runner = FastRunner(pipe, 2, config=FastConfig(compile="none"), index=index)
+    runner.prepare(1, "search", stages=True)
+    ms = runner.stage_ms(1)
+    assert set(ms) >= {"text", "retrieval", "unet", "vae", "full"} and all(v > 0 for v in ms.values())
