@@ -80,6 +80,7 @@ def replayer(graph_or_fn: Any) -> Callable[[], Any]:
 
 
 def as_tuple(res: Any) -> tuple[torch.Tensor, ...]:
+    """A graph function's outputs as a tuple (one tensor or several)."""
     return res if isinstance(res, tuple) else (res,)
 
 

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from engines.backends.graphs import mix_retrieval
-from engines.cuda_graphs import capture_graphs, replayer
+from engines.cuda_graphs import as_tuple, capture_graphs, replayer
 from engines.fast.gpu_index import GpuIndex
 from engines.pipeline import OneStepPipeline
 from engines.rules import images_to_uint8, neighbour_lambda, x0_from_output
@@ -466,12 +466,12 @@ class FastRunner:
         }
         if bucket is None or not self.use_graphs:
             res = self._full(variant)(*(cast[n] for n in names))
-            return res if isinstance(res, tuple) else (res,)
+            return as_tuple(res)
         for n in names:
             bucket.inputs[n].copy_(cast[n])
         bucket.graphs["full"].replay()
         out = bucket.outputs["full"]
-        return tuple(o.clone() for o in out) if isinstance(out, tuple) else (out.clone(),)
+        return tuple(o.clone() for o in as_tuple(out))
 
 
 def _clip_layer_class(text_encoder: nn.Module) -> type | None:
