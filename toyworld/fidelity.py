@@ -126,7 +126,8 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
                          for i in range(0, n, bs)])
     sample_s = time.perf_counter() - t0
     db = Database.build(pipe, cfg.n_retrieval)
-    lam, idx = db.search(pooled, 1)
+    k = int(cfg.extra.get("train_k", 1))
+    lam, idx = db.search(pooled, k)
     swap_frac = float(cfg.extra.get("swap_frac", 0.0))
     ctx_swap = None
     if swap_frac > 0:
@@ -137,8 +138,8 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
         swapped = swapped_captions(sp.captions, cfg.seed + 17, HELD_OUT_RARE)
         ctx_swap, _ = encode_all(st.load("text"), tokenize(st.tokenizer(), swapped), dev)
         ctx_swap = ctx_swap.to(dev)
-    data = ArmData(noise=noise, target=targets, context=ctx, h_nb=db.features[idx[:, 0]].to(dev),
-                   lam=lam[:, 0].to(dev), h_self=self_features(pipe, targets, ctx).to(dev), context_swap=ctx_swap)
+    data = ArmData(noise=noise, target=targets, context=ctx, h_nb=db.features[idx].to(dev),
+                   lam=lam.to(dev), h_self=self_features(pipe, targets, ctx).to(dev), context_swap=ctx_swap)
     prep_s = time.perf_counter() - t0
     run = cfg.adapter
     out, summ = train_arms(pipe, data, arms, run.steps, run.batch_size, run.lr,
@@ -157,7 +158,21 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
         meta["variant"] = a
         (work / f"{a}_model" / "ragturbo.json").write_text(json.dumps(meta, indent=2))
     return {**summ, "n_adapter": n, "teacher_sampling_s": round(sample_s, 1), "prep_s": round(prep_s, 1),
-            "lam_mean": float(lam.mean()), "arms": list(arms)}
+            "lam_mean": float(lam[:, 0].mean()), "train_k": k, "arms": list(arms)}
+
+
+def seed_teacher(cfg: FamilyConfig, work: str | Path, teacher_unet: Path, base: Path = DEFAULT_BASE) -> None:
+    """Mark ``base`` (from ``base``) and ``teacher`` (a copy of ``teacher_unet``, a natural-split
+    teacher UNet dir) done in ``work``, so the run trains only the skewed teacher, the student
+    and what follows: the targets' teacher need not be retrained for every arm experiment."""
+    w = Path(work)
+    w.mkdir(parents=True, exist_ok=True)
+    if not (teacher_unet / "config.json").is_file():
+        raise FileNotFoundError(f"no teacher UNet at {teacher_unet} (config.json missing)")
+    _mark(w, "base", stage_base(cfg, w, base))
+    shutil.rmtree(w / "teacher" / "unet", ignore_errors=True)
+    shutil.copytree(teacher_unet, w / "teacher" / "unet")
+    _mark(w, "teacher", {"stage": "teacher", "from": str(teacher_unet)})
 
 
 def seed_from_shipped(cfg: FamilyConfig, work: str | Path, teacher_unet: Path,
@@ -170,15 +185,9 @@ def seed_from_shipped(cfg: FamilyConfig, work: str | Path, teacher_unet: Path,
     from toyworld.fideval import ASSETS, apply_variant
 
     w = Path(work)
-    w.mkdir(parents=True, exist_ok=True)
     model = model or SHIPPED
     student_variant = student_variant or ASSETS / "eval" / "student.safetensors"
-    if not (teacher_unet / "config.json").is_file():
-        raise FileNotFoundError(f"no teacher UNet at {teacher_unet} (config.json missing)")
-    _mark(w, "base", stage_base(cfg, w, model))
-    shutil.rmtree(w / "teacher" / "unet", ignore_errors=True)
-    shutil.copytree(teacher_unet, w / "teacher" / "unet")
-    _mark(w, "teacher", {"stage": "teacher", "from": str(teacher_unet)})
+    seed_teacher(cfg, w, teacher_unet, model)
     _mark(w, "skewed", {"stage": "skewed", "skipped": "student from the shipped model"})
     pipe = OneStepPipeline.from_pretrained(model)
     apply_variant(pipe, student_variant)
@@ -343,12 +352,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", default="", help="family overrides, e.g. n_train=2000,n_retrieval=500")
     ap.add_argument("--seed-shipped", default=None, metavar="TEACHER_UNET",
                     help="start from the shipped student and this natural-split teacher UNet dir")
+    ap.add_argument("--seed-teacher", default=None, metavar="TEACHER_UNET",
+                    help="take this natural-split teacher UNet dir as the teacher stage (train the rest)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = get_family(a.family)
     for kv in (x for x in a.set.split(",") if x):
         k, v = kv.split("=", 1)
-        if k in ("n_adapter", "lr_decoder", "leak_frac", "swap_frac", "swap_detach"):
+        if k in ("n_adapter", "lr_decoder", "leak_frac", "swap_frac", "swap_detach", "train_k"):
             cfg.extra[k] = float(v) if "." in v or "e" in v else int(v)
         elif k == "student_init":
             cfg.extra[k] = v
@@ -359,6 +370,8 @@ def main(argv: list[str] | None = None) -> None:
             setattr(cfg, k, type(getattr(cfg, k))(v))
     if a.seed_shipped:
         seed_from_shipped(cfg, a.work, Path(a.seed_shipped))
+    elif a.seed_teacher:
+        seed_teacher(cfg, a.work, Path(a.seed_teacher), Path(a.base))
     limits = {k: float(v) for k, v in (kv.split("=") for kv in a.limits.split(",") if kv)}
     ev = tuple(int(x) for x in a.eval_prompts.split(","))
     res = run(a.work, cfg, tuple(a.stages.split(",")), a.device, limits, Path(a.base),

@@ -153,7 +153,7 @@ def test_arms_train_side_by_side_and_the_control_stays_retrieval_free(dirs: dict
     h_l, lam_l = neighbours_for("leak", data, idx)
     assert torch.equal(h_l[:, 0], data.h_self[idx]) and torch.all(lam_l == 1)
     h_s, _ = neighbours_for("shuffled", data, idx)
-    assert torch.equal(h_s[1, 0], data.h_nb[0])
+    assert torch.equal(h_s[1, 0], data.h_nb[0, 0])
     arms, summ = train_arms(pipe, data, ("adapter", "control"), 3, 4, 1e-2, 1e-3, torch.device("cpu"), log_every=1)
     assert summ["steps"] == 3
     h = torch.randn(2, c, hh, ww)
@@ -181,10 +181,42 @@ def test_leak_curriculum_swaps_only_the_adapter_arms_marked_rows() -> None:
     leak = torch.tensor([True, False, True, False])
     h, lam = neighbours_for("adapter", data, idx, leak)
     assert torch.equal(h[0, 0], data.h_self[0]) and torch.equal(h[2, 0], data.h_self[4])
-    assert torch.equal(h[1, 0], data.h_nb[2]) and torch.equal(h[3, 0], data.h_nb[5])
-    assert torch.equal(lam[:, 0], data.lam[idx])  # λ stays the real neighbour's: no tell
+    assert torch.equal(h[1, 0], data.h_nb[2, 0]) and torch.equal(h[3, 0], data.h_nb[5, 0])
+    assert torch.equal(lam, data.lam[idx])  # λ stays the real neighbour's: no tell
     h_r, _ = neighbours_for("real", data, idx, leak)
-    assert torch.equal(h_r[:, 0], data.h_nb[idx])  # the real-only arm ignores the curriculum
+    assert torch.equal(h_r, data.h_nb[idx])  # the real-only arm ignores the curriculum
+
+
+def test_arms_train_on_k_neighbours(dirs: dict[str, Path]) -> None:
+    """``extra["train_k"]``: every arm sees the top-k neighbours (leak: the target alone)."""
+    from engines.pipeline import OneStepPipeline
+    from toyworld.models.arms import ArmData, neighbours_for, train_arms
+
+    pipe = OneStepPipeline.from_pretrained(dirs["mid"])
+    c, hh, ww = pipe.h_shape
+    g = torch.Generator().manual_seed(2)
+    n, k = 6, 3
+    data = ArmData(noise=torch.randn(n, 4, 16, 16, generator=g), target=torch.randn(n, 4, 16, 16, generator=g),
+                   context=pipe.encode_text(["a red circle"] * n).context,
+                   h_nb=torch.randn(n, k, c, hh, ww, generator=g), lam=torch.rand(n, k, generator=g),
+                   h_self=torch.randn(n, c, hh, ww, generator=g))
+    assert data.k == k
+    idx = torch.tensor([0, 3])
+    h, lam = neighbours_for("adapter", data, idx)
+    assert h.shape == (2, k, c, hh, ww) and torch.equal(lam, data.lam[idx])
+    h0, lam0 = neighbours_for("control", data, idx)
+    assert h0.shape == h.shape and not lam0.any()
+    hl, laml = neighbours_for("leak", data, idx)
+    assert hl.shape == (2, 1, c, hh, ww) and torch.all(laml == 1)
+    with pytest.raises(ValueError, match="lam"):
+        ArmData(noise=data.noise, target=data.target, context=data.context, h_nb=data.h_nb,
+                lam=data.lam[:, :1], h_self=data.h_self)
+    arms, summ = train_arms(pipe, data, ("adapter", "control", "shuffled"), 2, 4, 1e-2, 1e-3,
+                            torch.device("cpu"), log_every=1)
+    assert summ["steps"] == 2
+    probe = torch.randn(2, c, hh, ww)
+    assert torch.equal(arms["control"].hadapter(probe, h, lam), probe)
+    assert not torch.equal(arms["adapter"].hadapter(probe, h, lam), probe)
 
 
 def test_arm_variants_restore_to_model_dirs_and_pack_under_the_size_cap(
@@ -404,3 +436,18 @@ def test_fideval_compose_images_equal_the_direct_path(dirs: dict[str, Path], mod
     if mode == "adapter":
         plain = compose_images(TextToImage(pipe, db.as_retrieval_db(), retrieval_timeout_s=None), prompts, seeds, "off")
         assert not np.array_equal(new, plain)  # the equality covers the retrieval path
+
+
+def test_seed_teacher_marks_base_and_teacher_only(dirs: dict[str, Path], tmp_path: Path) -> None:
+    """``--seed-teacher``: the given teacher UNet becomes the teacher stage; skewed and student
+    are left to train."""
+    from toyworld import fidelity
+    from toyworld.models.configs import get_family
+
+    cfg = get_family("tiny-mid")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        fidelity.seed_teacher(cfg, tmp_path / "bad", tmp_path / "nowhere", dirs["mid"])
+    w = tmp_path / "w"
+    fidelity.seed_teacher(cfg, w, dirs["mid"] / "unet", dirs["mid"])
+    assert (w / "teacher" / "unet" / "config.json").is_file() and (w / "vae").is_dir()
+    assert [s for s in fidelity.STAGES if (w / s / "done.json").is_file()] == ["base", "teacher"]

@@ -53,8 +53,9 @@ DECODER_PREFIXES = ("up_blocks.", "conv_norm_out.", "conv_out.")
 @dataclass
 class ArmData:
     """Adapter-training rows on one device: noise (N,4,h,w), target x0 (N,4,h,w), caption
-    context (N,T,D), neighbour H (N,C,h',w') and λ (N,), the target's own H (N,C,h',w'), and
-    the context of each row's swapped caption (N,T,D) or None (no swap curriculum)."""
+    context (N,T,D), neighbour H (N,C,h',w') and λ (N,) — or the top-k neighbours, (N,k,C,h',w')
+    and (N,k) —, the target's own H (N,C,h',w'), and the context of each row's swapped caption
+    (N,T,D) or None (no swap curriculum)."""
 
     noise: torch.Tensor
     target: torch.Tensor
@@ -63,6 +64,16 @@ class ArmData:
     lam: torch.Tensor
     h_self: torch.Tensor
     context_swap: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.h_nb.ndim == 4:  # one neighbour a row
+            self.h_nb, self.lam = self.h_nb[:, None], self.lam[:, None]
+        if self.h_nb.ndim != 5 or self.lam.shape != self.h_nb.shape[:2]:
+            raise ValueError(f"h_nb (N,k,C,h,w) and lam (N,k) expected; got {tuple(self.h_nb.shape)}, {tuple(self.lam.shape)}")
+
+    @property
+    def k(self) -> int:
+        return self.h_nb.shape[1]
 
     def __len__(self) -> int:
         return len(self.noise)
@@ -83,18 +94,19 @@ def decoder_params(unet: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def neighbours_for(name: str, d: ArmData, idx: torch.Tensor,
                    leak: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> h_retr (B,1,C,h,w), λ (B,1) that arm ``name`` sees for rows ``idx``; ``leak`` (B,)
-    bool marks the rows whose neighbour the ``adapter`` arm's curriculum replaces by the target."""
+    """-> h_retr (B,k,C,h,w), λ (B,k) that arm ``name`` sees for rows ``idx`` (k = ``d.k``;
+    ``leak``: one, the target); ``leak`` (B,) bool marks the rows whose neighbours the
+    ``adapter`` arm's curriculum replaces by the target (every one of the k)."""
     h, lam = d.h_nb[idx], d.lam[idx]
     if name == "adapter" and leak is not None:
-        h = torch.where(leak.view(-1, 1, 1, 1), d.h_self[idx], h)
+        h = torch.where(leak.view(-1, 1, 1, 1, 1), d.h_self[idx][:, None], h)
     if name in ("control", "control_plain"):
-        return torch.zeros_like(h)[:, None], torch.zeros_like(lam)[:, None]
+        return torch.zeros_like(h), torch.zeros_like(lam)
     if name == "shuffled":
-        return h.roll(1, 0)[:, None], lam[:, None]
+        return h.roll(1, 0), lam
     if name == "leak":
-        return d.h_self[idx][:, None], torch.ones_like(lam)[:, None]
-    return h[:, None], lam[:, None]
+        return d.h_self[idx][:, None], torch.ones_like(lam[:, :1])
+    return h, lam
 
 
 def train_arms(
