@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 mkdir -p "$OUT" "$WORK/shared"
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null; date -u +%FT%TZ; } > "$OUT/card.md"
-filt() { grep --line-buffered -v " step [0-9]*[1-9]00 loss\| step [0-9]*[1-9]50 loss\|Loading weights\|should be kept in float32"; }
+filt() { grep --line-buffered -v " step [0-9]*[1-9]00 loss\| step [0-9]*[1-9]50 loss\|Loading weights\|should be kept in float32" || true; }
 FAMILY=${FAMILY:-full-mid}
 $PY -m toyworld.fidelity "$WORK/shared" --family "$FAMILY" --seed-teacher "$TEACHER" ${SET:+--set "$SET"} $EXTRA \
   --stages base,teacher,skewed,student,export --limits "${LIMITS:-skewed=100,student=60}" --pack "$OUT" 2>&1 \

@@ -4,6 +4,7 @@ side-by-side arms, the swap probe, variant files and the fidelity evaluation."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -451,3 +452,35 @@ def test_seed_teacher_marks_base_and_teacher_only(dirs: dict[str, Path], tmp_pat
     fidelity.seed_teacher(cfg, w, dirs["mid"] / "unet", dirs["mid"])
     assert (w / "teacher" / "unet" / "config.json").is_file() and (w / "vae").is_dir()
     assert [s for s in fidelity.STAGES if (w / s / "done.json").is_file()] == ["base", "teacher"]
+
+
+def test_gpu_arms_sweep_trains_once_then_forks_one_process_per_recipe(tmp_path: Path) -> None:
+    """``toyworld/gpu_arms_sweep.sh`` with a stand-in for ``python``: one shared run (teacher
+    seeded, stages up to export), then one run per recipe in its own copy of the work dir,
+    with the shared and the recipe's overrides."""
+    import subprocess
+    import sys
+
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fake.py"
+    fake.write_text(
+        "import json, pathlib, sys\n"
+        f"open({str(calls)!r}, 'a').write(json.dumps(sys.argv[3:]) + '\\n')\n"
+        "w = pathlib.Path(sys.argv[3]); w.mkdir(parents=True, exist_ok=True)\n"
+        "if '--seed-teacher' in sys.argv: (w / 'mark').write_text('shared')\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PY": f"{sys.executable} {fake}", "OUT": str(tmp_path / "out"),
+           "WORK": str(tmp_path / "w"), "SET": "n_train=8", "ARMS": "adapter,control",
+           "RECIPES": "a:swap_frac=0 b:train_k=4"}
+    r = subprocess.run(["bash", str(root / "toyworld" / "gpu_arms_sweep.sh")], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    runs = [json.loads(x) for x in calls.read_text().splitlines()]
+    shared, recipes = runs[0], sorted(runs[1:])
+    assert shared[0] == str(tmp_path / "w" / "shared") and "--seed-teacher" in shared
+    assert shared[shared.index("--stages") + 1] == "base,teacher,skewed,student,export"
+    assert [x[0] for x in recipes] == [str(tmp_path / "w" / n) for n in ("a", "b")]
+    assert [x[x.index("--set") + 1] for x in recipes] == ["n_train=8,swap_frac=0", "n_train=8,train_k=4"]
+    for x in recipes:
+        assert x[x.index("--arms") + 1] == "adapter,control" and x[x.index("--stages") + 1] == "arms,eval,probe"
+        assert (Path(x[0]) / "mark").is_file()  # the recipe's work dir started as a copy of the shared one
