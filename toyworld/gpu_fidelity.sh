@@ -20,7 +20,7 @@ if [ -n "${PROBE_MODEL:-}" ]; then
 fi
 timeout "${BUDGET:-960}" ${PY:-python3} -m toyworld.fidelity "$WORK" --family full-mid \
   --limits "${LIMITS:-teacher=140,skewed=100,student=60,arms=300}" --pack "$OUT" $EXTRA 2>&1 \
-  | grep --line-buffered -v " step [0-9]*[1-9]00 loss\| step [0-9]*[1-9]50 loss\|Loading weights\|should be kept in float32" \
+  | { grep --line-buffered -v " step [0-9]*[1-9]00 loss\| step [0-9]*[1-9]50 loss\|Loading weights\|should be kept in float32" || true; } \
   | tee "$OUT/log.txt"
 rc=$?
 wait

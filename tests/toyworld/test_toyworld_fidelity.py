@@ -484,3 +484,14 @@ def test_gpu_arms_sweep_trains_once_then_forks_one_process_per_recipe(tmp_path: 
     for x in recipes:
         assert x[x.index("--arms") + 1] == "adapter,control" and x[x.index("--stages") + 1] == "arms,eval,probe"
         assert (Path(x[0]) / "mark").is_file()  # the recipe's work dir started as a copy of the shared one
+
+
+def test_bench_arms_reports_steps_per_second_for_each_shape() -> None:
+    from toyworld import bench_arms
+
+    rows = bench_arms.run(configs=((1, 2), (2, 2)), seconds=0.5, n=8, device="cpu")
+    assert [(r["arms"], r["batch"]) for r in rows] == [(1, 2), (2, 2)]
+    for r in rows:
+        assert r["steps"] >= 1 and r["steps_per_s"] > 0
+        expect = r["steps"] * r["batch"] * r["arms"] / r["wall_s"]
+        assert abs(r["arm_samples_per_s"] - expect) <= 0.05 * expect + 1

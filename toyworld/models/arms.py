@@ -163,7 +163,8 @@ def train_arms(
     for step in range(1, steps + 1):
         idx = torch.randint(0, len(data), (batch_size,), generator=gen).to(device)
         leak = (torch.rand(batch_size, generator=gen) < leak_frac).to(device) if leak_frac > 0 else None
-        swap = (torch.rand(batch_size, generator=gen) < swap_frac).to(device) if swap_frac > 0 else None
+        swap_cpu = torch.rand(batch_size, generator=gen) < swap_frac if swap_frac > 0 else None
+        swap = swap_cpu.to(device) if swap_cpu is not None else None
         eps = data.noise[idx].float()
         z = eps * (1 - a_t) ** 0.5
         ctx = data.context[idx].float()
@@ -185,7 +186,7 @@ def train_arms(
             h_r, lam = neighbours_for(a, data, idx, leak)
             with autocast(device):
                 hh = arm.hadapter(h, h_r.float(), lam.float())
-                if swap_detach_decoder and swap is not None and a not in PLAIN_ARMS and bool(swap.any()):
+                if swap_detach_decoder and swap_cpu is not None and a not in PLAIN_ARMS and bool(swap_cpu.any()):
                     v = _decode_split(arm.unet, hh, skips, temb, ctx, swap)
                 else:
                     v = arm.unet.decode(hh, skips, temb, ctx).float()
@@ -200,8 +201,8 @@ def train_arms(
             torch.nn.utils.clip_grad_norm_(list(arm.hadapter.parameters()), 1.0)
         opt.step()
         sched.step()
-        for a, arm in out.items():
-            arm.log.add(step, losses[a].item(), log_every)
+        for a, arm in out.items():  # the loss tensor is read only on logged steps: no sync a step
+            arm.log.add(step, losses[a].detach(), log_every)
         if out_of_time(t0, time_limit_s):
             break
     summary: dict[str, Any] = {"steps": step, "wall_s": round(time.perf_counter() - t0, 2),

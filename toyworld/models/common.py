@@ -71,10 +71,12 @@ class LossLog:
     wall_s: float = 0.0
     steps_done: int = 0
 
-    def add(self, step: int, value: float, every: int) -> None:
+    def add(self, step: int, value: float | torch.Tensor, every: int) -> None:
+        """Record ``value`` on logged steps only; a tensor is read (a device sync) only then."""
         if step % every == 0 or step == 1:
-            self.rows.append((step, float(value)))
-            log.info("%s step %d loss %.5f (%.0fs)", self.name, step, value, time.perf_counter() - self.t0)
+            v = float(value)
+            self.rows.append((step, v))
+            log.info("%s step %d loss %.5f (%.0fs)", self.name, step, v, time.perf_counter() - self.t0)
 
     def finish(self, steps_done: int) -> LossLog:
         self.wall_s = time.perf_counter() - self.t0
