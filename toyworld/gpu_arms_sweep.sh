@@ -4,7 +4,7 @@
 # teacher UNet dir; then the skewed teacher, the student, export), then forks $WORK into one
 # work dir per recipe and runs their arms, eval and probe as concurrent processes (the toy
 # UNet leaves much of an H100 idle: on 2026-12-05 three processes of six arms each ran at 71 % of
-# one process's speed alone, 2.1x the arm steps per second in all).
+# the speed of one such process alone on another start of the card, 2.1x the arm steps a second in all).
 # Env: OUT (default out/sweep), WORK (/tmp/sweep), TEACHER (toyworld/assets/eval/teacher_unet),
 # LIMITS (skewed=100,student=60), ARMS_S (arm stage cap, 420), RECIPES (space-separated
 # NAME:--set-overrides), SET (overrides for every stage, e.g. n_train=512), EXTRA (more
