@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from engines.default_model import SHIPPED
 
 ARMS = ("adapter", "control", "shuffled", "leak", "real", "control_plain")
+"""``toyworld.models.arms.ARMS`` in the order a shape of n arms takes them: 3 = the plain recipe."""
 
 
 def random_rows(pipe: Any, n: int, k: int = 1, seed: int = 0) -> Any:
@@ -38,24 +38,23 @@ def random_rows(pipe: Any, n: int, k: int = 1, seed: int = 0) -> Any:
 
 
 def run(model: Path = SHIPPED, configs: tuple[tuple[int, int], ...] = ((3, 256),), seconds: float = 12.0,
-        n: int = 4096, device: str = "auto", train_fn: Callable[..., Any] | None = None) -> list[dict[str, Any]]:
+        n: int = 4096, device: str = "auto") -> list[dict[str, Any]]:
     """-> one row a (arms, batch): steps, wall, steps/s and arm-samples/s (after a short warm-up)."""
     from engines.pipeline import OneStepPipeline
     from toyworld.models.arms import train_arms
     from toyworld.models.common import pick_device
 
-    fn = train_fn or train_arms
     dev = pick_device(device)
     pipe = OneStepPipeline.from_pretrained(model, device=dev)
     data = random_rows(pipe, n)
     rows = []
     for n_arms, bs in configs:
         arms = ARMS[:n_arms]
-        fn(pipe, data, arms, 3, bs, 3e-4, 3e-5, dev, None, 0, 10**9)  # warm-up (allocator, kernels)
+        train_arms(pipe, data, arms, 3, bs, 3e-4, 3e-5, dev, None, 0, 10**9)  # warm-up (allocator, kernels)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        _, summ = fn(pipe, data, arms, 10**9, bs, 3e-4, 3e-5, dev, seconds, 0, 10**9)
+        _, summ = train_arms(pipe, data, arms, 10**9, bs, 3e-4, 3e-5, dev, seconds, 0, 10**9)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
