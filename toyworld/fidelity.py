@@ -145,7 +145,8 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
     out, summ = train_arms(pipe, data, arms, run.steps, run.batch_size, run.lr,
                            float(cfg.extra.get("lr_decoder", 3e-5)), dev, limit, cfg.seed, run.log_every,
                            float(cfg.extra.get("leak_frac", 0.0)), swap_frac,
-                           bool(cfg.extra.get("swap_detach", 0)))
+                           bool(cfg.extra.get("swap_detach", 0)), arm_init(cfg, arms),
+                           float(cfg.extra.get("decoder_delay", 0.0)))
     for a, arm in out.items():
         save_arm_variant(arm.unet.unet, arm.hadapter, work / "variants" / f"{a}.safetensors")
         tmp = work / f"{a}_unet"
@@ -159,6 +160,19 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
         (work / f"{a}_model" / "ragturbo.json").write_text(json.dumps(meta, indent=2))
     return {**summ, "n_adapter": n, "teacher_sampling_s": round(sample_s, 1), "prep_s": round(prep_s, 1),
             "lam_mean": float(lam[:, 0].mean()), "train_k": k, "arms": list(arms)}
+
+
+def arm_init(cfg: FamilyConfig, arms: tuple[str, ...]) -> dict[str, Path] | None:
+    """``--arm-init DIR``: every arm starts from ``DIR/<arm>.safetensors`` (an earlier run's
+    variants); a missing file is an error, not a fresh start."""
+    d = cfg.extra.get("arm_init")
+    if not d:
+        return None
+    files = {a: Path(d) / f"{a}.safetensors" for a in arms}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"--arm-init {d}: no variant file for {missing}")
+    return files
 
 
 def seed_teacher(cfg: FamilyConfig, work: str | Path, teacher_unet: Path, base: Path = DEFAULT_BASE) -> None:
@@ -176,11 +190,13 @@ def seed_teacher(cfg: FamilyConfig, work: str | Path, teacher_unet: Path, base: 
 
 
 def seed_from_shipped(cfg: FamilyConfig, work: str | Path, teacher_unet: Path,
-                      model: Path | None = None, student_variant: Path | None = None) -> None:
+                      model: Path | None = None, student_variant: Path | None = None,
+                      student_unet: Path | None = None) -> None:
     """Start ``work`` from the shipped student (``toyworld/assets/model`` with the shipped
     ``eval/student.safetensors`` decoder: issue 13's first run, initialised from the natural
     teacher) and a natural-split teacher UNet dir (targets): stages ``base`` .. ``student``
-    are marked done, so ``export``, ``arms``, ``eval`` and ``probe`` run on them."""
+    are marked done, so ``export``, ``arms``, ``eval`` and ``probe`` run on them.
+    ``student_unet``: a student UNet dir of an earlier run instead (e.g. the fifth run's)."""
     from engines.pipeline import OneStepPipeline
     from toyworld.fideval import ASSETS, apply_variant
 
@@ -189,6 +205,13 @@ def seed_from_shipped(cfg: FamilyConfig, work: str | Path, teacher_unet: Path,
     student_variant = student_variant or ASSETS / "eval" / "student.safetensors"
     seed_teacher(cfg, w, teacher_unet, model)
     _mark(w, "skewed", {"stage": "skewed", "skipped": "student from the shipped model"})
+    if student_unet is not None:
+        if not (student_unet / "config.json").is_file():
+            raise FileNotFoundError(f"no student UNet at {student_unet} (config.json missing)")
+        shutil.rmtree(w / "student" / "unet", ignore_errors=True)
+        shutil.copytree(student_unet, w / "student" / "unet")
+        _mark(w, "student", {"stage": "student", "from": str(student_unet)})
+        return
     pipe = OneStepPipeline.from_pretrained(model)
     apply_variant(pipe, student_variant)
     _save_fp16(pipe.unet.unet, w / "student" / "unet")
@@ -354,12 +377,16 @@ def main(argv: list[str] | None = None) -> None:
                     help="start from the shipped student and this natural-split teacher UNet dir")
     ap.add_argument("--seed-teacher", default=None, metavar="TEACHER_UNET",
                     help="take this natural-split teacher UNet dir as the teacher stage (train the rest)")
+    ap.add_argument("--seed-student", default=None, metavar="STUDENT_UNET",
+                    help="with --seed-shipped: this student UNet dir instead of the shipped student")
+    ap.add_argument("--arm-init", default=None, metavar="DIR",
+                    help="start every arm from DIR/<arm>.safetensors (an earlier run's variants)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = get_family(a.family)
     for kv in (x for x in a.set.split(",") if x):
         k, v = kv.split("=", 1)
-        if k in ("n_adapter", "lr_decoder", "leak_frac", "swap_frac", "swap_detach", "train_k"):
+        if k in ("n_adapter", "lr_decoder", "leak_frac", "swap_frac", "swap_detach", "train_k", "decoder_delay"):
             cfg.extra[k] = float(v) if "." in v or "e" in v else int(v)
         elif k == "student_init":
             cfg.extra[k] = v
@@ -368,8 +395,13 @@ def main(argv: list[str] | None = None) -> None:
             setattr(getattr(cfg, sk), f, type(getattr(getattr(cfg, sk), f))(v))
         else:
             setattr(cfg, k, type(getattr(cfg, k))(v))
+    if a.arm_init:
+        cfg.extra["arm_init"] = a.arm_init
+    if a.seed_student and not a.seed_shipped:
+        ap.error("--seed-student needs --seed-shipped (the targets' teacher)")
     if a.seed_shipped:
-        seed_from_shipped(cfg, a.work, Path(a.seed_shipped))
+        seed_from_shipped(cfg, a.work, Path(a.seed_shipped),
+                          student_unet=Path(a.seed_student) if a.seed_student else None)
     elif a.seed_teacher:
         seed_teacher(cfg, a.work, Path(a.seed_teacher), Path(a.base))
     limits = {k: float(v) for k, v in (kv.split("=") for kv in a.limits.split(",") if kv)}

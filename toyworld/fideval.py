@@ -133,19 +133,26 @@ def save_variant(pipe: Any, path: Path) -> Path:
 
 def apply_variant(pipe: Any, path: Path) -> None:
     """Load a variant file's decoder + adapter weights into ``pipe`` (strict on those keys)."""
+    load_variant(pipe.unet.unet, pipe.hadapter, path)
+    pipe.to(pipe.device, pipe.dtype)
+
+
+def load_variant(unet: torch.nn.Module, hadapter: torch.nn.Module, path: Path) -> None:
+    """Load a variant file's decoder weights into a diffusers ``unet`` and its adapter weights
+    into ``hadapter`` (strict on those keys; each keeps its own dtype and device)."""
     from safetensors.torch import load_file
 
     sd = load_file(str(path))
-    unet = {k[5:]: v for k, v in sd.items() if k.startswith("unet.")}
+    dec = {k[5:]: v for k, v in sd.items() if k.startswith("unet.")}
     had = {k[9:]: v for k, v in sd.items() if k.startswith("hadapter.")}
-    cur = pipe.unet.unet.state_dict()
-    missing = [k for k in unet if k not in cur]
+    cur = unet.state_dict()
+    missing = [k for k in dec if k not in cur]
     if missing:
         raise ValueError(f"{path}: {len(missing)} decoder keys not in the base UNet, e.g. {missing[:3]}")
-    cur.update({k: v.to(cur[k].dtype) for k, v in unet.items()})
-    pipe.unet.unet.load_state_dict(cur)
-    pipe.hadapter.load_state_dict({k: v.float() for k, v in had.items()}, strict=True)
-    pipe.to(pipe.device, pipe.dtype)
+    cur.update({k: v.to(cur[k].device, cur[k].dtype) for k, v in dec.items()})
+    unet.load_state_dict(cur)
+    ref = next(hadapter.parameters())
+    hadapter.load_state_dict({k: v.to(ref.device, ref.dtype) for k, v in had.items()}, strict=True)
 
 
 @dataclass

@@ -411,6 +411,56 @@ def test_swap_detach_keeps_the_decoder_out_of_the_swapped_rows_gradient(dirs: di
     assert moved[False] > 0.0
 
 
+def test_arms_resume_from_variants_and_the_decoder_delay_freezes_only_the_decoder(
+        dirs: dict[str, Path], tmp_path: Path) -> None:
+    """``init``: an arm starts from an earlier run's variant file; ``decoder_delay``: the
+    decoder stays as it started for that fraction of the run while the adapter learns."""
+    from engines.pipeline import OneStepPipeline
+    from toyworld import fidelity
+    from toyworld.models.arms import decoder_params, train_arms
+    from toyworld.models.configs import get_family
+
+    pipe = OneStepPipeline.from_pretrained(dirs["mid"])
+    data = _arm_data(pipe)
+    dev = torch.device("cpu")
+    first, _ = train_arms(pipe, data, ("adapter",), 2, 4, 1e-2, 1e-2, dev)
+    var = fidelity.save_arm_variant(first["adapter"].unet.unet, first["adapter"].hadapter, tmp_path / "adapter.safetensors")
+    start = [p.detach().clone() for p in decoder_params(first["adapter"].unet.unet)]
+    student = [p.detach().clone() for p in decoder_params(pipe.unet.unet)]
+    # the whole run delayed: the decoder is the variant's (fp16-rounded), the adapter moved on
+    arms, summ = train_arms(pipe, data, ("adapter",), 2, 4, 1e-2, 1e-2, dev, init={"adapter": var}, decoder_delay=1.0)
+    got = decoder_params(arms["adapter"].unet.unet)
+    assert max((a - b).abs().max().item() for a, b in zip(got, start, strict=True)) < 1e-2
+    assert max((a - b).abs().max().item() for a, b in zip(got, student, strict=True)) > 1e-2
+    w0 = first["adapter"].hadapter.proj_out.weight
+    assert not torch.allclose(arms["adapter"].hadapter.proj_out.weight, w0.half().float(), atol=1e-4)
+    assert summ["decoder_from_step"] is None and summ["init"] == {"adapter": str(var)}
+    # half the run delayed: the decoder learns from the second of two steps on
+    arms, summ = train_arms(pipe, data, ("adapter",), 2, 4, 1e-2, 1e-2, dev, decoder_delay=0.5)
+    got = decoder_params(arms["adapter"].unet.unet)
+    assert summ["decoder_from_step"] == 2
+    assert max((a - b).abs().max().item() for a, b in zip(got, student, strict=True)) > 0
+    # --arm-init names a dir; an arm without its file there is an error, not a fresh start
+    cfg = get_family("tiny-mid")
+    cfg.extra["arm_init"] = str(tmp_path)
+    assert fidelity.arm_init(cfg, ("adapter",)) == {"adapter": var}
+    with pytest.raises(FileNotFoundError, match="control"):
+        fidelity.arm_init(cfg, ("adapter", "control"))
+
+
+def test_seed_student_takes_an_earlier_runs_student(dirs: dict[str, Path], tmp_path: Path) -> None:
+    from toyworld import fidelity
+    from toyworld.models.configs import get_family
+
+    cfg = get_family("tiny-mid")
+    w = tmp_path / "w"
+    fidelity.seed_from_shipped(cfg, w, dirs["mid"] / "unet", dirs["mid"], student_unet=dirs["xattn"] / "unet")
+    assert (w / "student" / "unet" / "config.json").read_text() == (dirs["xattn"] / "unet" / "config.json").read_text()
+    assert [s for s in fidelity.STAGES if (w / s / "done.json").is_file()] == ["base", "teacher", "skewed", "student"]
+    with pytest.raises(FileNotFoundError, match="student UNet"):
+        fidelity.seed_from_shipped(cfg, tmp_path / "w2", dirs["mid"] / "unet", dirs["mid"], student_unet=tmp_path / "none")
+
+
 @pytest.mark.parametrize(("mode", "k"), [("off", 1), ("inject", 1), ("adapter", 1), ("adapter", 4)])
 def test_fideval_compose_images_equal_the_direct_path(dirs: dict[str, Path], mode: str, k: int) -> None:
     """The eval's one-step modes go through retrieval.compose: the same images as the direct

@@ -124,6 +124,8 @@ def train_arms(
     leak_frac: float = 0.0,
     swap_frac: float = 0.0,
     swap_detach_decoder: bool = False,
+    init: dict[str, Any] | None = None,
+    decoder_delay: float = 0.0,
 ) -> tuple[dict[str, Arm], dict[str, Any]]:
     """Train ``arms`` on ``data`` from ``pipe``'s student; returns the arms and a summary.
     ``leak_frac``: the ``adapter`` arm's leak curriculum (fraction of rows given the target
@@ -131,8 +133,15 @@ def train_arms(
     arm but ``PLAIN_ARMS`` (needs ``data.context_swap``); ``swap_detach_decoder``: the swapped
     rows' loss reaches the adapter (through the decoder) but not the decoder's weights, so the
     curriculum cannot teach the decoder to distrust H (the third run's cost, see
-    docs/toyworld-models.md)."""
+    docs/toyworld-models.md); ``init``: arm -> a variant file (``toyworld.fideval`` format) whose
+    decoder + adapter weights the arm starts from instead of the student's decoder and an
+    identity adapter (to continue an earlier run; the optimiser and schedule start afresh);
+    ``decoder_delay``: the fraction of the run (of ``steps``, or of ``time_limit_s`` when that
+    ends it first) during which only the adapters learn and every decoder stays the student's,
+    so that the adapter learns to use its neighbour while the text path is still wrong where
+    the neighbour is right."""
     from engines.hadapter import HAdapter
+    from toyworld.fideval import load_variant
 
     bad = [a for a in arms if a not in ARMS]
     if bad:
@@ -151,6 +160,11 @@ def train_arms(
         for p in dec:
             p.requires_grad_(True)
         ad = HAdapter(**dict(pipe.hadapter.config)).to(device).float().train()
+        if init and a in init:
+            load_variant(u.unet, ad, init[a])
+        if decoder_delay > 0:
+            for p in dec:
+                p.requires_grad_(False)
         arm = Arm(a, u, ad, LossLog(a))
         out[a] = arm
         params += [{"params": dec, "lr": lr_decoder}, {"params": list(ad.parameters()), "lr": lr_adapter}]
@@ -160,7 +174,14 @@ def train_arms(
     gen = torch.Generator().manual_seed(seed + 13)
     t0 = time.perf_counter()
     step = 0
+    delayed = decoder_delay > 0
+    delay_step = None
     for step in range(1, steps + 1):
+        if delayed and _run_fraction(step - 1, steps, t0, time_limit_s) >= decoder_delay:
+            delayed, delay_step = False, step
+            for arm in out.values():
+                for p in decoder_params(arm.unet.unet):
+                    p.requires_grad_(True)
         idx = torch.randint(0, len(data), (batch_size,), generator=gen).to(device)
         leak = (torch.rand(batch_size, generator=gen) < leak_frac).to(device) if leak_frac > 0 else None
         swap_cpu = torch.rand(batch_size, generator=gen) < swap_frac if swap_frac > 0 else None
@@ -208,13 +229,23 @@ def train_arms(
     summary: dict[str, Any] = {"steps": step, "wall_s": round(time.perf_counter() - t0, 2),
                                "batch_size": batch_size, "lr_adapter": lr_adapter, "lr_decoder": lr_decoder,
                                "leak_frac": leak_frac, "swap_frac": swap_frac,
-                               "swap_detach_decoder": swap_detach_decoder}
+                               "swap_detach_decoder": swap_detach_decoder, "decoder_delay": decoder_delay,
+                               "decoder_from_step": delay_step if decoder_delay > 0 else 1,
+                               "init": {a: str(f) for a, f in (init or {}).items()}}
     for a, arm in out.items():
         arm.log.finish(step)
         summary[a] = {"first_loss": arm.log.first(), "final_loss": arm.log.last(), "curve": arm.log.rows}
         arm.unet.eval().requires_grad_(False)
         arm.hadapter.eval().requires_grad_(False)
     return out, summary
+
+
+def _run_fraction(done: int, steps: int, t0: float, time_limit_s: float | None) -> float:
+    """How far a run of ``steps`` steps (or ``time_limit_s`` seconds, whichever ends first) is."""
+    f = done / steps
+    if time_limit_s:
+        f = max(f, (time.perf_counter() - t0) / time_limit_s)
+    return f
 
 
 class _Decode(torch.nn.Module):
