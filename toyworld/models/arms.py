@@ -229,7 +229,7 @@ def train_arms(
     summary: dict[str, Any] = {"steps": step, "wall_s": round(time.perf_counter() - t0, 2),
                                "batch_size": batch_size, "lr_adapter": lr_adapter, "lr_decoder": lr_decoder,
                                "leak_frac": leak_frac, "swap_frac": swap_frac,
-                               "swap_detach_decoder": swap_detach_decoder, "decoder_delay": decoder_delay,
+                               "swap_detach_decoder": swap_detach_decoder and swap_frac > 0, "decoder_delay": decoder_delay,
                                "decoder_from_step": delay_step if decoder_delay > 0 else 1,
                                "init": {a: str(f) for a, f in (init or {}).items()}}
     for a, arm in out.items():
