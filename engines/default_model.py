@@ -17,8 +17,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SHIPPED = Path(__file__).resolve().parent.parent / "toyworld" / "assets" / "model"
-"""The default value of ``RAGTURBO_SHIPPED_MODEL_DIR`` (declared here only; read it through
-``shipped_model_dir``)."""
+"""The default value of ``RAGTURBO_SHIPPED_MODEL_DIR`` (declared here only). Serving and the
+benches read the model through ``shipped_model_dir``; the toy world's training, eval and
+ship tools use ``SHIPPED`` itself, since they read and write the repo's assets as one unit
+(``toyworld/assets/model`` beside the ``eval/`` variants made for it)."""
 SHIPPED_ENV = "RAGTURBO_SHIPPED_MODEL_DIR"
 
 

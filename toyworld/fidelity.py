@@ -204,7 +204,8 @@ def seed_from_shipped(cfg: FamilyConfig, work: str | Path, teacher_unet: Path,
     model = model or SHIPPED
     student_variant = student_variant or ASSETS / "eval" / "student.safetensors"
     seed_teacher(cfg, w, teacher_unet, model)
-    _mark(w, "skewed", {"stage": "skewed", "skipped": "student from the shipped model"})
+    _mark(w, "skewed", {"stage": "skewed",
+                        "skipped": f"student from {student_unet}" if student_unet else "student from the shipped model"})
     if student_unet is not None:
         if not (student_unet / "config.json").is_file():
             raise FileNotFoundError(f"no student UNet at {student_unet} (config.json missing)")

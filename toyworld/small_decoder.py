@@ -38,6 +38,7 @@ from engines.default_model import SHIPPED
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class SmallDecoderConfig:
     width_div: int = 2

@@ -141,6 +141,7 @@ def train_arms(
     so that the adapter learns to use its neighbour while the text path is still wrong where
     the neighbour is right."""
     from engines.hadapter import HAdapter
+    from engines.rules import x0_from_output
     from toyworld.fideval import load_variant
 
     bad = [a for a in arms if a not in ARMS]
@@ -158,13 +159,10 @@ def train_arms(
         u.requires_grad_(False)
         dec = decoder_params(u.unet)
         for p in dec:
-            p.requires_grad_(True)
+            p.requires_grad_(decoder_delay <= 0)  # a delayed decoder joins later in the loop
         ad = HAdapter(**dict(pipe.hadapter.config)).to(device).float().train()
         if init and a in init:
             load_variant(u.unet, ad, init[a])
-        if decoder_delay > 0:
-            for p in dec:
-                p.requires_grad_(False)
         arm = Arm(a, u, ad, LossLog(a))
         out[a] = arm
         params += [{"params": dec, "lr": lr_decoder}, {"params": list(ad.parameters()), "lr": lr_adapter}]
@@ -211,7 +209,7 @@ def train_arms(
                     v = _decode_split(arm.unet, hh, skips, temb, ctx, swap)
                 else:
                     v = arm.unet.decode(hh, skips, temb, ctx).float()
-            x0 = a_t**0.5 * z - (1 - a_t) ** 0.5 * v
+            x0 = x0_from_output(z, v, a_t, pipe.prediction_type)
             loss = F.smooth_l1_loss(x0, tgt, beta=0.1)
             losses[a] = loss
             total = total + loss

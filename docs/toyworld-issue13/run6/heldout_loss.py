@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from engines.pipeline import OneStepPipeline
+from engines.rules import x0_from_output
 from toyworld.fidelity import restore_arms
 from toyworld.fideval import Database
 from toyworld.models.adapter import ADAPTER_NOISE_SEED
@@ -50,6 +51,6 @@ with torch.no_grad():
             h, skips, temb = p.unet.encode(z, t, text.context)
             hh = h if key == "student" else p.hadapter(h.float(), h_nb.float(), lam.float())
             v = p.unet.decode(hh, skips, temb, text.context).float()
-            x0 = a_t**0.5 * z - (1 - a_t) ** 0.5 * v
+            x0 = x0_from_output(z, v, a_t, p.prediction_type)
             out[f"{name}/{key}"] = F.smooth_l1_loss(x0, tgt, beta=0.1).item()
 print(json.dumps(out, indent=1))
