@@ -122,8 +122,13 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
     noise = pipe.initial_noise([ADAPTER_NOISE_SEED + i for i in range(n)]).float()
     teacher = st.load("teacher")
     bs = 2048 if dev.type == "cuda" else 64
-    targets = torch.cat([sample(teacher, ctx[i : i + bs], unc, noise[i : i + bs], cfg.teacher_steps, cfg.guidance)
-                         for i in range(0, n, bs)])
+    parts = []
+    for i in range(0, n, bs):
+        parts.append(sample(teacher, ctx[i : i + bs], unc, noise[i : i + bs], cfg.teacher_steps, cfg.guidance))
+        if (i // bs) % 20 == 19:
+            log.info("arms: teacher targets %d / %d (%.0f s)", i + bs, n, time.perf_counter() - t0)
+    targets = torch.cat(parts)
+    del parts
     sample_s = time.perf_counter() - t0
     db = Database.build(pipe, cfg.n_retrieval)
     k = int(cfg.extra.get("train_k", 1))
@@ -142,13 +147,24 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
                    lam=lam.to(dev), h_self=self_features(pipe, targets, ctx).to(dev), context_swap=ctx_swap)
     prep_s = time.perf_counter() - t0
     run = cfg.adapter
+
+    def checkpoint(step: int, arms_now: dict[str, Any]) -> None:
+        for a, arm in arms_now.items():
+            save_arm_variant(arm.unet.unet, arm.hadapter, work / "variants" / f"{a}.safetensors")
+        losses = {a: arm.log.last() for a, arm in arms_now.items()}
+        tmp = work / "variants" / "progress.json.tmp"
+        tmp.write_text(json.dumps({"step": step, "wall_s": round(time.perf_counter() - t0, 1), "loss": losses}))
+        tmp.replace(work / "variants" / "progress.json")
+        log.info("arms: checkpoint at step %d, loss %s", step, losses)
+
     out, summ = train_arms(pipe, data, arms, run.steps, run.batch_size, run.lr,
                            float(cfg.extra.get("lr_decoder", 3e-5)), dev, limit, cfg.seed, run.log_every,
                            float(cfg.extra.get("leak_frac", 0.0)), swap_frac,
                            bool(cfg.extra.get("swap_detach", 0)), arm_init(cfg, arms),
-                           float(cfg.extra.get("decoder_delay", 0.0)))
+                           float(cfg.extra.get("decoder_delay", 0.0)),
+                           checkpoint, float(cfg.extra.get("checkpoint_s", 120.0)))
+    checkpoint(summ["steps"], out)
     for a, arm in out.items():
-        save_arm_variant(arm.unet.unet, arm.hadapter, work / "variants" / f"{a}.safetensors")
         tmp = work / f"{a}_unet"
         _save_fp16(arm.unet.unet, tmp / "unet")
         export_model_dir(work, work / f"{a}_model", cfg, hadapter=arm.hadapter)
@@ -387,7 +403,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = get_family(a.family)
     for kv in (x for x in a.set.split(",") if x):
         k, v = kv.split("=", 1)
-        if k in ("n_adapter", "lr_decoder", "leak_frac", "swap_frac", "swap_detach", "train_k", "decoder_delay"):
+        if k in ("n_adapter", "lr_decoder", "leak_frac", "swap_frac", "swap_detach", "train_k", "decoder_delay",
+                 "checkpoint_s"):
             cfg.extra[k] = float(v) if "." in v or "e" in v else int(v)
         elif k == "student_init":
             cfg.extra[k] = v

@@ -127,7 +127,9 @@ def save_variant(pipe: Any, path: Path) -> Path:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().half().contiguous() for k, v in variant_state(pipe).items()}, str(path))
+    tmp = path.with_name(path.name + ".tmp")  # a reader (a copy-out loop) never sees half a file
+    save_file({k: v.detach().cpu().half().contiguous() for k, v in variant_state(pipe).items()}, str(tmp))
+    tmp.replace(path)
     return path
 
 

@@ -214,3 +214,33 @@ def test_bench_arms_reports_steps_per_second_for_each_shape() -> None:
         expect = r["steps"] * r["batch"] * r["arms"] / r["wall_s"]
         assert abs(r["arm_samples_per_s"] - expect) <= 0.05 * expect + 1
 
+
+
+def test_arms_checkpoint_on_a_timer_and_the_files_resume(dirs: dict[str, Path], tmp_path: Path,
+                                                         arm_data: Callable[..., Any]) -> None:
+    """``checkpoint`` is called every ``checkpoint_every_s`` with the step and the live arms, so
+    a run cut off mid-way keeps what it learned; a file it writes resumes as ``init``."""
+    from engines.pipeline import OneStepPipeline
+    from toyworld import fidelity
+    from toyworld.models.arms import decoder_params, train_arms
+
+    pipe = OneStepPipeline.from_pretrained(dirs["mid"])
+    data = arm_data(pipe)
+    calls: list[tuple[int, tuple[str, ...]]] = []
+
+    def ckpt(step: int, arms: dict[str, Any]) -> None:
+        calls.append((step, tuple(arms)))
+        for a, arm in arms.items():
+            fidelity.save_arm_variant(arm.unet.unet, arm.hadapter, tmp_path / f"{a}.safetensors")
+
+    arms, _ = train_arms(pipe, data, ("adapter", "control"), 3, 4, 1e-2, 1e-2, torch.device("cpu"),
+                         checkpoint=ckpt, checkpoint_every_s=1e-9)
+    assert calls == [(1, ("adapter", "control")), (2, ("adapter", "control")), (3, ("adapter", "control"))]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.safetensors", "control.safetensors"]
+    resumed, _ = train_arms(pipe, data, ("adapter",), 0, 4, 1e-2, 1e-2, torch.device("cpu"),
+                            init={"adapter": tmp_path / "adapter.safetensors"})
+    for a, b in zip(decoder_params(resumed["adapter"].unet.unet), decoder_params(arms["adapter"].unet.unet), strict=True):
+        assert torch.allclose(a, b, atol=1e-2)
+    calls.clear()
+    train_arms(pipe, data, ("adapter",), 2, 4, 1e-2, 1e-2, torch.device("cpu"), checkpoint=ckpt)  # off by default
+    assert calls == []

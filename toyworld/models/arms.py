@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +127,8 @@ def train_arms(
     swap_detach_decoder: bool = False,
     init: dict[str, Any] | None = None,
     decoder_delay: float = 0.0,
+    checkpoint: Callable[[int, dict[str, Arm]], None] | None = None,
+    checkpoint_every_s: float = 0.0,
 ) -> tuple[dict[str, Arm], dict[str, Any]]:
     """Train ``arms`` on ``data`` from ``pipe``'s student; returns the arms and a summary.
     ``leak_frac``: the ``adapter`` arm's leak curriculum (fraction of rows given the target
@@ -139,7 +142,8 @@ def train_arms(
     ``decoder_delay``: the fraction of the run (of ``steps``, or of ``time_limit_s`` when that
     ends it first) during which only the adapters learn and every decoder stays the student's,
     so that the adapter learns to use its neighbour while the text path is still wrong where
-    the neighbour is right."""
+    the neighbour is right; ``checkpoint(step, arms)``: called every ``checkpoint_every_s``
+    seconds of the loop (> 0), so a run cut off mid-way keeps its arms up to the last call."""
     from engines.hadapter import HAdapter
     from engines.rules import x0_from_output
     from toyworld.fideval import load_variant
@@ -174,6 +178,7 @@ def train_arms(
     step = 0
     delayed = decoder_delay > 0
     delay_step = None
+    last_ckpt = t0
     for step in range(1, steps + 1):
         if delayed and _run_fraction(step - 1, steps, t0, time_limit_s) >= decoder_delay:
             delayed, delay_step = False, step
@@ -222,6 +227,9 @@ def train_arms(
         sched.step()
         for a, arm in out.items():  # the loss tensor is read only on logged steps: no sync a step
             arm.log.add(step, losses[a].detach(), log_every)
+        if checkpoint is not None and checkpoint_every_s > 0 and time.perf_counter() - last_ckpt >= checkpoint_every_s:
+            checkpoint(step, out)
+            last_ckpt = time.perf_counter()
         if out_of_time(t0, time_limit_s):
             break
     summary: dict[str, Any] = {"steps": step, "wall_s": round(time.perf_counter() - t0, 2),
