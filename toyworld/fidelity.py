@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from engines.default_model import SHIPPED
+from engines.vae_decoder import SMALL_DIR
 from toyworld.models.configs import FamilyConfig, get_family
 from toyworld.recipes import RecipeState, _done, _mark, _save_fp16, export_model_dir, start_run
 
@@ -43,12 +44,12 @@ STAGES = ("base", "teacher", "skewed", "student", "export", "arms", "eval", "pro
 DEFAULT_BASE = SHIPPED  # toyworld/assets/model, declared once in engines.default_model
 
 
-def _state(cfg: FamilyConfig, work: Path, device: torch.device, split: str, n: int) -> RecipeState:
+def _state(cfg: FamilyConfig, work: Path, device: torch.device, split: str, n: int, start: int = 0) -> RecipeState:
     from toyworld.models.data import make_split
 
     st = RecipeState(cfg=cfg, work=work, device=device)
     t0 = time.perf_counter()
-    st.cache["train"] = make_split(split, n)
+    st.cache["train"] = make_split(split, n, start=start)
     st.cache["data_s"] = time.perf_counter() - t0
     return st
 
@@ -112,14 +113,15 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
 
     t0 = time.perf_counter()
     n = cfg.extra.get("n_adapter", cfg.n_distill)
-    st = _state(cfg, work, dev, "adapter", n)
+    start = int(cfg.extra.get("adapter_start", 0))  # a continued run can train on rows it never saw
+    st = _state(cfg, work, dev, "adapter", n, start)
     sp = st.train_split()
     named = sum(bool(set(s.colour_shape_pairs()) & HELD_OUT_RARE) for s in sp.specs)
     if named:
         raise AssertionError(f"{named} adapter prompts name a held-out rare pair")
     pipe = OneStepPipeline.from_pretrained(work / "model", device=dev)
     ctx, pooled, unc = st.text_features()
-    noise = pipe.initial_noise([ADAPTER_NOISE_SEED + i for i in range(n)]).float()
+    noise = pipe.initial_noise([ADAPTER_NOISE_SEED + start + i for i in range(n)]).float()
     teacher = st.load("teacher")
     bs = 2048 if dev.type == "cuda" else 64
     parts = []
@@ -174,7 +176,7 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
         meta = json.loads((work / f"{a}_model" / "ragturbo.json").read_text())
         meta["variant"] = a
         (work / f"{a}_model" / "ragturbo.json").write_text(json.dumps(meta, indent=2))
-    return {**summ, "n_adapter": n, "teacher_sampling_s": round(sample_s, 1), "prep_s": round(prep_s, 1),
+    return {**summ, "n_adapter": n, "adapter_start": start, "teacher_sampling_s": round(sample_s, 1), "prep_s": round(prep_s, 1),
             "lam_mean": float(lam[:, 0].mean()), "train_k": k, "arms": list(arms)}
 
 
@@ -404,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     for kv in (x for x in a.set.split(",") if x):
         k, v = kv.split("=", 1)
         if k in ("n_adapter", "lr_decoder", "leak_frac", "swap_frac", "swap_detach", "train_k", "decoder_delay",
-                 "checkpoint_s"):
+                 "checkpoint_s", "adapter_start"):
             cfg.extra[k] = float(v) if "." in v or "e" in v else int(v)
         elif k == "student_init":
             cfg.extra[k] = v
@@ -435,6 +437,27 @@ if __name__ == "__main__":
     main()
 
 
+def _small_decoder_to_keep(model_dest: Path, src: Path) -> Path | None:
+    """A copy (in a temp dir) of ``model_dest``'s small VAE decoder when ``src`` has none and
+    its VAE is the one that decoder was distilled from (its config records the sha256): the
+    arms never change the VAE, so the shipped ``vae_small`` stays valid for the new model."""
+    import tempfile
+
+    from engines.modeldir import file_sha256
+    from engines.vae_decoder import WEIGHTS
+
+    old = model_dest / SMALL_DIR
+    if (src / SMALL_DIR).is_dir() or not (old / "config.json").is_file():
+        return None
+    want = json.loads((old / "config.json").read_text()).get("distilled_from_vae_sha256")
+    vae = src / "vae" / WEIGHTS
+    if not want or not vae.is_file() or file_sha256(vae) != want:
+        return None
+    keep = Path(tempfile.mkdtemp()) / SMALL_DIR
+    shutil.copytree(old, keep)
+    return keep
+
+
 def ship(work: str | Path, variant: str = "adapter", model_dest: Path | None = None,
          eval_dest: Path | None = None) -> dict[str, Any]:
     """Ship ``<work>/<variant>_model`` (``model`` for the student) as ``toyworld/assets/model``
@@ -450,8 +473,12 @@ def ship(work: str | Path, variant: str = "adapter", model_dest: Path | None = N
     src = w / ("model" if variant == "student" else f"{variant}_model")
     if not src.is_dir():
         raise FileNotFoundError(f"no {src} to ship")
+    small = _small_decoder_to_keep(model_dest, src)
     shutil.rmtree(model_dest, ignore_errors=True)
     shutil.copytree(src, model_dest, ignore=shutil.ignore_patterns(".fingerprint-cache.json"))
+    if small is not None:
+        shutil.copytree(small, model_dest / SMALL_DIR)
+        shutil.rmtree(small.parent)
     meta = json.loads((model_dest / "ragturbo.json").read_text())
     (model_dest / "ragturbo.json").write_text(json.dumps({**meta, "variant": variant}, indent=2))
     (model_dest / ".gitignore").write_text(".fingerprint-cache.json\n")

@@ -132,6 +132,34 @@ def test_arm_variants_restore_to_model_dirs_and_pack_under_the_size_cap(
         assert t.getnames() == ["variants/control.safetensors"]
 
 
+def test_ship_writes_the_winner_and_the_eval_variants_and_keeps_a_matching_small_decoder(
+        dirs: dict[str, Path], tmp_path: Path) -> None:
+    """``ship`` makes the chosen arm the model dir (its ragturbo.json names it), writes the other
+    variants for the eval, and keeps the old ``vae_small`` only when it was distilled from the
+    new model's VAE (the arms never change the VAE)."""
+    import shutil
+
+    from engines.modeldir import file_sha256
+    from engines.pipeline import OneStepPipeline
+    from toyworld import fidelity
+
+    work = tmp_path / "w"
+    shutil.copytree(dirs["mid"], work / "model")
+    a = OneStepPipeline.from_pretrained(dirs["mid"])
+    for arm in ("adapter", "control"):
+        fidelity.save_arm_variant(a.unet.unet, a.hadapter, work / "variants" / f"{arm}.safetensors")
+    vae_sha = file_sha256(work / "model" / "vae" / "diffusion_pytorch_model.safetensors")
+    for sha, kept in ((vae_sha, True), ("0" * 64, False)):
+        dest, ev = tmp_path / f"model-{kept}", tmp_path / f"eval-{kept}"
+        (dest / "vae_small").mkdir(parents=True)
+        (dest / "vae_small" / "config.json").write_text(json.dumps({"distilled_from_vae_sha256": sha}))
+        out = fidelity.ship(work, "adapter", model_dest=dest, eval_dest=ev)
+        assert out["eval"] == ["student", "control"]
+        assert json.loads((dest / "ragturbo.json").read_text())["variant"] == "adapter"
+        assert sorted(p.name for p in ev.iterdir()) == ["control.safetensors", "student.safetensors"]
+        assert (dest / "vae_small" / "config.json").is_file() is kept
+
+
 def test_variant_file_round_trip(dirs: dict[str, Path], tmp_path: Path) -> None:
     from engines.pipeline import OneStepPipeline
     from toyworld.fideval import apply_variant, save_variant

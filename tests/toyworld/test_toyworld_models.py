@@ -71,6 +71,10 @@ def test_splits_are_deterministic_and_long_tail_is_rare_in_training() -> None:
 
     a, b = make_split("train", 6, workers=1), make_split("train", 6, workers=1)
     assert a.captions == b.captions and np.array_equal(a.images, b.images)
+    tail_of_a = make_split("train", 2, workers=1, start=4)  # items 4..5: a continued run's new rows
+    assert tail_of_a.captions == a.captions[4:] and np.array_equal(tail_of_a.images, a.images[4:])
+    with pytest.raises(ValueError, match="start"):
+        make_split("train", 2, start=-1)
     tr, rt = make_split("train", 300, workers=1), make_split("retrieval", 300, workers=1)
     assert tr.long_tail.mean() < 0.05 < rt.long_tail.mean()
     p, tail = eval_prompts(3, 3)

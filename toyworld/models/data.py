@@ -155,15 +155,17 @@ def _chunk(args: tuple[str, int, int]) -> list[tuple[np.ndarray | None, str, Sce
     return [fn(i) for i in range(lo, hi)]
 
 
-def make_split(name: str, n: int, workers: int | None = None) -> Split:
-    """Items 0..n-1 of split ``name`` (train, retrieval, eval), generated in parallel."""
+def make_split(name: str, n: int, workers: int | None = None, start: int = 0) -> Split:
+    """Items start..start+n-1 of split ``name`` (train, retrieval, eval, ...), generated in parallel."""
     if name not in _MAKERS:
         raise ValueError(f"unknown split {name!r}; choose one of {sorted(_MAKERS)}")
     if n < 1:
         raise ValueError(f"split size must be >= 1, got {n}")
     workers = workers or min(32, os.cpu_count() or 1)
     step = max(1, min(2000, n // (4 * workers) + 1))
-    jobs = [(name, lo, min(n, lo + step)) for lo in range(0, n, step)]
+    if start < 0:
+        raise ValueError(f"split start must be >= 0, got {start}")
+    jobs = [(name, lo, min(start + n, lo + step)) for lo in range(start, start + n, step)]
     if workers > 1 and len(jobs) > 1:
         with get_context("fork").Pool(workers) as pool:
             parts = pool.map(_chunk, jobs)
@@ -174,7 +176,7 @@ def make_split(name: str, n: int, workers: int | None = None) -> Split:
     specs = [s for _, _, s in items]
     imgs = None if name == "eval" else np.stack([im for im, _, _ in items])  # type: ignore[misc]
     tail = np.array([is_long_tail(s) for s in specs], dtype=bool)
-    log.info("split %s: %d items, %d long-tail", name, n, int(tail.sum()))
+    log.info("split %s: %d items from %d, %d long-tail", name, n, start, int(tail.sum()))
     return Split(name=name, images=imgs, captions=caps, specs=specs, long_tail=tail)
 
 
