@@ -334,3 +334,41 @@ def test_gpu_arms_sweep_trains_once_then_forks_one_process_per_recipe(tmp_path: 
         assert (Path(x[0]) / "mark").is_file()  # the recipe's work dir started as a copy of the shared one
 
 
+
+
+def test_gpu_arms_continue_launches_detached_and_copies_checkpoints_out(tmp_path: Path) -> None:
+    """``toyworld/gpu_arms_continue.sh start``, with a stand-in for ``python``: one detached
+    ``toyworld.fidelity`` run seeded from RUN's student and variants on rows START.., whose
+    checkpoint files, log and packed results land in $OUT by the time the poll ends."""
+    import subprocess
+    import sys
+
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fake.py"
+    fake.write_text(
+        "import json, pathlib, sys, time\n"
+        f"open({str(calls)!r}, 'a').write(json.dumps(sys.argv[3:]) + '\\n')\n"
+        "w = pathlib.Path(sys.argv[3]); v = w / 'variants'; v.mkdir(parents=True)\n"
+        "(v / 'adapter.safetensors').write_bytes(b'x'); (v / 'progress.json').write_text('{\"step\": 7}')\n"
+        "print('arms: checkpoint at step 7'); time.sleep(0.5)\n"
+        "p = pathlib.Path(sys.argv[sys.argv.index('--pack') + 1]); p.mkdir(); (p / 'results.tar').write_bytes(b'r')\n")
+    run = tmp_path / "run"
+    (run / "student_unet").mkdir(parents=True)
+    (run / "init").mkdir()
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    root = Path(__file__).resolve().parents[2]
+    out, work = tmp_path / "out", tmp_path / "w"
+    env = {**os.environ, "PY": f"{sys.executable} {fake}", "OUT": str(out), "WORK": str(work), "RUN": str(run),
+           "TEACHER": str(teacher), "N": "64", "START": "200000", "ARMS_S": "5", "POLL_S": "0.2"}
+    r = subprocess.run(["bash", str(root / "toyworld" / "gpu_arms_continue.sh"), "start", "20"], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "FINISHED" in r.stdout
+    (args,) = [json.loads(x) for x in calls.read_text().splitlines()]
+    assert args[0] == str(work) and args[args.index("--seed-student") + 1] == f"{work}.run/student_unet"
+    assert args[args.index("--arm-init") + 1] == f"{work}.run/init"
+    assert args[args.index("--set") + 1] == "swap_frac=0,n_adapter=64,adapter_start=200000,checkpoint_s=60"
+    assert args[args.index("--limits") + 1] == "arms=5"
+    assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "card.md", "log.txt", "progress.json", "results.tar"]
+    assert "checkpoint at step 7" in (out / "log.txt").read_text()

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Issue 13, seventh run: continue an earlier run's arms on fresh rows, safe across device calls.
+# `start` launches toyworld.fidelity under setsid (it outlives the call while the machine stays
+# warm) and polls; `poll` (the next call, within the machine's warm window) only polls. Every
+# 10 s the arms' latest checkpoint (WORK/variants: <arm>.safetensors + progress.json, written
+# every 60 s), the filtered log and, once packed, results.tar are copied to $OUT, so a call cut
+# short or a machine lost mid-call keeps what the last copy held.
+# Usage: bash toyworld/gpu_arms_continue.sh start|poll [SECONDS (400)]
+# Env: RUN (a dir with student_unet/ and init/<arm>.safetensors: the earlier run's student and
+# variants), N (rows, 200000), START (first row of the adapter split, 0), ARMS_S (arm stage cap,
+# 750), ARMS (adapter,control,shuffled), TEACHER (toyworld/assets/eval/teacher_unet), WHL (a dir
+# of wheels to install under /tmp/site first; unset: none), OUT, WORK (/tmp/wF), PY (python3).
+W=${WORK:-/tmp/wF}; P=$W.pack; RUN=${RUN:-out/run7}; PY=${PY:-python3}; OUT=${OUT:-out/continue}
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+copyout() {
+  cp "$W.card.md" "$OUT/card.md" 2>/dev/null
+  grep -v " step [0-9]* loss\|Loading weights\|should be kept in float32" "$W.log" > "$OUT/log.txt" 2>/dev/null
+  cp "$W"/variants/*.safetensors "$W/variants/progress.json" "$OUT/" 2>/dev/null
+  [ -f "$P/results.tar" ] && cp "$P/results.tar" "$OUT/"
+}
+running() { pgrep -f "toyworld.fidelity $W " >/dev/null; }
+if [ "$1" = start ]; then
+  if [ -n "${WHL:-}" ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHL"/*.whl || exit 1
+  fi
+  { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null; date -u +%FT%TZ; } > "$W.card.md"
+  # copies outside the tree: a later call's copy of the working tree may replace it
+  rm -rf "$W.run" "$W.teacher" && cp -r "$RUN" "$W.run" && cp -r "${TEACHER:-toyworld/assets/eval/teacher_unet}" "$W.teacher"
+  setsid nohup $PY -m toyworld.fidelity "$W" --family full-mid \
+    --seed-shipped "$W.teacher" --seed-student "$W.run/student_unet" --arm-init "$W.run/init" \
+    --arms "${ARMS:-adapter,control,shuffled}" --stages base,teacher,skewed,student,export,arms,eval,probe \
+    --set "swap_frac=0,n_adapter=${N:-200000},adapter_start=${START:-0},checkpoint_s=60" \
+    --limits "arms=${ARMS_S:-750}" --pack "$P" > "$W.log" 2>&1 < /dev/null &
+  sleep 2
+fi
+end=$((SECONDS + ${2:-400}))
+while [ $SECONDS -lt $end ]; do
+  sleep "${POLL_S:-10}"; copyout
+  running || break
+done
+{ nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null; date -u +%FT%TZ; } >> "$W.card.md"
+copyout
+running && echo RUNNING || echo FINISHED
+tail -4 "$OUT/log.txt"; cat "$W/variants/progress.json" 2>/dev/null; echo
