@@ -91,8 +91,11 @@ N_PARITY = 40
 # (stored-feature tolerance as relative norm of the difference, generated-image max |diff| in
 # 0..255): fp32 differs from ingest only in summation order (then fp16 rounding); bf16 is the
 # VAE encoder under autocast (measured on 500 pairs x 96 requests: latents 0.35 %, H 0.17 %,
-# images <= 2 levels, mean 0.004).
-TOLERANCE = {"fp32": (1e-3, 1), "bf16": (1e-2, 3)}
+# images <= 2 levels, mean 0.004, on the model shipped then; the seventh run's model, whose
+# trained adapter reacts more to H, on 40 pairs x 132 requests: max 6 levels on a few pixels
+# of one image, the rest <= 3, mean over the images 0.007, docs/toyworld.md).
+TOLERANCE = {"fp32": (1e-3, 1), "bf16": (1e-2, 8)}
+MEAN_DIFF_MAX = 0.05
 
 
 @pytest.mark.parametrize("vae", ["fp32", "bf16"])
@@ -153,16 +156,18 @@ def test_worker_build_stores_what_ingest_stores(
                 for m in ("adapter", "inject")]
         out_ref, _ = TextToImage(pipe, ref_db).generate(reqs)
         out_new, _ = TextToImage(pipe, new_db).generate(reqs)
-        compared = 0
+        compared, means = 0, []
         for a_img, b_img in zip(out_ref, out_new, strict=True):
             assert a_img.retrieval_status == b_img.retrieval_status == "ok"
             if [n.id for n in a_img.retrieved] != [n.id for n in b_img.retrieved]:
                 assert a_img.retrieved[0].score == pytest.approx(b_img.retrieved[0].score, abs=1e-6)
                 continue  # an exact tie resolved the other way: another pair with the same caption
-            diff = np.abs(a_img.image.astype(int) - b_img.image.astype(int)).max()
-            assert diff <= img_max, diff
+            diff = np.abs(a_img.image.astype(int) - b_img.image.astype(int))
+            assert diff.max() <= img_max, diff.max()
+            means.append(float(diff.mean()))
             compared += 1
         assert compared >= len(reqs) - 2
+        assert np.mean(means) <= MEAN_DIFF_MAX, means  # over every compared image
     finally:
         new_db.close()
 
