@@ -433,9 +433,6 @@ def main(argv: list[str] | None = None) -> None:
         print(k, {kk: vv for kk, vv in v.items() if kk != "curve" and not isinstance(vv, dict)})
 
 
-if __name__ == "__main__":
-    main()
-
 
 def _small_decoder_to_keep(model_dest: Path, src: Path) -> Path | None:
     """A copy (in a temp dir) of ``model_dest``'s small VAE decoder when ``src`` has none and
@@ -495,3 +492,7 @@ def ship(work: str | Path, variant: str = "adapter", model_dest: Path | None = N
         shutil.copytree(w / "teacher" / "unet", eval_dest / "teacher_unet")
         shipped.append("teacher")
     return {"model": str(model_dest), "variant": variant, "eval": shipped}
+
+
+if __name__ == "__main__":
+    main()
