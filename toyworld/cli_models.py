@@ -109,7 +109,7 @@ def ship_cmd(
     variant: Annotated[str, typer.Option("--variant", help="student, adapter, control, shuffled or leak.")] = "adapter",
 ) -> None:
     """Ship a variant as toyworld/assets/model and the others (+ teacher) as toyworld/assets/eval."""
-    from toyworld.fidelity import ship
+    from toyworld.ship import ship
 
     typer.echo(json.dumps(ship(work, variant)))
 

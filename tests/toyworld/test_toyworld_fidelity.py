@@ -142,6 +142,7 @@ def test_ship_writes_the_winner_and_the_eval_variants_and_keeps_a_matching_small
     from engines.modeldir import file_sha256
     from engines.pipeline import OneStepPipeline
     from toyworld import fidelity
+    from toyworld.ship import ship
 
     work = tmp_path / "w"
     shutil.copytree(dirs["mid"], work / "model")
@@ -153,7 +154,7 @@ def test_ship_writes_the_winner_and_the_eval_variants_and_keeps_a_matching_small
         dest, ev = tmp_path / f"model-{kept}", tmp_path / f"eval-{kept}"
         (dest / "vae_small").mkdir(parents=True)
         (dest / "vae_small" / "config.json").write_text(json.dumps({"distilled_from_vae_sha256": sha}))
-        out = fidelity.ship(work, "adapter", model_dest=dest, eval_dest=ev)
+        out = ship(work, "adapter", model_dest=dest, eval_dest=ev)
         assert out["eval"] == ["student", "control"]
         assert json.loads((dest / "ragturbo.json").read_text())["variant"] == "adapter"
         assert sorted(p.name for p in ev.iterdir()) == ["control.safetensors", "student.safetensors"]
