@@ -115,10 +115,12 @@ def _render(folder: Path, lo: int, hi: int) -> tuple[list[np.ndarray], list[str]
     from PIL import Image
 
     from toyworld.models.data import _retrieval_item
+    from toyworld.render import render
 
     imgs, caps, pngs = [], [], []
     for i in range(lo, hi):
-        img, cap, _ = _retrieval_item(i)
+        scene, cap, _ = _retrieval_item(i)
+        img = render(scene)
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format="PNG", compress_level=1)
         data = buf.getvalue()

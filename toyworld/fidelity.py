@@ -43,12 +43,13 @@ STAGES = ("base", "teacher", "skewed", "student", "export", "arms", "eval", "pro
 DEFAULT_BASE = SHIPPED  # toyworld/assets/model, declared once in engines.default_model
 
 
-def _state(cfg: FamilyConfig, work: Path, device: torch.device, split: str, n: int, start: int = 0) -> RecipeState:
+def _state(cfg: FamilyConfig, work: Path, device: torch.device, split: str, n: int, start: int = 0,
+           images: bool = True) -> RecipeState:
     from toyworld.models.data import make_split
 
     st = RecipeState(cfg=cfg, work=work, device=device)
     t0 = time.perf_counter()
-    st.cache["train"] = make_split(split, n, start=start)
+    st.cache["train"] = make_split(split, n, start=start, images=images)
     st.cache["data_s"] = time.perf_counter() - t0
     return st
 
@@ -113,7 +114,7 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
     t0 = time.perf_counter()
     n = cfg.extra.get("n_adapter", cfg.n_distill)
     start = int(cfg.extra.get("adapter_start", 0))  # a continued run can train on rows it never saw
-    st = _state(cfg, work, dev, "adapter", n, start)
+    st = _state(cfg, work, dev, "adapter", n, start, images=False)  # targets are the teacher's, not renders
     sp = st.train_split()
     named = sum(bool(set(s.colour_shape_pairs()) & HELD_OUT_RARE) for s in sp.specs)
     if named:
@@ -144,8 +145,10 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
         swapped = swapped_captions(sp.captions, cfg.seed + 17, HELD_OUT_RARE)
         ctx_swap, _ = encode_all(st.load("text"), tokenize(st.tokenizer(), swapped), dev)
         ctx_swap = ctx_swap.to(dev)
+    leak_frac = float(cfg.extra.get("leak_frac", 0.0))
+    h_self = self_features(pipe, targets, ctx).to(dev) if "leak" in arms or leak_frac > 0 else None
     data = ArmData(noise=noise, target=targets, context=ctx, h_nb=db.features[idx].to(dev),
-                   lam=lam.to(dev), h_self=self_features(pipe, targets, ctx).to(dev), context_swap=ctx_swap)
+                   lam=lam.to(dev), h_self=h_self, context_swap=ctx_swap)
     prep_s = time.perf_counter() - t0
     run = cfg.adapter
 
@@ -160,7 +163,7 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
 
     out, summ = train_arms(pipe, data, arms, run.steps, run.batch_size, run.lr,
                            float(cfg.extra.get("lr_decoder", 3e-5)), dev, limit, cfg.seed, run.log_every,
-                           float(cfg.extra.get("leak_frac", 0.0)), swap_frac,
+                           leak_frac, swap_frac,
                            bool(cfg.extra.get("swap_detach", 0)), arm_init(cfg, arms),
                            float(cfg.extra.get("decoder_delay", 0.0)),
                            checkpoint, float(cfg.extra.get("checkpoint_s", 120.0)))

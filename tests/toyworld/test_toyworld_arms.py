@@ -244,3 +244,20 @@ def test_arms_checkpoint_on_a_timer_and_the_files_resume(dirs: dict[str, Path], 
     calls.clear()
     train_arms(pipe, data, ("adapter",), 2, 4, 1e-2, 1e-2, torch.device("cpu"), checkpoint=ckpt)  # off by default
     assert calls == []
+
+
+def test_arm_rows_without_the_targets_own_h_serve_every_arm_but_leak(dirs: dict[str, Path], arm_data: Callable[..., Any]) -> None:
+    """The arm stage computes ``h_self`` only when the leak arm or the leak curriculum reads it;
+    without it the other arms train, and a leak arm is refused before any step."""
+    import dataclasses
+
+    from engines.pipeline import OneStepPipeline
+    from toyworld.models.arms import train_arms
+
+    pipe = OneStepPipeline.from_pretrained(dirs["mid"])
+    data = dataclasses.replace(arm_data(pipe), h_self=None)
+    _, summ = train_arms(pipe, data, ("adapter", "control", "shuffled"), 1, 4, 1e-2, 1e-3, torch.device("cpu"))
+    assert summ["steps"] == 1
+    for arms, leak_frac in ((("leak",), 0.0), (("adapter",), 0.5)):
+        with pytest.raises(ValueError, match="h_self"):
+            train_arms(pipe, data, arms, 1, 4, 1e-2, 1e-3, torch.device("cpu"), leak_frac=leak_frac)

@@ -75,6 +75,8 @@ def test_splits_are_deterministic_and_long_tail_is_rare_in_training() -> None:
     assert tail_of_a.captions == a.captions[4:] and np.array_equal(tail_of_a.images, a.images[4:])
     with pytest.raises(ValueError, match="start"):
         make_split("train", 2, start=-1)
+    bare = make_split("train", 6, workers=1, images=False)  # the arm stage's rows: no renders
+    assert bare.images is None and bare.captions == a.captions and bare.specs == a.specs
     tr, rt = make_split("train", 300, workers=1), make_split("retrieval", 300, workers=1)
     assert tr.long_tail.mean() < 0.05 < rt.long_tail.mean()
     p, tail = eval_prompts(3, 3)

@@ -55,15 +55,16 @@ DECODER_PREFIXES = ("up_blocks.", "conv_norm_out.", "conv_out.")
 class ArmData:
     """Adapter-training rows on one device: noise (N,4,h,w), target x0 (N,4,h,w), caption
     context (N,T,D), neighbour H (N,C,h',w') and λ (N,) — or the top-k neighbours, (N,k,C,h',w')
-    and (N,k) —, the target's own H (N,C,h',w'), and the context of each row's swapped caption
-    (N,T,D) or None (no swap curriculum)."""
+    and (N,k) —, the target's own H (N,C,h',w'; None when no arm reads it: only the ``leak``
+    arm and the leak curriculum do), and the context of each row's swapped caption (N,T,D) or
+    None (no swap curriculum)."""
 
     noise: torch.Tensor
     target: torch.Tensor
     context: torch.Tensor
     h_nb: torch.Tensor
     lam: torch.Tensor
-    h_self: torch.Tensor
+    h_self: torch.Tensor | None
     context_swap: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -100,13 +101,13 @@ def neighbours_for(name: str, d: ArmData, idx: torch.Tensor,
     ``adapter`` arm's curriculum replaces by the target (every one of the k)."""
     h, lam = d.h_nb[idx], d.lam[idx]
     if name == "adapter" and leak is not None:
-        h = torch.where(leak.view(-1, 1, 1, 1, 1), d.h_self[idx][:, None], h)
+        h = torch.where(leak.view(-1, 1, 1, 1, 1), d.h_self[idx][:, None], h)  # type: ignore[index]
     if name in ("control", "control_plain"):
         return torch.zeros_like(h), torch.zeros_like(lam)
     if name == "shuffled":
         return h.roll(1, 0), lam
     if name == "leak":
-        return d.h_self[idx][:, None], torch.ones_like(lam[:, :1])
+        return d.h_self[idx][:, None], torch.ones_like(lam[:, :1])  # type: ignore[index]
     return h, lam
 
 
@@ -153,6 +154,8 @@ def train_arms(
         raise ValueError(f"unknown arm(s) {bad}; choose from {ARMS}")
     if swap_frac > 0 and data.context_swap is None:
         raise ValueError(f"swap_frac={swap_frac} needs ArmData.context_swap")
+    if ("leak" in arms or leak_frac > 0) and data.h_self is None:
+        raise ValueError("the leak arm and leak_frac > 0 need ArmData.h_self (the target's own H)")
     torch.manual_seed(seed)
     base = pipe.unet
     base.eval().requires_grad_(False)

@@ -81,32 +81,32 @@ class Split:
         return len(self.captions)
 
 
-def _train_item(i: int) -> tuple[np.ndarray, str, SceneSpec]:
+def _train_item(i: int) -> tuple[Scene, str, SceneSpec]:
     rng = np.random.default_rng([SPLIT_SEEDS["train"], i])
     while True:
         scene = sample_scene(rng)
         if not is_long_tail(scene.spec) or rng.random() < RARE_KEEP:
             break
     cap, said = describe(scene.spec, rng, held_out=False)
-    return render(scene), cap, said
+    return scene, cap, said
 
 
-def _retrieval_item(i: int) -> tuple[np.ndarray, str, SceneSpec]:
+def _retrieval_item(i: int) -> tuple[Scene, str, SceneSpec]:
     rng = np.random.default_rng([SPLIT_SEEDS["retrieval"], i])
     scene: Scene = sample_scene(rng)
     cap, said = describe(scene.spec, rng, held_out=False)
-    return render(scene), cap, said
+    return scene, cap, said
 
 
-def _natural_item(i: int) -> tuple[np.ndarray, str, SceneSpec]:
+def _natural_item(i: int) -> tuple[Scene, str, SceneSpec]:
     """The unskewed world (every pair at its natural rate): the issue-13 teacher's data."""
     rng = np.random.default_rng([SPLIT_SEEDS["natural"], i])
     scene: Scene = sample_scene(rng)
     cap, said = describe(scene.spec, rng, held_out=False)
-    return render(scene), cap, said
+    return scene, cap, said
 
 
-def _adapter_item(i: int) -> tuple[np.ndarray, str, SceneSpec]:
+def _adapter_item(i: int) -> tuple[Scene, str, SceneSpec]:
     """Adapter-training prompts: the natural rate, minus every scene naming a HELD_OUT_RARE pair."""
     rng = np.random.default_rng([SPLIT_SEEDS["adapter"], i])
     while True:
@@ -116,10 +116,10 @@ def _adapter_item(i: int) -> tuple[np.ndarray, str, SceneSpec]:
     cap, said = describe(scene.spec, rng, held_out=False)
     if set(said.colour_shape_pairs()) & HELD_OUT_RARE:  # pragma: no cover - stated ⊆ scene
         raise AssertionError(f"adapter caption {cap!r} names a held-out pair")
-    return render(scene), cap, said
+    return scene, cap, said
 
 
-def _skewed_item(i: int) -> tuple[np.ndarray, str, SceneSpec]:
+def _skewed_item(i: int) -> tuple[Scene, str, SceneSpec]:
     """The student's world: the train split's skew (rare pairs kept with p = RARE_KEEP) and
     no scene with a HELD_OUT_RARE pair at all, so the student never meets them (issue 13)."""
     rng = np.random.default_rng([SPLIT_SEEDS["skewed"], i])
@@ -130,10 +130,10 @@ def _skewed_item(i: int) -> tuple[np.ndarray, str, SceneSpec]:
         if not is_long_tail(scene.spec) or rng.random() < RARE_KEEP:
             break
     cap, said = describe(scene.spec, rng, held_out=False)
-    return render(scene), cap, said
+    return scene, cap, said
 
 
-def _eval_item(i: int) -> tuple[None, str, SceneSpec]:
+def _eval_item(i: int) -> tuple[Scene, str, SceneSpec]:
     """Even i: a common prompt; odd i: a long-tail prompt. Held-out phrasing."""
     rng = np.random.default_rng([SPLIT_SEEDS["eval"], i])
     want_tail = i % 2 == 1
@@ -142,21 +142,23 @@ def _eval_item(i: int) -> tuple[None, str, SceneSpec]:
         if is_long_tail(scene.spec) == want_tail:
             break
     cap, said = describe(scene.spec, rng, held_out=True)
-    return None, cap, said
+    return scene, cap, said
 
 
 _MAKERS = {"train": _train_item, "retrieval": _retrieval_item, "eval": _eval_item,
            "natural": _natural_item, "adapter": _adapter_item, "skewed": _skewed_item}
 
 
-def _chunk(args: tuple[str, int, int]) -> list[tuple[np.ndarray | None, str, SceneSpec]]:
-    name, lo, hi = args
+def _chunk(args: tuple[str, int, int, bool]) -> list[tuple[np.ndarray | None, str, SceneSpec]]:
+    name, lo, hi, images = args
     fn = _MAKERS[name]
-    return [fn(i) for i in range(lo, hi)]
+    return [(render(scene) if images else None, cap, said) for scene, cap, said in map(fn, range(lo, hi))]
 
 
-def make_split(name: str, n: int, workers: int | None = None, start: int = 0) -> Split:
-    """Items start..start+n-1 of split ``name`` (train, retrieval, eval, ...), generated in parallel."""
+def make_split(name: str, n: int, workers: int | None = None, start: int = 0, images: bool = True) -> Split:
+    """Items start..start+n-1 of split ``name`` (train, retrieval, eval, ...), generated in
+    parallel; ``images=False`` skips the renders (``Split.images`` None: captions and specs
+    only, the same ones; the eval split never has images)."""
     if name not in _MAKERS:
         raise ValueError(f"unknown split {name!r}; choose one of {sorted(_MAKERS)}")
     if n < 1:
@@ -165,7 +167,8 @@ def make_split(name: str, n: int, workers: int | None = None, start: int = 0) ->
     step = max(1, min(2000, n // (4 * workers) + 1))
     if start < 0:
         raise ValueError(f"split start must be >= 0, got {start}")
-    jobs = [(name, lo, min(start + n, lo + step)) for lo in range(start, start + n, step)]
+    images = images and name != "eval"
+    jobs = [(name, lo, min(start + n, lo + step), images) for lo in range(start, start + n, step)]
     if workers > 1 and len(jobs) > 1:
         with get_context("fork").Pool(workers) as pool:
             parts = pool.map(_chunk, jobs)
@@ -174,7 +177,7 @@ def make_split(name: str, n: int, workers: int | None = None, start: int = 0) ->
     items = [it for part in parts for it in part]
     caps = [c for _, c, _ in items]
     specs = [s for _, _, s in items]
-    imgs = None if name == "eval" else np.stack([im for im, _, _ in items])  # type: ignore[misc]
+    imgs = np.stack([im for im, _, _ in items]) if images else None  # type: ignore[misc]
     tail = np.array([is_long_tail(s) for s in specs], dtype=bool)
     log.info("split %s: %d items from %d, %d long-tail", name, n, start, int(tail.sum()))
     return Split(name=name, images=imgs, captions=caps, specs=specs, long_tail=tail)
