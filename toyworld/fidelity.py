@@ -40,6 +40,9 @@ from toyworld.recipes import RecipeState, _done, _mark, _save_fp16, export_model
 log = logging.getLogger(__name__)
 
 STAGES = ("base", "teacher", "skewed", "student", "export", "arms", "eval", "probe")
+EXTRA_KEYS = ("n_adapter", "lr_decoder", "leak_frac", "swap_frac", "swap_detach", "train_k", "decoder_delay",
+              "checkpoint_s", "adapter_start")
+"""Numeric ``--set`` keys that go to ``FamilyConfig.extra`` (read by the arm stage)."""
 DEFAULT_BASE = SHIPPED  # toyworld/assets/model, declared once in engines.default_model
 
 
@@ -407,16 +410,16 @@ def main(argv: list[str] | None = None) -> None:
     cfg = get_family(a.family)
     for kv in (x for x in a.set.split(",") if x):
         k, v = kv.split("=", 1)
-        if k in ("n_adapter", "lr_decoder", "leak_frac", "swap_frac", "swap_detach", "train_k", "decoder_delay",
-                 "checkpoint_s", "adapter_start"):
+        if k in EXTRA_KEYS:
             cfg.extra[k] = float(v) if "." in v or "e" in v else int(v)
         elif k == "student_init":
             cfg.extra[k] = v
-        elif "." in k:  # e.g. adapter.steps=200
-            sk, f = k.split(".")
-            setattr(getattr(cfg, sk), f, type(getattr(getattr(cfg, sk), f))(v))
-        else:
-            setattr(cfg, k, type(getattr(cfg, k))(v))
+        else:  # a family field, or a stage run's (e.g. adapter.steps=200)
+            *path, f = k.split(".")
+            obj = getattr(cfg, path[0], None) if path else cfg
+            if len(path) > 1 or obj is None or not hasattr(obj, f):
+                ap.error(f"--set {k}: not a family field nor an extra key ({', '.join(EXTRA_KEYS)}, student_init)")
+            setattr(obj, f, type(getattr(obj, f))(v))
     if a.arm_init:
         cfg.extra["arm_init"] = a.arm_init
     if a.seed_student and not a.seed_shipped:

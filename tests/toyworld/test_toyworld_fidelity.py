@@ -373,3 +373,12 @@ def test_gpu_arms_continue_launches_detached_and_copies_checkpoints_out(tmp_path
     assert args[args.index("--limits") + 1] == "arms=5"
     assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "card.md", "log.txt", "progress.json", "results.tar"]
     assert "checkpoint at step 7" in (out / "log.txt").read_text()
+
+
+def test_fidelity_cli_refuses_an_unknown_set_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from toyworld import fidelity
+
+    for bad in ("bogus=1", "adapter.bogus=2", "a.b.c=3"):
+        with pytest.raises(SystemExit):
+            fidelity.main([str(tmp_path / "w"), "--set", bad, "--stages", "base"])
+        assert f"--set {bad.split('=')[0]}: not a family field" in capsys.readouterr().err
