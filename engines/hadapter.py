@@ -38,13 +38,20 @@ class HAdapter(ModelMixin, ConfigMixin):
         num_heads: attention heads; must divide ``channels``.
         ff_mult: feed-forward expansion.
         norm_eps: LayerNorm epsilon.
+        query_gate: give the feed-forward the target's own (normalised) H-tokens too, through a
+            zero-initialised per-channel gate: ``y = a + FF(norm(a + g ⊙ norm_q(h_t)))``. Without
+            it the block's output is a mix of the neighbour's values alone, so it cannot tell a
+            neighbour that agrees with the query from one that does not (the issue-13 shuffled
+            test); ``g = 0`` is exactly the block without it, so an adapter trained without the
+            gate loads into one with it unchanged (see ``toyworld.fideval.load_variant``).
     """
 
     config_name = "config.json"
 
     @register_to_config
     def __init__(
-        self, channels: int = 1280, num_heads: int = 20, ff_mult: int = 4, norm_eps: float = 1e-5
+        self, channels: int = 1280, num_heads: int = 20, ff_mult: int = 4, norm_eps: float = 1e-5,
+        query_gate: bool = False,
     ) -> None:
         super().__init__()
         if channels % num_heads != 0:
@@ -58,6 +65,7 @@ class HAdapter(ModelMixin, ConfigMixin):
         self.to_out = nn.Linear(channels, channels)
         self.norm_ff = nn.LayerNorm(channels, eps=norm_eps)
         self.ff = _GEGLU(channels, channels * ff_mult)
+        self.q_gate = nn.Parameter(torch.zeros(channels)) if query_gate else None
         self.proj_out = nn.Linear(channels, channels)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
@@ -79,7 +87,8 @@ class HAdapter(ModelMixin, ConfigMixin):
         tok_t = h_tgt.flatten(2).transpose(1, 2)  # (B, N, C)
         n = tok_t.shape[1]
         tok_r = h_ret.flatten(3).transpose(2, 3).reshape(b * k, -1, c)  # (B*k, M, C)
-        q = self.to_q(self.norm_q(tok_t))  # (B, N, C)
+        qn = self.norm_q(tok_t)  # (B, N, C)
+        q = self.to_q(qn)
         q = q.repeat_interleave(k, dim=0)  # (B*k, N, C)
         kv = self.norm_kv(tok_r)
         key = self.to_k(kv)
@@ -90,7 +99,8 @@ class HAdapter(ModelMixin, ConfigMixin):
 
         a = F.scaled_dot_product_attention(heads(q), heads(key), heads(val))
         a = self.to_out(a.transpose(1, 2).reshape(b * k, n, c))
-        y = a + self.ff(self.norm_ff(a))
+        ff_in = a if self.q_gate is None else a + self.q_gate * qn.repeat_interleave(k, dim=0)
+        y = a + self.ff(self.norm_ff(ff_in))
         y = y.reshape(b, k, n, c)
         lam_y = lam.to(y.dtype)
         lam_y = lam_y / lam_y.sum(1, keepdim=True).clamp(min=1.0)  # Σλ ≤ 1, so k = 1 is unchanged

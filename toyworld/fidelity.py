@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("base", "teacher", "skewed", "student", "export", "arms", "eval", "probe")
 EXTRA_KEYS = ("n_adapter", "lr_decoder", "leak_frac", "swap_frac", "swap_detach", "train_k", "decoder_delay",
-              "checkpoint_s", "adapter_start")
+              "checkpoint_s", "adapter_start", "shuffle_frac", "query_gate")
 """Numeric ``--set`` keys that go to ``FamilyConfig.extra`` (read by the arm stage)."""
 DEFAULT_BASE = SHIPPED  # toyworld/assets/model, declared once in engines.default_model
 
@@ -169,7 +169,8 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
                            leak_frac, swap_frac,
                            bool(cfg.extra.get("swap_detach", 0)), arm_init(cfg, arms),
                            float(cfg.extra.get("decoder_delay", 0.0)),
-                           checkpoint, float(cfg.extra.get("checkpoint_s", 120.0)))
+                           checkpoint, float(cfg.extra.get("checkpoint_s", 120.0)),
+                           float(cfg.extra.get("shuffle_frac", 0.0)))
     checkpoint(summ["steps"], out)
     for a, arm in out.items():
         tmp = work / f"{a}_unet"

@@ -12,6 +12,7 @@ Modes (each one image per (prompt, seed), scored by ``toyworld.checker``):
 * ``control``   — the control arm (same training, curriculum rows included, λ = 0);
 * ``control_plain`` — the retrieval-free fine-tune without the curriculum (λ = 0);
 * ``shuffled_test``    — the adapter arm given another prompt's neighbour (true λ);
+* ``real_shuffled_test`` — the same for the ``real`` arm (no curriculum);
 * ``shuffled_trained`` — the arm trained with shuffled neighbours, given the right ones;
 * ``oracle``    — the adapter arm given a clean render of the prompt itself (λ = 1);
 * ``leak``      — the leak arm (trained with the target as its neighbour) given the
@@ -53,7 +54,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED_EVAL = ASSETS / "eval"
 VARIANTS = ("student", "adapter", "real", "control", "control_plain", "shuffled", "leak")
 ALL_MODES = ("teacher", "student", "inject", "adapter", "adapter_k4", "real", "control", "control_plain",
-             "shuffled_test", "shuffled_trained", "oracle", "leak")
+             "shuffled_test", "real_shuffled_test", "shuffled_trained", "oracle", "leak")
 GROUPS = ("common", "seen_rare", "held_out_rare")
 COMPARISONS = (
     ("adapter", "student"), ("adapter", "control"), ("control", "student"),
@@ -61,7 +62,7 @@ COMPARISONS = (
     ("oracle", "control"), ("leak", "control"), ("inject", "student"), ("teacher", "student"),
     ("real", "control"), ("adapter", "real"), ("shuffled_test", "adapter"),
     ("adapter", "control_plain"), ("control_plain", "student"), ("real", "control_plain"),
-    ("oracle", "control_plain"), ("shuffled_trained", "control_plain"),
+    ("oracle", "control_plain"), ("shuffled_trained", "control_plain"), ("real_shuffled_test", "control"),
 )
 
 
@@ -141,7 +142,9 @@ def apply_variant(pipe: Any, path: Path) -> None:
 
 def load_variant(unet: torch.nn.Module, hadapter: torch.nn.Module, path: Path) -> None:
     """Load a variant file's decoder weights into a diffusers ``unet`` and its adapter weights
-    into ``hadapter`` (strict on those keys; each keeps its own dtype and device)."""
+    into ``hadapter`` (strict on those keys; each keeps its own dtype and device). A file
+    from an adapter without ``query_gate`` loads into one with it at ``g = 0`` (the same
+    function); the reverse is an error."""
     from safetensors.torch import load_file
 
     sd = load_file(str(path))
@@ -154,7 +157,10 @@ def load_variant(unet: torch.nn.Module, hadapter: torch.nn.Module, path: Path) -
     cur.update({k: v.to(cur[k].device, cur[k].dtype) for k, v in dec.items()})
     unet.load_state_dict(cur)
     ref = next(hadapter.parameters())
-    hadapter.load_state_dict({k: v.to(ref.device, ref.dtype) for k, v in had.items()}, strict=True)
+    had = {k: v.to(ref.device, ref.dtype) for k, v in had.items()}
+    if getattr(hadapter, "q_gate", None) is not None and "q_gate" not in had:
+        had["q_gate"] = torch.zeros_like(hadapter.q_gate)  # a gate-less adapter: g = 0 is exactly it
+    hadapter.load_state_dict(had, strict=True)
 
 
 @dataclass
@@ -273,7 +279,8 @@ def evaluate(
              "inject": "student" in suite.pipes, "adapter": "adapter" in suite.pipes,
              "adapter_k4": "adapter" in suite.pipes, "real": "real" in suite.pipes, "control": "control" in suite.pipes,
              "control_plain": "control_plain" in suite.pipes,
-             "shuffled_test": "adapter" in suite.pipes, "shuffled_trained": "shuffled" in suite.pipes,
+             "shuffled_test": "adapter" in suite.pipes, "real_shuffled_test": "real" in suite.pipes,
+             "shuffled_trained": "shuffled" in suite.pipes,
              "oracle": "adapter" in suite.pipes, "leak": "leak" in suite.pipes and suite.teacher is not None}
     want = [m for m in (modes or ALL_MODES) if avail.get(m)]
     images: dict[str, list[np.ndarray]] = {m: [] for m in want}
@@ -302,9 +309,10 @@ def evaluate(
             elif m == "oracle":
                 ims = suite.pipes["adapter"].generate(text, ss, "adapter", orc_h[pi.to(orc_h.device)][:, None],
                                                       torch.ones(len(ps), 1)).images
-            elif m == "shuffled_test":  # another prompt's neighbour with the true λ: by hand
+            elif m in ("shuffled_test", "real_shuffled_test"):  # another prompt's neighbour, true λ: by hand
                 h = db.features[idx4[pi_shuf, :1].to(db.features.device)]
-                ims = suite.pipes["adapter"].generate(text, ss, "adapter", h, lam4[pi, :1]).images
+                ims = suite.pipes["real" if m == "real_shuffled_test" else "adapter"].generate(
+                    text, ss, "adapter", h, lam4[pi, :1]).images
             else:
                 key = {"inject": "student", "adapter": "adapter", "adapter_k4": "adapter", "real": "real", "control": "control",
                        "control_plain": "control_plain", "shuffled_trained": "shuffled"}[m]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13, seventh run: continue an earlier run's arms on fresh rows, safe across device calls.
+# Issue 13, seventh and eighth runs: continue an earlier run's arms on fresh rows, safe across device calls.
 # `start` launches toyworld.fidelity under setsid (it outlives the call while the machine stays
 # warm) and polls; `poll` (the next call, within the machine's warm window) only polls. Every
 # 10 s the arms' latest checkpoint (WORK/variants: <arm>.safetensors + progress.json, written
@@ -7,7 +7,9 @@
 # short or a machine lost mid-call keeps what the last copy held.
 # Usage: bash toyworld/gpu_arms_continue.sh start|poll [SECONDS (400)]
 # Env: RUN (a dir with student_unet/ and init/<arm>.safetensors: the earlier run's student and
-# variants), N (rows, 200000), START (first row of the adapter split, 0), ARMS_S (arm stage cap,
+# variants; RUN=shipped: what ships, the student from toyworld/assets (model + eval/student) and
+# the arms from `python -m toyworld.ship --variants`), EXTRA (more --set keys, e.g.
+# query_gate=1,shuffle_frac=0.25: the eighth run), N (rows, 200000), START (first row of the adapter split, 0), ARMS_S (arm stage cap,
 # 750), ARMS (adapter,control,shuffled), TEACHER (toyworld/assets/eval/teacher_unet), WHL (a dir
 # of wheels to install under /tmp/site first; unset: none), OUT, WORK (/tmp/wF), PY (python3).
 W=${WORK:-/tmp/wF}; P=$W.pack; RUN=${RUN:-out/run7}; PY=${PY:-python3}; OUT=${OUT:-out/continue}
@@ -15,6 +17,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 copyout() {
   cp "$W.card.md" "$OUT/card.md" 2>/dev/null
+  cp "$W.init.json" "$OUT/init.json" 2>/dev/null
   grep -v " step [0-9]* loss\|Loading weights\|should be kept in float32" "$W.log" > "$OUT/log.txt" 2>/dev/null
   cp "$W"/variants/*.safetensors "$W/variants/progress.json" "$OUT/" 2>/dev/null
   [ -f "$P/results.tar" ] && cp "$P/results.tar" "$OUT/"
@@ -26,11 +29,17 @@ if [ "$1" = start ]; then
   fi
   { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null; date -u +%FT%TZ; } > "$W.card.md"
   # copies outside the tree: a later call's copy of the working tree may replace it
-  rm -rf "$W.run" "$W.teacher" && cp -r "$RUN" "$W.run" && cp -r "${TEACHER:-toyworld/assets/eval/teacher_unet}" "$W.teacher"
+  rm -rf "$W.run" "$W.teacher" && cp -r "${TEACHER:-toyworld/assets/eval/teacher_unet}" "$W.teacher"
+  if [ "$RUN" = shipped ]; then
+    $PY -m toyworld.ship --variants "$W.run/init" "${ARMS:-adapter,control,shuffled}" > "$W.init.json" || exit 1
+    student=()
+  else
+    cp -r "$RUN" "$W.run" && student=(--seed-student "$W.run/student_unet")
+  fi
   setsid nohup $PY -m toyworld.fidelity "$W" --family full-mid \
-    --seed-shipped "$W.teacher" --seed-student "$W.run/student_unet" --arm-init "$W.run/init" \
+    --seed-shipped "$W.teacher" "${student[@]}" --arm-init "$W.run/init" \
     --arms "${ARMS:-adapter,control,shuffled}" --stages base,teacher,skewed,student,export,arms,eval,probe \
-    --set "swap_frac=0,n_adapter=${N:-200000},adapter_start=${START:-0},checkpoint_s=60" \
+    --set "swap_frac=0,n_adapter=${N:-200000},adapter_start=${START:-0},checkpoint_s=60${EXTRA:+,$EXTRA}" \
     --limits "arms=${ARMS_S:-750}" --pack "$P" > "$W.log" 2>&1 < /dev/null &
   sleep 2
 fi

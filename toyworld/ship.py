@@ -71,3 +71,42 @@ def ship(work: str | Path, variant: str = "adapter", model_dest: Path | None = N
         shutil.copytree(w / "teacher" / "unet", eval_dest / "teacher_unet")
         shipped.append("teacher")
     return {"model": str(model_dest), "variant": variant, "eval": shipped}
+
+
+def shipped_variants(dest: str | Path, arms: tuple[str, ...], model: Path | None = None,
+                     eval_dir: Path | None = None) -> dict[str, str]:
+    """The inverse of :func:`ship`, for ``--arm-init``: one variant file per arm in ``dest``,
+    so a run continues exactly what ships. ``adapter`` (and ``real``, which trains the same
+    rows without a curriculum) start from the shipped model's own decoder + adapter; every
+    other arm from its ``toyworld/assets/eval/<arm>.safetensors``; an arm with neither is an
+    error, not a fresh start. -> arm -> where its weights came from."""
+    from engines.pipeline import OneStepPipeline
+    from toyworld.fideval import ASSETS, save_variant
+
+    model = model or SHIPPED
+    eval_dir = eval_dir or ASSETS / "eval"
+    d = Path(dest)
+    d.mkdir(parents=True, exist_ok=True)
+    shipped_as = json.loads((model / "ragturbo.json").read_text()).get("variant", "adapter")
+    src: dict[str, str] = {}
+    for a in arms:
+        f = eval_dir / f"{a}.safetensors"
+        if a in (shipped_as, "real") and not f.is_file():
+            save_variant(OneStepPipeline.from_pretrained(model), d / f"{a}.safetensors")
+            src[a] = str(model)
+        elif f.is_file():
+            shutil.copyfile(f, d / f"{a}.safetensors")
+            src[a] = str(f)
+        else:
+            raise FileNotFoundError(f"no shipped weights for arm {a!r}: neither {model} ({shipped_as}) nor {f}")
+    return src
+
+
+if __name__ == "__main__":  # python -m toyworld.ship --variants DEST ARM,ARM (the GPU driver's --arm-init)
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m toyworld.ship")
+    ap.add_argument("--variants", required=True, metavar="DEST", help="write the shipped arms' variant files here")
+    ap.add_argument("arms", help="comma-separated arms, e.g. adapter,real,control,shuffled")
+    ns = ap.parse_args()
+    print(json.dumps(shipped_variants(ns.variants, tuple(ns.arms.split(","))), indent=2))

@@ -100,6 +100,31 @@ def test_adapter_one_neighbour_is_never_rescaled() -> None:
     assert torch.allclose(half, 0.5 * full, atol=1e-6)
 
 
+def test_adapter_query_gate_at_zero_is_the_gateless_block_and_open_sees_the_query() -> None:
+    """``query_gate``: g = 0 is exactly the block without it (old weights load unchanged);
+    an open gate lets the output depend on the query's own tokens, not only on which
+    neighbour tokens it attends to, and survives a save/load round trip."""
+    torch.manual_seed(0)
+    old = HAdapter(channels=64, num_heads=4, ff_mult=2).eval()
+    torch.nn.init.normal_(old.proj_out.weight, std=0.1)
+    gated = HAdapter(channels=64, num_heads=4, ff_mult=2, query_gate=True).eval()
+    assert gated.config.query_gate and old.q_gate is None
+    missing = gated.load_state_dict(old.state_dict(), strict=False).missing_keys
+    assert missing == ["q_gate"] and torch.equal(gated.q_gate, torch.zeros(64))
+    h, r, lam = torch.randn(2, 64, 4, 4), torch.randn(2, 1, 64, 4, 4), torch.ones(2, 1)
+    with torch.no_grad():
+        assert torch.equal(gated(h, r, lam), old(h, r, lam))
+        gated.q_gate.fill_(1.0)
+        assert (gated(h, r, lam) - old(h, r, lam)).abs().max().item() > 1e-3
+        # with a single neighbour token the attention is the same for any query: only the
+        # gate lets the output follow the query
+        r1 = torch.randn(2, 1, 64, 1, 1)
+        h2 = torch.randn(2, 64, 4, 4)
+        d_old = old(h, r1, lam) - h - (old(h2, r1, lam) - h2)
+        d_gated = gated(h, r1, lam) - h - (gated(h2, r1, lam) - h2)
+    assert d_old.abs().max().item() < 1e-5 and d_gated.abs().max().item() > 1e-3
+
+
 def test_adapter_shape_errors_name_shapes() -> None:
     ad = HAdapter(channels=64, num_heads=4)
     with pytest.raises(ValueError, match=r"\(2, 64, 4, 4\)"):
@@ -119,6 +144,15 @@ def test_adapter_save_load_roundtrip(tmp_path) -> None:
     h, r, lam = torch.randn(1, 64, 4, 4), torch.randn(1, 1, 64, 4, 4), torch.ones(1, 1)
     with torch.no_grad():
         assert torch.equal(ad(h, r, lam), back(h, r, lam))
+    gated = HAdapter(channels=64, num_heads=4, ff_mult=2, query_gate=True).eval()
+    with torch.no_grad():
+        gated.q_gate.normal_()
+        torch.nn.init.normal_(gated.proj_out.weight, std=0.1)
+    gated.save_pretrained(tmp_path / "gated")
+    back = HAdapter.from_pretrained(tmp_path / "gated", local_files_only=True).eval()
+    assert back.config.query_gate and torch.equal(back.q_gate, gated.q_gate)
+    with torch.no_grad():
+        assert torch.equal(gated(h, r, lam), back(h, r, lam))
 
 
 def test_sd_turbo_adapter_size_matches_paper_scale() -> None:

@@ -57,6 +57,25 @@ def test_leak_curriculum_swaps_only_the_adapter_arms_marked_rows() -> None:
     assert torch.equal(h_r, data.h_nb[idx])  # the real-only arm ignores the curriculum
 
 
+def test_shuffle_curriculum_gives_only_the_adapter_arms_marked_rows_another_rows_neighbour() -> None:
+    from toyworld.models.arms import ArmData, neighbours_for
+
+    g = torch.Generator().manual_seed(2)
+    n = 6
+    data = ArmData(noise=torch.randn(n, 4, 8, 8, generator=g), target=torch.randn(n, 4, 8, 8, generator=g),
+                   context=torch.randn(n, 5, 8, generator=g), h_nb=torch.randn(n, 2, 8, 2, 2, generator=g),
+                   lam=torch.rand(n, 2, generator=g), h_self=None)
+    idx = torch.tensor([0, 2, 4, 5])
+    shuffle = torch.tensor([True, False, True, False])
+    h, lam = neighbours_for("adapter", data, idx, None, shuffle)
+    assert torch.equal(h[0], data.h_nb[5]) and torch.equal(h[2], data.h_nb[2])  # the batch rolled by one
+    assert torch.equal(h[1], data.h_nb[2]) and torch.equal(h[3], data.h_nb[5])
+    assert torch.equal(lam, data.lam[idx])  # each row keeps its own λ: no tell
+    for arm in ("real", "shuffled"):
+        h_r, _ = neighbours_for(arm, data, idx, None, shuffle)
+        assert torch.equal(h_r, neighbours_for(arm, data, idx)[0])  # the curriculum is the adapter arm's
+
+
 def test_arms_train_on_k_neighbours(dirs: dict[str, Path]) -> None:
     """``extra["train_k"]``: every arm sees the top-k neighbours (leak: the target alone)."""
     from engines.pipeline import OneStepPipeline
@@ -261,3 +280,40 @@ def test_arm_rows_without_the_targets_own_h_serve_every_arm_but_leak(dirs: dict[
     for arms, leak_frac in ((("leak",), 0.0), (("adapter",), 0.5)):
         with pytest.raises(ValueError, match="h_self"):
             train_arms(pipe, data, arms, 1, 4, 1e-2, 1e-3, torch.device("cpu"), leak_frac=leak_frac)
+
+
+def test_a_gated_adapter_resumes_from_a_gateless_variant_and_learns_its_gate(
+        dirs: dict[str, Path], tmp_path: Path, arm_data: Callable[..., Any]) -> None:
+    """``--set query_gate=1,shuffle_frac=F`` (the eighth run): the family's adapter gets the
+    query gate, an earlier run's gate-less variant loads into it at g = 0 (the same function),
+    and training with the shuffle curriculum opens the gate."""
+    from engines.hadapter import HAdapter
+    from engines.pipeline import OneStepPipeline
+    from toyworld import fidelity
+    from toyworld.fideval import load_variant
+    from toyworld.models.arms import train_arms
+    from toyworld.models.configs import get_family
+
+    cfg = get_family("tiny-mid")
+    assert "query_gate" not in cfg.adapter_kwargs()
+    cfg.extra["query_gate"] = 1
+    assert cfg.adapter_kwargs()["query_gate"] is True
+    pipe = OneStepPipeline.from_pretrained(dirs["mid"])
+    data = arm_data(pipe)
+    dev = torch.device("cpu")
+    first, _ = train_arms(pipe, data, ("adapter",), 2, 4, 1e-2, 1e-2, dev)
+    var = fidelity.save_arm_variant(first["adapter"].unet.unet, first["adapter"].hadapter, tmp_path / "adapter.safetensors")
+    old = first["adapter"].hadapter
+    pipe.hadapter = HAdapter(**{**dict(old.config), "query_gate": True})
+    probe = HAdapter(**dict(pipe.hadapter.config)).eval()
+    load_variant(pipe.unet.unet, probe, var)
+    c, hh, ww = pipe.h_shape
+    h, r, lam = torch.randn(2, c, hh, ww), torch.randn(2, 1, c, hh, ww), torch.full((2, 1), 0.8)
+    with torch.no_grad():
+        assert torch.allclose(probe(h, r, lam), old.half().float()(h, r, lam), atol=1e-5)
+    arms, summ = train_arms(pipe, data, ("adapter",), 2, 4, 1e-2, 1e-2, dev, init={"adapter": var}, shuffle_frac=0.5)
+    assert summ["shuffle_frac"] == 0.5
+    assert arms["adapter"].hadapter.q_gate.abs().max().item() > 0
+    with pytest.raises(RuntimeError, match="q_gate"):  # a gated file into a gate-less adapter
+        g = fidelity.save_arm_variant(arms["adapter"].unet.unet, arms["adapter"].hadapter, tmp_path / "g.safetensors")
+        load_variant(pipe.unet.unet, HAdapter(**dict(old.config)), g)

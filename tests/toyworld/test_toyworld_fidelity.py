@@ -161,6 +161,39 @@ def test_ship_writes_the_winner_and_the_eval_variants_and_keeps_a_matching_small
         assert (dest / "vae_small" / "config.json").is_file() is kept
 
 
+def test_shipped_variants_give_every_arm_what_ships_and_refuse_an_arm_with_nothing(
+        dirs: dict[str, Path], tmp_path: Path) -> None:
+    """``shipped_variants`` (the eighth run's ``--arm-init``): adapter and real from the
+    shipped model's own decoder + adapter, the others from the eval dir, a file per arm that
+    loads back to the same weights; an arm with no shipped weights is an error."""
+    import shutil
+
+    from engines.pipeline import OneStepPipeline
+    from toyworld import fidelity
+    from toyworld.fideval import apply_variant
+    from toyworld.ship import ship, shipped_variants
+
+    work = tmp_path / "w"
+    shutil.copytree(dirs["mid"], work / "model")
+    a = OneStepPipeline.from_pretrained(dirs["mid"])
+    with torch.no_grad():
+        a.hadapter.proj_out.weight.fill_(0.002)
+    for arm in ("adapter", "control"):
+        fidelity.save_arm_variant(a.unet.unet, a.hadapter, work / "variants" / f"{arm}.safetensors")
+        with torch.no_grad():
+            a.hadapter.proj_out.weight.fill_(0.0)
+    dest, ev = tmp_path / "model", tmp_path / "eval"
+    ship(work, "adapter", model_dest=dest, eval_dest=ev)
+    src = shipped_variants(tmp_path / "init", ("adapter", "real", "control"), model=dest, eval_dir=ev)
+    assert src == {"adapter": str(dest), "real": str(dest), "control": str(ev / "control.safetensors")}
+    for arm, w in (("adapter", 0.002), ("real", 0.002), ("control", 0.0)):
+        b = OneStepPipeline.from_pretrained(dirs["mid"])
+        apply_variant(b, tmp_path / "init" / f"{arm}.safetensors")
+        assert torch.allclose(b.hadapter.proj_out.weight, torch.full_like(b.hadapter.proj_out.weight, w), atol=1e-5), arm
+    with pytest.raises(FileNotFoundError, match="shuffled"):
+        shipped_variants(tmp_path / "init2", ("shuffled",), model=dest, eval_dir=ev)
+
+
 def test_variant_file_round_trip(dirs: dict[str, Path], tmp_path: Path) -> None:
     from engines.pipeline import OneStepPipeline
     from toyworld.fideval import apply_variant, save_variant
@@ -184,10 +217,13 @@ def test_evaluate_reports_modes_groups_and_intervals(dirs: dict[str, Path]) -> N
     from toyworld.models.data import eval_prompts
 
     p = OneStepPipeline.from_pretrained(dirs["mid"])
-    suite = Suite({"student": p, "adapter": p, "control": p}, None, "test")
+    suite = Suite({"student": p, "adapter": p, "control": p, "real": p}, None, "test")
     prompts, _ = eval_prompts(3, 5)
     res = evaluate(prompts, suite, seeds_per_prompt=1, n_retrieval=16, batch=8, workers=1, n_boot=200)
-    assert set(res["modes"]) == {"student", "inject", "adapter", "adapter_k4", "control", "shuffled_test", "oracle"}
+    assert set(res["modes"]) == {"student", "inject", "adapter", "adapter_k4", "control", "shuffled_test", "oracle",
+                                 "real", "real_shuffled_test"}
+    # the real arm's shuffled test is the adapter's with the real arm's weights: the same here
+    assert res["comparisons"]["real_shuffled_test-control"] == res["comparisons"]["shuffled_test-control"]
     for r in res["modes"].values():
         assert r["n"] == 8 and {"common", "seen_rare", "held_out_rare", "nb_full", "nb_partial"} <= set(r)
     # the same model in both arms: identical images, a zero difference with a zero-width interval

@@ -12,6 +12,9 @@ same batches and the same schedule; they differ only in what the adapter is give
   shape swapped, while the neighbour and the target stay those of the true caption, so the
   neighbour's content is the only way to the right attribute; optionally a *leak
   curriculum* too (``leak_frac``: the neighbour is the target itself, with the real λ);
+  and a *shuffle curriculum* (``shuffle_frac``: the row gets another row's neighbour with
+  its own true λ, so the adapter must learn to tell a neighbour that agrees with the query
+  from one that does not, and to fall back to the text path on the latter);
 * ``real``     — real neighbours, no curriculum (plain rows only);
 * ``control``  — no neighbour (λ = 0), the same rows as ``adapter`` (swaps included): the
   same fine-tuning with retrieval switched off;
@@ -94,12 +97,16 @@ def decoder_params(unet: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for n, p in unet.named_parameters() if n.startswith(DECODER_PREFIXES)]
 
 
-def neighbours_for(name: str, d: ArmData, idx: torch.Tensor,
-                   leak: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def neighbours_for(name: str, d: ArmData, idx: torch.Tensor, leak: torch.Tensor | None = None,
+                   shuffle: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """-> h_retr (B,k,C,h,w), λ (B,k) that arm ``name`` sees for rows ``idx`` (k = ``d.k``;
     ``leak``: one, the target); ``leak`` (B,) bool marks the rows whose neighbours the
-    ``adapter`` arm's curriculum replaces by the target (every one of the k)."""
+    ``adapter`` arm's curriculum replaces by the target (every one of the k); ``shuffle`` (B,)
+    bool the rows whose neighbours it replaces by the next row's (the batch rolled by one),
+    keeping the row's own λ."""
     h, lam = d.h_nb[idx], d.lam[idx]
+    if name == "adapter" and shuffle is not None:
+        h = torch.where(shuffle.view(-1, 1, 1, 1, 1), h.roll(1, 0), h)
     if name == "adapter" and leak is not None:
         h = torch.where(leak.view(-1, 1, 1, 1, 1), d.h_self[idx][:, None], h)  # type: ignore[index]
     if name in ("control", "control_plain"):
@@ -130,6 +137,7 @@ def train_arms(
     decoder_delay: float = 0.0,
     checkpoint: Callable[[int, dict[str, Arm]], None] | None = None,
     checkpoint_every_s: float = 0.0,
+    shuffle_frac: float = 0.0,
 ) -> tuple[dict[str, Arm], dict[str, Any]]:
     """Train ``arms`` on ``data`` from ``pipe``'s student; returns the arms and a summary.
     ``leak_frac``: the ``adapter`` arm's leak curriculum (fraction of rows given the target
@@ -144,7 +152,9 @@ def train_arms(
     ends it first) during which only the adapters learn and every decoder stays the student's,
     so that the adapter learns to use its neighbour while the text path is still wrong where
     the neighbour is right; ``checkpoint(step, arms)``: called every ``checkpoint_every_s``
-    seconds of the loop (> 0), so a run cut off mid-way keeps its arms up to the last call."""
+    seconds of the loop (> 0), so a run cut off mid-way keeps its arms up to the last call;
+    ``shuffle_frac``: the ``adapter`` arm's shuffle curriculum (fraction of rows given another
+    row's neighbour with their own λ; drawn after the other curricula, so 0 changes no draw)."""
     from engines.hadapter import HAdapter
     from engines.rules import x0_from_output
     from toyworld.fideval import load_variant
@@ -192,6 +202,7 @@ def train_arms(
         leak = (torch.rand(batch_size, generator=gen) < leak_frac).to(device) if leak_frac > 0 else None
         swap_cpu = torch.rand(batch_size, generator=gen) < swap_frac if swap_frac > 0 else None
         swap = swap_cpu.to(device) if swap_cpu is not None else None
+        shuffle = (torch.rand(batch_size, generator=gen) < shuffle_frac).to(device) if shuffle_frac > 0 else None
         eps = data.noise[idx].float()
         z = eps * (1 - a_t) ** 0.5
         ctx = data.context[idx].float()
@@ -210,7 +221,7 @@ def train_arms(
         losses = {}
         for a, arm in out.items():
             h, skips, temb, ctx = enc["plain" if a in PLAIN_ARMS or "swap" not in enc else "swap"]
-            h_r, lam = neighbours_for(a, data, idx, leak)
+            h_r, lam = neighbours_for(a, data, idx, leak, shuffle)
             with autocast(device):
                 hh = arm.hadapter(h, h_r.float(), lam.float())
                 if swap_detach_decoder and swap_cpu is not None and a not in PLAIN_ARMS and bool(swap_cpu.any()):
@@ -237,7 +248,7 @@ def train_arms(
             break
     summary: dict[str, Any] = {"steps": step, "wall_s": round(time.perf_counter() - t0, 2),
                                "batch_size": batch_size, "lr_adapter": lr_adapter, "lr_decoder": lr_decoder,
-                               "leak_frac": leak_frac, "swap_frac": swap_frac,
+                               "leak_frac": leak_frac, "swap_frac": swap_frac, "shuffle_frac": shuffle_frac,
                                "swap_detach_decoder": swap_detach_decoder and swap_frac > 0, "decoder_delay": decoder_delay,
                                "decoder_from_step": delay_step if decoder_delay > 0 else 1,
                                "init": {a: str(f) for a, f in (init or {}).items()}}

@@ -149,7 +149,10 @@ class FamilyConfig:
         return kw
 
     def adapter_kwargs(self) -> dict[str, Any]:
-        return {"channels": self.unet_channels[-1], "num_heads": self.adapter_heads, "ff_mult": 2}
+        kw: dict[str, Any] = {"channels": self.unet_channels[-1], "num_heads": self.adapter_heads, "ff_mult": 2}
+        if self.extra.get("query_gate"):  # --set query_gate=1 (issue 13's eighth run)
+            kw["query_gate"] = True
+        return kw
 
 
 def full() -> FamilyConfig:
