@@ -188,3 +188,34 @@ def test_unknown_backend_and_missing_tensorrt(setup) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailable, match="no CUDA device"):
             create_backend("torch-opt", setup["model"], device="cuda")
+
+
+def test_a_query_gated_adapter_runs_alike_on_every_backend(tmp_path: Path) -> None:
+    """A model whose adapter has an open ``query_gate`` (issue 13's eighth run): the ONNX
+    graph, torch-opt and the fast runner carry the gate, and it changes the adapter's output."""
+    from engines.hadapter import HAdapter
+
+    model = write_model_dir(tmp_path / "model", "tiny", adapter_init_std=0.02)
+    old = HAdapter.from_pretrained(model / "hadapter", local_files_only=True)
+    gated = HAdapter(**{**dict(old.config), "query_gate": True}).eval()
+    gated.load_state_dict({**old.state_dict(), "q_gate": torch.ones(old.config.channels)})
+    gated.save_pretrained(str(model / "hadapter"), safe_serialization=True)
+    export_onnx(model, tmp_path / "onnx", verify=False)
+    b = {"torch": create_backend("torch", model),
+         "torch-opt": create_backend("torch-opt", model, pad_to_buckets=True, buckets=(1, 2, 4)),
+         "onnxruntime": create_backend("onnxruntime", model, onnx_dir=tmp_path / "onnx")}
+    c, h, w = b["torch"].h_shape
+    g = torch.Generator().manual_seed(0)
+    h_retr, lam = torch.randn(2, 1, c, h, w, generator=g) * 2, torch.full((2, 1), 0.8)
+    text = b["torch"].encode_text(PROMPTS[:2])
+    x = {k: v.denoise(text, SEEDS[:2], ["adapter"] * 2, h_retr, lam).cpu() for k, v in b.items()}
+    for k in ("torch-opt", "onnxruntime"):
+        assert (x[k] - x["torch"]).abs().max() <= TOL, k
+    args = (text, SEEDS[:2], ["adapter"] * 2, h_retr, lam)
+    img_ref = b["torch"].generate(*args).images  # the fast runner has no denoise(): its images
+    img_fast = create_backend("fast", model).generate(*args).images
+    assert np.abs(img_fast.astype(int) - img_ref.astype(int)).max() <= 1
+    ungated = create_backend("torch", write_model_dir(tmp_path / "plain", "tiny", adapter_init_std=0.02))
+    x_plain = ungated.denoise(text, SEEDS[:2], ["adapter"] * 2, h_retr, lam).cpu()
+    assert (x["torch"] - x_plain).abs().max() > 100 * TOL  # the gate is in the graph, not dropped
+    assert np.abs(ungated.generate(*args).images.astype(int) - img_ref.astype(int)).max() > 1  # and in the images
