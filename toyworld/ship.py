@@ -89,10 +89,14 @@ def shipped_variants(dest: str | Path, arms: tuple[str, ...], model: Path | None
     d.mkdir(parents=True, exist_ok=True)
     shipped_as = json.loads((model / "ragturbo.json").read_text()).get("variant", "adapter")
     src: dict[str, str] = {}
+    own: Path | None = None  # the shipped model's own variant file, written once
     for a in arms:
         f = eval_dir / f"{a}.safetensors"
         if a in (shipped_as, "real") and not f.is_file():
-            save_variant(OneStepPipeline.from_pretrained(model), d / f"{a}.safetensors")
+            if own is None:
+                own = save_variant(OneStepPipeline.from_pretrained(model), d / f"{a}.safetensors")
+            else:
+                shutil.copyfile(own, d / f"{a}.safetensors")
             src[a] = str(model)
         elif f.is_file():
             shutil.copyfile(f, d / f"{a}.safetensors")
