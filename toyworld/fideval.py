@@ -135,7 +135,18 @@ def save_variant(pipe: Any, path: Path) -> Path:
 
 
 def apply_variant(pipe: Any, path: Path) -> None:
-    """Load a variant file's decoder + adapter weights into ``pipe`` (strict on those keys)."""
+    """Load a variant file's decoder + adapter weights into ``pipe`` (strict on those keys). A
+    file with a query gate, applied to a pipe whose adapter has none (a gated arm on a gate-less
+    base model), first gets the pipe a gated adapter: the file's weights decide what it does."""
+    from safetensors import safe_open
+
+    from engines.hadapter import HAdapter
+
+    with safe_open(str(path), framework="pt") as f:
+        gated = "hadapter.q_gate" in f.keys()
+    if gated and getattr(pipe.hadapter, "q_gate", None) is None:
+        ref = next(pipe.hadapter.parameters())
+        pipe.hadapter = HAdapter(**{**dict(pipe.hadapter.config), "query_gate": True}).to(ref.device, ref.dtype).eval()
     load_variant(pipe.unet.unet, pipe.hadapter, path)
     pipe.to(pipe.device, pipe.dtype)
 

@@ -10,14 +10,15 @@
 # variants; RUN=shipped: what ships, the student from toyworld/assets (model + eval/student) and
 # the arms from `python -m toyworld.ship --variants`), EXTRA (more --set keys, e.g.
 # query_gate=1,shuffle_frac=0.25: the eighth run), N (rows, 200000), START (first row of the adapter split, 0), ARMS_S (arm stage cap,
-# 750), ARMS (adapter,control,shuffled), TEACHER (toyworld/assets/eval/teacher_unet), WHL (a dir
+# 750), ARMS (adapter,control,shuffled), STAGES (the arms' stages, arms,eval,probe; `arms` alone
+# retrains one arm without an eval that needs the others), TEACHER (toyworld/assets/eval/teacher_unet), WHL (a dir
 # of wheels to install under /tmp/site first; unset: none), OUT, WORK (/tmp/wF), PY (python3).
 W=${WORK:-/tmp/wF}; P=$W.pack; RUN=${RUN:-out/run7}; PY=${PY:-python3}; OUT=${OUT:-out/continue}
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 copyout() {
-  cp "$W.card.md" "$OUT/card.md" 2>/dev/null
-  cp "$W.init.json" "$OUT/init.json" 2>/dev/null
+  # card and init in one file: a call returns 8 files at most (4 arms + progress, log, tar, card)
+  cat "$W.card.md" "$W.init.json" > "$OUT/card.md" 2>/dev/null
   grep -v " step [0-9]* loss\|Loading weights\|should be kept in float32" "$W.log" > "$OUT/log.txt" 2>/dev/null
   cp "$W"/variants/*.safetensors "$W/variants/progress.json" "$OUT/" 2>/dev/null
   [ -f "$P/results.tar" ] && cp "$P/results.tar" "$OUT/"
@@ -38,7 +39,7 @@ if [ "$1" = start ]; then
   fi
   setsid nohup $PY -m toyworld.fidelity "$W" --family full-mid \
     --seed-shipped "$W.teacher" "${student[@]}" --arm-init "$W.run/init" \
-    --arms "${ARMS:-adapter,control,shuffled}" --stages base,teacher,skewed,student,export,arms,eval,probe \
+    --arms "${ARMS:-adapter,control,shuffled}" --stages base,teacher,skewed,student,export,${STAGES:-arms,eval,probe} \
     --set "swap_frac=0,n_adapter=${N:-200000},adapter_start=${START:-0},checkpoint_s=60${EXTRA:+,$EXTRA}" \
     --limits "arms=${ARMS_S:-750}" --pack "$P" > "$W.log" 2>&1 < /dev/null &
   sleep 2

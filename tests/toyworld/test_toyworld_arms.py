@@ -317,3 +317,41 @@ def test_a_gated_adapter_resumes_from_a_gateless_variant_and_learns_its_gate(
     with pytest.raises(RuntimeError, match="q_gate"):  # a gated file into a gate-less adapter
         g = fidelity.save_arm_variant(arms["adapter"].unet.unet, arms["adapter"].hadapter, tmp_path / "g.safetensors")
         load_variant(pipe.unet.unet, HAdapter(**dict(old.config)), g)
+
+
+def test_a_gated_arm_restores_onto_a_gateless_base_model(
+        dirs: dict[str, Path], tmp_path: Path, arm_data: Callable[..., Any]) -> None:
+    """The eighth GPU run sent back gated variant files for a work dir whose ``model`` (the
+    student) has a gate-less adapter: ``restore_arms`` (through ``apply_variant``) gives the
+    rebuilt arm a gated adapter with the file's gate, and the rebuilt pipe's adapter computes
+    what the trained one did; a gate-less file keeps a gate-less adapter."""
+    import shutil
+
+    from engines.hadapter import HAdapter
+    from engines.pipeline import OneStepPipeline
+    from toyworld import fidelity
+    from toyworld.models.arms import train_arms
+
+    work = tmp_path / "w"
+    shutil.copytree(dirs["mid"], work / "model")
+    pipe = OneStepPipeline.from_pretrained(work / "model")
+    assert pipe.hadapter.q_gate is None
+    plain = pipe.hadapter
+    pipe.hadapter = HAdapter(**{**dict(plain.config), "query_gate": True})
+    arms, _ = train_arms(pipe, arm_data(pipe), ("adapter",), 3, 4, 1e-2, 1e-2, torch.device("cpu"), shuffle_frac=0.5)
+    trained = arms["adapter"].hadapter
+    assert trained.q_gate.abs().max().item() > 0
+    fidelity.save_arm_variant(arms["adapter"].unet.unet, trained, work / "variants" / "adapter.safetensors")
+    pipe.hadapter = plain
+    control, _ = train_arms(pipe, arm_data(pipe), ("control",), 1, 4, 1e-2, 1e-2, torch.device("cpu"))
+    fidelity.save_arm_variant(control["control"].unet.unet, control["control"].hadapter, work / "variants" / "control.safetensors")
+    assert fidelity.restore_arms(work) == ["adapter", "control"]
+    back = OneStepPipeline.from_pretrained(work / "adapter_model")
+    assert back.hadapter.config.query_gate
+    assert torch.allclose(back.hadapter.q_gate.float(), trained.q_gate.half().float())
+    c, hh, ww = pipe.h_shape
+    h, r, lam = torch.randn(2, c, hh, ww), torch.randn(2, 1, c, hh, ww), torch.full((2, 1), 0.8)
+    with torch.no_grad():
+        want = trained.half().float()(h, r, lam)
+        assert torch.allclose(back.hadapter.float()(h, r, lam), want, atol=1e-4)
+    assert not OneStepPipeline.from_pretrained(work / "control_model").hadapter.config.query_gate

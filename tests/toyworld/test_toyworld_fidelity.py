@@ -407,6 +407,7 @@ def test_gpu_arms_continue_launches_detached_and_copies_checkpoints_out(tmp_path
     assert args[args.index("--arm-init") + 1] == f"{work}.run/init"
     assert args[args.index("--set") + 1] == "swap_frac=0,n_adapter=64,adapter_start=200000,checkpoint_s=60"
     assert args[args.index("--limits") + 1] == "arms=5"
+    assert args[args.index("--stages") + 1] == "base,teacher,skewed,student,export,arms,eval,probe"  # STAGES unset
     assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "card.md", "log.txt", "progress.json", "results.tar"]
     assert "checkpoint at step 7" in (out / "log.txt").read_text()
 
