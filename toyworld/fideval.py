@@ -143,7 +143,8 @@ def apply_variant(pipe: Any, path: Path) -> None:
     from engines.hadapter import HAdapter
 
     with safe_open(str(path), framework="pt") as f:
-        gated = "hadapter.q_gate" in f.keys()
+        keys = f.keys()
+    gated = "hadapter.q_gate" in keys
     if gated and getattr(pipe.hadapter, "q_gate", None) is None:
         ref = next(pipe.hadapter.parameters())
         pipe.hadapter = HAdapter(**{**dict(pipe.hadapter.config), "query_gate": True}).to(ref.device, ref.dtype).eval()

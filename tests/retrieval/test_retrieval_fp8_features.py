@@ -59,18 +59,21 @@ def test_fp8_round_trip_of_random_normal_rows_has_the_same_error() -> None:
     assert 0.02 < err.rel_l2_mean < MAX_REL_L2 and err.max_abs_over_row_amax <= MAX_ABS_OVER_AMAX
 
 
-def test_fp8_features_change_injected_images_by_well_under_a_level(toy) -> None:
+@pytest.mark.parametrize(("mode", "k"), [("inject", 1), ("adapter", 2)])
+def test_fp8_features_change_generated_images_by_a_small_fraction_of_retrievals_effect(toy, mode: str, k: int) -> None:
     from retrieval.recall import query_prompts
 
     pipe, feats, pooled = toy
-    eff = image_effect(pipe, pooled, feats, query_prompts(2), k=1, mode="inject")
+    eff = image_effect(pipe, pooled, feats, query_prompts(8), k=k, mode=mode)
     assert eff.ref_off_mean_diff > 0.5  # retrieval does change the image
-    # fp8 moves the image by well under a level on average, and by a small fraction of what
-    # retrieval itself moves (docs/perf.md: on the shipped model of 2026-12-05, 48 prompts,
-    # 0.075 levels mean and 0.8 % of values off by > 1 against retrieval's 5.1 and 26 %; here,
-    # 2 prompts: 0.073 and 1.3 % against 3.6 and 22 %); a wrong scale or cast moves it by
-    # about as much as retrieval does
-    assert eff.mean_diff < 0.1 and eff.mean_diff < 0.05 * eff.ref_off_mean_diff, eff
+    # fp8 moves the image by a fraction of a level on average, and by a small fraction of what
+    # retrieval itself moves; a wrong scale or cast moves it by about as much as retrieval does.
+    # Measured (docs/perf.md) on the model shipped since issue 13's eighth run, 48 prompts:
+    # adapter 0.149 levels mean and 2.2 % of values off by > 1 against retrieval's 3.8 and 19 %,
+    # inject 0.063 and 1.0 % against 5.0 and 25 %; here, 8 prompts: adapter 0.075 and 1.1 %
+    # against 2.7 and 18.5 %, inject 0.099 and 1.4 % against 4.2 and 24 %. (With 2 prompts,
+    # as this test had, inject gave 0.25 and 4.1 %: too few to bound.)
+    assert eff.mean_diff < 0.25 and eff.mean_diff < 0.05 * eff.ref_off_mean_diff, eff
     assert eff.share_gt1 < 0.1 * eff.ref_off_share_gt1, eff
 
 
