@@ -1,8 +1,15 @@
-"""Eighth run, CPU arm: the shipped (seventh-run) models against a new adapter, in one eval.
-The shipped adapter is renamed ``real`` (so ``real_shuffled_test`` is its shuffled test); the
-new adapter dir (``<work>/adapter_model``) is ``adapter``; control, shuffled arm and student are
-the shipped ones (``toyworld/assets/eval``). Same prompts and seeds as the issue-13 evals.
-Usage: python docs/toyworld-issue13/run8/cpu_eval.py WORK PROMPTS [SEEDS] [MODES] > out.json"""
+"""Eighth run, CPU: what ships (``toyworld/assets``: its model under the variant it ships as,
+plus ``assets/eval``'s student, control and shuffled arm) with some variants replaced by other
+model dirs, in one paired eval on the issue-13 prompts and seeds.
+
+* the CPU trial: ``real=toyworld/assets/model adapter=WORK/adapter_model`` (the then-shipped
+  adapter as ``real``, so ``real_shuffled_test`` is its shuffled test; the trial's adapter as
+  ``adapter``);
+* after the GPU run: ``real=OLD_MODEL`` (the seventh run's adapter, from a copy of the old
+  ``toyworld/assets/model``; read ``adapter - real``, new against old: ``real - control``
+  compares the old adapter with the *new* control).
+
+Usage: python docs/toyworld-issue13/run8/cpu_eval.py PROMPTS SEEDS MODES NAME=MODEL_DIR... > out.json"""
 
 import json
 import sys
@@ -13,18 +20,16 @@ import torch
 from engines.pipeline import OneStepPipeline
 from toyworld.fideval import Suite, evaluate, format_table
 
-work, prompts_file = Path(sys.argv[1]), sys.argv[2]
-S = int(sys.argv[3]) if len(sys.argv) > 3 else 4
-modes = tuple(sys.argv[4].split(",")) if len(sys.argv) > 4 else (
-    "student", "adapter", "control", "real", "shuffled_test", "real_shuffled_test")
+prompts_file, S, modes = sys.argv[1], int(sys.argv[2]), tuple(sys.argv[3].split(","))
+overrides = dict(a.split("=", 1) for a in sys.argv[4:])
 with open(prompts_file) as f:
     prompts = [p for p in f.read().splitlines() if p.strip()]
 dev = torch.device("cpu")
 suite = Suite.from_shipped(dev)
-suite.pipes["real"] = suite.pipes.pop("adapter")
-suite.pipes["adapter"] = OneStepPipeline.from_pretrained(work / "adapter_model", device=dev)
+for name, d in overrides.items():
+    suite.pipes[name] = OneStepPipeline.from_pretrained(Path(d), device=dev)
 suite.teacher = None
 res = evaluate(prompts, suite, seeds_per_prompt=S, n_retrieval=10000, modes=modes, workers=2)
-res["adapter_dir"] = str(work / "adapter_model")
+res["overrides"] = overrides
 print(json.dumps(res, indent=1))
 print(format_table(res), file=sys.stderr)
