@@ -63,6 +63,7 @@ COMPARISONS = (
     ("real", "control"), ("adapter", "real"), ("shuffled_test", "adapter"),
     ("adapter", "control_plain"), ("control_plain", "student"), ("real", "control_plain"),
     ("oracle", "control_plain"), ("shuffled_trained", "control_plain"), ("real_shuffled_test", "control"),
+    ("shuffled_test", "control_plain"), ("real_shuffled_test", "control_plain"), ("adapter_k4", "control_plain"),
 )
 
 

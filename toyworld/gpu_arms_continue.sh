@@ -17,10 +17,10 @@ W=${WORK:-/tmp/wF}; P=$W.pack; RUN=${RUN:-out/run7}; PY=${PY:-python3}; OUT=${OU
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 copyout() {
-  # card and init in one file: a call returns 8 files at most (4 arms + progress, log, tar, card)
-  cat "$W.card.md" "$W.init.json" > "$OUT/card.md" 2>/dev/null
+  # card, init and progress in one file: a call returns 8 files at most (5 arms + log, tar, card)
+  cat "$W.card.md" "$W.init.json" "$W/variants/progress.json" > "$OUT/card.md" 2>/dev/null
   grep -v " step [0-9]* loss\|Loading weights\|should be kept in float32" "$W.log" > "$OUT/log.txt" 2>/dev/null
-  cp "$W"/variants/*.safetensors "$W/variants/progress.json" "$OUT/" 2>/dev/null
+  cp "$W"/variants/*.safetensors "$OUT/" 2>/dev/null
   [ -f "$P/results.tar" ] && cp "$P/results.tar" "$OUT/"
 }
 running() { pgrep -f "toyworld.fidelity $W " >/dev/null; }

@@ -73,12 +73,19 @@ def ship(work: str | Path, variant: str = "adapter", model_dest: Path | None = N
     return {"model": str(model_dest), "variant": variant, "eval": shipped}
 
 
+PLAIN_FALLBACK = {"control_plain": "control"}
+"""Arms that continue another shipped arm when they have no file of their own (the shipped
+control trained without the swap curriculum, i.e. it is a ``control_plain``)."""
+
+
 def shipped_variants(dest: str | Path, arms: tuple[str, ...], model: Path | None = None,
                      eval_dir: Path | None = None) -> dict[str, str]:
     """The inverse of :func:`ship`, for ``--arm-init``: one variant file per arm in ``dest``,
     so a run continues exactly what ships. ``adapter`` (and ``real``, which trains the same
     rows without a curriculum) start from the shipped model's own decoder + adapter; every
-    other arm from its ``toyworld/assets/eval/<arm>.safetensors``; an arm with neither is an
+    other arm from its ``toyworld/assets/eval/<arm>.safetensors``, and ``control_plain`` (no
+    file of its own) from ``control.safetensors``: the shipped control trained on plain rows
+    (``swap_frac`` 0), which is what ``control_plain`` is; an arm with none of these is an
     error, not a fresh start. -> arm -> where its weights came from."""
     from engines.pipeline import OneStepPipeline
     from toyworld.fideval import ASSETS, save_variant
@@ -92,6 +99,8 @@ def shipped_variants(dest: str | Path, arms: tuple[str, ...], model: Path | None
     own: Path | None = None  # the shipped model's own variant file, written once
     for a in arms:
         f = eval_dir / f"{a}.safetensors"
+        if a in PLAIN_FALLBACK and not f.is_file():
+            f = eval_dir / f"{PLAIN_FALLBACK[a]}.safetensors"
         if a in (shipped_as, "real") and not f.is_file():
             if own is None:
                 own = save_variant(OneStepPipeline.from_pretrained(model), d / f"{a}.safetensors")

@@ -164,8 +164,9 @@ def test_ship_writes_the_winner_and_the_eval_variants_and_keeps_a_matching_small
 def test_shipped_variants_give_every_arm_what_ships_and_refuse_an_arm_with_nothing(
         dirs: dict[str, Path], tmp_path: Path) -> None:
     """``shipped_variants`` (the eighth run's ``--arm-init``): adapter and real from the
-    shipped model's own decoder + adapter, the others from the eval dir, a file per arm that
-    loads back to the same weights; an arm with no shipped weights is an error."""
+    shipped model's own decoder + adapter, the others from the eval dir (control_plain, which
+    has no file, from the plain control's), a file per arm that loads back to the same
+    weights; an arm with no shipped weights is an error."""
     import shutil
 
     from engines.pipeline import OneStepPipeline
@@ -184,9 +185,10 @@ def test_shipped_variants_give_every_arm_what_ships_and_refuse_an_arm_with_nothi
             a.hadapter.proj_out.weight.fill_(0.0)
     dest, ev = tmp_path / "model", tmp_path / "eval"
     ship(work, "adapter", model_dest=dest, eval_dest=ev)
-    src = shipped_variants(tmp_path / "init", ("adapter", "real", "control"), model=dest, eval_dir=ev)
-    assert src == {"adapter": str(dest), "real": str(dest), "control": str(ev / "control.safetensors")}
-    for arm, w in (("adapter", 0.002), ("real", 0.002), ("control", 0.0)):
+    src = shipped_variants(tmp_path / "init", ("adapter", "real", "control", "control_plain"), model=dest, eval_dir=ev)
+    assert src == {"adapter": str(dest), "real": str(dest), "control": str(ev / "control.safetensors"),
+                   "control_plain": str(ev / "control.safetensors")}
+    for arm, w in (("adapter", 0.002), ("real", 0.002), ("control", 0.0), ("control_plain", 0.0)):
         b = OneStepPipeline.from_pretrained(dirs["mid"])
         apply_variant(b, tmp_path / "init" / f"{arm}.safetensors")
         assert torch.allclose(b.hadapter.proj_out.weight, torch.full_like(b.hadapter.proj_out.weight, w), atol=1e-5), arm
