@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13, seventh and eighth runs: continue an earlier run's arms on fresh rows, safe across device calls.
+# Issue 13, seventh to ninth runs: continue an earlier run's arms on fresh rows, safe across device calls.
 # `start` launches toyworld.fidelity under setsid (it outlives the call while the machine stays
 # warm) and polls; `poll` (the next call, within the machine's warm window) only polls. Every
 # 10 s the arms' latest checkpoint (WORK/variants: <arm>.safetensors + progress.json, written
