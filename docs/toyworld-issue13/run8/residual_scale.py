@@ -24,17 +24,18 @@ class Scaled(torch.nn.Module):
         return h + self.s * (self.inner(h, h_r, lam) - h)
 
 
-prompts_file, s = sys.argv[1], float(sys.argv[2])
-S = int(sys.argv[3]) if len(sys.argv) > 3 else 4
-with open(prompts_file) as f:
-    prompts = [p for p in f.read().splitlines() if p.strip()]
-dev = torch.device("cpu")
-suite = Suite.from_shipped(dev)
-scaled = copy.copy(suite.pipes["adapter"])
-scaled.hadapter = Scaled(suite.pipes["adapter"].hadapter, s)
-suite.pipes["real"] = scaled
-suite.teacher = None
-res = evaluate(prompts, suite, seeds_per_prompt=S, n_retrieval=10000, modes=("adapter", "control", "real"), workers=2)
-res["residual_scale"] = s
-print(json.dumps(res, indent=1))
-print(format_table(res), file=sys.stderr)
+if __name__ == "__main__":  # importable for its Scaled (run9/residual_scale_val.py)
+    prompts_file, s = sys.argv[1], float(sys.argv[2])
+    S = int(sys.argv[3]) if len(sys.argv) > 3 else 4
+    with open(prompts_file) as f:
+        prompts = [p for p in f.read().splitlines() if p.strip()]
+    dev = torch.device("cpu")
+    suite = Suite.from_shipped(dev)
+    scaled = copy.copy(suite.pipes["adapter"])
+    scaled.hadapter = Scaled(suite.pipes["adapter"].hadapter, s)
+    suite.pipes["real"] = scaled
+    suite.teacher = None
+    res = evaluate(prompts, suite, seeds_per_prompt=S, n_retrieval=10000, modes=("adapter", "control", "real"), workers=2)
+    res["residual_scale"] = s
+    print(json.dumps(res, indent=1))
+    print(format_table(res), file=sys.stderr)

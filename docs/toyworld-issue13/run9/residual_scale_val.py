@@ -19,18 +19,8 @@ from engines.pipeline import OneStepPipeline
 from toyworld.fideval import Suite, evaluate
 from toyworld.models.data import eval_prompts
 
-
-class Scaled(torch.nn.Module):
-    """The adapter's residual times s (as classifier-free guidance scales a difference)."""
-
-    def __init__(self, inner: torch.nn.Module, s: float) -> None:
-        super().__init__()
-        self.inner, self.s = inner, s
-        self.config = inner.config
-
-    def forward(self, h: torch.Tensor, h_r: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        return h + self.s * (self.inner(h, h_r, lam) - h)
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "run8"))  # the eighth run's probe
+from residual_scale import Scaled  # h + s * (adapter - h)
 
 out, S, scales = sys.argv[1], int(sys.argv[2]), [float(x) for x in sys.argv[3].split(",")]
 p, tail = eval_prompts(400, 400)
