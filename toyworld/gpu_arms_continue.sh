@@ -3,8 +3,9 @@
 # `start` launches toyworld.fidelity under setsid (it outlives the call while the machine stays
 # warm) and polls; `poll` (the next call, within the machine's warm window) only polls. Every
 # 10 s the arms' latest checkpoint (WORK/variants: <arm>.safetensors + progress.json, written
-# every 60 s), the filtered log and, once packed, results.tar are copied to $OUT, so a call cut
-# short or a machine lost mid-call keeps what the last copy held.
+# every 60 s; progress.json goes into $OUT/card.md), the filtered log and, once packed,
+# results.tar are copied to $OUT, so a call cut short or a machine lost mid-call keeps what the
+# last copy held.
 # Usage: bash toyworld/gpu_arms_continue.sh start|poll [SECONDS (400)]
 # Env: RUN (a dir with student_unet/ and init/<arm>.safetensors: the earlier run's student and
 # variants; RUN=shipped: what ships, the student from toyworld/assets (model + eval/student) and
