@@ -378,7 +378,8 @@ def test_gpu_arms_sweep_trains_once_then_forks_one_process_per_recipe(tmp_path: 
 def test_gpu_arms_continue_launches_detached_and_copies_checkpoints_out(tmp_path: Path) -> None:
     """``toyworld/gpu_arms_continue.sh start``, with a stand-in for ``python``: one detached
     ``toyworld.fidelity`` run seeded from RUN's student and variants on rows START.., whose
-    checkpoint files, log and packed results land in $OUT by the time the poll ends."""
+    checkpoint files, progress (in card.md), log and packed results land in $OUT by the time the
+    poll ends."""
     import subprocess
     import sys
 
@@ -410,7 +411,9 @@ def test_gpu_arms_continue_launches_detached_and_copies_checkpoints_out(tmp_path
     assert args[args.index("--set") + 1] == "swap_frac=0,n_adapter=64,adapter_start=200000,checkpoint_s=60"
     assert args[args.index("--limits") + 1] == "arms=5"
     assert args[args.index("--stages") + 1] == "base,teacher,skewed,student,export,arms,eval,probe"  # STAGES unset
-    assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "card.md", "log.txt", "progress.json", "results.tar"]
+    # progress.json rides in card.md: five arms + log, tar and card are the 8 files a call returns
+    assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "card.md", "log.txt", "results.tar"]
+    assert '{"step": 7}' in (out / "card.md").read_text()
     assert "checkpoint at step 7" in (out / "log.txt").read_text()
 
 
