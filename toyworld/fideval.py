@@ -13,6 +13,9 @@ Modes (each one image per (prompt, seed), scored by ``toyworld.checker``):
 * ``control_plain`` — the retrieval-free fine-tune without the curriculum (λ = 0);
 * ``shuffled_test``    — the adapter arm given another prompt's neighbour (true λ);
 * ``real_shuffled_test`` — the same for the ``real`` arm (no curriculum);
+* ``shuffled_own_lam`` — the adapter arm given the same wrong neighbour as ``shuffled_test``
+  but the λ the service's rule gives it (its own caption's cosine to the prompt,
+  ``Database.score``): what a wrong database entry does in the service;
 * ``shuffled_trained`` — the arm trained with shuffled neighbours, given the right ones;
 * ``oracle``    — the adapter arm given a clean render of the prompt itself (λ = 1);
 * ``leak``      — the leak arm (trained with the target as its neighbour) given the
@@ -54,7 +57,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED_EVAL = ASSETS / "eval"
 VARIANTS = ("student", "adapter", "real", "control", "control_plain", "shuffled", "leak")
 ALL_MODES = ("teacher", "student", "inject", "adapter", "adapter_k4", "real", "control", "control_plain",
-             "shuffled_test", "real_shuffled_test", "shuffled_trained", "oracle", "leak")
+             "shuffled_test", "real_shuffled_test", "shuffled_own_lam", "shuffled_trained", "oracle", "leak")
 GROUPS = ("common", "seen_rare", "held_out_rare")
 COMPARISONS = (
     ("adapter", "student"), ("adapter", "control"), ("control", "student"),
@@ -64,6 +67,7 @@ COMPARISONS = (
     ("adapter", "control_plain"), ("control_plain", "student"), ("real", "control_plain"),
     ("oracle", "control_plain"), ("shuffled_trained", "control_plain"), ("real_shuffled_test", "control"),
     ("shuffled_test", "control_plain"), ("real_shuffled_test", "control_plain"), ("adapter_k4", "control_plain"),
+    ("shuffled_own_lam", "control"), ("shuffled_own_lam", "adapter"),
 )
 
 
@@ -212,6 +216,14 @@ class Database:
         s, i = (q @ self.pooled.T).topk(k, dim=1)
         return neighbour_lambda(s), i
 
+    def score(self, pooled: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """pooled (B,D), idx (B,k) -> the λ the service's rule gives pairs ``idx`` for these
+        prompts (B,k), whichever pairs they are (``search``'s own λ for its own indices)."""
+        from engines.rules import neighbour_lambda
+
+        q = torch.nn.functional.normalize(pooled.float().to(self.pooled.device), dim=-1)
+        return neighbour_lambda((q[:, None] * self.pooled[idx.to(self.pooled.device)]).sum(-1))
+
 
 def oracle_images(prompts: list[str], seed: int = 7) -> np.ndarray:
     """A clean render (N,64,64,3) of each prompt (its stated spec, a seeded layout)."""
@@ -293,6 +305,7 @@ def evaluate(
              "adapter_k4": "adapter" in suite.pipes, "real": "real" in suite.pipes, "control": "control" in suite.pipes,
              "control_plain": "control_plain" in suite.pipes,
              "shuffled_test": "adapter" in suite.pipes, "real_shuffled_test": "real" in suite.pipes,
+             "shuffled_own_lam": "adapter" in suite.pipes,
              "shuffled_trained": "shuffled" in suite.pipes,
              "oracle": "adapter" in suite.pipes, "leak": "leak" in suite.pipes and suite.teacher is not None}
     want = [m for m in (modes or ALL_MODES) if avail.get(m)]
@@ -326,6 +339,10 @@ def evaluate(
                 h = db.features[idx4[pi_shuf, :1].to(db.features.device)]
                 ims = suite.pipes["real" if m == "real_shuffled_test" else "adapter"].generate(
                     text, ss, "adapter", h, lam4[pi, :1]).images
+            elif m == "shuffled_own_lam":  # the same wrong neighbour, λ as the service would score it
+                j = idx4[pi_shuf, :1]
+                ims = suite.pipes["adapter"].generate(text, ss, "adapter", db.features[j.to(db.features.device)],
+                                                      db.score(text.pooled, j)).images
             else:
                 key = {"inject": "student", "adapter": "adapter", "adapter_k4": "adapter", "real": "real", "control": "control",
                        "control_plain": "control_plain", "shuffled_trained": "shuffled"}[m]
