@@ -212,8 +212,7 @@ class Database:
         """pooled (B,D) -> (λ by ``engines.rules.neighbour_lambda`` (B,k), indices (B,k))."""
         from engines.rules import neighbour_lambda
 
-        q = torch.nn.functional.normalize(pooled.float().to(self.pooled.device), dim=-1)
-        s, i = (q @ self.pooled.T).topk(k, dim=1)
+        s, i = (self._unit(pooled) @ self.pooled.T).topk(k, dim=1)
         return neighbour_lambda(s), i
 
     def score(self, pooled: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -221,8 +220,12 @@ class Database:
         prompts (B,k), whichever pairs they are (``search``'s own λ for its own indices)."""
         from engines.rules import neighbour_lambda
 
-        q = torch.nn.functional.normalize(pooled.float().to(self.pooled.device), dim=-1)
+        q = self._unit(pooled)
         return neighbour_lambda((q[:, None] * self.pooled[idx.to(self.pooled.device)]).sum(-1))
+
+    def _unit(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Prompts' pooled embeddings, normalised, on the database's device (both λ paths)."""
+        return torch.nn.functional.normalize(pooled.float().to(self.pooled.device), dim=-1)
 
 
 def oracle_images(prompts: list[str], seed: int = 7) -> np.ndarray:

@@ -8,11 +8,12 @@ Usage: python docs/toyworld-issue13/run9/lambda_wrong.py PROMPTS > out.json"""
 import json
 import sys
 
+import numpy as np
 import torch
 
 from engines.default_model import SHIPPED
 from engines.pipeline import OneStepPipeline
-from engines.rules import neighbour_lambda
+from toyworld.fideval import Database
 from toyworld.models.data import make_split
 
 pipe = OneStepPipeline.from_pretrained(SHIPPED)
@@ -27,10 +28,10 @@ def embed(caps: list[str]) -> torch.Tensor:
                           for i in range(0, len(caps), 512)])
 
 
-q, db = embed(prompts), embed(captions)
-top, idx = (q @ db.T).max(1)
-right = neighbour_lambda(top)
-wrong = neighbour_lambda((q * db[idx.roll(1, 0)]).sum(1))  # the shuffled test's neighbour, its own λ
+q = embed(prompts)
+db = Database(captions, np.empty(0), embed(captions), torch.empty(0))  # captions only: λ needs no images
+right, idx = db.search(q, 1)
+wrong = db.score(q, idx.roll(1, 0))  # the shuffled test's neighbour, its own λ (shuffled_own_lam)
 
 
 def stats(x: torch.Tensor) -> dict[str, float]:
