@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +41,7 @@ from engines.fast.runner import STAGES, FastConfig, FastRunner
 from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
 from engines.rules import normalize_modes, seeded_noise, tokenize_prompts
 from engines.shapes import BATCH_BUCKETS, bucket_for
+from engines.token_cache import TokenCache
 
 if TYPE_CHECKING:
     from engines.modeldir import ModelDir
@@ -98,8 +98,10 @@ class FastBackend(SearchingBackend):
         if cfg.cuda_graphs and not on_cuda:
             raise BackendUnavailable("fast: cuda_graphs=True needs a CUDA device")
         self.runner = FastRunner(pipe, self.k_max, cfg, inject_weight=inject_weight)
-        self._tok: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._tok_cap = int(tokenizer_cache)
+        self._tok = TokenCache(
+            lambda ps: tokenize_prompts(pipe.tokenizer, ps, pipe.max_length, torch.device("cpu")),
+            tokenizer_cache,
+        )
         self._min_score: float | None = None
         self._warm: set[str] = set()
         self._index_dtype: FeatureDtype = "float16"
@@ -223,18 +225,7 @@ class FastBackend(SearchingBackend):
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         """Token ids (B,77) int64 on the host; repeated prompts come from a small LRU cache."""
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a list of strings, not a single string")
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._tok]
-        if missing:
-            ids = tokenize_prompts(self.pipe.tokenizer, missing, self.pipe.max_length, torch.device("cpu"))
-            for p, row in zip(missing, ids):
-                self._tok[p] = row
-                if len(self._tok) > self._tok_cap:
-                    self._tok.popitem(last=False)
-        for p in prompts:
-            self._tok.move_to_end(p)
-        return torch.stack([self._tok[p] for p in prompts])
+        return self._tok.ids(prompts)
 
     def _noise(self, seeds: Sequence[int]) -> torch.Tensor:
         return seeded_noise(seeds, self.latent_shape)
