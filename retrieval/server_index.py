@@ -27,6 +27,7 @@ from tenacity import (
 
 from retrieval.index import COLLECTION, VectorIndex
 from retrieval.reconnect import Reconnector
+from retrieval.redact import redact_url
 from retrieval.types import Neighbour, RetrievalError
 
 log = logging.getLogger(__name__)
@@ -88,12 +89,12 @@ class QdrantServerIndex(VectorIndex):
         self.retries, self.backoff_s = retries, backoff_s
         self._last_error: str | None = None
         if client is not None:
-            self.where = url or str(location or path or "client")
+            self.where = redact_url(url) if url else str(location or path or "client")
             self._search_params = models.SearchParams(hnsw_ef=hnsw_ef) if url else None
             self._client = client
         elif url is not None:
             self.name = "qdrant-server"
-            self.where = url
+            self.where = redact_url(url)  # logs and messages never show a password
             # local mode is brute force and warns on search params, so only the server gets them
             self._search_params = models.SearchParams(hnsw_ef=hnsw_ef)
             self._client = QdrantClient(

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as _LibJsonFormatter
+
+from retrieval.redact import mask_secrets, url_secrets
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -47,9 +51,46 @@ class JsonFormatter(_LibJsonFormatter):
             log_data[k] = log_data.pop(k)
 
 
-def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
-    """Replace the root handlers (called by ``ragturbo serve``, never at import)."""
+def env_secrets(env: Mapping[str, str] | None = None) -> list[str]:
+    """Secret values of the settings (API keys, the Qdrant key, the Qdrant URL's password)."""
+    env = os.environ if env is None else env
+    keys = [k.strip() for k in env.get("RAGTURBO_API_KEYS", "").split(",")]
+    return [
+        s
+        for s in (*keys, env.get("RAGTURBO_QDRANT_API_KEY", ""), *url_secrets(env.get("RAGTURBO_QDRANT_URL")))
+        if s
+    ]
+
+
+class SecretFilter(logging.Filter):
+    """Masks secret values and URL userinfo (``user:pass@``) in every record's message
+    and exception text, whichever logger wrote it (ours, uvicorn's, a library's)."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+        self._fmt = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = mask_secrets(msg, self.secrets)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._fmt.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_secrets(record.exc_text, self.secrets)
+            record.exc_info = None
+        return True
+
+
+def configure_logging(
+    fmt: str = "json", level: str = "INFO", secrets: Iterable[str] | None = None
+) -> None:
+    """Replace the root handlers (called by ``ragturbo serve``, never at import).
+    ``secrets`` (default: those of the RAGTURBO_* environment) are masked in every line."""
     handler = logging.StreamHandler()
+    handler.addFilter(SecretFilter(env_secrets() if secrets is None else secrets))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

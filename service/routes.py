@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from retrieval.redact import public_reason
 from service.accept import negotiate
 from service.admission import record, run_job
 from service.auth import State, require_key
@@ -78,6 +79,7 @@ def _user_hash(body: OpenAIImagesRequest) -> str | None:
 
 def build_router(settings: Settings) -> APIRouter:
     auth = [Depends(require_key)] if settings.api_keys else []
+    secrets = settings.secret_values()
     metrics_auth = auth if settings.metrics_require_key else []
     router = APIRouter()
 
@@ -217,7 +219,9 @@ def build_router(settings: Settings) -> APIRouter:
             backend=state.t2i.backend_name,
             model=state.t2i.model_name,
             retrieval=None if state.retrieval_ok is None else "degraded" if degraded else "ok",
-            detail=state.retrieval_reason,  # degraded: why; ok: where the search runs
+            # degraded: why; ok: where the search runs. /readyz is open: no URL userinfo,
+            # paths, server bodies or secrets (the log has the full reason).
+            detail=public_reason(state.retrieval_reason, secrets),
         )
 
     @router.get(

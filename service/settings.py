@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engines.backends.names import BACKENDS
 from engines.shapes import bucket_for
+from retrieval.redact import redact_url, url_secrets
 
 # "auto" plus the registry's names (engines/backends/names.py): one list, not two.
 BackendName = Literal[("auto", *BACKENDS)]  # type: ignore[valid-type]
@@ -147,6 +149,26 @@ class Settings(BaseSettings):
             raise ValueError(f"batch_buckets must be positive, got {value}")
         return sorted(set(value))
 
+    @field_validator("qdrant_url", mode="before")
+    @classmethod
+    def _qdrant_url(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        if not value:
+            return None
+        try:
+            parts = urlsplit(value)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"must be an http(s) URL such as http://qdrant:6333, got {redact_url(value)!r}"
+            )
+        return value
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
@@ -199,6 +221,13 @@ class Settings(BaseSettings):
             raise ValueError("every API key must have at least 8 characters")
         return self
 
+    def secret_values(self) -> list[str]:
+        """The values no log line or response may show (API keys, Qdrant key and password)."""
+        out = [k.get_secret_value() for k in self.api_keys]
+        if self.qdrant_api_key is not None:
+            out.append(self.qdrant_api_key.get_secret_value())
+        return [s for s in (*out, *url_secrets(self.qdrant_url)) if s]
+
     def resolved_model_dir(self) -> Path:
         """model_dir, or the embedded default (may write a random tiny model under db_path)."""
         from engines.default_model import resolve_model_dir
@@ -230,6 +259,12 @@ def settings_error_message(exc: Exception) -> str:
             lines.append(str(err.get("msg", "")).removeprefix("Value error, "))
             continue
         name = f"RAGTURBO_{loc.split('.')[0].upper()}"
-        value = "<hidden>" if loc.split(".")[0] in _SECRET_FIELDS else repr(err.get("input"))
+        field_name = loc.split(".")[0]
+        if field_name in _SECRET_FIELDS:
+            value = "<hidden>"
+        elif field_name == "qdrant_url":  # the value, without a password
+            value = repr(redact_url(str(err.get("input"))))
+        else:
+            value = repr(err.get("input"))
         lines.append(f"{name}: {err.get('msg', '')} (got {value})")
     return "invalid settings:\n  " + "\n  ".join(lines)
