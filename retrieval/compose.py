@@ -115,6 +115,12 @@ class TextToImage:
 
     def retrieval_health(self) -> tuple[bool, str]:
         """(True, where search runs) or (False, why retrieval is unavailable): /readyz."""
+        db = self.db if self.db is not None else getattr(self.resident, "db", None)
+        bad = getattr(getattr(db, "store", None), "bad_shards", None)
+        if bad:  # the readable shards still serve; the excluded ones are named
+            names = ", ".join(sorted(bad))
+            return False, (f"{len(bad)} feature-store shard(s) excluded, their pairs not served "
+                           f"(retried on refresh): {names}: {next(iter(bad.values()))}")
         if self.resident is not None:
             # The device copy serves even while the index is down (refreshes then wait).
             return True, f"search inside the {self.backend_name} graph over {len(self.resident)} pairs ({self.resident.source})"

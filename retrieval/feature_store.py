@@ -17,6 +17,14 @@ whose id the store does not hold.
 
 The manifest records the model fingerprint that produced the features; opening with
 another fingerprint raises ``FingerprintMismatchError`` naming both.
+
+Reading validates: a shard named by the manifest whose files cannot be read, whose row
+count disagrees with its arrays, or whose H-features hold NaN or inf (checked once per
+shard when it is loaded, one sequential read of ``h.npy``) is excluded -- its pairs are
+not served -- while every other shard serves. ``bad_shards`` names each excluded shard
+and why (an ERROR log line too; ``retrieval.compose`` reports it on /readyz), and
+``refresh`` retries them (at most every ``retry_bad_s`` seconds), so a shard repaired on
+disk is served again without a restart.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -81,6 +90,7 @@ class FeatureStore:
         *,
         cache_items: int = 4096,
         device: str | torch.device = "cpu",
+        retry_bad_s: float = 10.0,
     ) -> None:
         self.root = Path(root)
         self.fingerprint = fingerprint
@@ -94,6 +104,10 @@ class FeatureStore:
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._where: dict[str, tuple[str, int]] = {}
         self._rows: dict[str, dict[str, str]] = {}
+        self.bad_shards: dict[str, str] = {}  # excluded shard name -> why
+        self.retry_bad_s = float(retry_bad_s)
+        self._bad_tried = 0.0
+        self._manifest: dict[str, Any] = {}
         mpath = self.root / MANIFEST
         if mpath.is_file():
             m = self._read_manifest()
@@ -150,35 +164,53 @@ class FeatureStore:
         _fsync_dir(self.root)
 
     def _load(self, m: dict[str, Any]) -> None:
-        """Map ids to (shard,row); shards already loaded are kept (their files never change)."""
+        """Map ids to (shard,row); shards already loaded are kept (their files never change).
+        A shard that fails ``_open_shard`` is excluded and recorded in ``bad_shards``."""
         shards = list(m["shards"])
         names = [s["name"] for s in shards]
         if set(self._arrays) - set(names):  # a shard went away (rebuild): start over
             self._arrays, self._where, self._rows = {}, {}, {}
             self._cache.clear()
+        bad: dict[str, str] = {}
         for name in names:
             if name in self._arrays:
                 continue
-            d = self.root / "shards" / name
             try:
-                arrays = (
-                    np.load(d / "h.npy", mmap_mode="r"),
-                    np.load(d / "latent.npy", mmap_mode="r"),
-                )
-                rows = json.loads((d / "rows.json").read_text())
-            except (OSError, ValueError) as e:
-                raise RetrievalError(
-                    f"feature-store shard {d} named in the manifest is unreadable: {e}"
-                ) from e
-            if len(rows) != len(arrays[0]) or len(rows) != len(arrays[1]):
-                raise RetrievalError(
-                    f"feature-store shard {d}: {len(rows)} rows but {len(arrays[0])} features"
-                )
+                arrays, rows = self._open_shard(self.root / "shards" / name)
+            except RetrievalError as e:
+                bad[name] = str(e)
+                if self.bad_shards.get(name) != str(e):
+                    log.error("%s; its pairs are not served (retried on refresh)", e)
+                continue
+            if name in self.bad_shards:
+                log.info("feature-store shard %s is readable again: %d pairs served", name, len(rows))
             self._arrays[name] = arrays
             for r, row in enumerate(rows):
                 self._where[row["id"]] = (name, r)
                 self._rows[row["id"]] = row
+        self.bad_shards = bad
+        self._bad_tried = time.monotonic()
         self._shards = shards
+        self._manifest = m
+
+    def _open_shard(self, d: Path) -> tuple[tuple[np.ndarray, np.ndarray], list[dict[str, str]]]:
+        """Memory-map one shard and validate it (readable, consistent, finite H-features)."""
+        try:
+            arrays = (np.load(d / "h.npy", mmap_mode="r"), np.load(d / "latent.npy", mmap_mode="r"))
+            rows = json.loads((d / "rows.json").read_text())
+        except (OSError, ValueError) as e:
+            raise RetrievalError(f"feature-store shard {d} named in the manifest is unreadable: {e}") from e
+        h = arrays[0]
+        if len(rows) != len(h) or len(rows) != len(arrays[1]):
+            raise RetrievalError(f"feature-store shard {d}: {len(rows)} rows but {len(h)} features")
+        if tuple(h.shape[1:]) != self.h_shape:
+            raise RetrievalError(f"feature-store shard {d}: H-features {h.shape[1:]}, expected {self.h_shape}")
+        bad = 0
+        for i in range(0, len(h), 1024):  # bounded memory on a large memory-mapped shard
+            bad += int((~np.isfinite(h[i : i + 1024]).reshape(min(1024, len(h) - i), -1).all(1)).sum())
+        if bad:
+            raise RetrievalError(f"feature-store shard {d}: non-finite H-features (NaN or inf) in {bad} of {len(h)} rows")
+        return arrays, rows
 
     def refresh(self) -> bool:
         """Reload the manifest if another process committed; True if it changed."""
@@ -188,6 +220,10 @@ class FeatureStore:
             except OSError as e:
                 raise RetrievalError(f"feature store at {self.root} vanished: {e}") from e
             if mt == self._manifest_mtime:
+                if self.bad_shards and time.monotonic() - self._bad_tried >= self.retry_bad_s:
+                    n = len(self._where)
+                    self._load(self._manifest)  # retry the excluded shards
+                    return len(self._where) != n
                 return False
             m = self._read_manifest()
             if m["fingerprint"] != self.fingerprint:
@@ -329,4 +365,5 @@ class FeatureStore:
             "fingerprint": self.fingerprint,
             "h_shape": list(self.h_shape),
             "cached": len(self._cache),
+            "bad_shards": dict(self.bad_shards),
         }

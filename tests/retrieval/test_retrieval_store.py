@@ -94,3 +94,39 @@ def test_shape_and_nan_validation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="NaN"):
         s.put(["a"], np.full((1, *H), np.nan), np.zeros((1, *L)), ["c"], ["f"])
     assert len(s) == 0
+
+
+def _shard_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "shards").iterdir() if not p.name.startswith("."))
+
+
+def test_non_finite_shard_on_disk_is_excluded_and_named(tmp_path: Path) -> None:
+    s = FeatureStore(tmp_path / "f", "fp", H, L)
+    put(s, ["a", "b"])
+    put(s, ["c"], seed=1)
+    bad = _shard_dirs(tmp_path / "f")[1]
+    h = np.load(bad / "h.npy")
+    h[0, 0, 0, 0] = np.inf
+    np.save(bad / "h.npy", h)
+    s2 = FeatureStore(tmp_path / "f", "fp")
+    assert "c" not in s2 and len(s2) == 2  # never served
+    assert torch.isfinite(s2.features(["a", "b"]).float()).all()
+    assert list(s2.bad_shards) == [bad.name] and "non-finite" in s2.bad_shards[bad.name]
+    with pytest.raises(RetrievalError, match="no features"):
+        s2.features(["c"])
+
+
+def test_unreadable_shard_excludes_only_its_pairs_and_is_retried(tmp_path: Path) -> None:
+    s = FeatureStore(tmp_path / "f", "fp", H, L)
+    h_ab = put(s, ["a", "b"])
+    put(s, ["c"], seed=1)
+    first = _shard_dirs(tmp_path / "f")[0]
+    good = (first / "h.npy").read_bytes()
+    (first / "h.npy").write_bytes(good[:20])  # truncated: unreadable
+    s2 = FeatureStore(tmp_path / "f", "fp", retry_bad_s=0.0)
+    assert len(s2) == 1 and "c" in s2 and "a" not in s2
+    assert "unreadable" in s2.bad_shards[first.name]
+    assert s2.refresh() is False  # still broken: nothing new
+    (first / "h.npy").write_bytes(good)  # repaired while serving
+    assert s2.refresh() is True and not s2.bad_shards
+    assert torch.equal(s2.features(["a"])[0], h_ab[0].half()) and len(s2) == 3
