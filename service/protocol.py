@@ -24,7 +24,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from service.errors import RequestTimeout, envelope
+from service.errors import BadRequest, RequestTimeout, envelope
+from service.framing import StrictH11Connection
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class DeadlineH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.conn = StrictH11Connection(h11.SERVER, self.conn._max_incomplete_event_size)
         self._read_timer: asyncio.TimerHandle | None = None
         self._read_phase: str | None = None
         self._got_bytes = False
@@ -60,6 +62,19 @@ class DeadlineH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """A malformed or ambiguously framed request: JSON 400, Connection: close, close."""
+        reason = getattr(self.conn, "reject_reason", None) or msg
+        log.warning("invalid HTTP request (%s); 400 and close", reason)
+        err = BadRequest(reason, code="bad_framing" if reason != msg else "bad_request")
+        body = json.dumps(envelope(err)).encode()
+        if not self.transport.is_closing():
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            )
+            self.transport.close()
 
     # ------------------------------------------------------------------ timers
     def _phase(self) -> str | None:
