@@ -11,29 +11,33 @@ Image policy: any size/aspect is centre-cropped to a square and resized (bicubic
 model resolution; images whose short side is below a quarter of that resolution are
 rejected ("too small"), as are missing/unreadable files and empty captions.
 
-One bad row never aborts a run: a line of the captions file that is not JSON (or not an
-object), a caption that is not valid Unicode (a lone surrogate), and a ``file`` that
-resolves outside the images directory (``../x.png``, an absolute path, a symlink out) go
-to the rejects with their reason; files outside are read only with ``allow_outside``
-(``ragturbo ingest --allow-outside-images``).
+One bad row never aborts a run: a line of the captions file that is not valid UTF-8,
+not JSON (or not an object) (``retrieval.captions``), a caption that is not valid
+Unicode (a lone surrogate), a ``file`` that is not a regular file (a FIFO, a device, a
+directory: never opened for a blocking read) and a ``file`` that resolves outside the
+images directory (``../x.png``, an absolute path, a symlink out) go to the rejects with
+their reason; files outside are read only with ``allow_outside`` (``ragturbo ingest
+--allow-outside-images``). Each reject names the 1-based ``line`` of its row in the
+captions file, and an unreadable line keeps its ``raw`` text.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from retrieval.captions import read_captions
 from retrieval.db import DbConfig, RetrievalDB
 from retrieval.feature_store import MANIFEST, FeatureStore
 from retrieval.types import point_id
@@ -44,10 +48,28 @@ MAX_CAPTION_CHARS = 1000
 
 @dataclass
 class Reject:
-    row: int
+    line: int  # 1-based line (row) of the captions file
     file: str
     caption: str
     reason: str
+    raw: str | None = None  # the line as written, when it could not be read
+
+
+class NotRegularFile(OSError):
+    """The ``file`` of a row is a FIFO, a socket, a device or a directory."""
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of a regular file; OSError for anything else (a FIFO would block a plain
+    read forever: it is opened non-blocking and refused after fstat)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(f"not a regular file: {path.name} (a FIFO, device or directory)")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -69,51 +91,6 @@ class IngestReport:
             f"{self.rows} rows: {self.added} added, {self.already_present} already present, "
             f"{self.duplicates} duplicate rows, {len(self.rejects)} rejected ({why}) in {self.seconds:.1f}s"
         )
-
-
-def read_captions(path: str | Path) -> list[dict[str, str]]:
-    """Rows {"file", "caption"} from .jsonl, .csv or .parquet (other columns ignored).
-
-    A jsonl line that cannot be read becomes a row with an ``error`` key (ingest rejects
-    it with that reason) instead of failing the whole file.
-    """
-    p = Path(path)
-    suf = p.suffix.lower()
-    bad: dict[int, str] = {}
-    if suf in (".jsonl", ".ndjson"):
-        rows = []
-        text = p.read_bytes().decode("utf-8", errors="replace")
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad[len(rows)] = f"not valid JSON: line {n}: {e.msg} (column {e.colno})"
-                obj = {}
-            if not isinstance(obj, dict) and len(rows) not in bad:
-                bad[len(rows)] = f"not a JSON object: line {n}"
-            rows.append(obj if isinstance(obj, dict) else {})
-    elif suf == ".csv":
-        with open(p, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    elif suf == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(p).to_pylist()
-    else:
-        raise ValueError(f"captions file {p} must end in .jsonl, .csv or .parquet (got {suf!r})")
-    good = [r for i, r in enumerate(rows) if i not in bad]
-    if good and not any("file" in r and "caption" in r for r in good):
-        raise ValueError(
-            f"captions file {p} needs columns 'file' and 'caption'; got {sorted(good[0])}"
-        )
-    out = [
-        {"file": str(r.get("file") or ""), "caption": str(r.get("caption") or "")} for r in rows
-    ]
-    for i, why in bad.items():
-        out[i]["error"] = why
-    return out
 
 
 def load_image(data: bytes, resolution: int) -> np.ndarray:
@@ -195,37 +172,41 @@ def ingest(
         ids, imgs, caps, files = [], [], [], []
         for i in rng:
             file, cap = rows[i]["file"], rows[i]["caption"].strip()
+            ln = int(rows[i].get("line") or i + 1)
             if rows[i].get("error"):
-                rep.rejects.append(Reject(i, file, cap, rows[i]["error"]))
+                rep.rejects.append(Reject(ln, file, cap, rows[i]["error"], rows[i].get("raw")))
                 continue
             if not cap:
-                rep.rejects.append(Reject(i, file, cap, "empty caption"))
+                rep.rejects.append(Reject(ln, file, cap, "empty caption"))
                 continue
             if len(cap) > MAX_CAPTION_CHARS:
-                rep.rejects.append(Reject(i, file, cap[:80], f"caption too long: {len(cap)} chars"))
+                rep.rejects.append(Reject(ln, file, cap[:80], f"caption too long: {len(cap)} chars"))
                 continue
             if not file:
-                rep.rejects.append(Reject(i, file, cap, "missing file: no file name"))
+                rep.rejects.append(Reject(ln, file, cap, "missing file: no file name"))
                 continue
             try:
                 cap.encode("utf-8")
             except UnicodeEncodeError as e:
                 rep.rejects.append(
-                    Reject(i, file, cap, f"invalid caption: not valid Unicode ({e.reason})")
+                    Reject(ln, file, cap, f"invalid caption: not valid Unicode ({e.reason})")
                 )
                 continue
             path = root / file
             try:
                 if not allow_outside and not path.resolve().is_relative_to(real_root):
                     rep.rejects.append(
-                        Reject(i, file, cap, "outside --images: the file resolves outside "
+                        Reject(ln, file, cap, "outside --images: the file resolves outside "
                                f"{root} (allow with --allow-outside-images)")
                     )
                     continue
-                data = path.read_bytes()
+                data = read_regular_file(path)
+            except NotRegularFile as e:
+                rep.rejects.append(Reject(ln, file, cap, str(e)))
+                continue
             except (OSError, ValueError) as e:  # ValueError: a name that is not a path
                 why = e.strerror if isinstance(e, OSError) and e.strerror else e
-                rep.rejects.append(Reject(i, file, cap, f"missing file: {why}"))
+                rep.rejects.append(Reject(ln, file, cap, f"missing file: {why}"))
                 continue
             pid = point_id(cap, data)
             if pid in seen:
@@ -235,7 +216,7 @@ def ingest(
             try:
                 img = load_image(data, res)
             except ValueError as e:
-                rep.rejects.append(Reject(i, file, cap, str(e)))
+                rep.rejects.append(Reject(ln, file, cap, str(e)))
                 continue
             ids.append(pid), imgs.append(img), caps.append(cap), files.append(file)
         done = db.contains(ids)
@@ -275,7 +256,8 @@ def write_rejects(rejects: list[Reject], path: str | Path) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
     # ensure_ascii (the default) writes a lone surrogate as "\ud800": the file stays UTF-8.
-    tmp.write_text("".join(json.dumps(r.__dict__) + "\n" for r in rejects), encoding="utf-8")
+    lines = [json.dumps({k: v for k, v in asdict(r).items() if v is not None}) for r in rejects]
+    tmp.write_text("".join(x + "\n" for x in lines), encoding="utf-8")
     os.replace(tmp, p)
 
 
@@ -291,13 +273,17 @@ def rebuild_features(pipe: Any, cfg: DbConfig, *, batch: int = 64, progress: boo
     root = Path(cfg.db_path) / "features"
     m = json.loads((root / MANIFEST).read_text())
     old = FeatureStore(root, m["fingerprint"])
+    from retrieval.db import open_index
+
+    index = open_index(cfg, pipe.embed_dim)  # first: a held shard is refused before any work
     new_root = Path(cfg.db_path) / f"features.rebuild-{pipe.fingerprint}"
     shutil.rmtree(new_root, ignore_errors=True)
     ls = pipe.latent_size
-    new = FeatureStore(new_root, pipe.fingerprint, pipe.h_shape, (pipe.latent_channels, ls, ls))
-    from retrieval.db import open_index
-
-    index = open_index(cfg, pipe.embed_dim)
+    try:
+        new = FeatureStore(new_root, pipe.fingerprint, pipe.h_shape, (pipe.latent_channels, ls, ls))
+    except BaseException:
+        index.close()
+        raise
     ids = list(old.ids())
     try:
         for rng in tqdm(list(_chunks(len(ids), batch)), disable=not progress, desc="rebuild"):
@@ -331,3 +317,6 @@ def rebuild_features(pipe: Any, cfg: DbConfig, *, batch: int = 64, progress: boo
         m["fingerprint"],
     )
     return len(ids)
+
+
+__all__ = ["IngestReport", "Reject", "ingest", "read_captions", "rebuild_features", "write_rejects"]

@@ -102,8 +102,11 @@ def test_read_captions_formats(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "c.jsonl", rows)
     (tmp_path / "c.csv").write_text('file,caption\na.png,x\nb.png,"y, with comma"\n')
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
+    lines = {"jsonl": [1, 2], "csv": [2, 3], "parquet": [1, 2]}  # 1-based; csv: header is 1
     for ext in ("jsonl", "csv", "parquet"):
-        assert read_captions(tmp_path / f"c.{ext}") == rows
+        got = read_captions(tmp_path / f"c.{ext}")
+        assert [{"file": r["file"], "caption": r["caption"]} for r in got] == rows
+        assert [r["line"] for r in got] == lines[ext]
     (tmp_path / "bad.csv").write_text("path,text\na,b\n")
     with pytest.raises(ValueError, match="'file' and 'caption'"):
         read_captions(tmp_path / "bad.csv")
@@ -258,3 +261,42 @@ def test_files_outside_the_images_dir_are_rejected_unless_allowed(pipe, tmp_path
     rep = ingest(pipe, db, root, rows + bad, progress=False, allow_outside=True)
     assert rep.added == 3 and rep.already_present == 1 and db.count() == 4
     db.close()
+
+
+def test_invalid_bytes_fifo_and_line_numbers_in_the_rejects(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """One invalid UTF-8 byte rejects its row only (csv and jsonl, never U+FFFD-ingested);
+    a FIFO among the images is a reject, not a hang; each reject names its 1-based line
+    and an unreadable line keeps its raw text in the rejects file."""
+    import os
+
+    root = tmp_path / "imgs"
+    rows = make_pairs(root, 3)
+    os.mkfifo(root / "pipe.png")
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_bytes(
+        b"file,caption\n"
+        + f"{rows[0]['file']},{rows[0]['caption']}\n".encode()
+        + f"{rows[1]['file']},bad \xff byte\n".encode("latin-1")
+        + b"pipe.png,a fifo\n"
+        + f"{rows[2]['file']},{rows[2]['caption']}\n".encode()
+    )
+    jsonl_path = tmp_path / "c.jsonl"
+    jsonl_path.write_bytes(
+        json.dumps(rows[0]).encode() + b"\n"
+        + b'{"file": "' + rows[1]["file"].encode() + b'", "caption": "bad \xfe"}\n'
+        + b'{"file": "x.png", "caption": \n'
+        + json.dumps(rows[2]).encode() + b"\n"
+    )
+    for path, want in ((csv_path, {3: "not valid UTF-8", 4: "not a regular file"}),
+                       (jsonl_path, {2: "not valid UTF-8", 3: "not valid JSON"})):
+        db = open_db_for_pipeline(DbConfig(db_path=tmp_path / f"db-{path.suffix}"), pipe, create=True)
+        rej = tmp_path / f"rejects{path.suffix}.jsonl"
+        rep = ingest(pipe, db, root, read_captions(path), rejects_path=rej, progress=False)
+        assert rep.added == 2 and db.count() == 2, rep.summary()
+        assert {r.line: r.reason.split(":")[0] for r in rep.rejects} == want
+        caps = {db.store.row(i)["caption"] for i in db.store.ids()}
+        assert not any("\ufffd" in c for c in caps)
+        written = [json.loads(x) for x in rej.read_text().splitlines()]
+        bad = next(w for w in written if w["reason"].startswith("not valid UTF-8"))
+        assert "\\xf" in bad["raw"] and bad["line"] == min(want)  # the line as written
+        db.close()
