@@ -176,10 +176,16 @@ def ingest_cmd(
 
     dbp = _db_path(db)
     url, key = _qdrant(qdrant_url)
-    cfg = DbConfig(db_path=dbp, qdrant_url=url, qdrant_api_key=key)
+    # reconnect=False: an index held by another process (or a server that is down) is
+    # refused when it is opened, before any image is encoded.
+    cfg = DbConfig(db_path=dbp, qdrant_url=url, qdrant_api_key=key, reconnect=False)
     pipe = OneStepPipeline.from_pretrained(resolve_model_dir(model_dir, dbp), device=device)
     if rebuild_features:
-        n = rebuild(pipe, cfg, batch=batch)
+        try:
+            n = rebuild(pipe, cfg, batch=batch)
+        except RetrievalError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from e
         typer.echo(f"rebuilt features of {n} pairs for model {pipe.fingerprint}")
         if images is None:
             return
@@ -217,7 +223,7 @@ def ingest_cmd(
         database.close()
     typer.echo(rep.summary())
     for r in rep.rejects[:20]:
-        typer.echo(f"  rejected row {r.row} ({r.file!r}): {r.reason}")
+        typer.echo(f"  rejected line {r.line} ({r.file!r}): {r.reason}")
     if len(rep.rejects) > 20:
         typer.echo(f"  ... {len(rep.rejects) - 20} more")
     if rep.rejects:

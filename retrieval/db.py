@@ -42,6 +42,8 @@ class DbConfig:
     qdrant_local: str | None = None  # qdrant-client local mode: ":memory:" or a path (tests)
     hnsw_ef: int | None = 128
     cache_items: int = 4096
+    reconnect: bool = True  # an index that cannot be opened: retry in the background (the
+    # service) or raise at open (False: the ingest CLI, before any work)
 
 
 class RetrievalDB:
@@ -125,6 +127,7 @@ def open_index(cfg: DbConfig, dim: int) -> VectorIndex:
                 timeout_s=cfg.qdrant_timeout_s,
                 retries=cfg.qdrant_retries,
                 hnsw_ef=cfg.hnsw_ef,
+                reconnect=cfg.reconnect,
             )
         loc = cfg.qdrant_local
         return QdrantServerIndex(
@@ -134,7 +137,7 @@ def open_index(cfg: DbConfig, dim: int) -> VectorIndex:
         )
     from retrieval.edge_index import EdgeIndex
 
-    return EdgeIndex(Path(cfg.db_path) / "edge", dim, hnsw_ef=cfg.hnsw_ef)
+    return EdgeIndex(Path(cfg.db_path) / "edge", dim, hnsw_ef=cfg.hnsw_ef, reconnect=cfg.reconnect)
 
 
 def open_db(

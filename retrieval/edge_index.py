@@ -92,13 +92,14 @@ class EdgeIndex(VectorIndex):
                 self.path.mkdir(parents=True, exist_ok=True)
                 shard = qe.EdgeShard.create(str(self.path), self._cfg)
         except Exception as e:  # the binding raises plain exceptions with Qdrant's message
-            hint = (
-                " (the shard is in use by another process, e.g. a running `ragturbo serve`)"
-                if "WouldBlock" in str(e)
-                else ""
-            )
+            if "WouldBlock" in str(e):
+                raise RetrievalError(
+                    f"the Qdrant Edge shard at {self.path} is in use by another process (a running "
+                    "`ragturbo serve`?): stop that process first, or add the pairs through the "
+                    "running service (POST /admin/ingest)"
+                ) from e
             raise RetrievalError(
-                f"cannot open Qdrant Edge shard at {self.path} (dim {self.dim}){hint}: {e}"
+                f"cannot open Qdrant Edge shard at {self.path} (dim {self.dim}): {e}"
             ) from e
         with self._lock:
             if self._closed:

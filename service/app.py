@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from service.admin import build_admin_router
 from service.errors import install_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -56,6 +57,7 @@ def create_app(settings: Settings, factory: EngineFactory | None = None) -> Fast
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.include_router(build_router(settings))
+    app.include_router(build_admin_router(settings))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -30,6 +30,7 @@ ROUTES = frozenset(
         "/metrics",
         "/openapi.json",
         "/docs",
+        "/admin/ingest",
     }
 )
 _RID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")

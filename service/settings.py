@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     synthetic_pairs: Annotated[int, Field(ge=0, le=100_000_000)] = 0
     """Benchmarks only (backend=fast): serve N random pairs made on the device instead of
     the database; the log and /readyz say "synthetic"."""
+    ingest_dir: Path | None = None
+    """Directory ``POST /admin/ingest`` reads captions files and images from (nothing
+    outside it). None: the route does not exist. Needs api_keys."""
     compile_cache_dir: Path | None = None
     """Persistent torch.compile cache (TORCHINDUCTOR_CACHE_DIR); on a volume, a restart
     recompiles nothing (Helm: ``compileCache``)."""
@@ -205,6 +208,8 @@ class Settings(BaseSettings):
                     f"vae_decoder='small' needs {small}/config.json and its weights "
                     "(train them with `ragturbo toyworld small-decoder`), or set vae_decoder='full'"
                 )
+        if self.ingest_dir is not None and not self.api_keys:
+            raise ValueError(f"ingest_dir={str(self.ingest_dir)!r} needs api_keys to be set (it is empty)")
         if self.metrics_require_key and not self.api_keys:
             raise ValueError("metrics_require_key=true needs api_keys to be set (it is empty)")
         if self.backend == "onnxruntime" and self.onnx_dir is None:
