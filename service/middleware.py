@@ -33,6 +33,8 @@ ROUTES = frozenset(
         "/admin/ingest",
     }
 )
+READ_TIMEOUT_KEY = "ragturbo.read_timeout"
+"""Set in ``scope["state"]`` by the protocol when it answered 408 for this request."""
 _RID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -62,10 +64,19 @@ class RequestContextMiddleware:
         token = request_id_var.set(rid)
         scope.setdefault("state", {})["request_id"] = rid
         status = 500
+        started = client_gone = False
+
+        async def receive_wrapped() -> Message:
+            nonlocal client_gone
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                client_gone = True
+            return message
 
         async def send_wrapped(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
+                started = True
                 status = int(message["status"])
                 message["headers"] = list(message.get("headers", [])) + [
                     (b"x-request-id", rid.encode())
@@ -73,8 +84,12 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapped)
+            await self.app(scope, receive_wrapped, send_wrapped)
         finally:
+            if not started and client_gone:
+                # no response from the app: the protocol answered 408 (body not received in
+                # time) or the client hung up (499, nginx's "client closed request")
+                status = 408 if scope["state"].get(READ_TIMEOUT_KEY) else 499
             route = route_label(scope.get("path", ""))
             dt = time.perf_counter() - t0
             self.metrics.requests.labels(route=route, status=str(status)).inc()

@@ -9,9 +9,14 @@ cannot help before the headers are parsed. This subclass arms one timer per phas
   complete request head -> ``header_timeout_s``;
 - body: from the head until the last body byte -> ``body_timeout_s``.
 
-No timer runs while the app computes the response. On expiry the client gets
+No read timer runs while the app computes the response. On expiry the client gets
 ``408 {"error": {"code": "request_timeout", ...}}`` with ``Connection: close`` (or, if it
 never sent a byte, just the close) and the app sees ``http.disconnect``.
+
+Writing has its deadline too: when the client does not read, the transport's buffer
+fills and uvicorn stops writing (``pause_writing``); if it is still paused after
+``write_timeout_s`` the connection is aborted (a log line says so), which releases the
+handler and the buffered response. A client reading at any pace keeps it going.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.errors import BadRequest, RequestTimeout, envelope
 from service.framing import StrictH11Connection
+from service.middleware import READ_TIMEOUT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,7 @@ class DeadlineH11Protocol(H11Protocol):
 
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    write_timeout_s: float = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -42,6 +49,7 @@ class DeadlineH11Protocol(H11Protocol):
         self._read_timer: asyncio.TimerHandle | None = None
         self._read_phase: str | None = None
         self._got_bytes = False
+        self._write_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ hooks
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -61,7 +69,33 @@ class DeadlineH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._cancel_write_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.write_timeout_s, self._write_expired)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_write_timer()
+
+    def _cancel_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_expired(self) -> None:
+        self._write_timer = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        log.warning(
+            "response not read by the client within %gs; connection aborted",
+            self.write_timeout_s,
+            extra={"client": f"{self.client[0]}:{self.client[1]}" if self.client else "-"},
+        )
+        self.transport.abort()
 
     def send_400_response(self, msg: str) -> None:
         """A malformed or ambiguously framed request: JSON 400, Connection: close, close."""
@@ -126,15 +160,22 @@ class DeadlineH11Protocol(H11Protocol):
                     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
                 )
         if cycle is not None:  # the app is reading the body: it sees http.disconnect
+            cycle.scope.setdefault("state", {})[READ_TIMEOUT_KEY] = True  # counted as 408
             cycle.disconnected = True
             cycle.message_event.set()
         self.transport.close()
 
 
-def protocol_class(header_timeout_s: float, body_timeout_s: float) -> type[H11Protocol]:
+def protocol_class(
+    header_timeout_s: float, body_timeout_s: float, write_timeout_s: float = 30.0
+) -> type[H11Protocol]:
     """A DeadlineH11Protocol with these limits, for ``uvicorn.Config(http=...)``."""
     return type(
         "BoundedH11Protocol",
         (DeadlineH11Protocol,),
-        {"header_timeout_s": float(header_timeout_s), "body_timeout_s": float(body_timeout_s)},
+        {
+            "header_timeout_s": float(header_timeout_s),
+            "body_timeout_s": float(body_timeout_s),
+            "write_timeout_s": float(write_timeout_s),
+        },
     )

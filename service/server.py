@@ -114,7 +114,9 @@ def serve(settings: Settings, app: FastAPI | None = None) -> None:
         log_config=None,
         access_log=False,
         lifespan="on",
-        http=protocol_class(settings.header_timeout_s, settings.body_timeout_s),
+        http=protocol_class(
+            settings.header_timeout_s, settings.body_timeout_s, settings.write_timeout_s
+        ),
         timeout_graceful_shutdown=CLOSE_S,  # type: ignore[arg-type]  # uvicorn takes a float
         timeout_keep_alive=5,
     )

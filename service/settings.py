@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     body_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0
     """Time a client may take to send the request body once its head is in; past it:
     408 and close."""
+    write_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0
+    """Time a response may stay unsent because the client does not read it (the send
+    buffer stays full); past it the connection is aborted (slow readers)."""
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = 64 * 1024
     """Largest request body, enforced while reading (413 beyond)."""
     max_prompt_chars: Annotated[int, Field(ge=1, le=100_000)] = 1000

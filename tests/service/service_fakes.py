@@ -43,6 +43,7 @@ class FakeT2I:
     model_name: str = "fake-model"
     backend_name: str = "torch"
     resolution: int = 16
+    noise: bool = False  # incompressible images (large responses) instead of one colour
     batches: list[int] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -63,6 +64,8 @@ class FakeT2I:
             h = hashlib.sha256(f"{r.prompt}|{r.seed}|{r.mode}|{r.k}".encode()).digest()
             img = np.empty((self.resolution, self.resolution, 3), np.uint8)
             img[...] = np.frombuffer(h[:3], np.uint8)
+            if self.noise:
+                img = np.random.default_rng(list(h[:8])).integers(0, 256, img.shape, np.uint8)
             if r.mode == "off":
                 out.append(FakeResult(img, r.seed, [], "off"))
             elif self.retrieval_down:

@@ -23,10 +23,12 @@ class Engine(str, enum.Enum):
 def main(
     engine: Annotated[Engine, typer.Option(help="the real engine or the fake one")] = Engine.real,
     batch_s: Annotated[float, typer.Option("--batch-s", help="fake engine: seconds per batch")] = 0.0,
+    noise_res: Annotated[int, typer.Option("--noise-res", help="fake engine: noise images of this size")] = 0,
 ) -> None:
     settings = Settings()
     configure_logging(settings.log_format, "INFO")
-    factory = real_factory if engine is Engine.real else (lambda s: FakeT2I(batch_s=batch_s))
+    fake = {"batch_s": batch_s, **({"noise": True, "resolution": noise_res} if noise_res else {})}
+    factory = real_factory if engine is Engine.real else (lambda s: FakeT2I(**fake))
     serve(settings, create_app(settings, factory))
 
 

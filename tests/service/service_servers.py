@@ -25,7 +25,9 @@ def free_port() -> int:
 class Server:
     """A service process on 127.0.0.1; ``url``; logs in ``log_path``."""
 
-    def __init__(self, env: dict[str, str], engine: str, tmp: Path, batch_s: float = 0.0):
+    def __init__(
+        self, env: dict[str, str], engine: str, tmp: Path, batch_s: float = 0.0, noise_res: int = 0
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"server-{self.port}.log"
@@ -47,6 +49,8 @@ class Server:
                 engine,
                 "--batch-s",
                 str(batch_s),
+                "--noise-res",
+                str(noise_res),
             ],
             env=full_env,
             stdout=self._log,
