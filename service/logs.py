@@ -1,11 +1,14 @@
 """Structured logs: one JSON object per line, carrying the request id of the request
-being served (a context variable set by the request middleware)."""
+being served (a context variable set by the request middleware). With the ``text``
+format, control characters in a message (CR, LF, ESC, ...; e.g. a ``%0a`` in a logged
+request path) are written escaped (``\\n``), so one record is always one line."""
 
 from __future__ import annotations
 
 import contextvars
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -51,6 +54,25 @@ class JsonFormatter(_LibJsonFormatter):
             log_data[k] = log_data.pop(k)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character (and Unicode line break) as an escape."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class TextFormatter(logging.Formatter):
+    """``asctime level logger: message``; the message cannot start a forged line."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 def env_secrets(env: Mapping[str, str] | None = None) -> list[str]:
     """Secret values of the settings (API keys, the Qdrant key, the Qdrant URL's password)."""
     env = os.environ if env is None else env
@@ -94,7 +116,7 @@ def configure_logging(
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

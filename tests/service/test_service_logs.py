@@ -42,3 +42,32 @@ def test_explicit_request_id_and_exception_text() -> None:
     w, e = _lines(emit)
     assert w["request_id"] == "abc" and "exc" not in w
     assert e["request_id"] == "-" and "ZeroDivisionError" in e["exc"]
+
+
+def test_text_format_escapes_control_characters_in_logged_paths() -> None:
+    """A %0d%0a in a request path cannot write a forged line (LOG_FORMAT=text)."""
+    from fastapi.testclient import TestClient
+    from service_fakes import FakeT2I
+
+    from service.app import create_app
+    from service.logs import TextFormatter
+    from service.settings import Settings
+
+    buf = io.StringIO()
+    h = logging.StreamHandler(buf)
+    h.setFormatter(TextFormatter())
+    lg = logging.getLogger("ragturbo.access")
+    old = lg.handlers, lg.propagate, lg.level
+    lg.handlers, lg.propagate = [h], False
+    lg.setLevel(logging.INFO)
+    try:
+        app = create_app(Settings(model_dir="/nonexistent", device="cpu"), lambda _: FakeT2I())
+        with TestClient(app) as c:
+            r = c.get("/x%0d%0a2026-12-08 01:00:00,000 INFO ragturbo.auth: admin logged in%1b[2J")
+            assert r.status_code == 404
+    finally:
+        lg.handlers, lg.propagate = old[0], old[1]
+        lg.setLevel(old[2])
+    lines = [ln for ln in buf.getvalue().splitlines() if ln]
+    assert len(lines) == 1, lines
+    assert "\\r\\n2026-12-08" in lines[0] and "\\x1b[2J" in lines[0] and "\x1b" not in lines[0]
