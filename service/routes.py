@@ -112,19 +112,19 @@ def build_router(settings: Settings) -> APIRouter:
             loop = asyncio.get_running_loop()
             t0 = time.perf_counter()
             if out != "json":
-                data = await loop.run_in_executor(
-                    state.encode_pool, encode_result, res.results[0], out
+                data = await state.unless_drain_expired(
+                    loop.run_in_executor(state.encode_pool, encode_result, res.results[0], out)
                 )
                 record(state, res, time.perf_counter() - t0)
                 return Response(
                     data, media_type=MEDIA_TYPES[out], headers={"X-Seed": str(adm.seeds[0])}
                 )
-            b64s = await asyncio.gather(
+            b64s = await state.unless_drain_expired(asyncio.gather(
                 *(
                     loop.run_in_executor(state.encode_pool, encode_result_b64, r, body.format)
                     for r in res.results
                 )
-            )
+            ))
             encode_s = time.perf_counter() - t0
             record(state, res, encode_s)
             first = res.results[0]
@@ -184,12 +184,12 @@ def build_router(settings: Settings) -> APIRouter:
             loop = asyncio.get_running_loop()
             t0 = time.perf_counter()
             size, quality = body.size_wh(), body.output_compression
-            b64s = await asyncio.gather(
+            b64s = await state.unless_drain_expired(asyncio.gather(
                 *(
                     loop.run_in_executor(state.encode_pool, encode_result_b64, r, fmt, size, quality)
                     for r in adm.result.results
                 )
-            )
+            ))
             record(state, adm.result, time.perf_counter() - t0)
             return OpenAIImagesResponse(
                 created=int(time.time()), data=[OpenAIImage(b64_json=b) for b in b64s]

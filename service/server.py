@@ -2,13 +2,14 @@
 draining) and bounded request reading (service.protocol).
 
 One deadline governs the whole shutdown: SIGTERM at ``t`` means the process has exited
-by ``t + drain_timeout_s`` (+ under a second for the last bytes and the interpreter).
-Until ``t + drain_timeout_s - ANSWER_S`` the service stops admitting (/readyz and new
-/generate get 503) and keeps serving what it accepted; then every request still waiting
-or running is answered with a JSON 503 ``draining`` (never a plain-text 500 from a
-cancelled task); uvicorn then closes the connections (``timeout_graceful_shutdown`` is
-the short rest, not a second full limit) and the lifespan stops the batcher without
-waiting again. A second SIGINT forces the exit.
+by ``t + drain_timeout_s``. Until ``t + drain_timeout_s - RESERVE_S`` the service stops
+admitting (/readyz and new /generate get 503) and keeps serving what it accepted; then
+every request still waiting, running or being encoded is answered with a JSON 503
+``draining`` (never a plain-text 500 from a cancelled task, no uvicorn ERROR); uvicorn
+then closes the connections (``timeout_graceful_shutdown`` is the short rest, not a
+second full limit), the lifespan stops the batcher without waiting again, and the
+process leaves. ``RESERVE_S`` covers those steps: answers, uvicorn's 0.1 s loop tick,
+its close, the exit. A second SIGINT forces the exit.
 """
 
 from __future__ import annotations
@@ -30,10 +31,16 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ANSWER_S = 0.3
-"""Time reserved before the drain deadline for the 503 answers to be written."""
-CLOSE_S = 0.5
+ANSWER_S = 0.25
+"""Time given to the 503 answers to be written."""
+CLOSE_S = 0.25
 """uvicorn's own graceful-shutdown wait once every request has been answered."""
+TICK_S = 0.1
+"""uvicorn checks ``should_exit`` once per tick of its main loop."""
+EXIT_S = 0.2
+"""The lifespan shutdown and the process exit."""
+RESERVE_S = ANSWER_S + TICK_S + CLOSE_S + EXIT_S
+"""Time before the deadline at which whatever is still unanswered gets its 503."""
 
 
 class DrainingServer(uvicorn.Server):
@@ -69,7 +76,7 @@ class DrainingServer(uvicorn.Server):
         state = getattr(self._app.state, "service", None)
         if state is not None:
             state.begin_drain()
-            drained = await state.wait_drained(max(0.0, deadline - ANSWER_S - time.monotonic()))
+            drained = await state.wait_drained(max(0.0, deadline - RESERVE_S - time.monotonic()))
             if drained:
                 log.info("drained: every accepted request answered; exiting (signal %d)", sig)
             else:
@@ -80,9 +87,10 @@ class DrainingServer(uvicorn.Server):
                         code="draining",
                     )
                 )
-                await state.wait_drained(max(0.0, deadline - time.monotonic()))
+                answer_by = deadline - (RESERVE_S - ANSWER_S)
+                await state.wait_drained(max(0.0, answer_by - time.monotonic()))
                 log.warning(
-                    "drain limit %.1fs reached: %d waiting request(s) answered 503 draining; "
+                    "drain limit %.1fs reached: %d request(s) answered 503 draining; "
                     "%d still in flight; exiting",
                     self._drain_timeout_s,
                     n,

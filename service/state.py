@@ -20,10 +20,11 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from service.batcher import Batcher
 from service.errors import NotReady, ServiceError
@@ -33,6 +34,7 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 RetrievalProbe = Callable[[], tuple[bool, "str | None"]]
 
 
@@ -68,12 +70,15 @@ class ServiceState:
         )
     )
     _init_task: asyncio.Task[None] | None = None
+    _drain_expired: asyncio.Event | None = None
+    _drain_error: ServiceError | None = None
 
     @property
     def ready(self) -> bool:
         return self.status == "ready"
 
     def start(self) -> None:
+        self._drain_expired = asyncio.Event()
         self._init_task = asyncio.get_running_loop().create_task(self._init(), name="engine-init")
 
     def _warm_up(self, t2i: TextToImageLike, n: int, mode: str = "adapter") -> None:
@@ -205,10 +210,31 @@ class ServiceState:
         return self.inflight == 0
 
     def fail_pending(self, err: ServiceError) -> int:
-        """At the drain deadline: every request still waiting or running gets ``err``."""
+        """At the drain deadline: every request still waiting, running or being encoded
+        gets ``err`` (those encoding: through ``unless_drain_expired``)."""
+        self._drain_error = err
+        if self._drain_expired is not None:
+            self._drain_expired.set()
         if self.batcher is None:
             return 0
         return self.batcher.fail_pending(err, "drain_timeout")
+
+    async def unless_drain_expired(self, aw: Awaitable[T]) -> T:
+        """``await aw``, unless the drain deadline comes first: then raise its 503 (the
+        work, e.g. an image encode on a worker thread, finishes unobserved)."""
+        fut = asyncio.ensure_future(aw)
+        if self._drain_expired is None:
+            return await fut
+        waiter = asyncio.ensure_future(self._drain_expired.wait())
+        try:
+            await asyncio.wait({fut, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if fut.done():
+            return fut.result()
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "never retrieved"
+        self.metrics.rejected.labels(reason="drain_timeout").inc()
+        raise self._drain_error or NotReady("service is shutting down", code="draining")
 
     async def close(self) -> None:
         """Lifespan shutdown. The drain (service.server) already waited; nothing waits
