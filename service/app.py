@@ -19,6 +19,7 @@ from fastapi.openapi.utils import get_openapi
 
 from service.admin import build_admin_router
 from service.errors import install_handlers
+from service.http_rules import HeadAsGetMiddleware, HostCheckMiddleware
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.routes import build_router
@@ -46,7 +47,9 @@ def create_app(settings: Settings, factory: EngineFactory | None = None) -> Fast
         version="0.1.0",
         description="One-step retrieval-augmented text-to-image (ImageRAGTurbo).",
         lifespan=lifespan,
-        docs_url="/docs",
+        # The Swagger UI page loads its scripts from a CDN: no docs page (an offline or
+        # locked-down service must not fetch third-party code); /openapi.json stays.
+        docs_url=None,
         redoc_url=None,
         # Starlette's trailing-slash redirect builds its Location from the Host header
         # (POST /generate/ with Host: evil.example -> http://evil.example/generate):
@@ -54,7 +57,10 @@ def create_app(settings: Settings, factory: EngineFactory | None = None) -> Fast
         redirect_slashes=False,
     )
     install_handlers(app)
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
+    if settings.allowed_hosts:  # set: every request; empty: service.server adds the bind default
+        app.add_middleware(HostCheckMiddleware, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.include_router(build_router(settings))
     app.include_router(build_admin_router(settings))

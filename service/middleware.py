@@ -29,7 +29,6 @@ ROUTES = frozenset(
         "/readyz",
         "/metrics",
         "/openapi.json",
-        "/docs",
         "/admin/ingest",
     }
 )

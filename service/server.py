@@ -26,6 +26,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.errors import NotReady
+from service.http_rules import HostCheckMiddleware, default_allowed_hosts
 from service.protocol import protocol_class
 from service.settings import Settings
 
@@ -115,8 +116,11 @@ def serve(settings: Settings, app: FastAPI | None = None) -> None:
     from service.app import create_app
 
     app = app or create_app(settings)
+    asgi: object = app
+    if not settings.allowed_hosts:  # the default for the bind address (service.http_rules)
+        asgi = HostCheckMiddleware(app, default_allowed_hosts(settings.host))
     config = uvicorn.Config(
-        app,
+        asgi,  # type: ignore[arg-type]
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -128,7 +132,11 @@ def serve(settings: Settings, app: FastAPI | None = None) -> None:
         timeout_graceful_shutdown=CLOSE_S,  # type: ignore[arg-type]  # uvicorn takes a float
         timeout_keep_alive=5,
     )
-    log.info("serving on http://%s:%d (backend=%s)", settings.host, settings.port, settings.backend)
+    log.info(
+        "serving on http://%s:%d (backend=%s; allowed hosts: %s)",
+        settings.host, settings.port, settings.backend,
+        ", ".join(settings.allowed_hosts or default_allowed_hosts(settings.host)),
+    )
     server = DrainingServer(config, app, settings.drain_timeout_s)
     server.run()
     if server.exit_deadline is not None:  # a signal stopped us: keep the one deadline

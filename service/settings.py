@@ -141,8 +141,12 @@ class Settings(BaseSettings):
     """Bind address of ``ragturbo serve`` (the --host option overrides)."""
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     """Bind port of ``ragturbo serve`` (the --port option overrides)."""
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated Host header values served (no port; ``*``: any; ``*.example.com``:
+    subdomains); others get 400 (against DNS rebinding). Empty: ``localhost, 127.0.0.1,
+    ::1`` on a loopback bind address, any host otherwise."""
 
-    @field_validator("batch_buckets", "api_keys", mode="before")
+    @field_validator("batch_buckets", "api_keys", "allowed_hosts", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
