@@ -6,8 +6,8 @@ the configured size, ``ResidentIndex.load`` copies every fully ingested pair -- 
 caption vector from the index and its H-features from the feature store -- into the
 backend's device index, and maps the rows the graph returns back to pair ids and captions.
 
-Pairs ingested while the service runs (through a Qdrant server, or in-process) reach the
-copy through ``refresh``: it re-reads the feature store's manifest, takes the ids that are
+Pairs ingested while the service runs (in its process: ``POST /admin/ingest``, which
+calls ``refresh`` itself when it is done) reach the copy through ``refresh``: it re-reads the feature store's manifest, takes the ids that are
 not resident yet and that the index holds, and appends them (no graph re-capture unless
 the preallocated capacity is exceeded). ``retrieval.compose`` calls it between batches
 every ``refresh_s`` seconds.
