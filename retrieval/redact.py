@@ -44,14 +44,15 @@ def redact_url(url: str) -> str:
 
 
 def url_secrets(url: str | None) -> list[str]:
-    """The password (and user) in a URL's userinfo: values a log must never show."""
+    """The password in a URL's userinfo: a value a log must never show (the user name is
+    not masked everywhere: it is often a common word; the URL form is masked whole)."""
     if not url:
         return []
     try:
-        parts = urlsplit(url)
-        return [s for s in (parts.password, parts.username) if s]
+        password = urlsplit(url).password
     except ValueError:
         return []
+    return [password] if password else []
 
 
 def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:

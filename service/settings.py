@@ -174,9 +174,7 @@ class Settings(BaseSettings):
         except ValueError:
             ok = False
         if not ok:
-            raise ValueError(
-                f"must be an http(s) URL such as http://qdrant:6333, got {redact_url(value)!r}"
-            )
+            raise ValueError("must be an http(s) URL such as http://qdrant:6333")
         return value
 
     @field_validator("device")
@@ -278,5 +276,6 @@ def settings_error_message(exc: Exception) -> str:
             value = repr(redact_url(str(err.get("input"))))
         else:
             value = repr(err.get("input"))
-        lines.append(f"{name}: {err.get('msg', '')} (got {value})")
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        lines.append(f"{name}: {msg} (got {value})")
     return "invalid settings:\n  " + "\n  ".join(lines)
