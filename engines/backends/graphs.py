@@ -21,35 +21,11 @@ import torch
 from torch import nn
 
 from engines.hadapter import HAdapter
-from engines.inject import slerp_inject
+from engines.inject import mix_retrieval
 from engines.rules import images_to_uint8
 from engines.unet_split import HSplitUNet
 
-__all__ = ["TextEncoderGraph", "UNetGraph", "VaeDecoderGraph", "images_to_uint8", "mix_retrieval"]
-
-
-def mix_retrieval(
-    h: torch.Tensor,
-    h_retr: torch.Tensor,
-    lam: torch.Tensor,
-    adapter_mask: torch.Tensor,
-    inject_mask: torch.Tensor,
-    hadapter: HAdapter,
-    inject_weight: float,
-) -> torch.Tensor:
-    """h (B,C,h,w), h_retr (B,k,C,h,w), lam (B,k), masks (B,) -> h (B,C,h,w).
-
-    Per sample: adapter where ``adapter_mask`` > 0, slerp injection of neighbour 0 where
-    ``inject_mask`` > 0 and λ_0 > 0, else h unchanged. Matches
-    ``OneStepPipeline.apply_retrieval`` for any batch composition.
-    """
-    ad = adapter_mask.to(h.dtype)
-    lam_ad = lam.to(h.dtype) * ad[:, None]
-    h_ad = hadapter(h, h_retr.to(h.dtype), lam_ad)
-    out = torch.where(ad[:, None, None, None] > 0, h_ad, h)
-    inj = slerp_inject(h, h_retr[:, 0].to(h.dtype), inject_weight)
-    use_inj = (inject_mask > 0) & (lam[:, 0] > 0)
-    return torch.where(use_inj[:, None, None, None], inj, out)
+__all__ = ["TextEncoderGraph", "UNetGraph", "VaeDecoderGraph", "images_to_uint8"]
 
 
 class TextEncoderGraph(nn.Module):

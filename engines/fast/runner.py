@@ -36,9 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from engines.backends.graphs import mix_retrieval
 from engines.cuda_graphs import as_tuple, capture_graphs, replayer
 from engines.fast.gpu_index import GpuIndex
+from engines.inject import mix_retrieval
 from engines.pipeline import OneStepPipeline
 from engines.rules import images_to_uint8, neighbour_lambda, x0_from_output
 
