@@ -113,6 +113,11 @@ class ShapeSpec:
     k: DimRange = DimRange(1, 1, MAX_K)
     components: dict[str, ComponentSpec] = field(default_factory=dict)
 
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the VAE latent."""
+        return (self.latent_channels, self.latent_size, self.latent_size)
+
     def component(self, name: str) -> ComponentSpec:
         if name not in self.components:
             raise KeyError(f"unknown component {name!r}; choose from {list(self.components)}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,10 +36,12 @@ from engines.backends.base import (
     SearchOutput,
     device_and_dtype,
 )
+from engines.cuda_graphs import pad_to
 from engines.fast.gpu_index import FeatureDtype, GpuIndex, IndexFull
+from engines.fast.host import HostCopy, TokenCache, device_jpeg_encoder
 from engines.fast.runner import STAGES, FastConfig, FastRunner
 from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
-from engines.rules import normalize_modes, seeded_noise, tokenize_prompts
+from engines.rules import normalize_modes, seeded_noise
 from engines.shapes import BATCH_BUCKETS, bucket_for
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ class FastBackend(SearchingBackend):
     ) -> None:
         on_cuda = pipe.device.type == "cuda"
         self.pipe = pipe
+        self._shapes = pipe
         self.name = pipe.name
         self.fingerprint = pipe.fingerprint
         self.device = pipe.device
@@ -98,13 +100,12 @@ class FastBackend(SearchingBackend):
         if cfg.cuda_graphs and not on_cuda:
             raise BackendUnavailable("fast: cuda_graphs=True needs a CUDA device")
         self.runner = FastRunner(pipe, self.k_max, cfg, inject_weight=inject_weight)
-        self._tok: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._tok_cap = int(tokenizer_cache)
+        self.tokenize = TokenCache(pipe.tokenizer, pipe.max_length, tokenizer_cache)
         self._min_score: float | None = None
         self._warm: set[str] = set()
         self._index_dtype: FeatureDtype = "float16"
-        self._jpeg = _device_jpeg_encoder(self.device)
-        self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
+        self._jpeg = device_jpeg_encoder(self.device)
+        self._to_host = HostCopy(self.device)
         log.info(
             "fast: JPEG encoding %s", "on the device (nvJPEG, torchvision.io.encode_jpeg)"
             if self._jpeg else "on the host (Pillow)",
@@ -129,22 +130,6 @@ class FastBackend(SearchingBackend):
         return cls(pipe, inject_weight=inject_weight, **options)
 
     # ------------------------------------------------------------------ properties
-    @property
-    def resolution(self) -> int:
-        return self.pipe.resolution
-
-    @property
-    def h_shape(self) -> tuple[int, int, int]:
-        return self.pipe.h_shape
-
-    @property
-    def embed_dim(self) -> int:
-        return self.pipe.embed_dim
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return self.pipe.latent_shape
-
     @property
     def index_rows(self) -> int:
         return self.runner.index.n if self.runner.index is not None else 0
@@ -221,31 +206,12 @@ class FastBackend(SearchingBackend):
         step = self.buckets[-1]
         return [slice(i, min(i + step, b)) for i in range(0, b, step)]
 
-    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Token ids (B,77) int64 on the host; repeated prompts come from a small LRU cache."""
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a list of strings, not a single string")
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._tok]
-        if missing:
-            ids = tokenize_prompts(self.pipe.tokenizer, missing, self.pipe.max_length, torch.device("cpu"))
-            for p, row in zip(missing, ids):
-                self._tok[p] = row
-                if len(self._tok) > self._tok_cap:
-                    self._tok.popitem(last=False)
-        for p in prompts:
-            self._tok.move_to_end(p)
-        return torch.stack([self._tok[p] for p in prompts])
-
     def _noise(self, seeds: Sequence[int]) -> torch.Tensor:
         return seeded_noise(seeds, self.latent_shape)
 
     @staticmethod
     def _pad(x: torch.Tensor, bb: int) -> torch.Tensor:
-        if x.shape[0] == bb:
-            return x
-        out = x.new_zeros((bb, *x.shape[1:]))
-        out[: x.shape[0]] = x
-        return out
+        return pad_to(x, (bb, *x.shape[1:]))
 
     def _ensure_bucket(self, bb: int, variant: str, kb: int = 0) -> None:
         if (bb, variant, kb) not in self.runner.buckets and self.runner.use_graphs:
@@ -330,18 +296,6 @@ class FastBackend(SearchingBackend):
             scores=np.concatenate(scores).astype(np.float32), timings_ms=timings,
             encoded=encoded if any(e is not None for e in encoded) else None,
         )
-
-    def _to_host(self, img: torch.Tensor) -> np.ndarray:
-        """Device uint8 images -> a fresh numpy array, through a pinned staging buffer."""
-        if self.device.type != "cuda":
-            return img.cpu().numpy()
-        buf = self._pinned.get(tuple(img.shape))
-        if buf is None:
-            buf = torch.empty(tuple(img.shape), dtype=torch.uint8, pin_memory=True)
-            self._pinned[tuple(img.shape)] = buf
-        buf.copy_(img, non_blocking=True)
-        torch.cuda.current_stream(self.device).synchronize()
-        return buf.numpy().copy()
 
     # ------------------------------------------------------------------ generic path
     @torch.inference_mode()
@@ -436,21 +390,4 @@ class FastBackend(SearchingBackend):
 
     def retrieval_features(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.pipe.retrieval_features(latents, context)
-
-
-def _device_jpeg_encoder(device: torch.device) -> Any:
-    """torchvision's nvJPEG encoder for CUDA tensors, or None (CPU, or no torchvision).
-
-    Measured on one H200 (2026-12-02): 0.14 ms an image at 512x512 in a batch of 16,
-    against 3.0 ms for Pillow on the host (docs/perf.md), and it spares the copy of the
-    raw pixels for JPEG requests.
-    """
-    if device.type != "cuda":
-        return None
-    try:
-        from torchvision.io import encode_jpeg
-    except Exception as e:  # noqa: BLE001 - optional: torchvision is not a dependency
-        log.info("fast: torchvision.io.encode_jpeg unavailable (%s); JPEG on the host", e)
-        return None
-    return encode_jpeg
 
