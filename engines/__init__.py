@@ -2,7 +2,8 @@
 
 Owns: the UNet split at H-space (``unet_split``), the H-adapter (``hadapter``), slerp
 injection and the per-sample retrieval mix (``inject``), the one-step pipeline
-(``pipeline``), model directories (``modeldir``), the graph shapes (``shapes``), ONNX export
+(``pipeline``), model directories (``modeldir``), the exported graphs as torch modules
+(``graphs``) and their shapes (``shapes``), ONNX export
 and TensorRT build, the runtime backends behind one interface (``backends``:
 ``create_backend``) and the serving engine's CUDA-graph runner and device index (``fast``).
 Imports: torch, diffusers, transformers only -- never ``retrieval``, ``service``,

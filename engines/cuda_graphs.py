@@ -10,7 +10,7 @@
 
 ``engines.fast.runner.FastRunner`` captures several named stages of one bucket through
 ``capture_graphs`` with a shared memory pool; the bucket choice is
-``engines.shapes.bucket_for``. Not to be confused with ``engines.backends.graphs``
+``engines.shapes.bucket_for``. Not to be confused with ``engines.graphs``
 (the ``nn.Module`` graphs that are exported and compiled).
 """
 

@@ -1,6 +1,6 @@
 """One shape spec per exported component; ONNX export, ``make trt`` and the runtimes read it.
 
-Three graphs (see ``engines.backends.graphs``):
+Three graphs (see ``engines.graphs``):
 
 - ``text_encoder``: input_ids (B,T) int64 -> context (B,T,D), pooled (B,D)
 - ``unet``: sample (B,4,L,L), timestep (B,), context (B,T,D), h_retr (B,K,C,h,w),

@@ -7,7 +7,7 @@ graphs per batch bucket), ``onnxruntime`` (CPU or CUDA execution provider) and
 ``BackendUnavailable``; nothing falls back to another backend.
 
 Owns: the ``Backend`` / ``SearchingBackend`` interface (``base``), the one list of names
-(``names``), each backend's module and the torch graph wrappers ONNX export traces (``graphs``).
+(``names``) and each backend's module; the graph wrappers they run are ``engines.graphs``.
 Imports: the rest of ``engines`` (``fast`` for the serving engine); never ``retrieval``.
 """
 

@@ -24,7 +24,13 @@ import numpy as np
 import torch
 
 from engines.pipeline import GenerateAPI, GenerateOutput, TextEmbeddings, alphas_cumprod_from_config
-from engines.rules import seeded_noise, stage_timer, tokenize_prompts, x0_from_output
+from engines.rules import (
+    images_to_uint8,
+    seeded_noise,
+    stage_timer,
+    tokenize_prompts,
+    x0_from_output,
+)
 from engines.shapes import ShapeSpec, spec_from_model_dir
 
 if TYPE_CHECKING:
@@ -235,8 +241,6 @@ class GraphBackend(GenerateAPI, Backend):
     @torch.inference_mode()
     def decode_latents(self, x0: torch.Tensor) -> np.ndarray:
         """x0 latents (B,4,L,L) -> uint8 (B,H,W,3)."""
-        from engines.backends.graphs import images_to_uint8
-
         imgs = [
             images_to_uint8(self._run("vae_decoder", {"latent": x0[sl].to(self.device)})["image"])
             .cpu()
