@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,10 +39,10 @@ from engines.backends.base import (
 )
 from engines.cuda_graphs import pad_to
 from engines.fast.gpu_index import FeatureDtype, GpuIndex, IndexFull
-from engines.fast.host import HostCopy, TokenCache, device_jpeg_encoder
+from engines.fast.host import HostCopy, device_jpeg_encoder
 from engines.fast.runner import STAGES, FastConfig, FastRunner
 from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
-from engines.rules import normalize_modes, seeded_noise
+from engines.rules import normalize_modes, seeded_noise, tokenize_prompts
 from engines.shapes import BATCH_BUCKETS, bucket_for
 
 if TYPE_CHECKING:
@@ -100,7 +101,8 @@ class FastBackend(SearchingBackend):
         if cfg.cuda_graphs and not on_cuda:
             raise BackendUnavailable("fast: cuda_graphs=True needs a CUDA device")
         self.runner = FastRunner(pipe, self.k_max, cfg, inject_weight=inject_weight)
-        self.tokenize = TokenCache(pipe.tokenizer, pipe.max_length, tokenizer_cache)
+        self._tok: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._tok_cap = int(tokenizer_cache)
         self._min_score: float | None = None
         self._warm: set[str] = set()
         self._index_dtype: FeatureDtype = "float16"
@@ -174,17 +176,7 @@ class FastBackend(SearchingBackend):
             pass
         # Grow: a new index of twice the rows, the old rows copied, graphs re-captured
         # (compiled code is cached, so this costs captures, not compiles).
-        new = GpuIndex(
-            self.embed_dim, self.h_shape, 2 * (idx.n + len(embeddings)), self.device,
-            self.dtype, idx.feature_dtype, min_rows=self.k_max,
-        )
-        n = idx.n
-        new.emb[:n] = idx.emb[:n]
-        new.feat[:n] = idx.feat[:n]
-        new.bias[:n] = idx.bias[:n]
-        if idx.scale is not None and new.scale is not None:
-            new.scale[:n] = idx.scale[:n]
-        new.n = n
+        new = idx.grown(2 * (idx.n + len(embeddings)), min_rows=self.k_max)
         rows = new.append(embeddings, features)
         rewarm = "search" in self._warm
         self.runner.set_index(new)
@@ -205,6 +197,21 @@ class FastBackend(SearchingBackend):
     def _chunks(self, b: int) -> list[slice]:
         step = self.buckets[-1]
         return [slice(i, min(i + step, b)) for i in range(0, b, step)]
+
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Token ids (B,77) int64 on the host; repeated prompts come from a small LRU cache."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, not a single string")
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._tok]
+        if missing:
+            ids = tokenize_prompts(self.pipe.tokenizer, missing, self.pipe.max_length, torch.device("cpu"))
+            for p, row in zip(missing, ids):
+                self._tok[p] = row
+                if len(self._tok) > self._tok_cap:
+                    self._tok.popitem(last=False)
+        for p in prompts:
+            self._tok.move_to_end(p)
+        return torch.stack([self._tok[p] for p in prompts])
 
     def _noise(self, seeds: Sequence[int]) -> torch.Tensor:
         return seeded_noise(seeds, self.latent_shape)

@@ -1,43 +1,15 @@
-"""Host-side helpers of the serving engine: cached token ids, pinned copies to the host and
-the device JPEG encoder. None of them runs inside a CUDA graph."""
+"""Host-side helpers of the serving engine: pinned copies to the host and the device JPEG
+encoder. Neither runs inside a CUDA graph."""
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from engines.rules import tokenize_prompts
-
 log = logging.getLogger(__name__)
-
-
-class TokenCache:
-    """Token ids (B, max_length) int64 on the host; repeated prompts come from an LRU cache."""
-
-    def __init__(self, tokenizer: Any, max_length: int, capacity: int = 4096) -> None:
-        self.tokenizer = tokenizer
-        self.max_length = int(max_length)
-        self.capacity = int(capacity)
-        self._rows: OrderedDict[str, torch.Tensor] = OrderedDict()
-
-    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a list of strings, not a single string")
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._rows]
-        if missing:
-            ids = tokenize_prompts(self.tokenizer, missing, self.max_length, torch.device("cpu"))
-            for p, row in zip(missing, ids):
-                self._rows[p] = row
-                if len(self._rows) > self.capacity:
-                    self._rows.popitem(last=False)
-        for p in prompts:
-            self._rows.move_to_end(p)
-        return torch.stack([self._rows[p] for p in prompts])
 
 
 class HostCopy:
