@@ -69,10 +69,10 @@ load: $(STAMP)
 	@$(BIN)/python -c "import locust" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[load]'
 	$(BIN)/python loadtests/run.py --out $(LOAD_OUT) $(if $(LOAD_URL),--url $(LOAD_URL),)
 
-# --- toy world: issue 13's family (mid-block UNet, arms, eval, probe) on one GPU, then ship it ---
+# --- lab: the mid-block family's fidelity run (arms, eval, probe) on one GPU, then ship it ---
 toyworld-fidelity: $(STAMP)
-	PY=$(BIN)/python OUT=out/fidelity WORK=out/fidelity/work ./toyworld/gpu_fidelity.sh
-	$(BIN)/ragturbo toyworld ship --work out/fidelity/work --variant adapter
+	PY=$(BIN)/python OUT=out/fidelity WORK=out/fidelity/work ./lab/toyworld/gpu_fidelity.sh
+	$(BIN)/python -m lab.toyworld.ship --work out/fidelity/work --variant adapter
 
 # --- the shipped models' fidelity table (no work dir needed) ---
 toyworld-eval: $(STAMP)
@@ -80,7 +80,7 @@ toyworld-eval: $(STAMP)
 	$(BIN)/ragturbo toyworld eval-prompts --out out/eval_prompts.txt
 	$(BIN)/ragturbo toyworld eval --prompts out/eval_prompts.txt --json > out/toyworld-eval.json
 
-# --- toy world: retrain the first model family from scratch on one GPU (docs/toyworld-models.md) ---
+# --- toy world: retrain the first model family from scratch on one GPU (docs/toyworld.md) ---
 toyworld: $(STAMP)
 	$(BIN)/ragturbo toyworld train --work out/toyworld --ship toyworld/assets/model
 	$(BIN)/ragturbo toyworld eval-prompts --out out/toyworld/eval_prompts.txt

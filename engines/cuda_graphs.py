@@ -10,7 +10,7 @@
 
 ``engines.fast.runner.FastRunner`` captures several named stages of one bucket through
 ``capture_graphs`` with a shared memory pool; the bucket choice is
-``engines.shapes.bucket_for``. Not to be confused with ``engines.backends.graphs``
+``engines.shapes.bucket_for``. Not to be confused with ``engines.graphs``
 (the ``nn.Module`` graphs that are exported and compiled).
 """
 
@@ -84,6 +84,16 @@ def as_tuple(res: Any) -> tuple[torch.Tensor, ...]:
     return res if isinstance(res, tuple) else (res,)
 
 
+def pad_to(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``x`` zero-padded at the end of each dimension up to ``shape`` (``x`` itself when it
+    already has that shape): a batch padded to its bucket, neighbours to the graph's K."""
+    if tuple(x.shape) == tuple(shape):
+        return x
+    out = x.new_zeros(tuple(shape))
+    out[tuple(slice(0, s) for s in x.shape)] = x
+    return out
+
+
 class PaddedBucketRunner:
     """Pads a batch to the next bucket (and K to ``k_pad``) and runs ``fn`` on static shapes.
 
@@ -125,8 +135,7 @@ class PaddedBucketRunner:
             shape[0] = bb
             if self.k_pad is not None and n in ("h_retr", "lam"):
                 shape[1] = self.k_pad
-            buf = x.new_zeros(shape)
-            buf[tuple(slice(0, s) for s in x.shape)] = x
+            buf = pad_to(x, shape)
             if n in self.channels_last_inputs:
                 buf = buf.contiguous(memory_format=torch.channels_last)
             out[n] = buf

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import tempfile
 import time
 import warnings
@@ -80,7 +79,7 @@ def example_inputs(
 
 
 def _graph_modules(pipe: Any) -> dict[str, torch.nn.Module]:
-    from engines.backends.graphs import TextEncoderGraph, UNetGraph, VaeDecoderGraph
+    from engines.graphs import TextEncoderGraph, UNetGraph, VaeDecoderGraph
 
     return {
         "text_encoder": TextEncoderGraph(pipe.text_encoder).eval(),
@@ -272,7 +271,3 @@ def onnx_component_hash(manifest: dict[str, Any], comp: str) -> str:
         h.update(f"{rel}:{meta['sha256']}\n".encode())
     return h.hexdigest()
 
-
-def copy_onnx_dir(src: str | Path, dst: str | Path) -> None:
-    """Copy an export directory (for tests that tamper with a copy)."""
-    shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -41,7 +41,7 @@ class HAdapter(ModelMixin, ConfigMixin):
         query_gate: give the feed-forward the target's own (normalised) H-tokens too, through a
             zero-initialised per-channel gate: ``y = a + FF(norm(a + g ⊙ norm_q(h_t)))``. Without
             it the block's output is a mix of the neighbour's values alone, so it cannot tell a
-            neighbour that agrees with the query from one that does not (the issue-13 shuffled
+            neighbour that agrees with the query from one that does not (the toy world's shuffled-neighbour
             test); ``g = 0`` is exactly the block without it, so an adapter trained without the
             gate loads into one with it unchanged (see ``toyworld.fideval.load_variant``).
     """

@@ -3,11 +3,19 @@
 h = sin((1-w)Ω)/sinΩ · h_r + sin(wΩ)/sinΩ · h_t, Ω = arccos<ĥ_t, ĥ_r>, where w is the
 weight of the target (0.8 by default) and the angle is taken between the flattened,
 normalised vectors. Nearly parallel vectors fall back to linear interpolation.
+
+``mix_retrieval`` is the per-sample choice every graph makes (the torch graphs and the fast
+runner): H-adapter, slerp injection or nothing, by masks, so one graph serves mixed modes.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from engines.hadapter import HAdapter
 
 
 def slerp_inject(
@@ -29,3 +37,27 @@ def slerp_inject(
     c_t = torch.where(lin, torch.full_like(so, w), torch.sin(w * omega) / so)
     out = c_r[:, None] * r + c_t[:, None] * t
     return out.reshape(h_tgt.shape).to(h_tgt.dtype)
+
+
+def mix_retrieval(
+    h: torch.Tensor,
+    h_retr: torch.Tensor,
+    lam: torch.Tensor,
+    adapter_mask: torch.Tensor,
+    inject_mask: torch.Tensor,
+    hadapter: HAdapter,
+    inject_weight: float,
+) -> torch.Tensor:
+    """h (B,C,h,w), h_retr (B,k,C,h,w), lam (B,k), masks (B,) -> h (B,C,h,w).
+
+    Per sample: adapter where ``adapter_mask`` > 0, slerp injection of neighbour 0 where
+    ``inject_mask`` > 0 and λ_0 > 0, else h unchanged. Matches
+    ``OneStepPipeline.apply_retrieval`` for any batch composition.
+    """
+    ad = adapter_mask.to(h.dtype)
+    lam_ad = lam.to(h.dtype) * ad[:, None]
+    h_ad = hadapter(h, h_retr.to(h.dtype), lam_ad)
+    out = torch.where(ad[:, None, None, None] > 0, h_ad, h)
+    inj = slerp_inject(h, h_retr[:, 0].to(h.dtype), inject_weight)
+    use_inj = (inject_mask > 0) & (lam[:, 0] > 0)
+    return torch.where(use_inj[:, None, None, None], inj, out)

@@ -81,7 +81,7 @@ def neighbour_lambda(scores: torch.Tensor, min_score: float | torch.Tensor = 0.0
 
     Used by the service (``retrieval.compose``), the fast runner's in-graph search, training
     (``training.retriever``, ``training.retriever_db``) and the fp8 feature bench
-    (``retrieval.feature_precision``); the toy world's eval goes through compose.
+    (``bench.fp8``); the toy world's eval goes through compose.
     """
     keep = (scores >= min_score) & (scores > 0)
     return torch.where(keep, scores, torch.zeros_like(scores))

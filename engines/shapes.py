@@ -1,6 +1,6 @@
 """One shape spec per exported component; ONNX export, ``make trt`` and the runtimes read it.
 
-Three graphs (see ``engines.backends.graphs``):
+Three graphs (see ``engines.graphs``):
 
 - ``text_encoder``: input_ids (B,T) int64 -> context (B,T,D), pooled (B,D)
 - ``unet``: sample (B,4,L,L), timestep (B,), context (B,T,D), h_retr (B,K,C,h,w),
@@ -112,6 +112,11 @@ class ShapeSpec:
     batch: DimRange = DimRange(1, 4, BATCH_BUCKETS[-1])
     k: DimRange = DimRange(1, 1, MAX_K)
     components: dict[str, ComponentSpec] = field(default_factory=dict)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the VAE latent."""
+        return (self.latent_channels, self.latent_size, self.latent_size)
 
     def component(self, name: str) -> ComponentSpec:
         if name not in self.components:

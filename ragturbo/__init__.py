@@ -1,3 +1,9 @@
-"""ragturbo: one-step retrieval-augmented text-to-image service (ImageRAGTurbo)."""
+"""ragturbo: one-step retrieval-augmented text-to-image service (ImageRAGTurbo).
+
+Owns: the console script (``cli``: each package adds its commands through
+``<package>.cli.register``) and ``ragturbo generate`` (one image, no server).
+Imports: every product package (``service``, ``training``, ``toyworld``, ``retrieval``,
+``engines``) and ``bench`` (the benchmark commands); never ``lab``.
+"""
 
 __version__ = "0.1.0"

@@ -25,13 +25,13 @@ app.add_typer(bench_app, name="bench")
 # creates the ``toyworld`` sub-app that toyworld.cli_models extends).
 CLI_MODULES = (
     "engines.cli",
-    "engines.bench_cli",
     "retrieval.cli",
     "service.cli",
     "training.cli",
     "toyworld.cli",
     "toyworld.cli_models",
     "toyworld.cli_small_decoder",
+    "bench.cli",
 )
 
 

@@ -4,7 +4,8 @@ Owns: the vector index (Qdrant Edge embedded, Qdrant server via qdrant-client, a
 ``memory_index.MemoryIndex`` for in-memory databases such as training's own pairs), the
 H-feature store, ingest, search, the device copy a searching backend serves from
 (``resident``) and the composition embed -> search -> gather -> generate (``compose``).
-Imports: ``engines`` (backends, pipeline types); never ``service`` or ``training``.
+Imports: ``engines`` (backends, pipeline types); never ``service``, ``training``,
+``toyworld``, ``bench`` or ``lab``.
 Entry points: ``retrieval.compose.build_text_to_image`` / ``TextToImage.generate``,
-``retrieval.db.open_db``, CLI ``ragturbo ingest|search|bench retrieval|bench recall``.
+``retrieval.db.open_db``, CLI ``ragturbo ingest|search``.
 """

@@ -1,4 +1,4 @@
-"""Reopening an index that was unavailable (issue 14.2), with tenacity's backoff.
+"""Reopening an index that was unavailable, with tenacity's backoff.
 
 ``Reconnector(what, connect)`` runs ``connect()`` on a daemon thread until it succeeds:
 exponential backoff from ``initial_s`` (0.5 s) to ``max_s`` (10 s) between attempts (tenacity), stopped

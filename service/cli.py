@@ -1,4 +1,4 @@
-"""``ragturbo serve`` and ``ragturbo bench service`` (docs/service.md, CLI)."""
+"""``ragturbo serve`` (docs/service.md, CLI)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,5 @@ def serve(
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
+    del bench
     app.command("serve")(serve)
-    from service.bench import bench_service
-
-    bench.command("service")(bench_service)

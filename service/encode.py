@@ -42,12 +42,6 @@ def encode_image(
     return buf.getvalue()
 
 
-def encode_b64(
-    image: np.ndarray, fmt: str, size: tuple[int, int] | None = None, quality: int | None = None
-) -> str:
-    return base64.b64encode(encode_image(image, fmt, size, quality)).decode("ascii")
-
-
 def encode_result(
     result: Any, fmt: str, size: tuple[int, int] | None = None, quality: int | None = None
 ) -> bytes:

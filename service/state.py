@@ -1,13 +1,13 @@
 """The service's runtime state: engine lifecycle (starting -> ready | failed -> draining),
 the batcher, thread pools, in-flight accounting, and the retrieval status.
 
-Engine faults (issue 14.10): a batch that raises fails only its own requests (500); the
+Engine faults: a batch that raises fails only its own requests (500); the
 batcher then awaits ``after_batch_error``, which runs a real forward pass on the model
 worker (as TGI's health check does). If that fails too the engine is broken: the service
 turns ``failed`` (``/readyz`` 503), ``/healthz`` answers 503 so the orchestrator restarts
 the process, and every waiting request gets 503.
 
-Retrieval status (issue 14.2): ``retrieval_status(ok, reason)`` is the push API for the
+Retrieval status: ``retrieval_status(ok, reason)`` is the push API for the
 code that owns the index (the engine/compose layer calls it when the index goes away or
 comes back); ``retrieval_probe`` is the pull variant, read by ``/readyz`` and
 ``/metrics``. Either way ``/readyz`` stays 200 (generation works without retrieval) but

@@ -1,4 +1,4 @@
-"""``ragturbo toyworld train | eval | probe | ship | eval-prompts | retrieval-data | embedded-db``: the model-family recipe and its evaluation.
+"""``ragturbo toyworld train | eval | eval-prompts | retrieval-data | embedded-db``: the model-family recipe and its evaluation.
 
 ``register(app, bench)`` adds the commands to ``toyworld.cli.toyworld_app`` (the
 sub-app itself is registered by ``toyworld.cli``). Heavy imports happen inside.
@@ -78,42 +78,6 @@ def eval_cmd(
     typer.echo(json.dumps(res, indent=2) if as_json else fid_table(res))
 
 
-def probe_cmd(
-    model: Annotated[Path | None, typer.Option("--model", help="One-step model dir (default: the shipped one).")] = None,
-    n: Annotated[int, typer.Option("--n", min=2, help="Held-out eval prompts (half common, half long-tail).")] = 200,
-    seeds: Annotated[int, typer.Option("--seeds", min=1)] = 1,
-    adapter: Annotated[Path | None, typer.Option("--adapter", help="A model dir with a trained H-adapter (adds adapter_oracle / adapter_leak rows).")] = None,
-    teacher_unet: Annotated[Path | None, typer.Option("--teacher-unet", help="Teacher UNet dir (for adapter_leak).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
-    device: Annotated[str, typer.Option("--device")] = "auto",
-) -> None:
-    """Swap probe: does H-space carry content? (swap H / skips / decoder text with another
-    prompt's, oracle H of a clean render, and the adapter given a perfect or leaked neighbour)."""
-    from engines.default_model import SHIPPED
-    from toyworld.fideval import ASSETS
-    from toyworld.models.data import eval_prompts
-    from toyworld.probe import format_probe, probe
-
-    model = model or SHIPPED
-    if adapter is None and json.loads((model / "ragturbo.json").read_text()).get("variant") == "adapter":
-        adapter = model
-    if teacher_unet is None and (ASSETS / "eval" / "teacher_unet").is_dir() and model == SHIPPED:
-        teacher_unet = ASSETS / "eval" / "teacher_unet"
-    p, _ = eval_prompts(n // 2, n - n // 2)
-    res = probe(model, p, seeds, adapter, teacher_unet, device)
-    typer.echo(json.dumps(res, indent=2) if as_json else format_probe(res))
-
-
-def ship_cmd(
-    work: Annotated[Path, typer.Option("--work", help="Work dir of a toyworld.fidelity run.")],
-    variant: Annotated[str, typer.Option("--variant", help="student, adapter, control, shuffled or leak.")] = "adapter",
-) -> None:
-    """Ship a variant as toyworld/assets/model and the others (+ teacher) as toyworld/assets/eval."""
-    from toyworld.ship import ship
-
-    typer.echo(json.dumps(ship(work, variant)))
-
-
 def prompts_cmd(
     out: Annotated[Path, typer.Option("--out", help="Output prompts file.")],
     n_common: Annotated[int, typer.Option("--common", min=0)] = 200,
@@ -161,8 +125,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     toyworld_app.command("train")(train_cmd)
     toyworld_app.command("eval")(eval_cmd)
-    toyworld_app.command("probe")(probe_cmd)
-    toyworld_app.command("ship")(ship_cmd)
     toyworld_app.command("eval-prompts")(prompts_cmd)
     toyworld_app.command("retrieval-data")(retrieval_data_cmd)
     toyworld_app.command("embedded-db")(embedded_db_cmd)

@@ -1,4 +1,4 @@
-"""A distilled small VAE decoder for the toy world (issue 17), trained and measured on CPU.
+"""A distilled small VAE decoder for the toy world, trained and measured on CPU.
 
 ``ragturbo toyworld small-decoder [--model DIR] [--report FILE]``: a ``diffusers`` VAE
 ``Decoder`` with every block width divided by ``width_div`` is trained to reproduce the
@@ -12,7 +12,7 @@ no pixels of the scenes are used): the first half of the steps on random 8x8 lat
 windows and the matching 32x32 pixels of the full decoder's output (16 windows cost what 4
 whole latents do), the second half on whole latents, batch 4 — a decoder trained on windows
 only is worse on whole latents (its borders and the mid-block attention see less context:
-loss 0.11 on whole latents against 0.06 on windows in a first run). It is written to ``DIR/vae_small`` (engines/vae_decoder.py
+loss 0.11 on whole latents against 0.06 on windows in a trial). It is written to ``DIR/vae_small`` (engines/vae_decoder.py
 layout) and measured on the eval split, which training never sees: PSNR of the small
 decoder's uint8 images against the full decoder's, on student x0 of held-out eval prompts
 and on latents of eval renders, and the toy-world checker's fidelity of the student's

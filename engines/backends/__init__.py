@@ -5,6 +5,10 @@ bucket; the default on CUDA), ``torch`` (eager pipeline), ``torch-opt`` (fp16/bf
 graphs per batch bucket), ``onnxruntime`` (CPU or CUDA execution provider) and
 ``tensorrt`` (plans from ``ragturbo build trt``). A backend that cannot start raises
 ``BackendUnavailable``; nothing falls back to another backend.
+
+Owns: the ``Backend`` / ``SearchingBackend`` interface (``base``), the one list of names
+(``names``) and each backend's module; the graph wrappers they run are ``engines.graphs``.
+Imports: the rest of ``engines`` (``fast`` for the serving engine); never ``retrieval``.
 """
 
 from __future__ import annotations

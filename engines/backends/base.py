@@ -23,13 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from engines.pipeline import (
-    GenerateAPI,
-    GenerateOutput,
-    TextEmbeddings,
-    alphas_cumprod_from_config,
-)
+from engines.pipeline import GenerateAPI, GenerateOutput, TextEmbeddings, alphas_cumprod_from_config
 from engines.rules import (
+    images_to_uint8,
     seeded_noise,
     stage_timer,
     tokenize_prompts,
@@ -77,22 +73,26 @@ class Backend(ABC):
     fingerprint: str
     device: torch.device
 
-    @property
-    @abstractmethod
-    def resolution(self) -> int: ...
+    _shapes: Any
+    """What the shape properties below read: a ``ShapeSpec`` (the graph backends) or the
+    pipeline (``fast``); ``TorchBackend`` is the pipeline, whose own properties come first."""
 
     @property
-    @abstractmethod
-    def h_shape(self) -> tuple[int, int, int]: ...
+    def resolution(self) -> int:
+        return int(self._shapes.resolution)
 
     @property
-    @abstractmethod
-    def embed_dim(self) -> int: ...
+    def h_shape(self) -> tuple[int, int, int]:
+        return tuple(self._shapes.h_shape)  # type: ignore[return-value]
 
     @property
-    @abstractmethod
+    def embed_dim(self) -> int:
+        return int(self._shapes.embed_dim)
+
+    @property
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, h, w) of the VAE latent (what ingest stores beside the H-features)."""
+        return tuple(self._shapes.latent_shape)  # type: ignore[return-value]
 
     @abstractmethod
     def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings: ...
@@ -138,6 +138,7 @@ class GraphBackend(GenerateAPI, Backend):
         self.device = torch.device(device)
         self.dtype = dtype
         self.spec = spec or spec_from_model_dir(md)
+        self._shapes = self.spec
         self.name = md.name
         self.fingerprint = md.fingerprint
         self.inject_weight = float(inject_weight)
@@ -148,27 +149,9 @@ class GraphBackend(GenerateAPI, Backend):
         self.student_timestep = int(md.info.student_timestep)
         self._torch_pipe: Any = None
 
-    # ------------------------------------------------------------------ properties
-    @property
-    def resolution(self) -> int:
-        return self.spec.resolution
-
-    @property
-    def h_shape(self) -> tuple[int, int, int]:
-        return self.spec.h_shape
-
-    @property
-    def embed_dim(self) -> int:
-        return self.spec.embed_dim
-
     @property
     def latent_size(self) -> int:
         return self.spec.latent_size
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        s = self.spec
-        return (s.latent_channels, s.latent_size, s.latent_size)
 
     # ------------------------------------------------------------------ runtime hook
     @abstractmethod
@@ -258,8 +241,6 @@ class GraphBackend(GenerateAPI, Backend):
     @torch.inference_mode()
     def decode_latents(self, x0: torch.Tensor) -> np.ndarray:
         """x0 latents (B,4,L,L) -> uint8 (B,H,W,3)."""
-        from engines.backends.graphs import images_to_uint8
-
         imgs = [
             images_to_uint8(self._run("vae_decoder", {"latent": x0[sl].to(self.device)})["image"])
             .cpu()

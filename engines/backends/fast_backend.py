@@ -36,7 +36,9 @@ from engines.backends.base import (
     SearchOutput,
     device_and_dtype,
 )
+from engines.cuda_graphs import pad_to
 from engines.fast.gpu_index import FeatureDtype, GpuIndex, IndexFull
+from engines.fast.host import HostCopy, device_jpeg_encoder
 from engines.fast.runner import STAGES, FastConfig, FastRunner
 from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
 from engines.rules import normalize_modes, seeded_noise, tokenize_prompts
@@ -78,6 +80,7 @@ class FastBackend(SearchingBackend):
     ) -> None:
         on_cuda = pipe.device.type == "cuda"
         self.pipe = pipe
+        self._shapes = pipe
         self.name = pipe.name
         self.fingerprint = pipe.fingerprint
         self.device = pipe.device
@@ -105,8 +108,8 @@ class FastBackend(SearchingBackend):
         self._min_score: float | None = None
         self._warm: set[str] = set()
         self._index_dtype: FeatureDtype = "float16"
-        self._jpeg = _device_jpeg_encoder(self.device)
-        self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
+        self._jpeg = device_jpeg_encoder(self.device)
+        self._to_host = HostCopy(self.device)
         log.info(
             "fast: JPEG encoding %s", "on the device (nvJPEG, torchvision.io.encode_jpeg)"
             if self._jpeg else "on the host (Pillow)",
@@ -131,22 +134,6 @@ class FastBackend(SearchingBackend):
         return cls(pipe, inject_weight=inject_weight, **options)
 
     # ------------------------------------------------------------------ properties
-    @property
-    def resolution(self) -> int:
-        return self.pipe.resolution
-
-    @property
-    def h_shape(self) -> tuple[int, int, int]:
-        return self.pipe.h_shape
-
-    @property
-    def embed_dim(self) -> int:
-        return self.pipe.embed_dim
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return self.pipe.latent_shape
-
     @property
     def index_rows(self) -> int:
         return self.runner.index.n if self.runner.index is not None else 0
@@ -191,17 +178,7 @@ class FastBackend(SearchingBackend):
             pass
         # Grow: a new index of twice the rows, the old rows copied, graphs re-captured
         # (compiled code is cached, so this costs captures, not compiles).
-        new = GpuIndex(
-            self.embed_dim, self.h_shape, 2 * (idx.n + len(embeddings)), self.device,
-            self.dtype, idx.feature_dtype, min_rows=self.k_max,
-        )
-        n = idx.n
-        new.emb[:n] = idx.emb[:n]
-        new.feat[:n] = idx.feat[:n]
-        new.bias[:n] = idx.bias[:n]
-        if idx.scale is not None and new.scale is not None:
-            new.scale[:n] = idx.scale[:n]
-        new.n = n
+        new = idx.grown(2 * (idx.n + len(embeddings)), min_rows=self.k_max)
         rows = new.append(embeddings, features)
         rewarm = "search" in self._warm
         self.runner.set_index(new)
@@ -232,11 +209,7 @@ class FastBackend(SearchingBackend):
 
     @staticmethod
     def _pad(x: torch.Tensor, bb: int) -> torch.Tensor:
-        if x.shape[0] == bb:
-            return x
-        out = x.new_zeros((bb, *x.shape[1:]))
-        out[: x.shape[0]] = x
-        return out
+        return pad_to(x, (bb, *x.shape[1:]))
 
     def _ensure_bucket(self, bb: int, variant: str, kb: int = 0) -> None:
         if (bb, variant, kb) not in self.runner.buckets and self.runner.use_graphs:
@@ -321,18 +294,6 @@ class FastBackend(SearchingBackend):
             scores=np.concatenate(scores).astype(np.float32), timings_ms=timings,
             encoded=encoded if any(e is not None for e in encoded) else None,
         )
-
-    def _to_host(self, img: torch.Tensor) -> np.ndarray:
-        """Device uint8 images -> a fresh numpy array, through a pinned staging buffer."""
-        if self.device.type != "cuda":
-            return img.cpu().numpy()
-        buf = self._pinned.get(tuple(img.shape))
-        if buf is None:
-            buf = torch.empty(tuple(img.shape), dtype=torch.uint8, pin_memory=True)
-            self._pinned[tuple(img.shape)] = buf
-        buf.copy_(img, non_blocking=True)
-        torch.cuda.current_stream(self.device).synchronize()
-        return buf.numpy().copy()
 
     # ------------------------------------------------------------------ generic path
     @torch.inference_mode()
@@ -427,21 +388,4 @@ class FastBackend(SearchingBackend):
 
     def retrieval_features(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.pipe.retrieval_features(latents, context)
-
-
-def _device_jpeg_encoder(device: torch.device) -> Any:
-    """torchvision's nvJPEG encoder for CUDA tensors, or None (CPU, or no torchvision).
-
-    Measured on one H200 (2026-12-02): 0.14 ms an image at 512x512 in a batch of 16,
-    against 3.0 ms for Pillow on the host (docs/perf.md), and it spares the copy of the
-    raw pixels for JPEG requests.
-    """
-    if device.type != "cuda":
-        return None
-    try:
-        from torchvision.io import encode_jpeg
-    except Exception as e:  # noqa: BLE001 - optional: torchvision is not a dependency
-        log.info("fast: torchvision.io.encode_jpeg unavailable (%s); JPEG on the host", e)
-        return None
-    return encode_jpeg
 

@@ -3,7 +3,7 @@
 ``torch`` is ``OneStepPipeline`` itself behind the backend interface, adding nothing: the
 reference every other backend is compared with.
 
-``torch-opt`` runs the same graphs as the exported engines (``engines.backends.graphs``)
+``torch-opt`` runs the same graphs as the exported engines (``engines.graphs``)
 with, on CUDA: fp16/bf16 weights, channels-last UNet/VAE, ``torch.compile`` and one CUDA
 graph per batch bucket (batches padded up to the next bucket, neighbours padded to
 ``k_max`` with λ=0, so each bucket is one static-shape graph captured on first use or in
@@ -78,7 +78,7 @@ class TorchOptBackend(GraphBackend):
         compile_mode: str = "default",
         vae_decoder: str = "full",
     ) -> None:
-        from engines.backends.graphs import TextEncoderGraph, UNetGraph, VaeDecoderGraph
+        from engines.graphs import TextEncoderGraph, UNetGraph, VaeDecoderGraph
 
         dev, dtype = device_and_dtype("torch-opt", device, dtype)
         on_cuda = dev.type == "cuda"

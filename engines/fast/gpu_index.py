@@ -69,6 +69,16 @@ class GpuIndex:
             self.scale = None
         self.n = 0
 
+    def grown(self, capacity: int, min_rows: int = 8) -> GpuIndex:
+        """A new index of ``capacity`` rows (same widths and dtypes) holding this one's rows."""
+        new = GpuIndex(self.dim, self.h_shape, capacity, self.device, self.dtype, self.feature_dtype,
+                       min_rows=min_rows)
+        n = new.n = self.n
+        new.emb[:n], new.feat[:n], new.bias[:n] = self.emb[:n], self.feat[:n], self.bias[:n]
+        if self.scale is not None and new.scale is not None:
+            new.scale[:n] = self.scale[:n]
+        return new
+
     # ------------------------------------------------------------------ writes
     def append(self, embeddings: torch.Tensor, features: torch.Tensor) -> range:
         """Add rows (m,D) + (m,C,h,w); returns their row numbers. Raises IndexFull.

@@ -34,18 +34,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
-from engines.backends.graphs import mix_retrieval
 from engines.cuda_graphs import as_tuple, capture_graphs, replayer
+from engines.fast.compile import FastConfig, compile_regional
 from engines.fast.gpu_index import GpuIndex
+from engines.inject import mix_retrieval
 from engines.pipeline import OneStepPipeline
 from engines.rules import images_to_uint8, neighbour_lambda, x0_from_output
 
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("text", "retrieval", "unet", "vae")
-COMPILE_MODES: tuple[str, ...] = ("none", "regional", "whole")
 VARIANTS: tuple[str, ...] = ("search", "given", "text", "plain")
 _INPUTS: dict[str, tuple[str, ...]] = {
     "search": ("ids", "noise", "kmask", "admask", "injmask"),
@@ -53,35 +52,6 @@ _INPUTS: dict[str, tuple[str, ...]] = {
     "text": ("ids",),
     "plain": ("ids", "noise"),
 }
-
-
-@dataclass
-class FastConfig:
-    """How the runner is built.
-
-    compile: "whole" compiles the UNet encoder, the adapter, the UNet decoder (+ x0) and the
-      VAE decode (+ uint8) as whole graphs (Inductor "default" mode: its fusions, our CUDA
-      graphs); "regional" compiles each repeated block (ResnetBlock2D, Transformer2DModel,
-      up/down samplers, the adapter); "none" runs eagerly.
-    cuda_graphs: capture one graph per batch bucket (CUDA only).
-    subpixel_vae: compute the VAE's nearest-×2 + 3x3 conv upsamplers at low resolution.
-    channels_last: NHWC activations for the convolutional parts.
-    compile_text: also compile the CLIP layers. Off by default: transformers builds a
-      different attention mask while a CUDA stream is capturing, so a compiled CLIP layer
-      meets new inputs inside the capture and recompiles there, which capture forbids
-      (seen on the H100, torch 2.11 + transformers 5.17). The text encoder then runs as
-      eager kernels inside the graph.
-    """
-
-    compile: str = "whole"
-    cuda_graphs: bool = True
-    subpixel_vae: bool = True
-    channels_last: bool = True
-    compile_text: bool = False
-
-    def __post_init__(self) -> None:
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
 
 
 @dataclass
@@ -96,16 +66,6 @@ class _Bucket:
     # The stage closures and the eager intermediates they read: a stage graph replays
     # into those addresses, so they must live as long as the stage graphs do.
     keep: dict[str, Any] = field(default_factory=dict)
-
-
-def _regional_compile(root: nn.Module, classes: tuple[type, ...]) -> int:
-    """Compile every submodule of ``root`` that is an instance of ``classes`` in place."""
-    n = 0
-    for m in root.modules():
-        if isinstance(m, classes):
-            m.compile(dynamic=None)
-            n += 1
-    return n
 
 
 class FastRunner:
@@ -137,8 +97,7 @@ class FastRunner:
         self.dtype = pipe.dtype
         self.inject_weight = float(inject_weight)
         self.use_graphs = self.cfg.cuda_graphs and self.device.type == "cuda"
-        a = float(pipe.alphas_cumprod[pipe.student_timestep])
-        self._alpha_bar = a
+        self._alpha_bar = a = float(pipe.alphas_cumprod[pipe.student_timestep])
         self._s1a = (1 - a) ** 0.5
         self._sf = float(pipe.vae.config.scaling_factor)
         self.min_score = torch.zeros((), dtype=torch.float32, device=self.device)
@@ -173,48 +132,19 @@ class FastRunner:
         self._unet_dec: Callable[..., Any] = self._decode_x0
         self._vae_fn: Callable[..., Any] = self._vae_impl
         if self.cfg.compile == "regional":
-            self.compiled_modules = self._compile_regional()
-        elif self.cfg.compile == "whole":
-            self.compiled_modules = self._compile_whole()
+            self.compiled_modules = compile_regional(
+                p.unet, self.decoder, p.text_encoder, p.hadapter, self.cfg.compile_text)
+        elif self.cfg.compile == "whole":  # whole Inductor graphs inside our CUDA graphs
+            self._unet_enc = torch.compile(p.unet.encode)
+            self._unet_dec = torch.compile(self._decode_x0)
+            self._vae_fn = torch.compile(self._vae_impl)
+            p.hadapter.compile(dynamic=None)
+            self.compiled_modules = 4
         log.info(
             "FastRunner: %s %s, compile=%s (%d modules), graphs=%s, subpixel=%d layers, k_max=%d",
             self.device, self.dtype, self.cfg.compile, self.compiled_modules, self.use_graphs,
             self.subpixel_layers, self.k,
         )
-
-    def _compile_regional(self) -> int:
-        import torch._dynamo
-        from diffusers.models.attention_processor import Attention
-        from diffusers.models.downsampling import Downsample2D
-        from diffusers.models.resnet import ResnetBlock2D
-        from diffusers.models.transformers.transformer_2d import Transformer2DModel
-        from diffusers.models.upsampling import Upsample2D
-
-        from engines.fast.subpixel import SubpixelUpsample2D
-
-        # Each block class meets several shapes; automatic dynamic shapes keeps the count low.
-        dc = torch._dynamo.config
-        for name, floor in (("recompile_limit", 64), ("cache_size_limit", 64),
-                            ("accumulated_recompile_limit", 4096), ("accumulated_cache_size_limit", 4096)):
-            if hasattr(dc, name):
-                setattr(dc, name, max(getattr(dc, name), floor))
-        unet_classes = (ResnetBlock2D, Transformer2DModel, Downsample2D, Upsample2D)
-        n = _regional_compile(self.pipe.unet, unet_classes)
-        n += _regional_compile(
-            self.decoder, (ResnetBlock2D, Attention, Upsample2D, SubpixelUpsample2D)
-        )
-        layer_cls = _clip_layer_class(self.pipe.text_encoder)
-        if layer_cls is not None and self.cfg.compile_text:
-            n += _regional_compile(self.pipe.text_encoder, (layer_cls,))
-        self.pipe.hadapter.compile(dynamic=None)
-        return n + 1
-
-    def _compile_whole(self) -> int:
-        self._unet_enc = torch.compile(self.pipe.unet.encode)
-        self._unet_dec = torch.compile(self._decode_x0)
-        self._vae_fn = torch.compile(self._vae_impl)
-        self.pipe.hadapter.compile(dynamic=None)
-        return 4
 
     def set_index(self, index: GpuIndex) -> None:
         """Use ``index`` for the ``search`` variant; graphs captured over another index go."""
@@ -394,7 +324,7 @@ class FastRunner:
     def _time_stages(self, bucket: _Bucket, reps: int = 5) -> dict[str, float]:
         out = {}
         for name in (*STAGES, "full"):
-            fn = self._callable(bucket, name)
+            fn = replayer(bucket.graphs[name])
             fn()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -418,9 +348,6 @@ class FastRunner:
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
 
-    def _callable(self, bucket: _Bucket, name: str) -> Callable[[], Any]:
-        return replayer(bucket.graphs[name])
-
     @staticmethod
     def _key(variant: str, x: dict[str, torch.Tensor]) -> tuple[int, str, int]:
         """Bucket key: (batch, variant, K) with K from the inputs' shapes (0: no K)."""
@@ -433,7 +360,7 @@ class FastRunner:
     ) -> Callable[[], Any]:
         """A zero-argument callable running one stage (or "full") on the bucket's inputs."""
         kk = 0 if variant in ("text", "plain") else (self.k if k is None else k)
-        return self._callable(self.buckets[(batch, variant, kk)], name)
+        return replayer(self.buckets[(batch, variant, kk)].graphs[name])
 
     def stage_ms(self, batch: int, variant: str = "search", k: int | None = None) -> dict[str, float]:
         b = self.buckets.get((batch, variant, self.k if k is None else k))
@@ -465,17 +392,9 @@ class FastRunner:
             for n in names
         }
         if bucket is None or not self.use_graphs:
-            res = self._full(variant)(*(cast[n] for n in names))
-            return as_tuple(res)
+            return as_tuple(self._full(variant)(*(cast[n] for n in names)))
         for n in names:
             bucket.inputs[n].copy_(cast[n])
         bucket.graphs["full"].replay()
-        out = bucket.outputs["full"]
-        return tuple(o.clone() for o in as_tuple(out))
+        return tuple(o.clone() for o in as_tuple(bucket.outputs["full"]))
 
-
-def _clip_layer_class(text_encoder: nn.Module) -> type | None:
-    for m in text_encoder.modules():
-        if type(m).__name__.endswith("EncoderLayer"):
-            return type(m)
-    return None

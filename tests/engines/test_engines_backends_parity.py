@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from engines.backends import BackendUnavailable, create_backend
-from engines.backends.graphs import TextEncoderGraph, UNetGraph, VaeDecoderGraph
 from engines.export_onnx import example_inputs, export_onnx
+from engines.graphs import TextEncoderGraph, UNetGraph, VaeDecoderGraph
 from engines.random_models import write_model_dir
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle on yellow", "x", "big purple star"]

@@ -1,4 +1,4 @@
-"""The CLI as a user runs it: ingest, search --json, generate with retrieval, bench table."""
+"""The CLI as a user runs it: ingest, search --json, generate with retrieval."""
 
 from __future__ import annotations
 
@@ -69,35 +69,3 @@ def test_search_without_database_fails_clearly(model_dir: Path, tmp_path: Path) 
         _app(), ["search", "x", "--db", str(tmp_path / "none"), "--model-dir", str(model_dir)]
     )
     assert r.exit_code == 2 and "ragturbo ingest" in r.output
-
-
-def test_bench_retrieval_small(tmp_path: Path) -> None:
-    out = tmp_path / "b.json"
-    r = CliRunner().invoke(
-        _app(),
-        [
-            "bench",
-            "retrieval",
-            "--sizes",
-            "300",
-            "--queries",
-            "20",
-            "--dim",
-            "32",
-            "--hnsw-ef",
-            "64",
-            "--out",
-            str(out),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    data = json.loads(out.read_text())
-    backends = {row["backend"] for row in data["rows"]}
-    assert backends == {
-        "qdrant-edge hnsw",
-        "qdrant-edge exact (full scan)",
-        "qdrant-client local (brute force)",
-    }
-    # 300 points is below the HNSW threshold: Qdrant scans exactly, so recall is 1
-    assert all(row["recall_at_1"] == 1.0 for row in data["rows"])
-    assert "| qdrant-edge hnsw | 300 |" in r.output

@@ -191,7 +191,7 @@ def test_arms_resume_from_variants_and_the_decoder_delay_freezes_only_the_decode
     """``init``: an arm starts from an earlier run's variant file; ``decoder_delay``: the
     decoder stays as it started for that fraction of the run while the adapter learns."""
     from engines.pipeline import OneStepPipeline
-    from toyworld import fidelity
+    from lab.toyworld import fidelity
     from toyworld.models.arms import decoder_params, train_arms
     from toyworld.models.configs import get_family
 
@@ -224,7 +224,7 @@ def test_arms_resume_from_variants_and_the_decoder_delay_freezes_only_the_decode
 
 
 def test_bench_arms_reports_steps_per_second_for_each_shape() -> None:
-    from toyworld import bench_arms
+    from lab.toyworld import bench_arms
 
     rows = bench_arms.run(configs=((1, 2), (2, 2)), seconds=0.5, n=8, device="cpu")
     assert [(r["arms"], r["batch"]) for r in rows] == [(1, 2), (2, 2)]
@@ -240,7 +240,7 @@ def test_arms_checkpoint_on_a_timer_and_the_files_resume(dirs: dict[str, Path], 
     """``checkpoint`` is called every ``checkpoint_every_s`` with the step and the live arms, so
     a run cut off mid-way keeps what it learned; a file it writes resumes as ``init``."""
     from engines.pipeline import OneStepPipeline
-    from toyworld import fidelity
+    from lab.toyworld import fidelity
     from toyworld.models.arms import decoder_params, train_arms
 
     pipe = OneStepPipeline.from_pretrained(dirs["mid"])
@@ -289,7 +289,7 @@ def test_a_gated_adapter_resumes_from_a_gateless_variant_and_learns_its_gate(
     and training with the shuffle curriculum opens the gate."""
     from engines.hadapter import HAdapter
     from engines.pipeline import OneStepPipeline
-    from toyworld import fidelity
+    from lab.toyworld import fidelity
     from toyworld.fideval import load_variant
     from toyworld.models.arms import train_arms
     from toyworld.models.configs import get_family
@@ -329,7 +329,7 @@ def test_a_gated_arm_restores_onto_a_gateless_base_model(
 
     from engines.hadapter import HAdapter
     from engines.pipeline import OneStepPipeline
-    from toyworld import fidelity
+    from lab.toyworld import fidelity
     from toyworld.models.arms import train_arms
 
     work = tmp_path / "w"

@@ -1,1 +1,0 @@
-"""Benchmarks of the one-step pipeline (``ragturbo bench pipeline``, ``make bench``)."""

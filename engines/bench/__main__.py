@@ -1,3 +1,0 @@
-from engines.bench.cli_impl import main
-
-main()
