@@ -77,6 +77,8 @@ class TextToImage:
     ``db=None`` means retrieval is not available (e.g. the database could not be
     opened): requests with a retrieval mode get status "unavailable".
     ``retrieval_timeout_s=None``: no deadline; the search runs in the caller's thread.
+    ``min_score`` defaults to 0 here (the toy evals build this directly); what is served
+    uses ``DEFAULT_MIN_SCORE`` (``build_text_to_image``, the service, the CLI).
     """
 
     def __init__(
@@ -84,7 +86,7 @@ class TextToImage:
         pipe: Backend | OneStepPipeline,
         db: RetrievalDB | None,
         *,
-        min_score: float = DEFAULT_MIN_SCORE,
+        min_score: float = 0.0,
         retrieval_timeout_s: float | None = 2.0,
         resident: ResidentIndex | None = None,
         refresh_s: float = 30.0,
@@ -182,14 +184,9 @@ class TextToImage:
             fut = self._pool.submit(self._retrieve, pooled.detach().float().cpu(), ks, excl)
             return fut.result(timeout=self.retrieval_timeout_s)
         except cf.TimeoutError:
-            log.error(
-                "retrieval timed out after %.2fs; generating without retrieval",
-                self.retrieval_timeout_s,
-            )
+            log.error("retrieval timed out after %.2fs; generating without retrieval", self.retrieval_timeout_s)
         except Exception as e:  # noqa: BLE001 - any index/store failure degrades to mode off
-            log.error(
-                "retrieval failed (%s: %s); generating without retrieval", type(e).__name__, e
-            )
+            log.error("retrieval failed (%s: %s); generating without retrieval", type(e).__name__, e)
         return None
 
     # ------------------------------------------------------------------ generate
