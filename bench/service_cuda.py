@@ -89,6 +89,7 @@ def bench_service_cuda(
             "RAGTURBO_MAX_WAIT_MS": str(max_wait_ms), "RAGTURBO_BATCH_BUCKETS": buckets,
             "RAGTURBO_MAX_QUEUE": str(4 * max(clients)), "RAGTURBO_REQUEST_TIMEOUT_S": "120",
             "RAGTURBO_SYNTHETIC_PAIRS": str(n), "RAGTURBO_FEATURE_DTYPE": fdt,
+            "RAGTURBO_MIN_SCORE": "0",  # random pairs score low: keep every neighbour used
             "RAGTURBO_COMPILE_CACHE_DIR": str(work / "compile-cache"),
             "RAGTURBO_DB_PATH": str(work / "db"), "RAGTURBO_LOG_LEVEL": "INFO",
         }

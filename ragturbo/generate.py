@@ -21,7 +21,7 @@ from typing import Any
 
 import typer
 
-from engines.modes import MAX_K
+from engines.modes import DEFAULT_MIN_SCORE, MAX_K
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,8 @@ def generate(
         None, "--qdrant-url", help="Qdrant server URL (default: embedded Qdrant Edge)."
     ),
     min_score: float = typer.Option(
-        0.0, "--min-score", min=-1.0, max=1.0, help="λ=0 for neighbours below this cosine."
+        DEFAULT_MIN_SCORE, "--min-score", min=-1.0, max=1.0,
+        help="λ=0 for neighbours below this cosine (all below: retrieval weak).",
     ),
     model_dir: Path | None = typer.Option(
         None,
@@ -178,8 +179,16 @@ def _remote(url: str, prompt: str, out: Path, *, seed: int, mode: str, k: int, f
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(base64.b64decode(res["images"][0]["b64"]))
     typer.echo(f"wrote {out} (seed {seed}, retrieval {res['retrieval_status']}, via {url})")
-    for n in res.get("retrieved", []):
-        typer.echo(f"  {n['score']:7.4f}  {n['id']}  {n['caption']}")
+    _report([(n["score"], bool(n.get("used")), n["id"], n["caption"]) for n in res.get("retrieved", [])],
+            res.get("unknown_words"))
+
+
+def _report(neighbours: list[tuple[float, bool, str, str]], unknown: list[str] | None) -> None:
+    """The neighbours (used or below min_score) and the prompt's unknown words."""
+    for score, used, pid, cap in neighbours:
+        typer.echo(f"  {score:7.4f}  {'used' if used else 'weak'}  {pid}  {cap}")
+    if unknown is not None:
+        typer.echo(f"  unknown words: {', '.join(unknown) if unknown else 'none'}")
 
 
 def _local(prompt: str, out: Path, fmt: str, seed: int, mode: str, k: int, dbp: Path,
@@ -205,5 +214,4 @@ def _local(prompt: str, out: Path, fmt: str, seed: int, mode: str, k: int, dbp: 
     out.write_bytes(encode_image(res.image, fmt))
     h, w = res.image.shape[:2]
     typer.echo(f"wrote {out} ({w}x{h} {fmt}, seed {seed}, retrieval {res.retrieval_status})")
-    for n in res.retrieved:
-        typer.echo(f"  {n.score:7.4f}  {n.id}  {n.caption}")
+    _report([(n.score, n.used, n.id, n.caption) for n in res.retrieved], res.unknown_words)

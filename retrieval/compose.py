@@ -1,12 +1,15 @@
 """embed -> search -> gather features -> generate: the one place a prompt becomes an image.
 
 The CLI, the service and the toy world's eval (``toyworld.eval``, over an in-memory
-database) call ``TextToImage.generate``. A batch may
-mix modes, k, seeds and excluded ids; each result equals running its request alone.
-λ for a neighbour is its cosine score, or 0 below ``min_score`` (negative scores are
-always 0): ``engines.rules.neighbour_lambda``, the one copy of the rule. If the index or feature store fails or times out, the affected requests
-are generated with mode "off" and ``retrieval_status="unavailable"`` (logged and
-counted in ``unavailable_total``); retrieval never makes ``generate`` raise.
+database) call ``TextToImage.generate``. A batch may mix modes, k, seeds and excluded ids;
+each result equals running its request alone. λ for a neighbour is its cosine score, or 0
+below ``min_score`` (negative scores are always 0): ``engines.rules.neighbour_lambda``, the
+one copy of the rule; each neighbour returned carries its λ, and a request none of whose
+neighbours got λ > 0 is "weak", not "ok" (``retrieval.fit``; counted in ``weak_total``).
+If the index or feature store fails or times out, the affected requests are generated
+with mode "off" and ``retrieval_status="unavailable"`` (logged and counted in
+``unavailable_total``); retrieval never makes ``generate`` raise. With a model vocabulary
+(``engines.vocabulary``), every result lists the prompt's ``unknown_words``.
 
 Two ways to the same result: with a searching backend (``fast``) and a device copy of the
 database (``retrieval.resident``), search, λ and gather run inside the backend's graph and
@@ -23,15 +26,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from engines.backends.base import Backend, SearchingBackend
-from engines.modes import MAX_K, MODES, Mode
+from engines.modes import DEFAULT_MIN_SCORE, MAX_K, MODES, Mode, RetrievalStatus
 from engines.rules import neighbour_lambda
+from engines.vocabulary import Vocabulary, load_vocabulary
 from retrieval.db import DbConfig, RetrievalDB, open_db_for_pipeline
+from retrieval.fit import weigh, weigh_scores
 from retrieval.resident import ResidentIndex
 from retrieval.types import FingerprintMismatchError, Neighbour
 
@@ -39,9 +44,6 @@ if TYPE_CHECKING:
     from engines.pipeline import OneStepPipeline
 
 log = logging.getLogger(__name__)
-
-RetrievalStatus = Literal["ok", "unavailable", "off"]
-
 
 @dataclass(frozen=True)
 class ImageRequest:
@@ -66,6 +68,7 @@ class ImageResult:
     retrieval_status: RetrievalStatus = "off"
     encoded: bytes | None = None  # ``image`` already encoded by the engine, in encoded_format
     encoded_format: str | None = None
+    unknown_words: list[str] | None = None  # prompt words outside the model's vocabulary
 
 
 class TextToImage:
@@ -74,6 +77,8 @@ class TextToImage:
     ``db=None`` means retrieval is not available (e.g. the database could not be
     opened): requests with a retrieval mode get status "unavailable".
     ``retrieval_timeout_s=None``: no deadline; the search runs in the caller's thread.
+    ``min_score`` defaults to 0 here (the toy evals build this directly); what is served
+    uses ``DEFAULT_MIN_SCORE`` (``build_text_to_image``, the service, the CLI).
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class TextToImage:
         refresh_s: float = 30.0,
         db_error: str | None = None,
         pending: ResidentIndex | None = None,
+        vocabulary: Vocabulary | None = None,
     ) -> None:
         if not -1.0 <= min_score <= 1.0:
             raise ValueError(f"min_score must be in [-1, 1] (a cosine), got {min_score}")
@@ -110,7 +116,9 @@ class TextToImage:
         else:
             self.retrieval_backend = db.backend_name if db is not None else "none"
         self.resolution: int = int(pipe.resolution)
+        self.vocabulary = vocabulary
         self.unavailable_total = 0
+        self.weak_total = 0
         self._pool = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="retrieval")
 
     def retrieval_health(self) -> tuple[bool, str]:
@@ -182,14 +190,9 @@ class TextToImage:
             fut = self._pool.submit(self._retrieve, pooled.detach().float().cpu(), ks, excl)
             return fut.result(timeout=self.retrieval_timeout_s)
         except cf.TimeoutError:
-            log.error(
-                "retrieval timed out after %.2fs; generating without retrieval",
-                self.retrieval_timeout_s,
-            )
+            log.error("retrieval timed out after %.2fs; generating without retrieval", self.retrieval_timeout_s)
         except Exception as e:  # noqa: BLE001 - any index/store failure degrades to mode off
-            log.error(
-                "retrieval failed (%s: %s); generating without retrieval", type(e).__name__, e
-            )
+            log.error("retrieval failed (%s: %s); generating without retrieval", type(e).__name__, e)
         return None
 
     # ------------------------------------------------------------------ generate
@@ -234,24 +237,30 @@ class TextToImage:
                 feats = feats.to(dev, torch.float32)
                 pos = 0
                 for i, ns in zip(want, neigh):
-                    status[i], retrieved[i], modes[i] = "ok", ns, reqs[i].mode
+                    modes[i] = reqs[i].mode
                     for j, n in enumerate(ns):
                         h_retr[i, j] = feats[pos]
                         lam[i, j] = n.score
                         pos += 1
                 lam = neighbour_lambda(lam, self.min_score)
+                lam_host = lam.cpu().tolist()
+                for i, ns in zip(want, neigh):
+                    retrieved[i], status[i] = weigh(ns, lam_host[i][: len(ns)])
         timings["retrieval"] = (time.perf_counter() - t0) * 1e3
 
         out = pipe.generate(text, [r.seed for r in reqs], modes, h_retr, lam)
         timings["unet"] = out.timings_ms.get("unet", 0.0)
         timings["vae"] = out.timings_ms.get("vae", 0.0)
         results = [
-            ImageResult(
-                image=out.images[i], seed=r.seed, retrieved=retrieved[i], retrieval_status=status[i]
-            )
+            ImageResult(image=out.images[i], seed=r.seed, retrieved=retrieved[i],
+                        retrieval_status=status[i], unknown_words=self._unknown(r.prompt))
             for i, r in enumerate(reqs)
         ]
+        self.weak_total += status.count("weak")
         return results, timings
+
+    def _unknown(self, prompt: str) -> list[str] | None:
+        return None if self.vocabulary is None else self.vocabulary.unknown_words(prompt)
 
     def _load_pending(self) -> None:
         pend = self._pending
@@ -279,13 +288,16 @@ class TextToImage:
         results = []
         for i, r in enumerate(reqs):
             enc = out.encoded[i] if out.encoded is not None else None
-            extra = {"encoded": enc, "encoded_format": r.fmt if enc is not None else None}
+            extra: dict[str, Any] = {"encoded": enc, "encoded_format": r.fmt if enc is not None else None,
+                                     "unknown_words": self._unknown(r.prompt)}
             if r.mode == "off":
                 results.append(ImageResult(image=out.images[i], seed=r.seed, **extra))
                 continue
             ns = self.resident.neighbours(out.rows[i], out.scores[i], r.k)
+            ns, status = weigh_scores(ns, self.min_score)  # the graph's λ, from the same scores
+            self.weak_total += status == "weak"
             results.append(
-                ImageResult(image=out.images[i], seed=r.seed, retrieved=ns, retrieval_status="ok", **extra)
+                ImageResult(image=out.images[i], seed=r.seed, retrieved=ns, retrieval_status=status, **extra)
             )
         return results, dict(out.timings_ms)
 
@@ -304,7 +316,7 @@ def build_text_to_image(
     db_path: str | Path | None = None,
     qdrant_url: str | None = None,
     qdrant_api_key: str | None = None,
-    min_score: float = 0.0,
+    min_score: float = DEFAULT_MIN_SCORE,
     qdrant_timeout_s: float = 5.0,
     retrieval_timeout_s: float | None = 2.0,
     pipeline: Backend | OneStepPipeline | None = None,
@@ -327,6 +339,7 @@ def build_text_to_image(
     when it holds at most ``device_index_max_pairs`` pairs and no Qdrant server is
     configured; otherwise the search goes to Qdrant. ``synthetic_pairs`` > 0 (benchmarks
     only) fills the device copy with random pairs instead of opening the database.
+    ``<model_dir>/vocabulary.txt``, when there, gives each result its ``unknown_words``.
     """
     if pipeline is None:
         from engines.backends import create_backend
@@ -334,6 +347,7 @@ def build_text_to_image(
         pipeline = create_backend(
             backend, model_dir, device=str(device), dtype=dtype, **backend_options
         )
+    vocabulary = load_vocabulary(model_dir)
     cfg = db_config or DbConfig(
         db_path=Path(db_path) if db_path is not None else Path("data"),
         qdrant_url=qdrant_url,
@@ -344,7 +358,7 @@ def build_text_to_image(
         if not isinstance(pipeline, SearchingBackend):
             raise ValueError(f"synthetic_pairs needs a searching backend (fast), got {backend!r}")
         resident = ResidentIndex.synthetic(pipeline, synthetic_pairs, feature_dtype=feature_dtype)
-        return TextToImage(pipeline, None, min_score=min_score,
+        return TextToImage(pipeline, None, min_score=min_score, vocabulary=vocabulary,
                            retrieval_timeout_s=retrieval_timeout_s, resident=resident, refresh_s=0)
     db: RetrievalDB | None
     db_error: str | None = None
@@ -385,4 +399,5 @@ def build_text_to_image(
     return TextToImage(
         pipeline, db, min_score=min_score, retrieval_timeout_s=retrieval_timeout_s,
         resident=resident, refresh_s=refresh_s, db_error=db_error, pending=pending,
+        vocabulary=vocabulary,
     )

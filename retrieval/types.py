@@ -17,11 +17,19 @@ ID_NAMESPACE = uuid.UUID("6f0c1d2e-8a4b-5c3d-9e7f-a1b2c3d4e5f6")
 
 @dataclass(frozen=True)
 class Neighbour:
-    """One retrieved pair: its point id, caption and cosine score against the query."""
+    """One retrieved pair: its point id, caption and cosine score against the query, and
+    ``weight``, the λ the image was generated with (``engines.rules.neighbour_lambda``: 0
+    for a neighbour below ``min_score``); None where nothing was generated (a search)."""
 
     id: str
     caption: str
     score: float
+    weight: float | None = None
+
+    @property
+    def used(self) -> bool:
+        """The neighbour contributed to the image (λ > 0)."""
+        return self.weight is not None and self.weight > 0
 
 
 def point_id(caption: str, image_bytes: bytes) -> str:

@@ -101,3 +101,7 @@ def record(state: ServiceState, res: JobResult, encode_s: float) -> None:
         m.retrieval_score.observe(float(nb.score))
     if first.retrieval_status == "unavailable":
         m.retrieval_unavailable.inc()
+    elif first.retrieval_status == "weak":
+        m.retrieval_weak.inc()
+    if getattr(first, "unknown_words", None):
+        m.unknown_words.inc()

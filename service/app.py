@@ -26,6 +26,7 @@ from service.routes import build_router
 from service.seam import EngineFactory, build_from_settings
 from service.settings import Settings
 from service.state import ServiceState
+from service.ui import build_ui_router
 
 
 def create_app(settings: Settings, factory: EngineFactory | None = None) -> FastAPI:
@@ -64,6 +65,7 @@ def create_app(settings: Settings, factory: EngineFactory | None = None) -> Fast
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.include_router(build_router(settings))
     app.include_router(build_admin_router(settings))
+    app.include_router(build_ui_router())  # GET /ui and /: the side-by-side page
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -96,6 +96,16 @@ class Metrics:
             "Requests served without retrieval because it was down.",
             registry=r,
         )
+        self.retrieval_weak = Counter(
+            "ragturbo_retrieval_weak",
+            "Requests whose neighbours all scored below min_score (none used).",
+            registry=r,
+        )
+        self.unknown_words = Counter(
+            "ragturbo_unknown_word_requests",
+            "Requests whose prompt holds a word outside the model's vocabulary.",
+            registry=r,
+        )
         self.retrieval_available = Gauge(
             "ragturbo_retrieval_available",
             "1 when the retrieval index is usable, 0 while degraded (see /readyz).",

@@ -72,6 +72,12 @@ OPENAI_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def neighbour_out(nb: Any) -> NeighbourOut:
+    """A retrieved neighbour as JSON, with the λ it got (``Neighbour.weight``)."""
+    w = float(getattr(nb, "weight", None) or 0.0)
+    return NeighbourOut(id=str(nb.id), caption=nb.caption, score=float(nb.score), weight=w, used=w > 0)
+
+
 def _user_hash(body: OpenAIImagesRequest) -> str | None:
     who = body.safety_identifier or body.user
     return hashlib.sha256(who.encode()).hexdigest()[:16] if who else None
@@ -138,11 +144,10 @@ def build_router(settings: Settings) -> APIRouter:
                     ImageOut(b64=b, seed=r.seed, format=body.format)
                     for b, r in zip(b64s, res.results)
                 ],
-                retrieved=[
-                    NeighbourOut(id=str(nb.id), caption=nb.caption, score=float(nb.score))
-                    for nb in first.retrieved
-                ],
+                retrieved=[neighbour_out(nb) for nb in first.retrieved],
                 retrieval_status=first.retrieval_status,
+                min_score=float(getattr(state.t2i, "min_score", state.settings.min_score)),
+                unknown_words=getattr(first, "unknown_words", None),
                 timings_ms=Timings(
                     queue=res.queue_s * 1000,
                     text=t.get("text", 0.0),

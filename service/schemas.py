@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from engines.modes import MAX_K, Mode
+from engines.modes import MAX_K, Mode, RetrievalStatus
 
 MAX_SEED = 2**32 - 1
 MAX_IMAGES = 8
@@ -97,7 +97,9 @@ class ImageOut(BaseModel):
 class NeighbourOut(BaseModel):
     id: str
     caption: str
-    score: float
+    score: float = Field(description="Cosine similarity of the prompt and the neighbour's caption.")
+    weight: float = Field(description="λ the image was generated with: the score, or 0 below min_score.")
+    used: bool = Field(description="The neighbour contributed to the image (weight > 0).")
 
 
 class Timings(BaseModel):
@@ -116,7 +118,16 @@ class GenerateResponse(BaseModel):
     model: str
     images: list[ImageOut]
     retrieved: list[NeighbourOut]
-    retrieval_status: Literal["ok", "unavailable", "off"]
+    retrieval_status: RetrievalStatus = Field(
+        description="ok: a neighbour was used (score >= min_score); weak: neighbours found, none "
+        "used (the model's own image); unavailable: retrieval failed, generated without it; "
+        "off: mode off."
+    )
+    min_score: float = Field(description="The server's λ threshold (RAGTURBO_MIN_SCORE).")
+    unknown_words: list[str] | None = Field(
+        description="Prompt words outside the model's training vocabulary (only a used "
+        "neighbour can show them); null: the model declares no vocabulary."
+    )
     timings_ms: Timings
 
 

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engines.backends.names import BACKENDS
+from engines.modes import DEFAULT_MIN_SCORE
 from engines.shapes import bucket_for
 from retrieval.redact import redact_url, url_secrets
 
@@ -74,8 +75,10 @@ class Settings(BaseSettings):
     """Qdrant server URL for production; None uses the embedded Qdrant Edge under db_path."""
     qdrant_api_key: SecretStr | None = None
     """API key of the Qdrant server (never logged)."""
-    min_score: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.0
-    """Neighbours whose cosine score is below this get λ=0 (contribute nothing)."""
+    min_score: Annotated[float, Field(ge=-1.0, le=1.0)] = DEFAULT_MIN_SCORE
+    """Neighbours whose cosine score is below this get λ=0 (contribute nothing) and a
+    request with no neighbour above it reports ``retrieval_status: weak``. The default was
+    chosen on the shipped toy model's scores (docs/retrieval.md, MIN_SCORE)."""
     device_index_max_pairs: Annotated[int, Field(ge=0, le=100_000_000)] = 2_000_000
     """backend=fast: databases up to this many pairs are copied to the device and searched
     exactly inside the graph; larger ones (or a Qdrant server) are searched in Qdrant."""

@@ -11,6 +11,7 @@ from typing import Any
 from engines.default_model import SHIPPED
 from engines.vae_decoder import SMALL_DIR
 from lab.toyworld.fidelity import restore_arms
+from toyworld.vocabulary import write_model_vocabulary
 
 
 def _small_decoder_to_keep(model_dest: Path, src: Path) -> Path | None:
@@ -58,6 +59,7 @@ def ship(work: str | Path, variant: str = "adapter", model_dest: Path | None = N
     meta = json.loads((model_dest / "ragturbo.json").read_text())
     (model_dest / "ragturbo.json").write_text(json.dumps({**meta, "variant": variant}, indent=2))
     (model_dest / ".gitignore").write_text(".fingerprint-cache.json\n")
+    write_model_vocabulary(model_dest)  # the words its training captions hold (unknown_words)
     shutil.rmtree(eval_dest, ignore_errors=True)
     eval_dest.mkdir(parents=True)
     shipped: list[str] = []

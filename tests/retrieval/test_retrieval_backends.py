@@ -64,7 +64,7 @@ def test_fast_in_graph_search_equals_host_search(model_dir: Path, world: dict) -
     """Same neighbours, scores and images whether the search runs in the graph or on the host."""
     t2i = _t2i("fast", model_dir, world)
     try:
-        host = TextToImage(t2i.pipe, t2i.db)  # same backend, no device copy: the host path
+        host = TextToImage(t2i.pipe, t2i.db, min_score=t2i.min_score)  # no device copy: the host path
         rows = world["rows"]
         reqs = [
             ImageRequest(rows[0]["caption"], 1, "adapter", 3),
@@ -76,6 +76,7 @@ def test_fast_in_graph_search_equals_host_search(model_dir: Path, world: dict) -
         want, _ = host.generate(reqs)
         for g, w in zip(got, want):
             assert g.retrieval_status == w.retrieval_status
+            assert [n.weight for n in g.retrieved] == pytest.approx([n.weight for n in w.retrieved], abs=1e-4)
             assert [n.id for n in g.retrieved] == [n.id for n in w.retrieved]
             assert np.allclose([n.score for n in g.retrieved], [n.score for n in w.retrieved], atol=1e-4)
             assert np.abs(g.image.astype(int) - w.image.astype(int)).max() <= 1

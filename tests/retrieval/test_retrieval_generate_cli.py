@@ -68,8 +68,9 @@ class _Stub(BaseHTTPRequestHandler):
         body = {
             "images": [{"b64": base64.b64encode(buf.getvalue()).decode(), "seed": req["seed"],
                         "format": req["format"]}],
-            "retrieved": [{"id": "p1", "caption": "a red circle", "score": 0.9}],
+            "retrieved": [{"id": "p1", "caption": "a red circle", "score": 0.9, "weight": 0.9, "used": True}],
             "retrieval_status": "ok",
+            "unknown_words": ["ring"],
         }
         self._send(200, json.dumps(body).encode())
 
@@ -89,12 +90,18 @@ def stub() -> Iterator[str]:
 def test_output_format_follows_the_file_name(model_dir: Path, db: Path, tmp_path: Path,
                                              name: str, fmt: str) -> None:
     out = tmp_path / name
-    r = CliRunner().invoke(
-        _app(), ["generate", "a red circle", "-o", str(out), "--db", str(db), "--model-dir", str(model_dir)]
-    )
+    args = ["generate", "a red circle", "-o", str(out), "--db", str(db), "--model-dir", str(model_dir)]
+    r = CliRunner().invoke(_app(), [*args, "--min-score", "0"])
     assert r.exit_code == 0, r.output
-    assert "retrieval ok" in r.output
+    assert "retrieval ok" in r.output and " used " in r.output
     assert Image.open(out).format == fmt
+
+
+def test_a_neighbour_below_min_score_is_reported_weak(model_dir: Path, db: Path, tmp_path: Path) -> None:
+    args = ["generate", "a red circle", "-o", str(tmp_path / "x.png"), "--db", str(db), "--model-dir", str(model_dir)]
+    r = CliRunner().invoke(_app(), [*args, "--min-score", "0.9999"])
+    assert r.exit_code == 0, r.output
+    assert "retrieval weak" in r.output and " weak " in r.output and " used " not in r.output
 
 
 def test_unknown_suffix_is_a_usage_error(model_dir: Path, tmp_path: Path) -> None:
@@ -151,6 +158,7 @@ def test_url_posts_to_generate(tmp_path: Path, stub: str) -> None:
     )
     assert r.exit_code == 0, r.output
     assert Image.open(out).format == "WEBP" and "a red circle" in r.output
+    assert " used " in r.output and "unknown words: ring" in r.output
     req = _Stub.seen[0]
     assert req["prompt"] == "two blue squares" and req["retrieval"] == {"mode": "inject", "k": 2}
     assert req["_auth"] == "Bearer secret-key-1"

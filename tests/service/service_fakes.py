@@ -21,6 +21,11 @@ class FakeNeighbour:
     id: str
     caption: str
     score: float
+    weight: float = 0.0
+
+    @property
+    def used(self) -> bool:
+        return self.weight > 0
 
 
 @dataclass
@@ -29,6 +34,7 @@ class FakeResult:
     seed: int
     retrieved: list[Any]
     retrieval_status: str
+    unknown_words: list[str] | None = None
 
 
 @dataclass
@@ -44,6 +50,8 @@ class FakeT2I:
     backend_name: str = "torch"
     resolution: int = 16
     noise: bool = False  # incompressible images (large responses) instead of one colour
+    min_score: float = 0.5
+    vocabulary: set[str] | None = None  # None: the model declares none (unknown_words null)
     batches: list[int] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -71,8 +79,12 @@ class FakeT2I:
             elif self.retrieval_down:
                 out.append(FakeResult(img, r.seed, [], "unavailable"))
             else:
-                nbs = [FakeNeighbour(f"id{i}", f"caption {i}", 0.9 - 0.1 * i) for i in range(r.k)]
-                out.append(FakeResult(img, r.seed, nbs, "ok"))
+                # "weak" in the prompt: every neighbour below min_score (λ 0, none used)
+                weak = "weak" in r.prompt
+                nbs = [FakeNeighbour(f"id{i}", f"caption {i}", 0.9 - 0.1 * i, 0.0 if weak else 0.9 - 0.1 * i)
+                       for i in range(r.k)]
+                unknown = None if self.vocabulary is None else [w for w in r.prompt.split() if w not in self.vocabulary]
+                out.append(FakeResult(img, r.seed, nbs, "weak" if weak else "ok", unknown))
         ms = (time.perf_counter() - t0) * 1000
         return out, {"text": ms / 4, "retrieval": ms / 4, "unet": ms / 4, "vae": ms / 4}
 

@@ -35,6 +35,8 @@ def test_generate_returns_the_documented_json(real_server: Server) -> None:
         "images",
         "retrieved",
         "retrieval_status",
+        "min_score",
+        "unknown_words",
         "timings_ms",
     }
     assert set(body["timings_ms"]) == {
@@ -50,9 +52,11 @@ def test_generate_returns_the_documented_json(real_server: Server) -> None:
     assert all(im["format"] == "png" for im in body["images"])
     a, b = (_img(im["b64"]) for im in body["images"])
     assert a.shape == (64, 64, 3) and not np.array_equal(a, b)  # different seeds
-    assert body["retrieval_status"] == "ok"
-    assert len(body["retrieved"]) == 1 and body["retrieved"][0]["caption"].startswith("a ")
-    assert -1.0 <= body["retrieved"][0]["score"] <= 1.0
+    assert body["retrieval_status"] == "ok"  # "a red circle" is a stored caption: score 1
+    assert len(body["retrieved"]) == 1 and body["retrieved"][0]["caption"] == "a red circle"
+    nb = body["retrieved"][0]
+    assert nb["score"] > 0.99 and nb["weight"] == nb["score"] and nb["used"] is True
+    assert body["min_score"] == 0.88 and body["unknown_words"] is None  # tiny model: no vocabulary
     assert body["timings_ms"]["total"] >= body["timings_ms"]["unet"] > 0
 
 
@@ -124,7 +128,10 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_image(real_server:
     assert _maxdiff(_img(rs[0].json()["images"][0]["b64"]), ref) <= 1
     assert _maxdiff(_img(rs[-1].json()["images"][0]["b64"]), ref) <= 1
     assert rs[-1].json()["images"][1]["seed"] == 8
-    assert rs[2].json()["retrieval_status"] == "ok" and len(rs[2].json()["retrieved"]) == 2
+    inj = rs[2].json()  # no stored caption: ok only if a neighbour reached min_score
+    assert len(inj["retrieved"]) == 2
+    assert inj["retrieval_status"] == ("ok" if any(n["used"] for n in inj["retrieved"]) else "weak")
+    assert all(n["used"] == (n["score"] >= inj["min_score"]) for n in inj["retrieved"])
     for r, b in zip(rs[1:-1], others):
         assert r.json()["images"][0]["seed"] == b["seed"]
         assert _maxdiff(_img(r.json()["images"][0]["b64"]), ref) > 10

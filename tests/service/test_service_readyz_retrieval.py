@@ -47,7 +47,7 @@ def test_readyz_names_missing_database(backend: str, tiny: Path, tmp_path: Path)
 
 def test_readyz_says_the_search_runs_in_the_fast_graph(tiny: Path, tmp_path: Path) -> None:
     s = Settings(model_dir=tiny, backend="fast", device="cpu", synthetic_pairs=64,
-                 db_path=tmp_path / "db", max_batch=2)
+                 db_path=tmp_path / "db", max_batch=2, min_score=0.0)  # random pairs: low scores
     with TestClient(create_app(s)) as c:
         body = wait_ready(c)
         assert body["status"] == "ready" and body["retrieval"] == "ok", body

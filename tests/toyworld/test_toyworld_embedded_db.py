@@ -154,8 +154,9 @@ def test_worker_build_stores_what_ingest_stores(
                    "an orange circle above a cyan triangle"]
         reqs = [ImageRequest(prompt=p, seed=s, mode=m) for s, p in enumerate(prompts)
                 for m in ("adapter", "inject")]
-        out_ref, _ = TextToImage(pipe, ref_db).generate(reqs)
-        out_new, _ = TextToImage(pipe, new_db).generate(reqs)
+        # min_score 0: every neighbour used, so the images compare what each build stored
+        out_ref, _ = TextToImage(pipe, ref_db, min_score=0.0).generate(reqs)
+        out_new, _ = TextToImage(pipe, new_db, min_score=0.0).generate(reqs)
         compared, means = 0, []
         for a_img, b_img in zip(out_ref, out_new, strict=True):
             assert a_img.retrieval_status == b_img.retrieval_status == "ok"
