@@ -43,6 +43,7 @@ from service.schemas import (
     OpenAIImagesResponse,
     Timings,
 )
+from service.seam import database_info
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,7 @@ def build_router(settings: Settings) -> APIRouter:
             model=state.t2i.model_name,
             retrieval=None if state.retrieval_ok is None else "degraded" if degraded else "ok",
             detail=state.retrieval_reason,  # degraded: why; ok: where the search runs
+            database=database_info(state.t2i),
         )
 
     @router.get(

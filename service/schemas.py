@@ -205,6 +205,13 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class DatabaseInfo(BaseModel):
+    id: str = Field(description="sha256 of the data directory's absolute path (16 hex); "
+                    "`ragturbo generate --db PATH` compares it with PATH's.")
+    model_fingerprint: str = Field(description="Fingerprint of the model the stored features come from.")
+    pairs: int = Field(description="Pairs in the feature store.")
+
+
 class Health(BaseModel):
     status: str
     backend: str | None = None
@@ -213,3 +220,4 @@ class Health(BaseModel):
         None, description="degraded: images are generated without retrieval (see detail)."
     )
     detail: str | None = None
+    database: DatabaseInfo | None = Field(None, description="The retrieval database served (ready only).")
