@@ -45,6 +45,18 @@ def _version() -> str:
         return "0+unknown"
 
 
+def _process_age_s() -> str:
+    """Seconds since this process started (imports included), from /proc; "?" elsewhere."""
+    from pathlib import Path
+
+    try:
+        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        up = float(Path("/proc/uptime").read_text().split()[0])
+        return f"{up - start / os.sysconf('SC_CLK_TCK'):.1f}"
+    except (OSError, ValueError, IndexError):
+        return "?"
+
+
 @dataclass(eq=False)
 class ServiceState:
     settings: Settings
@@ -119,7 +131,7 @@ class ServiceState:
             self.status = "ready"
         log.info(
             "ready: backend=%s model=%s device=%s resolution=%d warm-up %.0f ms "
-            "(max_batch=%d max_wait_ms=%g buckets=%s)",
+            "(max_batch=%d max_wait_ms=%g buckets=%s); %s s after the process started",
             t2i.backend_name,
             t2i.model_name,
             s.device,
@@ -128,6 +140,7 @@ class ServiceState:
             s.max_batch,
             s.max_wait_ms,
             s.batch_buckets or "none",
+            _process_age_s(),
         )
 
     # ------------------------------------------------------------------ engine faults

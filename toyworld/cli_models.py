@@ -145,13 +145,27 @@ def retrieval_data_cmd(
 def embedded_db_cmd(
     db: Annotated[Path | None, typer.Option("--db", help="Data directory (default RAGTURBO_DB_PATH or ./data).")] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="Pairs of the retrieval split to ingest.")] = 10000,
+    exact: Annotated[bool, typer.Option("--exact", help="Render and encode every pair here (about a minute on 2 cores) instead of loading the precomputed pairs.")] = False,
 ) -> None:
     """Build (first start) or refresh the shipped model's retrieval database; no-op when current."""
     import os
 
     from toyworld.embedded_db import ensure_embedded_db
 
-    typer.echo("embedded retrieval DB: " + ensure_embedded_db(db or Path(os.environ.get("RAGTURBO_DB_PATH", "data")), n))
+    where = db or Path(os.environ.get("RAGTURBO_DB_PATH", "data"))
+    typer.echo("embedded retrieval DB: " + ensure_embedded_db(where, n, exact=exact))
+
+
+def embedded_assets_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (the shipped one: toyworld/assets/retrieval).")] = Path("toyworld/assets/retrieval"),
+    n: Annotated[int, typer.Option("--n", min=1, help="Pairs of the retrieval split to precompute.")] = 10000,
+) -> None:
+    """Precompute the embedded database's pairs for the shipped model (exact fp32 build, then the compact form)."""
+    from toyworld.precomputed import write_assets
+
+    meta = write_assets(out, n)
+    typer.echo(f"wrote {n} pairs to {out} (encoder fingerprint {meta['key']}; "
+               f"H rel. L2 mean {meta['rel_l2_against_fp16']['h_mean']:.4f})")
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -166,3 +180,4 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     toyworld_app.command("eval-prompts")(prompts_cmd)
     toyworld_app.command("retrieval-data")(retrieval_data_cmd)
     toyworld_app.command("embedded-db")(embedded_db_cmd)
+    toyworld_app.command("embedded-assets")(embedded_assets_cmd)
