@@ -148,8 +148,9 @@ class OpenAIImagesRequest(BaseModel):
     background: Literal["auto", "opaque"] | None = Field(
         None, description="Images are opaque; transparent is not supported."
     )
-    moderation: Literal["low"] | None = Field(
-        None, description="This server filters nothing: only low (or omitted) is true."
+    moderation: Literal["auto", "low"] | None = Field(
+        None, description="Accepted as auto (OpenAI's default) or low; this server applies no "
+        "content filter under either."
     )
     user: Annotated[str, Field(max_length=256)] | None = Field(
         None, description="End-user id; logged only as a hash."
@@ -183,8 +184,13 @@ class OpenAIImage(BaseModel):
 
 
 class OpenAIImagesResponse(BaseModel):
+    """As gpt-image-1 answers, less ``quality`` and ``usage`` (one quality level, no tokens)."""
+
     created: int
     data: list[OpenAIImage]
+    output_format: ImageFormat
+    size: str = Field(description="WxH of the returned images.")
+    background: Literal["opaque"] = "opaque"
 
 
 class ErrorDetail(BaseModel):
