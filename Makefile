@@ -33,12 +33,11 @@ setup-dev: $(DEV_STAMP)
 # First start also builds the shipped model's retrieval DB under $(DB_PATH) (once; timed in
 # docs/toyworld.md; a no-op afterwards; skipped when RAGTURBO_MODEL_DIR points elsewhere).
 DB_PATH ?= $(or $(RAGTURBO_DB_PATH),data)
-# Prints the first-start split: the DB step here, serve start + warm-up in the server's
-# "ready" log line (seconds since its process started).
+# The server builds or loads the DB first, in its own process (--embedded-db); its log
+# gives the first-start split: "first-start split: DB step N s", then the "ready" line
+# (warm-up, and seconds since the process started).
 run: $(STAMP)
-	@t0=$$(date +%s.%N); $(BIN)/ragturbo toyworld embedded-db --db $(DB_PATH) && \
-	echo "first-start split: DB build or load $$(awk "BEGIN{printf \"%.1f\", $$(date +%s.%N) - $$t0}") s (incl. CLI start)"
-	RAGTURBO_DB_PATH=$(DB_PATH) $(BIN)/ragturbo serve --host $(HOST) --port $(PORT)
+	RAGTURBO_DB_PATH=$(DB_PATH) $(BIN)/ragturbo serve --embedded-db --host $(HOST) --port $(PORT)
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -ra

@@ -344,7 +344,6 @@ def ensure_embedded_db(
             pass
 
     t0 = time.perf_counter()
-    keep_freed_memory()
     from engines.pipeline import OneStepPipeline
     from retrieval.db import DbConfig, open_db_for_pipeline
     from retrieval.ingest import rebuild_features
@@ -371,6 +370,7 @@ def ensure_embedded_db(
     try:
         loaded = None if exact else _load_precomputed(pipe, model, database, db, n)
         if loaded is None:
+            keep_freed_memory()
             added, present = build_pairs(model, database, db / "toyworld-retrieval", n, batch=batch,
                                          workers=workers, progress=progress, vae=vae)
             how = f"built from the generator, VAE {resolve_vae_precision(vae)}"
