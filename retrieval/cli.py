@@ -21,7 +21,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 def bench_fp8_cmd(
     pairs: int = typer.Option(1024, "--pairs", min=8, help="Real toy pairs (rendered + encoded)."),
     prompts: int = typer.Option(128, "--prompts", min=1, help="Eval prompts generated per variant."),
-    k: int = typer.Option(2, "--k", min=1, max=MAX_K),
+    k: int = typer.Option(2, "--k", min=1, max=MAX_K, help="Neighbours retrieved per prompt."),
     model_dir: Path | None = typer.Option(None, "--model-dir", help="Default: the shipped toy model."),
     out: Path = typer.Option(Path("data/bench/fp8.json"), "--out", help="JSON output."),
 ) -> None:
@@ -73,10 +73,10 @@ def bench_retrieval_cmd(
         "10000,100000,630000", "--sizes", help="Comma-separated database sizes."
     ),
     queries: int = typer.Option(500, "--queries", min=10, help="Queries per size."),
-    dim: int = typer.Option(1024, "--dim", min=2),
+    dim: int = typer.Option(1024, "--dim", min=2, help="Vector width of the synthetic pairs."),
     out: Path = typer.Option(Path("data/bench/retrieval.json"), "--out", help="JSON output."),
-    hnsw_m: int = typer.Option(16, "--hnsw-m"),
-    ef_construct: int = typer.Option(100, "--ef-construct"),
+    hnsw_m: int = typer.Option(16, "--hnsw-m", help="HNSW graph degree (Qdrant m)."),
+    ef_construct: int = typer.Option(100, "--ef-construct", help="HNSW build beam width (Qdrant ef_construct)."),
     hnsw_ef: str = typer.Option(
         "64,128,512", "--hnsw-ef", help="Comma-separated search beams to measure."
     ),
@@ -152,7 +152,7 @@ def ingest_cmd(
         "--model-dir",
         help="Model directory (default: RAGTURBO_MODEL_DIR or the shipped model).",
     ),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("cpu", "--device", help="torch device of the encoders, e.g. cpu or cuda:0."),
     rejects: Path | None = typer.Option(
         None, "--rejects", help="Rejected rows, jsonl (default <db>/ingest-rejects.jsonl)."
     ),
@@ -233,26 +233,32 @@ def search_cmd(
     qdrant_url: str | None = typer.Option(
         None, "--qdrant-url", help="Qdrant server URL (default: embedded Qdrant Edge)."
     ),
-    model_dir: Path | None = typer.Option(None, "--model-dir"),
+    model_dir: Path | None = typer.Option(
+        None, "--model-dir", help="Model directory whose text encoder embeds the query "
+        "(default: RAGTURBO_MODEL_DIR or the shipped model); only it and the tokenizer are loaded."),
     as_json: bool = typer.Option(False, "--json", help='Print [{"id","caption","score"}].'),
 ) -> None:
     """Nearest captions to QUERY with cosine scores."""
     import json
 
-    from engines.pipeline import OneStepPipeline
-    from retrieval.db import DbConfig, open_db_for_pipeline
+    from retrieval.db import DbConfig, open_db
+    from retrieval.query import QueryEncoder
     from retrieval.types import RetrievalError
 
     if not query.strip():
         raise typer.BadParameter("QUERY must not be empty")
     dbp = _db_path(db)
     url, key = _qdrant(qdrant_url)
-    pipe = OneStepPipeline.from_pretrained(resolve_model_dir(model_dir, dbp))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar before the answer
+    enc = QueryEncoder(resolve_model_dir(model_dir, dbp))
     try:
-        database = open_db_for_pipeline(
-            DbConfig(db_path=dbp, qdrant_url=url, qdrant_api_key=key), pipe
+        database = open_db(
+            DbConfig(db_path=dbp, qdrant_url=url, qdrant_api_key=key), fingerprint=enc.fingerprint,
+            embed_dim=enc.embed_dim, h_shape=enc.h_shape, latent_shape=enc.latent_shape,
         )
-        res = database.search(pipe.encode_text([query]).pooled, k)[0]
+        res = database.search(enc.pooled([query]), k)[0]
         database.close()
     except RetrievalError as e:
         typer.echo(f"error: {e}", err=True)

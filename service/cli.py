@@ -19,7 +19,7 @@ def serve(
     from pydantic import ValidationError
 
     from service.logs import configure_logging
-    from service.settings import Settings, settings_error_message
+    from service.settings import Settings, settings_error_message, unknown_env
 
     overrides: dict[str, object] = {}
     if host is not None:
@@ -32,8 +32,11 @@ def serve(
         typer.echo(settings_error_message(e), err=True)
         raise typer.Exit(2) from None
     configure_logging(settings.log_format, os.environ.get("RAGTURBO_LOG_LEVEL", "INFO"))
+    import logging
+
+    for line in unknown_env(os.environ):
+        logging.getLogger("service.settings").warning(line)
     if embedded_db:
-        import logging
         import time
 
         from toyworld.embedded_db import ensure_embedded_db

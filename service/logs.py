@@ -4,7 +4,10 @@ being served (a context variable set by the request middleware)."""
 from __future__ import annotations
 
 import contextvars
+import importlib
 import logging
+import os
+import sys
 import time
 from typing import Any
 
@@ -47,8 +50,20 @@ class JsonFormatter(_LibJsonFormatter):
             log_data[k] = log_data.pop(k)
 
 
+def quiet_progress_bars() -> None:
+    """Third-party progress bars off (transformers' "Loading weights", diffusers', the HF
+    hub's): they write carriage-return lines to stderr, between the log's JSON lines."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when they are imported
+    for name in ("transformers", "diffusers"):
+        if name in sys.modules:
+            importlib.import_module(f"{name}.utils.logging").disable_progress_bar()
+
+
 def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
-    """Replace the root handlers (called by ``ragturbo serve``, never at import)."""
+    """Replace the root handlers (called by ``ragturbo serve``, never at import); in the
+    JSON format, third-party progress bars are turned off (``quiet_progress_bars``)."""
+    if fmt == "json":
+        quiet_progress_bars()
     handler = logging.StreamHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

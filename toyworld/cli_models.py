@@ -51,7 +51,7 @@ def eval_cmd(
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per prompt.")] = 4,
     n_retrieval: Annotated[int, typer.Option("--n-retrieval", min=1, help="Retrieval-split size.")] = 10000,
     modes: Annotated[str, typer.Option("--modes", help="Comma list of modes (default: every one the models allow).")] = "",
-    device: Annotated[str, typer.Option("--device")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="torch device; auto: cuda if available, else cpu.")] = "auto",
 ) -> None:
     """Fidelity of every mode (teacher, student, inject, adapter, control, shuffled, oracle, ...) on
     PROMPTS, with common / seen-rare / held-out-rare splits and paired bootstrap intervals."""
@@ -81,11 +81,11 @@ def eval_cmd(
 def probe_cmd(
     model: Annotated[Path | None, typer.Option("--model", help="One-step model dir (default: the shipped one).")] = None,
     n: Annotated[int, typer.Option("--n", min=2, help="Held-out eval prompts (half common, half long-tail).")] = 200,
-    seeds: Annotated[int, typer.Option("--seeds", min=1)] = 1,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per prompt.")] = 1,
     adapter: Annotated[Path | None, typer.Option("--adapter", help="A model dir with a trained H-adapter (adds adapter_oracle / adapter_leak rows).")] = None,
     teacher_unet: Annotated[Path | None, typer.Option("--teacher-unet", help="Teacher UNet dir (for adapter_leak).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
-    device: Annotated[str, typer.Option("--device")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="torch device; auto: cuda if available, else cpu.")] = "auto",
 ) -> None:
     """Swap probe: does H-space carry content? (swap H / skips / decoder text with another
     prompt's, oracle H of a clean render, and the adapter given a perfect or leaked neighbour)."""
@@ -116,8 +116,8 @@ def ship_cmd(
 
 def prompts_cmd(
     out: Annotated[Path, typer.Option("--out", help="Output prompts file.")],
-    n_common: Annotated[int, typer.Option("--common", min=0)] = 200,
-    n_long_tail: Annotated[int, typer.Option("--long-tail", min=0)] = 200,
+    n_common: Annotated[int, typer.Option("--common", min=0, help="Prompts from the common part of the eval split.")] = 200,
+    n_long_tail: Annotated[int, typer.Option("--long-tail", min=0, help="Prompts from its long tail (rare pairs).")] = 200,
 ) -> None:
     """Write the eval split's held-out prompts (common first, then long-tail), one a line."""
     from toyworld.models.data import eval_prompts
@@ -130,7 +130,7 @@ def prompts_cmd(
 
 def retrieval_data_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for PNGs + captions.jsonl (then: ragturbo ingest).")] = Path("data/toyworld-retrieval"),
-    n: Annotated[int, typer.Option("--n", min=1)] = 10000,
+    n: Annotated[int, typer.Option("--n", min=1, help="Pairs of the retrieval split to write.")] = 10000,
 ) -> None:
     """Regenerate the retrieval split the shipped model was evaluated with (deterministic)."""
     from toyworld.models.adapter import write_folder_dataset
