@@ -25,9 +25,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             typer.Option(help="Model directory (default: RAGTURBO_MODEL_DIR or the shipped model)."),
         ] = None,
         opset: Annotated[int, typer.Option(min=14, help="ONNX opset.")] = 17,
-        min_batch: Annotated[int, typer.Option(min=1)] = 1,
-        opt_batch: Annotated[int, typer.Option(min=1)] = 4,
-        max_batch: Annotated[int, typer.Option(min=1)] = 16,
+        min_batch: Annotated[int, typer.Option(min=1, help="Smallest batch of the dynamic axis.")] = 1,
+        opt_batch: Annotated[int, typer.Option(min=1, help="Batch the graphs are tuned for.")] = 4,
+        max_batch: Annotated[int, typer.Option(min=1, help="Largest batch of the dynamic axis.")] = 16,
         max_k: Annotated[int, typer.Option(min=1, help="Most retrieved neighbours per image.")] = 8,
         verify: Annotated[
             bool, typer.Option("--verify/--no-verify", help="Compare with torch in onnxruntime.")
@@ -58,7 +58,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         timing_cache: Annotated[
             Path | None, typer.Option(help="Timing cache file (default: OUT/timing.cache).")
         ] = None,
-        workspace_gb: Annotated[float, typer.Option(min=0.25)] = 8.0,
+        workspace_gb: Annotated[float, typer.Option(min=0.25, help="TensorRT builder workspace, GB.")] = 8.0,
         force: Annotated[bool, typer.Option(help="Rebuild even on an engine-cache hit.")] = False,
     ) -> None:
         """TensorRT plans (one optimisation profile each, from the shape spec)."""

@@ -5,6 +5,8 @@ Rendering uses Helm's own Go template engine (Helm SDK v4, through the
 `.Files` behave exactly as under `helm template`. No cluster is contacted.
 
 Validation:
+  * values: the chart's values.schema.json (Helm checks it in lint and in every render):
+    wrong types and unknown keys are errors;
   * core kinds: `kubernetes-validate` with the Kubernetes OpenAPI schemas it
     ships (offline), in strict mode (unknown fields rejected), for every
     Kubernetes version in KUBE_VERSIONS;
@@ -112,11 +114,13 @@ def render(values: dict[str, Any] | None = None, *, name: str = "rt",
     return objs
 
 
-def lint() -> list[str]:
-    """`helm lint` through the SDK; return unexpected warnings and errors."""
+def lint(values: dict[str, Any] | None = None) -> list[str]:
+    """`helm lint` (with `values` as `-f` would give them) through the SDK; return unexpected
+    warnings and errors. values.schema.json is checked here too: a wrong type or an unknown
+    key is an error."""
     import helm_python as helm
 
-    res = helm.lint(str(CHART), namespace="ragturbo", kube_version="v" + KUBE_VERSIONS[0])
+    res = helm.lint(str(CHART), values, namespace="ragturbo", kube_version="v" + KUBE_VERSIONS[0])
     return [m["error"] for m in res["messages"]
             if m["severity"] >= 2 and m["error"] not in EXPECTED_LINT]
 
@@ -166,16 +170,17 @@ def main(
     """Render the chart for every value set and validate every manifest (exit 1 on a failure)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out.mkdir(parents=True, exist_ok=True)
-    failed = False
-    for msg in lint():
-        log.error("lint: %s", msg)
-        failed = True
     scenarios = dict(SCENARIOS)
+    own: dict[str, Any] | None = None
     if values:
-        own: dict[str, Any] = {}
+        own = {}
         for v in values:
             own = merge(own, load_values(v))
         scenarios["values"] = own
+    failed = False
+    for msg in lint(own):
+        log.error("lint: %s", msg)
+        failed = True
     for scen, vals in scenarios.items():
         try:
             objs = render(vals)

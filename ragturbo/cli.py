@@ -61,7 +61,24 @@ def _root(
     )
 
 
+def flags_without_type() -> None:
+    """Help shows no type for flags: typer prints ``--json <bool>`` (as if the flag took a
+    value) for every boolean flag, ``--help`` included; values keep their ``<int>`` etc."""
+    from typer.core import TyperOption
+
+    if getattr(TyperOption.display_type_rich, "_ragturbo", False):
+        return
+    plain = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: object) -> str | None:
+        return None if self.is_flag else plain(self, ctx)  # type: ignore[arg-type]
+
+    display_type_rich._ragturbo = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
 def main() -> None:
+    flags_without_type()
     _register_all()
     app()
 

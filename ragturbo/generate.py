@@ -5,7 +5,13 @@ database. That database (Qdrant Edge) admits one process at a time: when another
 process holds it (usually ``ragturbo serve`` / ``make run``) the command does not
 quietly generate without retrieval; it sends the request to the running server
 (``--url``, default ``http://127.0.0.1:8000``) if one answers, and otherwise stops
-with a message saying so. ``--url`` sends it there in any case (``POST /generate``).
+with a message saying so. ``--url`` sends it there (``POST /generate``).
+
+A server says which database it serves in ``/readyz`` (``database.id``: a hash of its
+data directory's path, the model fingerprint and the pair count). Whenever the request
+goes to a server for a database named here (``--db``, or the local database the server
+was found holding), the command compares that id with the local path's and refuses a
+server that serves another database, or does not say which.
 
 The output format follows the file name: ``.png``, ``.jpg``/``.jpeg`` or ``.webp``.
 """
@@ -76,6 +82,36 @@ def server_alive(url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
+def server_database(url: str, api_key: str | None = None, timeout_s: float = 5.0) -> dict[str, Any] | None:
+    """The ``database`` object of the server's ``/readyz`` (None when it names none)."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.get(url.rstrip("/") + "/readyz", headers=headers, timeout=timeout_s)
+        body = r.json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    db = body.get("database") if isinstance(body, dict) else None
+    return db if isinstance(db, dict) else None
+
+
+def database_mismatch(url: str, db_path: Path, api_key: str | None = None) -> str | None:
+    """None when the server at ``url`` serves the database at ``db_path``; else a message."""
+    from retrieval.types import database_id
+
+    want = database_id(db_path)
+    info = server_database(url, api_key)
+    if info is None:
+        return (f"the server at {url} does not say which database it serves (no database in "
+                f"its /readyz), so it cannot be checked against {db_path}/")
+    if info.get("id") != want:
+        return (f"the server at {url} serves another database (id {info.get('id')}, "
+                f"{info.get('pairs')} pairs, model {info.get('model_fingerprint')}), not "
+                f"{db_path}/ (id {want})")
+    return None
+
+
 def generate_remote(
     url: str,
     prompt: str,
@@ -125,7 +161,8 @@ def generate(
         None, "--api-key", envvar="RAGTURBO_API_KEY", help="API key for --url (Bearer)."
     ),
     db: Path | None = typer.Option(
-        None, "--db", help="Data directory (default RAGTURBO_DB_PATH or ./data)."
+        None, "--db", help="Data directory (default RAGTURBO_DB_PATH or ./data). A server the "
+        "request goes to must serve this database (its /readyz database id), or the command stops."
     ),
     qdrant_url: str | None = typer.Option(
         None, "--qdrant-url", help="Qdrant server URL (default: embedded Qdrant Edge)."
@@ -152,16 +189,33 @@ def generate(
     dbp = db or Path(os.environ.get("RAGTURBO_DB_PATH", "data"))
     qurl = qdrant_url or os.environ.get("RAGTURBO_QDRANT_URL") or None
 
+    check_db = db is not None
     if url is None and qurl is None and mode != "off" and database_in_use(dbp):
         if server_alive(DEFAULT_URL):
-            typer.echo(f"{in_use_message(dbp)}; sending the request to {DEFAULT_URL}", err=True)
+            bad = database_mismatch(DEFAULT_URL, dbp, api_key)
+            if bad is not None:
+                typer.echo(
+                    f"error: {in_use_message(dbp)}, but {bad}. Pass --url of the server that "
+                    f"holds {dbp}/, stop that process, or use --mode off (no retrieval).",
+                    err=True,
+                )
+                raise typer.Exit(1)
+            typer.echo(f"{in_use_message(dbp)}; sending the request to {DEFAULT_URL}, which "
+                       "serves it", err=True)
             url = DEFAULT_URL
+            check_db = False
         else:
             typer.echo(
                 f"error: {in_use_message(dbp)}. Stop it, pass --url of the running server, "
                 "or use --mode off (no retrieval).",
                 err=True,
             )
+            raise typer.Exit(1)
+    if url is not None and check_db and mode != "off":
+        bad = database_mismatch(url, dbp, api_key)
+        if bad is not None:
+            typer.echo(f"error: {bad}. Point --db at the directory that server serves, or "
+                       "drop --db to use whatever it serves.", err=True)
             raise typer.Exit(1)
     if url is not None:
         _remote(url, prompt, out, seed=seed, mode=mode, k=k, fmt=fmt, api_key=api_key)

@@ -50,7 +50,7 @@ def ingest_cmd(
         "--model-dir",
         help="Model directory (default: RAGTURBO_MODEL_DIR or the shipped model).",
     ),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("cpu", "--device", help="torch device of the encoders, e.g. cpu or cuda:0."),
     rejects: Path | None = typer.Option(
         None, "--rejects", help="Rejected rows, jsonl (default <db>/ingest-rejects.jsonl)."
     ),
@@ -137,26 +137,32 @@ def search_cmd(
     qdrant_url: str | None = typer.Option(
         None, "--qdrant-url", help="Qdrant server URL (default: embedded Qdrant Edge)."
     ),
-    model_dir: Path | None = typer.Option(None, "--model-dir"),
+    model_dir: Path | None = typer.Option(
+        None, "--model-dir", help="Model directory whose text encoder embeds the query "
+        "(default: RAGTURBO_MODEL_DIR or the shipped model); only it and the tokenizer are loaded."),
     as_json: bool = typer.Option(False, "--json", help='Print [{"id","caption","score"}].'),
 ) -> None:
     """Nearest captions to QUERY with cosine scores."""
     import json
 
-    from engines.pipeline import OneStepPipeline
-    from retrieval.db import DbConfig, open_db_for_pipeline
+    from retrieval.db import DbConfig, open_db
+    from retrieval.query import QueryEncoder
     from retrieval.types import RetrievalError
 
     if not query.strip():
         raise typer.BadParameter("QUERY must not be empty")
     dbp = _db_path(db)
     url, key = _qdrant(qdrant_url)
-    pipe = OneStepPipeline.from_pretrained(resolve_model_dir(model_dir, dbp))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar before the answer
+    enc = QueryEncoder(resolve_model_dir(model_dir, dbp))
     try:
-        database = open_db_for_pipeline(
-            DbConfig(db_path=dbp, qdrant_url=url, qdrant_api_key=key), pipe
+        database = open_db(
+            DbConfig(db_path=dbp, qdrant_url=url, qdrant_api_key=key), fingerprint=enc.fingerprint,
+            embed_dim=enc.embed_dim, h_shape=enc.h_shape, latent_shape=enc.latent_shape,
         )
-        res = database.search(pipe.encode_text([query]).pooled, k)[0]
+        res = database.search(enc.pooled([query]), k)[0]
         database.close()
     except RetrievalError as e:
         typer.echo(f"error: {e}", err=True)

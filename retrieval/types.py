@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 # Fixed namespace: ids must not change between releases (they key the feature store).
 ID_NAMESPACE = uuid.UUID("6f0c1d2e-8a4b-5c3d-9e7f-a1b2c3d4e5f6")
@@ -52,6 +53,16 @@ def point_id(caption: str, image_bytes: bytes) -> str:
     h.update(b"\x00")
     h.update(image_bytes)
     return str(uuid.uuid5(ID_NAMESPACE, h.hexdigest()))
+
+
+def database_id(db_path: str | Path) -> str:
+    """A database's public id: 16 hex of sha256 over its absolute data-directory path.
+
+    ``/readyz`` shows it instead of the path; ``ragturbo generate --db PATH`` computes it
+    for PATH and refuses a server whose id differs.
+    """
+    resolved = str(Path(db_path).expanduser().resolve())
+    return hashlib.sha256(f"ragturbo-db\0{resolved}".encode()).hexdigest()[:16]
 
 
 class RetrievalError(RuntimeError):

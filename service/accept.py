@@ -2,9 +2,10 @@
 
 ``negotiate(accept, body_format, explicit)`` returns ``"json"`` or an image format, or
 raises NotAcceptable (406). Rules, in order: no Accept, ``*/*`` or ``application/json``
-(with q > 0) -> JSON, unless an image type has a strictly higher q. Among image types the
-body's ``format`` wins if acceptable; a ``format`` the Accept excludes is a 406 when the
-client set it, otherwise the best-q acceptable image type (``image/*`` -> the format).
+(with q > 0) -> JSON, unless an image type has a strictly higher q. Among image types a
+``format`` the client set in the body wins if acceptable (a 406 if the Accept excludes
+it); otherwise the highest q wins (``image/png;q=0.5, image/jpeg;q=0.9`` -> JPEG), the
+default ``format`` only on a tie (``image/*`` -> the format).
 Nothing acceptable (``image/gif``, ``text/html``) -> 406.
 """
 
@@ -58,7 +59,7 @@ def negotiate(accept: str | None, body_format: str, explicit: bool) -> str:
     best_img = max(named.values(), default=0.0)
     if q_json > 0 and q_json >= best_img:
         return "json"
-    if images[body_format] > 0 and (explicit or body_format in named):
+    if images[body_format] > 0 and (explicit or named.get(body_format, -1.0) >= best_img):
         return body_format
     if explicit:
         raise NotAcceptable(

@@ -6,9 +6,11 @@ request path) are written escaped (``\\n``), so one record is always one line.""
 from __future__ import annotations
 
 import contextvars
+import importlib
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -52,6 +54,15 @@ class JsonFormatter(_LibJsonFormatter):
         # our order: ts, level, logger, msg, request_id, then the extras
         for k in [k for k in log_data if k not in ("ts", "level", "logger", "msg", "request_id")]:
             log_data[k] = log_data.pop(k)
+
+
+def quiet_progress_bars() -> None:
+    """Third-party progress bars off (transformers' "Loading weights", diffusers', the HF
+    hub's): they write carriage-return lines to stderr, between the log's JSON lines."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when they are imported
+    for name in ("transformers", "diffusers"):
+        if name in sys.modules:
+            importlib.import_module(f"{name}.utils.logging").disable_progress_bar()
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
@@ -111,6 +122,8 @@ def configure_logging(
 ) -> None:
     """Replace the root handlers (called by ``ragturbo serve``, never at import).
     ``secrets`` (default: those of the RAGTURBO_* environment) are masked in every line."""
+    if fmt == "json":
+        quiet_progress_bars()
     handler = logging.StreamHandler()
     handler.addFilter(SecretFilter(env_secrets() if secrets is None else secrets))
     if fmt == "json":

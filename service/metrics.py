@@ -13,6 +13,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 
@@ -44,6 +45,9 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        # No `*_created` series (a timestamp per counter/histogram child, which no dashboard
+        # reads): prometheus_client's switch is process-wide and read as metrics are made.
+        disable_created_metrics()
         r = self.registry = CollectorRegistry(auto_describe=True)
         # process_resident_memory_bytes etc.: the soak test and the dashboard read them.
         ProcessCollector(registry=r)

@@ -44,6 +44,7 @@ from service.schemas import (
     OpenAIImagesResponse,
     Timings,
 )
+from service.seam import database_info
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -184,8 +185,10 @@ def build_router(settings: Settings) -> APIRouter:
             spec = GenerateRequest(prompt=body.prompt, num_images=body.n or 1, format=fmt)
             try:
                 adm = await run_job(request, state, spec)
-            except InvalidInput as e:
-                raise OpenAIBadRequest(e.message, param=e.param) from e
+            except InvalidInput as e:  # in the wording of the route's other 400s
+                msg = e.message.removeprefix(f"{e.param}: ") if e.param else e.message
+                text = f"Invalid value for '{e.param}': {msg}." if e.param else e.message
+                raise OpenAIBadRequest(text, param=e.param) from e
             loop = asyncio.get_running_loop()
             t0 = time.perf_counter()
             size, quality = body.size_wh(), body.output_compression
@@ -196,8 +199,11 @@ def build_router(settings: Settings) -> APIRouter:
                 )
             ))
             record(state, adm.result, time.perf_counter() - t0)
+            res = state.t2i.resolution if state.t2i is not None else 0
+            w, h = size or (res, res)
             return OpenAIImagesResponse(
-                created=int(time.time()), data=[OpenAIImage(b64_json=b) for b in b64s]
+                created=int(time.time()), data=[OpenAIImage(b64_json=b) for b in b64s],
+                output_format=fmt, size=f"{w}x{h}",
             )
 
     @router.get("/healthz", response_model=Health, responses={503: _ERR})
@@ -227,6 +233,7 @@ def build_router(settings: Settings) -> APIRouter:
             # degraded: why; ok: where the search runs. /readyz is open: no URL userinfo,
             # paths, server bodies or secrets (the log has the full reason).
             detail=public_reason(state.retrieval_reason, secrets),
+            database=database_info(state.t2i),
         )
 
     @router.get(

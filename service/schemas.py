@@ -159,8 +159,9 @@ class OpenAIImagesRequest(BaseModel):
     background: Literal["auto", "opaque"] | None = Field(
         None, description="Images are opaque; transparent is not supported."
     )
-    moderation: Literal["low"] | None = Field(
-        None, description="This server filters nothing: only low (or omitted) is true."
+    moderation: Literal["auto", "low"] | None = Field(
+        None, description="Accepted as auto (OpenAI's default) or low; this server applies no "
+        "content filter under either."
     )
     user: Annotated[str, Field(max_length=256)] | None = Field(
         None, description="End-user id; logged only as a hash."
@@ -194,8 +195,13 @@ class OpenAIImage(BaseModel):
 
 
 class OpenAIImagesResponse(BaseModel):
+    """As gpt-image-1 answers, less ``quality`` and ``usage`` (one quality level, no tokens)."""
+
     created: int
     data: list[OpenAIImage]
+    output_format: ImageFormat
+    size: str = Field(description="WxH of the returned images.")
+    background: Literal["opaque"] = "opaque"
 
 
 class ErrorDetail(BaseModel):
@@ -216,6 +222,13 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class DatabaseInfo(BaseModel):
+    id: str = Field(description="sha256 of the data directory's absolute path (16 hex); "
+                    "`ragturbo generate --db PATH` compares it with PATH's.")
+    model_fingerprint: str = Field(description="Fingerprint of the model the stored features come from.")
+    pairs: int = Field(description="Pairs in the feature store.")
+
+
 class Health(BaseModel):
     status: str
     backend: str | None = None
@@ -224,3 +237,4 @@ class Health(BaseModel):
         None, description="degraded: images are generated without retrieval (see detail)."
     )
     detail: str | None = None
+    database: DatabaseInfo | None = Field(None, description="The retrieval database served (ready only).")

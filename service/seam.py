@@ -59,6 +59,19 @@ def retrieval_probe_for(t2i: Any) -> Callable[[], tuple[bool, str | None]] | Non
     return probe
 
 
+def database_info(t2i: Any) -> dict[str, Any] | None:
+    """Which database ``t2i`` serves: {"id", "model_fingerprint", "pairs"} (no path, no URL),
+    or None when it has none (no retrieval, synthetic pairs, test doubles)."""
+    store = getattr(getattr(t2i, "db", None), "store", None)
+    root = getattr(store, "root", None)
+    if root is None:
+        return None
+    from retrieval.types import database_id
+
+    return {"id": database_id(root.parent), "model_fingerprint": str(store.fingerprint),
+            "pairs": len(store)}
+
+
 def build_from_settings(settings: Settings) -> TextToImageLike:
     """The production factory: model dir + backend + index from settings. Raises if the
     chosen backend cannot start (no fallback)."""

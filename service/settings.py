@@ -8,6 +8,7 @@ Nothing is read at import time: build ``Settings()`` at startup; an invalid valu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -255,6 +256,26 @@ class Settings(BaseSettings):
 
 
 _SECRET_FIELDS = frozenset({"api_keys", "qdrant_api_key"})
+OTHER_ENV = frozenset({"RAGTURBO_LOG_LEVEL", "RAGTURBO_SHIPPED_MODEL_DIR", "RAGTURBO_URL",
+                       "RAGTURBO_API_KEY"})
+"""RAGTURBO_* variables read outside ``Settings`` (log level, shipped model, CLI client)."""
+
+
+def unknown_env(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``RAGTURBO_*`` variable that no setting reads, naming the closest one
+    (a misspelt ``RAGTURBO_MAXBATCH=4`` is otherwise silently ignored)."""
+    import difflib
+
+    known = {f"RAGTURBO_{f.upper()}" for f in Settings.model_fields} | OTHER_ENV
+    out = []
+    for name in sorted(k for k in environ if k.upper().startswith("RAGTURBO_")):
+        if name.upper() in known:
+            continue
+        tails = {k.removeprefix("RAGTURBO_"): k for k in known}  # the prefix matches anyway
+        close = difflib.get_close_matches(name.upper().removeprefix("RAGTURBO_"), sorted(tails), n=1)
+        hint = f"; did you mean {tails[close[0]]}?" if close else ""
+        out.append(f"unknown setting {name} is ignored{hint}")
+    return out
 
 
 def settings_error_message(exc: Exception) -> str:

@@ -47,6 +47,18 @@ def _version() -> str:
         return "0+unknown"
 
 
+def _process_age_s() -> str:
+    """Seconds since this process started (imports included), from /proc; "?" elsewhere."""
+    from pathlib import Path
+
+    try:
+        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        up = float(Path("/proc/uptime").read_text().split()[0])
+        return f"{up - start / os.sysconf('SC_CLK_TCK'):.1f}"
+    except (OSError, ValueError, IndexError):
+        return "?"
+
+
 @dataclass(eq=False)
 class ServiceState:
     settings: Settings
@@ -96,7 +108,9 @@ class ServiceState:
         t0 = time.perf_counter()
         try:
             t2i = await loop.run_in_executor(self.gpu_pool, self.factory, s)
-            for n in sorted({1, s.bucket_for(s.max_batch)}):
+            # graph backends compile/capture per batch size; the CPU torch backend does not
+            cpu_torch = s.backend == "torch" and s.device == "cpu"
+            for n in [1] if cpu_torch else sorted({1, s.bucket_for(s.max_batch)}):
                 await loop.run_in_executor(self.gpu_pool, self._warm_up, t2i, n)
         except Exception as e:
             self.status = "failed"
@@ -124,7 +138,7 @@ class ServiceState:
             self.status = "ready"
         log.info(
             "ready: backend=%s model=%s device=%s resolution=%d warm-up %.0f ms "
-            "(max_batch=%d max_wait_ms=%g buckets=%s)",
+            "(max_batch=%d max_wait_ms=%g buckets=%s); %s s after the process started",
             t2i.backend_name,
             t2i.model_name,
             s.device,
@@ -133,6 +147,7 @@ class ServiceState:
             s.max_batch,
             s.max_wait_ms,
             s.batch_buckets or "none",
+            _process_age_s(),
         )
 
     # ------------------------------------------------------------------ engine faults

@@ -51,7 +51,7 @@ def eval_cmd(
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per prompt.")] = 4,
     n_retrieval: Annotated[int, typer.Option("--n-retrieval", min=1, help="Retrieval-split size.")] = 10000,
     modes: Annotated[str, typer.Option("--modes", help="Comma list of modes (default: every one the models allow).")] = "",
-    device: Annotated[str, typer.Option("--device")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="torch device; auto: cuda if available, else cpu.")] = "auto",
 ) -> None:
     """Fidelity of every mode (teacher, student, inject, adapter, control, shuffled, oracle, ...) on
     PROMPTS, with common / seen-rare / held-out-rare splits and paired bootstrap intervals."""
@@ -80,8 +80,8 @@ def eval_cmd(
 
 def prompts_cmd(
     out: Annotated[Path, typer.Option("--out", help="Output prompts file.")],
-    n_common: Annotated[int, typer.Option("--common", min=0)] = 200,
-    n_long_tail: Annotated[int, typer.Option("--long-tail", min=0)] = 200,
+    n_common: Annotated[int, typer.Option("--common", min=0, help="Prompts from the common part of the eval split.")] = 200,
+    n_long_tail: Annotated[int, typer.Option("--long-tail", min=0, help="Prompts from its long tail (rare pairs).")] = 200,
 ) -> None:
     """Write the eval split's held-out prompts (common first, then long-tail), one a line."""
     from toyworld.models.data import eval_prompts
@@ -94,7 +94,7 @@ def prompts_cmd(
 
 def retrieval_data_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for PNGs + captions.jsonl (then: ragturbo ingest).")] = Path("data/toyworld-retrieval"),
-    n: Annotated[int, typer.Option("--n", min=1)] = 10000,
+    n: Annotated[int, typer.Option("--n", min=1, help="Pairs of the retrieval split to write.")] = 10000,
 ) -> None:
     """Regenerate the retrieval split the shipped model was evaluated with (deterministic)."""
     from toyworld.models.adapter import write_folder_dataset
@@ -109,13 +109,27 @@ def retrieval_data_cmd(
 def embedded_db_cmd(
     db: Annotated[Path | None, typer.Option("--db", help="Data directory (default RAGTURBO_DB_PATH or ./data).")] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="Pairs of the retrieval split to ingest.")] = 10000,
+    exact: Annotated[bool, typer.Option("--exact", help="Render and encode every pair here (about a minute on 2 cores) instead of loading the precomputed pairs.")] = False,
 ) -> None:
     """Build (first start) or refresh the shipped model's retrieval database; no-op when current."""
     import os
 
     from toyworld.embedded_db import ensure_embedded_db
 
-    typer.echo("embedded retrieval DB: " + ensure_embedded_db(db or Path(os.environ.get("RAGTURBO_DB_PATH", "data")), n))
+    where = db or Path(os.environ.get("RAGTURBO_DB_PATH", "data"))
+    typer.echo("embedded retrieval DB: " + ensure_embedded_db(where, n, exact=exact))
+
+
+def embedded_assets_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (the shipped one: toyworld/assets/retrieval).")] = Path("toyworld/assets/retrieval"),
+    n: Annotated[int, typer.Option("--n", min=1, help="Pairs of the retrieval split to precompute.")] = 10000,
+) -> None:
+    """Precompute the embedded database's pairs for the shipped model (exact fp32 build, then the compact form)."""
+    from toyworld.precomputed import write_assets
+
+    meta = write_assets(out, n)
+    typer.echo(f"wrote {n} pairs to {out} (encoder fingerprint {meta['key']}; "
+               f"H rel. L2 mean {meta['rel_l2_against_fp16']['h_mean']:.4f})")
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -128,3 +142,4 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     toyworld_app.command("eval-prompts")(prompts_cmd)
     toyworld_app.command("retrieval-data")(retrieval_data_cmd)
     toyworld_app.command("embedded-db")(embedded_db_cmd)
+    toyworld_app.command("embedded-assets")(embedded_assets_cmd)

@@ -20,9 +20,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     def small_decoder_cmd(
         model: Annotated[Path, typer.Option("--model", help="Model dir; writes MODEL/vae_small.")] = SHIPPED,
         report: Annotated[Path | None, typer.Option("--report", help="Write the full report as JSON.")] = None,
-        steps: Annotated[int, typer.Option("--steps", min=1)] = 2400,
+        steps: Annotated[int, typer.Option("--steps", min=1, help="Distillation steps.")] = 2400,
         width_div: Annotated[int, typer.Option("--width-div", min=1, help="Divide every block width by this.")] = 2,
-        seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+        seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the training data and init.")] = 0,
     ) -> None:
         """Distil a small VAE decoder from the full one (CPU minutes) and measure it (PSNR, checker)."""
         from toyworld.small_decoder import SmallDecoderConfig, run, summary

@@ -8,7 +8,12 @@ and the size; a later start with the same stamp does nothing, and a changed ship
 model rebuilds the stored features (``rebuild_features``) before adding what is new.
 Skipped when the operator points RAGTURBO_MODEL_DIR at another model.
 
-Speed (docs/toyworld.md, "First start"): one worker process per core, each with one
+By default the pairs are not computed here: ``toyworld.precomputed`` ships them with the
+assets, keyed by the fingerprint of the encoders they depend on and spot-checked against
+the loaded model (seconds). When they do not apply (an encoder or the generator changed:
+logged with the reason) or with ``exact=True`` the database is built as below.
+
+The exact build (docs/toyworld.md, "First start"): one worker process per core, each with one
 torch thread (on this 2-core machine one thread per process costs a third to a seventh
 of the CPU time of two threads in one process, more so when the machine is shared).
 Each worker takes a chunk of the split, renders it, writes the PNGs and computes what
@@ -35,6 +40,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -309,9 +315,13 @@ def _store(database: Any, ch: Chunk, added: int, present: int) -> tuple[int, int
 
 def ensure_embedded_db(
     db_path: str | Path = "data", n: int = 10000, batch: int = ENCODE_BATCH, progress: bool = True,
-    workers: int | None = None, vae: VaePrecision = "auto",
+    workers: int | None = None, vae: VaePrecision = "auto", exact: bool = False,
 ) -> str:
-    """Build or refresh the toy retrieval DB for the shipped model; returns what it did."""
+    """Build or refresh the toy retrieval DB for the shipped model; returns what it did.
+
+    Loads the precomputed pairs (``toyworld.precomputed``) when they match the model's
+    encoders and pass the spot check; otherwise (or with ``exact``) builds from the generator.
+    """
     from engines.default_model import default_model_dir, shipped_model_dir
     from engines.modeldir import fingerprint
 
@@ -328,13 +338,12 @@ def ensure_embedded_db(
     want = {"fingerprint": fp, "n": n}
     if stamp.is_file():
         try:
-            if json.loads(stamp.read_text()) == want:
+            if {k: v for k, v in json.loads(stamp.read_text()).items() if k in want} == want:
                 return f"up to date ({n} pairs, model {fp})"
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, AttributeError):
             pass
 
     t0 = time.perf_counter()
-    keep_freed_memory()
     from engines.pipeline import OneStepPipeline
     from retrieval.db import DbConfig, open_db_for_pipeline
     from retrieval.ingest import rebuild_features
@@ -344,19 +353,61 @@ def ensure_embedded_db(
     cfg = DbConfig(db_path=db)
     try:
         database = open_db_for_pipeline(cfg, pipe, create=True)
-    except FingerprintMismatchError:
-        log.warning("the shipped model changed: rebuilding stored H-features for %s", fp)
-        rebuild_features(pipe, cfg, batch=batch, progress=progress)
+    except FingerprintMismatchError as e:
+        if _only_precomputed(db, n):  # nothing of the user's: start over (exact, no stale latents)
+            from toyworld.precomputed import ASSETS, encoder_fingerprint, usable
+
+            same, why = usable(ASSETS, encoder_fingerprint(model), n)
+            log.warning("the shipped model changed (features %s -> %s)%s", e.stored, fp,
+                        ", but not its encoders: replacing the stored pairs with the precomputed ones"
+                        if same and not exact else f": rebuilding the {n} stored pairs ({why})")
+            shutil.rmtree(db / "features"), shutil.rmtree(db / "edge", ignore_errors=True)
+        else:
+            log.warning("the shipped model changed: rebuilding stored H-features for %s", fp)
+            rebuild_features(pipe, cfg, batch=batch, progress=progress)
         database = open_db_for_pipeline(cfg, pipe, create=True)
+    t_open = time.perf_counter() - t0
     try:
-        added, present = build_pairs(model, database, db / "toyworld-retrieval", n, batch=batch,
-                                     workers=workers, progress=progress, vae=vae)
+        loaded = None if exact else _load_precomputed(pipe, model, database, db, n)
+        if loaded is None:
+            keep_freed_memory()
+            added, present = build_pairs(model, database, db / "toyworld-retrieval", n, batch=batch,
+                                         workers=workers, progress=progress, vae=vae)
+            how = f"built from the generator, VAE {resolve_vae_precision(vae)}"
+        else:
+            added, present, how = loaded
     finally:
         database.close()
     tmp = stamp.with_suffix(".tmp")
-    tmp.write_text(json.dumps(want))
+    tmp.write_text(json.dumps({**want, "source": how.split(" (")[0]}))
     tmp.replace(stamp)
     return (
-        f"built: {added} pairs added, {present} already present, "
-        f"0 rejected, model {fp}, VAE {resolve_vae_precision(vae)}, {time.perf_counter() - t0:.1f} s"
+        f"built: {added} pairs added, {present} already present, 0 rejected, model {fp}, "
+        f"{how}; {time.perf_counter() - t0:.1f} s (model load + open {t_open:.1f} s)"
     )
+
+
+def _only_precomputed(db: Path, n: int) -> bool:
+    """True when ``db`` holds exactly the ``n`` precomputed pairs (its stamp and manifest say
+    so): nothing the user ingested would be lost by starting it over."""
+    try:
+        stamp = json.loads((db / STAMP).read_text())
+        shards = json.loads((db / "features" / "manifest.json").read_text())["shards"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return False
+    ours = str(stamp.get("source", "")).startswith("precomputed") and stamp.get("n") == n
+    return ours and sum(int(s["count"]) for s in shards) == n
+
+
+def _load_precomputed(pipe: Any, model: Path, database: Any, db: Path, n: int) -> tuple[int, int, str] | None:
+    """The precomputed pairs into ``database``, or None (logged: why) when they do not apply."""
+    from toyworld.precomputed import ASSETS, load_into
+
+    res = load_into(pipe, model, database, db / "toyworld-retrieval", n, ASSETS)
+    if isinstance(res, str):
+        log.warning("not using the precomputed retrieval pairs: %s; building %d pairs from the "
+                    "generator instead (about a minute on 2 cores)", res, n)
+        return None
+    added, present, secs = res
+    split = ", ".join(f"{k} {v:.1f} s" for k, v in secs.items())
+    return added, present, f"precomputed pairs (6-bit H-features, spot-checked; {split})"

@@ -72,7 +72,7 @@ def teacher_samples_cmd(
     cfg: float = typer.Option(7.5, "--cfg", help="Classifier-free guidance scale."),
     scheduler: str = typer.Option("ddim", "--scheduler", help="ddim or euler."),
     seed: int = typer.Option(0, "--seed", min=0, help="Sample i starts from noise seed + i (recorded as noise_seed)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts sampled together."),
     device: str = typer.Option("cpu", "--device", help="torch device."),
     fmt: str = typer.Option("folder", "--format", help="folder (PNG + captions.jsonl) or parquet."),
     prediction_type: str | None = typer.Option(None, "--prediction-type", help="Override the teacher's."),

@@ -73,7 +73,7 @@ def test_make_docker_fails_clearly_without_an_engine(tmp_path: Path) -> None:
     fake = tmp_path / "docker"
     fake.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
     fake.chmod(0o755)
-    res = subprocess.run(["make", "-s", "-o", ".venv/.installed", "docker"], cwd=ROOT, env=env,
+    res = subprocess.run(["make", "-s", "-o", ".venv/.installed", "-o", ".venv/.installed-dev", "docker"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode != 0
     assert "no Docker engine reachable" in res.stderr

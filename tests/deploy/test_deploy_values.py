@@ -121,3 +121,37 @@ def test_merge_is_helms() -> None:
     base = {"a": {"b": 1, "c": [1]}, "d": 1}
     assert rv.merge(base, {"a": {"c": [2]}, "e": 2}) == {"a": {"b": 1, "c": [2]}, "d": 1, "e": 2}
     assert base == copy.deepcopy(base)
+
+
+@pytest.mark.parametrize(("values", "needle"), [
+    ({"replicaCount": "two"}, "/replicaCount': got string, want integer"),
+    ({"config": {"maxBtach": 8}}, "additional properties 'maxBtach' not allowed"),
+    ({"replicaCuont": 2}, "additional properties 'replicaCuont' not allowed"),
+    ({"config": {"device": "gpu0"}}, "/config/device"),
+])
+def test_values_schema_rejects_wrong_types_and_unknown_keys(tmp_path: Path, values: dict[str, Any],
+                                                            needle: str, caplog: pytest.LogCaptureFixture) -> None:
+    import typer
+
+    assert any(needle in m for m in rv.lint(values)), rv.lint(values)
+    with pytest.raises(Exception, match="schema"):
+        rv.render(values)
+    app = typer.Typer()
+    app.command()(rv.main)
+    own = tmp_path / "typo.yaml"
+    own.write_text(yaml.safe_dump(values))
+    r = CliRunner().invoke(app, ["--out", str(tmp_path / "out"), "--values", str(own)])
+    assert r.exit_code == 1 and needle in caplog.text, caplog.text
+
+
+def test_device_cpu_requests_no_gpu_and_no_gpu_toleration() -> None:
+    """gpu.enabled left at its default: `config.device: cpu` alone turns the GPU off."""
+    pod = _pod(rv.render({"config": {"device": "cpu", "backend": "torch"}}))
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"].get("limits", {})
+    assert not any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", []))
+    extra = {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}
+    pod = _pod(rv.render({"config": {"device": "cpu"}, "tolerations": [extra]}))
+    assert pod["tolerations"] == [extra]
+    gpu = _pod(rv.render({}))
+    assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert any(t.get("key") == "nvidia.com/gpu" for t in gpu["tolerations"])

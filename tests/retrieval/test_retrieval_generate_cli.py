@@ -45,6 +45,7 @@ def db(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 class _Stub(BaseHTTPRequestHandler):
     seen: ClassVar[list[dict[str, Any]]] = []
+    serves: ClassVar[dict[str, Any] | None] = None  # /readyz "database"
 
     def log_message(self, *a: Any) -> None:
         pass
@@ -57,6 +58,9 @@ class _Stub(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
+        if self.path == "/readyz":
+            self._send(200, json.dumps({"status": "ready", "database": _Stub.serves}).encode())
+            return
         self._send(200 if self.path == "/healthz" else 404, b'{"status":"ok"}')
 
     def do_POST(self) -> None:
@@ -78,6 +82,7 @@ class _Stub(BaseHTTPRequestHandler):
 @pytest.fixture()
 def stub() -> Iterator[str]:
     _Stub.seen.clear()
+    _Stub.serves = None
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
@@ -135,8 +140,10 @@ def test_database_in_use_goes_to_the_running_server(db: Path, tmp_path: Path, st
                                                     monkeypatch: pytest.MonkeyPatch, pipe: Any) -> None:
     import ragturbo.generate as g
     from retrieval.db import DbConfig, open_db_for_pipeline
+    from retrieval.types import database_id
 
     monkeypatch.setattr(g, "DEFAULT_URL", stub)
+    _Stub.serves = {"id": database_id(db), "model_fingerprint": "f", "pairs": 4}
     held = open_db_for_pipeline(DbConfig(db_path=db), pipe)
     try:
         out = tmp_path / "x.jpg"
@@ -167,3 +174,40 @@ def test_url_posts_to_generate(tmp_path: Path, stub: str) -> None:
 def test_url_unreachable_fails_clearly(tmp_path: Path) -> None:
     r = CliRunner().invoke(_app(), ["generate", "x", "-o", str(tmp_path / "z.png"), "--url", "http://127.0.0.1:9"])
     assert r.exit_code == 1 and "cannot reach the server at http://127.0.0.1:9" in r.output
+
+
+def test_a_server_with_another_database_is_refused(db: Path, tmp_path: Path, stub: str,
+                                                   monkeypatch: pytest.MonkeyPatch, pipe: Any) -> None:
+    """--db held by one server, while the default URL answers with another database."""
+    import ragturbo.generate as g
+    from retrieval.db import DbConfig, open_db_for_pipeline
+
+    monkeypatch.setattr(g, "DEFAULT_URL", stub)
+    _Stub.serves = {"id": "0123456789abcdef", "model_fingerprint": "f", "pairs": 10000}
+    held = open_db_for_pipeline(DbConfig(db_path=db), pipe)
+    try:
+        r = CliRunner().invoke(_app(), ["generate", "a pink ring", "-o", str(tmp_path / "x.png"),
+                                        "--db", str(db)])
+    finally:
+        held.close()
+    assert r.exit_code == 1
+    assert f"the server at {stub} serves another database (id 0123456789abcdef, 10000 pairs" in r.output
+    assert "--url" in r.output
+    assert _Stub.seen == [] and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("serves", ["other", "none"])
+def test_url_with_db_checks_the_served_database(tmp_path: Path, stub: str, serves: str) -> None:
+    from retrieval.types import database_id
+
+    mine = tmp_path / "mydb"
+    _Stub.serves = {"id": "feedfacefeedface", "model_fingerprint": "f", "pairs": 3} if serves == "other" else None
+    r = CliRunner().invoke(_app(), ["generate", "x", "-o", str(tmp_path / "z.png"), "--url", stub,
+                                    "--db", str(mine)])
+    assert r.exit_code == 1 and _Stub.seen == []
+    assert ("serves another database" if serves == "other" else "does not say which database") in r.output
+    _Stub.serves = {"id": database_id(mine), "model_fingerprint": "f", "pairs": 3}
+    r = CliRunner().invoke(_app(), ["generate", "x", "-o", str(tmp_path / "z.png"), "--url", stub,
+                                    "--db", str(mine)])
+    assert r.exit_code == 0, r.output
+    assert len(_Stub.seen) == 1

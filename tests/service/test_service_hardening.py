@@ -58,6 +58,9 @@ def test_trailing_slash_is_not_redirected_to_the_host_header() -> None:
         ("image/png", None, "image/png", "PNG"),
         ("image/*", "webp", "image/webp", "WEBP"),
         ("image/webp;q=0.5, image/jpeg", None, "image/jpeg", "JPEG"),
+        ("image/png;q=0.5, image/jpeg;q=0.9", None, "image/jpeg", "JPEG"),  # q wins over the default
+        ("image/jpeg;q=0.9, image/png;q=0.9", None, "image/png", "PNG"),  # a tie: the default
+        ("image/png;q=0.5, image/jpeg;q=0.9", "png", "image/png", "PNG"),  # the body's own choice
     ],
 )
 def test_accept_gives_the_requested_image_format(
@@ -229,3 +232,12 @@ def test_retrieval_status_push_api() -> None:
         assert body["status"] == "degraded" and body["detail"] == "index reload failed"
         state.retrieval_status(True)
         assert c.get("/readyz").json()["status"] == "ready"
+
+
+def test_openai_prompt_length_error_is_worded_as_the_routes_other_400s() -> None:
+    with client(max_prompt_chars=10) as c:
+        long = c.post("/v1/images/generations", json={"prompt": "x" * 11}).json()["error"]
+        other = c.post("/v1/images/generations", json={"prompt": "x", "n": 99}).json()["error"]
+    assert long == {"message": "Invalid value for 'prompt': at most 10 characters allowed, got 11.",
+                    "type": "invalid_request_error", "code": "invalid_value", "param": "prompt"}
+    assert other["message"].startswith("Invalid value for 'n': ") and other["code"] == "invalid_value"

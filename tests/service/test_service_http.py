@@ -208,7 +208,9 @@ def test_openai_compatible_route(real_server: Server) -> None:
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"created", "data"} and len(body["data"]) == 2
+    assert set(body) == {"created", "data", "output_format", "size", "background"}, body
+    assert (body["output_format"], body["size"], body["background"]) == ("png", "128x128", "opaque")
+    assert len(body["data"]) == 2
     assert _img(body["data"][0]["b64_json"]).shape == (128, 128, 3)
     r = httpx.post(
         f"{real_server.url}/v1/images/generations",

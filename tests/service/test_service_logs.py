@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from typing import Any
 
 from service.logs import JsonFormatter, request_id_var
 
@@ -71,3 +72,29 @@ def test_text_format_escapes_control_characters_in_logged_paths() -> None:
     lines = [ln for ln in buf.getvalue().splitlines() if ln]
     assert len(lines) == 1, lines
     assert "\\r\\n2026-12-08" in lines[0] and "\\x1b[2J" in lines[0] and "\x1b" not in lines[0]
+
+
+def test_metrics_have_no_created_series() -> None:
+    from service.metrics import Metrics
+
+    m = Metrics()
+    m.requests.labels(route="/generate", status="200").inc()
+    m.request_duration.labels(route="/generate").observe(0.1)
+    text = m.render().decode()
+    assert "ragturbo_requests_total" in text
+    assert "_created" not in text
+
+
+def test_server_log_is_json_lines_only(real_server: Any) -> None:
+    """No third-party progress bar ("Loading weights") between the JSON lines."""
+    import json
+
+    lines = [ln for ln in real_server.logs().replace("\r", "\n").splitlines() if ln.strip()]
+    assert lines
+    bad = []
+    for ln in lines:
+        try:
+            json.loads(ln)
+        except ValueError:
+            bad.append(ln)
+    assert bad == [], bad[:3]

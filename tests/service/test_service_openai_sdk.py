@@ -40,10 +40,13 @@ def test_honoured_parameters(sdk: openai.OpenAI, real_server: Server) -> None:
         user="customer-1234",
     )
     assert len(res.data) == 2
+    assert (res.output_format, res.size, res.background) == ("jpeg", "256x256", "opaque")
     for d in res.data:
         im = _image(d.b64_json)
         assert im.format == "JPEG" and im.size == (256, 256)
-    webp = sdk.images.generate(prompt="a blue square", size="auto", output_format="webp")
+    webp = sdk.images.generate(prompt="a blue square", size="auto", output_format="webp",
+                               moderation="auto")  # OpenAI's default: accepted, nothing filtered
+    assert (webp.output_format, webp.size) == ("webp", "64x64")
     im = _image(webp.data[0].b64_json)
     assert im.format == "WEBP" and im.size == (64, 64)  # auto: the model's native size
     png = sdk.images.generate(prompt="a blue square")
@@ -62,7 +65,7 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"quality": "hd"}, "quality", "unsupported_value"),
     ({"style": "vivid"}, "style", "unsupported_value"),
     ({"background": "transparent"}, "background", "unsupported_value"),
-    ({"moderation": "auto"}, "moderation", "unsupported_value"),
+    ({"moderation": "high"}, "moderation", "unsupported_value"),
     ({"output_format": "gif"}, "output_format", "unsupported_value"),
     ({"output_compression": 101}, "output_compression", "invalid_value"),
     ({"stream": True}, "stream", "unsupported_value"),

@@ -55,3 +55,35 @@ def test_readyz_says_the_search_runs_in_the_fast_graph(tiny: Path, tmp_path: Pat
         g = c.post("/generate", json={"prompt": "a red circle", "retrieval": {"k": 2}}).json()
         assert g["retrieval_status"] == "ok" and len(g["retrieved"]) == 2
         assert g["retrieved"][0]["caption"].startswith("synthetic pair")
+
+
+def test_readyz_names_the_database_it_serves_without_its_path(tiny: Path, tmp_path: Path) -> None:
+    """The id `ragturbo generate --db` checks, the model fingerprint and the pair count."""
+    import torch
+
+    from engines.pipeline import OneStepPipeline
+    from retrieval.db import DbConfig, open_db_for_pipeline
+    from retrieval.types import database_id
+
+    pipe = OneStepPipeline.from_pretrained(tiny)
+    db = tmp_path / "served-db"
+    database = open_db_for_pipeline(DbConfig(db_path=db), pipe, create=True)
+    try:
+        n = 3
+        database.upsert([f"00000000-0000-5000-8000-00000000000{i}" for i in range(n)],
+                        torch.randn(n, pipe.embed_dim), torch.randn(n, *pipe.h_shape),
+                        torch.randn(n, *pipe.latent_shape), ["a", "b", "c"], ["a.png", "b.png", "c.png"])
+    finally:
+        database.close()
+    s = Settings(model_dir=tiny, backend="torch", device="cpu", db_path=db, max_batch=1)
+    with TestClient(create_app(s)) as c:
+        r = c.get("/readyz")
+        for _ in range(600):
+            if r.status_code == 200:
+                break
+            time.sleep(0.1)
+            r = c.get("/readyz")
+        body = r.json()
+    assert body["retrieval"] == "ok", body
+    assert body["database"] == {"id": database_id(db), "model_fingerprint": pipe.fingerprint, "pairs": 3}
+    assert str(tmp_path) not in r.text

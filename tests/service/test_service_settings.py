@@ -77,3 +77,29 @@ def test_graph_backends_need_their_directories(monkeypatch) -> None:
         Settings(backend="tensorrt", device="cuda:0")
     s = Settings(backend="onnxruntime", device="cpu", onnx_dir="out/onnx")
     assert str(s.onnx_dir) == "out/onnx"
+
+
+def test_unknown_ragturbo_variable_is_named_with_the_closest_setting() -> None:
+    from service.settings import unknown_env
+
+    env = {"RAGTURBO_MAXBATCH": "4", "RAGTURBO_MAX_BATCH": "2", "RAGTURBO_LOG_LEVEL": "debug",
+           "RAGTURBO_SHIPPED_MODEL_DIR": "/m", "RAGTURBO_ZZZQQQ": "1", "HOME": "/root"}
+    assert unknown_env(env) == [
+        "unknown setting RAGTURBO_MAXBATCH is ignored; did you mean RAGTURBO_MAX_BATCH?",
+        "unknown setting RAGTURBO_ZZZQQQ is ignored",
+    ]
+
+
+def test_serve_warns_about_an_unknown_variable_at_start(monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    import service.logs
+    import service.server
+    from service import cli
+
+    monkeypatch.setenv("RAGTURBO_MAXBATCH", "4")
+    monkeypatch.setenv("RAGTURBO_DEVICE", "cpu")
+    monkeypatch.setattr(service.server, "serve", lambda settings: None)  # start, do not listen
+    monkeypatch.setattr(service.logs, "configure_logging", lambda *a: None)  # keep caplog's handler
+    with caplog.at_level("WARNING"):
+        cli.serve(host=None, port=None, embedded_db=False)
+    assert "unknown setting RAGTURBO_MAXBATCH is ignored; did you mean RAGTURBO_MAX_BATCH?" in caplog.text

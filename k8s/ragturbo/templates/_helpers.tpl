@@ -154,3 +154,28 @@ margin counts as at least 1 s. */}}
 - name: HF_HUB_OFFLINE
   value: "1"
 {{- end -}}
+
+{{/*
+"true" when the pods use a GPU: gpu.enabled and a config.device other than cpu.
+With device cpu the chart requests no GPU and drops tolerations for the GPU resource.
+*/}}
+{{- define "ragturbo.usesGpu" -}}
+{{- if and .Values.gpu.enabled (not (hasPrefix "cpu" (toString .Values.config.device))) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The tolerations of the pods: .Values.tolerations, without the GPU resource's when no GPU is used.
+*/}}
+{{- define "ragturbo.tolerations" -}}
+{{- $gpu := include "ragturbo.usesGpu" . -}}
+{{- $out := list -}}
+{{- range .Values.tolerations -}}
+{{- if or $gpu (ne (toString .key) $.Values.gpu.resourceName) -}}
+{{- $out = append $out . -}}
+{{- end -}}
+{{- end -}}
+{{- with $out -}}
+tolerations:
+{{ toYaml . }}
+{{- end -}}
+{{- end -}}
