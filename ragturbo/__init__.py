@@ -1,7 +1,7 @@
 """ragturbo: one-step retrieval-augmented text-to-image service (ImageRAGTurbo).
 
 Owns: the console script (``cli``: each package adds its commands through
-``<package>.cli.register``) and ``ragturbo generate`` (one image, no server).
+``<package>.cli.register``) ``ragturbo generate`` (one image, no server) and ``ragturbo serve`` (``serve``).
 Imports: every product package (``service``, ``training``, ``toyworld``, ``retrieval``,
 ``engines``) and ``bench`` (the benchmark commands); never ``lab``.
 """

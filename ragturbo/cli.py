@@ -26,7 +26,7 @@ app.add_typer(bench_app, name="bench")
 CLI_MODULES = (
     "engines.cli",
     "retrieval.cli",
-    "service.cli",
+    "ragturbo.serve",
     "training.cli",
     "toyworld.cli",
     "toyworld.cli_models",

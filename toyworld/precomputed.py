@@ -11,7 +11,7 @@ H-features on those and the UNet *encoder* (``conv_in``, the time embedding, the
 blocks and the mid block). The key hashes exactly those tensors (and the three configs),
 so a new H-adapter, UNet decoder (up blocks) or VAE decoder leaves the assets valid, and
 any change to an encoder makes them stale: the loader then logs why and the database is
-built from the generator instead (``embedded_db.build_pairs``). Before loading, a few
+built from the generator instead (``pair_build.build_pairs``). Before loading, a few
 pairs are rendered and encoded with the loaded model and compared with the shipped ones
 (``spot_check``): a changed renderer or caption generator is caught the same way.
 
@@ -183,7 +183,7 @@ def spot_check(pipe: Any, pairs: Pairs, folder: Path, n: int, count: int = CHECK
 
 
 def _check(pipe: Any, pairs: Pairs, folder: Path, n: int, count: int) -> str | None:
-    from toyworld.embedded_db import encode_chunk
+    from toyworld.pair_build import encode_chunk
 
     folder.mkdir(parents=True, exist_ok=True)
     picks = sorted({int(i) for i in np.linspace(0, n - 1, min(count, n))})
@@ -247,7 +247,7 @@ def write_assets(out: Path, n: int = 10000, workers: int | None = None) -> dict[
     from engines.default_model import SHIPPED
     from engines.pipeline import OneStepPipeline
     from retrieval.db import DbConfig, open_db_for_pipeline
-    from toyworld.embedded_db import build_pairs
+    from toyworld.pair_build import build_pairs
 
     pipe = OneStepPipeline.from_pretrained(SHIPPED)
     with tempfile.TemporaryDirectory(prefix="ragturbo-assets-") as tmp:

@@ -50,7 +50,7 @@ def test_parallel_render_writes_the_split_files(tmp_path: Path, monkeypatch: pyt
     import numpy as np
     from PIL import Image
 
-    import toyworld.embedded_db as edb
+    import toyworld.pair_build as edb
     from toyworld.models.adapter import write_folder_dataset
     from toyworld.models.data import make_split
 
@@ -69,7 +69,7 @@ def test_parallel_render_writes_the_split_files(tmp_path: Path, monkeypatch: pyt
 @pytest.fixture(scope="module")
 def ingest_reference(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The general path on the shipped model: write the folder, then ``ingest`` it (40 pairs)."""
-    import toyworld.embedded_db as edb
+    import toyworld.pair_build as edb
     from engines.default_model import SHIPPED
     from engines.pipeline import OneStepPipeline
     from retrieval.db import DbConfig, open_db_for_pipeline
@@ -109,7 +109,7 @@ def test_worker_build_stores_what_ingest_stores(
     import numpy as np
     import torch
 
-    import toyworld.embedded_db as edb
+    import toyworld.pair_build as edb
     from engines.default_model import SHIPPED
     from retrieval.compose import ImageRequest, TextToImage
     from retrieval.db import DbConfig, open_db_for_pipeline

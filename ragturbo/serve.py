@@ -1,4 +1,6 @@
-"""``ragturbo serve`` (docs/service.md, CLI)."""
+"""``ragturbo serve`` (docs/service.md): settings from the environment, then the server; with
+``--embedded-db`` the shipped toy model's database first (the command lives here, above the
+packages, because it joins the service and the toy world)."""
 
 from __future__ import annotations
 
