@@ -11,7 +11,7 @@ from test_service_slow_clients import _connect, _read_all
 
 strict_server = slow.strict_server  # the module-scoped server fixture, shared
 
-SMUGGLED = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+SMUGGLED = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 def _exchange(srv: Server, raw: bytes) -> tuple[bytes, bool]:
@@ -34,22 +34,22 @@ def _assert_one_400(data: bytes, closed: bool) -> None:
 
 def test_content_length_with_transfer_encoding_is_refused_and_closed(strict_server: Server) -> None:
     raw = (
-        b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED
     )
     _assert_one_400(*_exchange(strict_server, raw))
 
 
 def test_bare_lf_line_endings_are_refused_and_closed(strict_server: Server) -> None:
-    _assert_one_400(*_exchange(strict_server, b"GET /healthz HTTP/1.1\nHost: x\n\n" + SMUGGLED))
+    _assert_one_400(*_exchange(strict_server, b"GET /healthz HTTP/1.1\nHost: 127.0.0.1\n\n" + SMUGGLED))
     # a bare LF inside an otherwise CRLF head too
-    _assert_one_400(*_exchange(strict_server, b"GET /healthz HTTP/1.1\r\nHost: x\nX: y\r\n\r\n"))
+    _assert_one_400(*_exchange(strict_server, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\nX: y\r\n\r\n"))
 
 
 def test_well_framed_pipelined_requests_still_work(strict_server: Server) -> None:
     s = _connect(strict_server)
     try:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n"
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                   b"Connection: close\r\n\r\n")
         data, closed = _read_all(s, 5.0)
     finally:

@@ -63,10 +63,10 @@ def test_unfinished_heads_and_bodies_are_timed_out(strict_server: Server) -> Non
     silent = _connect(strict_server)
     body = json.dumps({"prompt": "a red circle"}).encode()
     for s in heads:
-        s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\n")
+        s.sendall(b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     for s in bodies:
         s.sendall(
-            b"POST /generate HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\n\r\n%s" % (len(body), body[:5])
         )
     # Trickle a header byte every 0.3 s: each byte resets uvicorn's keep-alive timer, the

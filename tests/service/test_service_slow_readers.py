@@ -17,7 +17,7 @@ from test_service_slow_clients import _read_all
 
 BODY = json.dumps({"prompt": "a red circle", "num_images": 8}).encode()
 REQUEST = (
-    b"POST /generate HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+    b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
     b"content-length: %d\r\n\r\n%s" % (len(BODY), BODY)
 )
 
@@ -71,7 +71,7 @@ def test_a_client_that_never_reads_is_disconnected(server: Server) -> None:
 
 def test_body_timeouts_and_hangups_are_not_counted_as_500(server: Server) -> None:
     before = server.metrics()
-    head = (b"POST /generate HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+    head = (b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\n\r\n" % len(BODY))
     slow = _connect(server)
     slow.sendall(head + BODY[:5])  # the rest never comes: 408 after 1 s
