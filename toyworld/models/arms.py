@@ -1,4 +1,4 @@
-"""Issue 13's adapter stage: several arms trained side by side on one batch stream.
+"""The shipped family's adapter stage: several arms trained side by side on one batch stream.
 
 Every arm starts from the same one-step student and trains an H-adapter plus the student's
 decoder (up blocks, ``conv_norm_out``, ``conv_out``) on the same paired teacher targets
@@ -29,7 +29,7 @@ The encoder is frozen and shared (the retrieval features stay valid for every ar
 encoder pass per batch and caption kind (swapped rows, plain rows) serves all arms.
 Loss: smooth-L1 (β = 0.1) between x̂0 and the
 target, as the student's distillation; no adversarial term (a deviation from the paper's
-LADD objective, see docs/toyworld-models.md).
+LADD objective, which ``training.adapter`` keeps).
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ import torch
 import torch.nn.functional as F
 
 from toyworld.models.common import LossLog, autocast, cosine_schedule, out_of_time
+from toyworld.models.variants import DECODER_PREFIXES, load_variant
 
 log = logging.getLogger(__name__)
 
 ARMS = ("adapter", "real", "control", "control_plain", "shuffled", "leak")
 PLAIN_ARMS = frozenset({"real", "control_plain"})
 """Arms that never see a swapped caption."""
-DECODER_PREFIXES = ("up_blocks.", "conv_norm_out.", "conv_out.")
 
 
 @dataclass
@@ -144,8 +144,8 @@ def train_arms(
     itself); ``swap_frac``: fraction of rows whose encoder reads the swapped caption, for every
     arm but ``PLAIN_ARMS`` (needs ``data.context_swap``); ``swap_detach_decoder``: the swapped
     rows' loss reaches the adapter (through the decoder) but not the decoder's weights, so the
-    curriculum cannot teach the decoder to distrust H (the third run's cost, see
-    docs/toyworld-models.md); ``init``: arm -> a variant file (``toyworld.fideval`` format) whose
+    curriculum cannot teach the decoder to distrust H; ``init``: arm -> a variant file
+    (``toyworld.models.variants``) whose
     decoder + adapter weights the arm starts from instead of the student's decoder and an
     identity adapter (to continue an earlier run; the optimiser and schedule start afresh);
     ``decoder_delay``: the fraction of the run (of ``steps``, or of ``time_limit_s`` when that
@@ -157,7 +157,6 @@ def train_arms(
     row's neighbour with their own λ; drawn after the other curricula, so 0 changes no draw)."""
     from engines.hadapter import HAdapter
     from engines.rules import x0_from_output
-    from toyworld.fideval import load_variant
 
     bad = [a for a in arms if a not in ARMS]
     if bad:

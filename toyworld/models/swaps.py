@@ -1,4 +1,4 @@
-"""Attribute swaps: the adapter's curriculum that gives a retrieved neighbour a job (issue 13).
+"""Attribute swaps: the adapter's curriculum that gives a retrieved neighbour a job.
 
 A swapped caption names one object's colour *or* shape wrongly ("a red circle" -> "a blue
 circle"). During adapter training (``toyworld.models.arms``) a fraction of the rows feed the
