@@ -216,7 +216,7 @@ def evaluate(
     nb_full, nb_partial, wall_s}}, "comparisons": {"a-b": {split: {diff, lo, hi, n}}}, ...}."""
     from toyworld.models.data import rare_group
     from toyworld.parse import parse
-    from toyworld.scoring import aggregate, paired_bootstrap, per_prompt, score_images
+    from toyworld.scoring import aggregate, score_images
 
     if not prompts:
         raise ValueError("no prompts to evaluate")
@@ -244,62 +244,23 @@ def evaluate(
     orc_lat = base.encode_images(orc_img)
     orc_h = base.retrieval_features(orc_lat, text_all.context).float()
 
-    avail = {"teacher": suite.teacher is not None, "student": "student" in suite.pipes,
-             "inject": "student" in suite.pipes, "adapter": "adapter" in suite.pipes,
-             "adapter_k4": "adapter" in suite.pipes, "real": "real" in suite.pipes, "control": "control" in suite.pipes,
-             "control_plain": "control_plain" in suite.pipes,
-             "shuffled_test": "adapter" in suite.pipes, "real_shuffled_test": "real" in suite.pipes,
-             "shuffled_own_lam": "adapter" in suite.pipes,
-             "shuffled_trained": "shuffled" in suite.pipes,
-             "oracle": "adapter" in suite.pipes, "leak": "leak" in suite.pipes and suite.teacher is not None}
-    want = [m for m in (modes or ALL_MODES) if avail.get(m)]
+    want = [m for m in (modes or ALL_MODES) if _available(suite).get(m)]
     images: dict[str, list[np.ndarray]] = {m: [] for m in want}
     walls: dict[str, float] = dict.fromkeys(want, 0.0)
     P = len(prompts)
     for lo in range(0, len(flat_p), batch):
         hi = min(len(flat_p), lo + batch)
         pi = torch.as_tensor([i // S for i in range(lo, hi)], device=lam4.device)
-        pi_shuf = (pi + 1) % P  # another prompt's neighbour
-        ps, ss = flat_p[lo:hi], flat_s[lo:hi]
-        text = base.encode_text(ps)
-        x0_teacher = None
+        b = _Batch(flat_p[lo:hi], flat_s[lo:hi], base.encode_text(flat_p[lo:hi]), pi, (pi + 1) % P)
         for m in want:
             t0 = time.perf_counter()
-            if m == "teacher" or m == "leak":
-                if x0_teacher is None:
-                    x0_teacher = _teacher_latents(suite, base, ps, ss, teacher_steps, guidance)
-                if m == "teacher":
-                    ims = base.decode_latents(x0_teacher)
-                else:
-                    pipe = suite.pipes["leak"]
-                    h = pipe.retrieval_features(x0_teacher, text.context).float()[:, None]
-                    ims = pipe.generate(text, ss, "adapter", h, torch.ones(len(ps), 1)).images
-            elif m == "student":
-                ims = compose_images(t2i["student"], ps, ss, "off")
-            elif m == "oracle":
-                ims = suite.pipes["adapter"].generate(text, ss, "adapter", orc_h[pi.to(orc_h.device)][:, None],
-                                                      torch.ones(len(ps), 1)).images
-            elif m in ("shuffled_test", "real_shuffled_test"):  # another prompt's neighbour, true λ: by hand
-                h = db.features[idx4[pi_shuf, :1].to(db.features.device)]
-                ims = suite.pipes["real" if m == "real_shuffled_test" else "adapter"].generate(
-                    text, ss, "adapter", h, lam4[pi, :1]).images
-            elif m == "shuffled_own_lam":  # the same wrong neighbour, λ as the service would score it
-                j = idx4[pi_shuf, :1]
-                ims = suite.pipes["adapter"].generate(text, ss, "adapter", db.features[j.to(db.features.device)],
-                                                      db.score(text.pooled, j)).images
-            else:
-                key = {"inject": "student", "adapter": "adapter", "adapter_k4": "adapter", "real": "real", "control": "control",
-                       "control_plain": "control_plain", "shuffled_trained": "shuffled"}[m]
-                ims = compose_images(t2i[key], ps, ss, "inject" if m == "inject" else "adapter", 4 if m == "adapter_k4" else 1)
+            images[m].append(_mode_images(m, b, suite, base, t2i, db, lam4, idx4, orc_h, teacher_steps, guidance))
             walls[m] += time.perf_counter() - t0
-            images[m].append(ims)
     t_sc = time.perf_counter()
     all_imgs = np.concatenate([np.concatenate(images[m]) for m in want])
     rows_all = score_images(all_imgs, flat_p * len(want), workers)
     score_s = time.perf_counter() - t_sc
     rows = {m: rows_all[j * len(flat_p) : (j + 1) * len(flat_p)] for j, m in enumerate(want)}
-    flat_g = [g for g in groups for _ in range(S)]
-    flat_nb = [f for f in nb_full for _ in range(S)]
     res: dict[str, Any] = {
         "modes": {}, "comparisons": {}, "n_prompts": P, "seeds_per_prompt": S, "n_retrieval": n_retrieval,
         "teacher_steps": teacher_steps, "guidance": guidance, "device": str(dev),
@@ -309,23 +270,95 @@ def evaluate(
                             **{g: aggregate([r for r, x in zip(nb_rows, groups, strict=True) if x == g])["overall"] for g in GROUPS}},
         "db_build_s": round(db_s, 1), "score_s": round(score_s, 1),
     }
-    for m in want:
-        r = rows[m]
-        agg = aggregate(r)
-        for g in GROUPS:
-            agg[g] = aggregate([x for x, gg in zip(r, flat_g, strict=True) if gg == g])
-        agg["nb_full"] = aggregate([x for x, f in zip(r, flat_nb, strict=True) if f])
-        agg["nb_partial"] = aggregate([x for x, f in zip(r, flat_nb, strict=True) if not f])
-        agg["wall_s"] = round(walls[m], 2)
-        res["modes"][m] = agg
-    pp = {m: per_prompt([x["overall"] for x in rows[m]], S) for m in want}
-    masks = {"overall": np.ones(P, bool), **{g: np.array([x == g for x in groups]) for g in GROUPS},
-             "nb_full": np.array(nb_full), "nb_partial": ~np.array(nb_full)}
-    for a, b in COMPARISONS:
-        if a in pp and b in pp:
-            res["comparisons"][f"{a}-{b}"] = {
-                s: paired_bootstrap(pp[a][mk], pp[b][mk], n_boot) for s, mk in masks.items() if mk.any()}
+    res["modes"] = {m: {**_split_scores(rows[m], groups, nb_full, S), "wall_s": round(walls[m], 2)} for m in want}
+    res["comparisons"] = _comparisons(rows, groups, nb_full, S, n_boot)
     return res
+
+
+def _available(suite: Suite) -> dict[str, bool]:
+    """Which modes ``suite`` can run (each needs its variant; teacher and leak the teacher)."""
+    has = suite.pipes.__contains__
+    return {"teacher": suite.teacher is not None, "student": has("student"), "inject": has("student"),
+            "adapter": has("adapter"), "adapter_k4": has("adapter"), "real": has("real"), "control": has("control"),
+            "control_plain": has("control_plain"), "shuffled_test": has("adapter"),
+            "real_shuffled_test": has("real"), "shuffled_own_lam": has("adapter"),
+            "shuffled_trained": has("shuffled"), "oracle": has("adapter"),
+            "leak": has("leak") and suite.teacher is not None}
+
+
+@dataclass
+class _Batch:
+    """One batch of (prompt, seed) rows: prompts, seeds, their text encoding, each row's prompt
+    index and the index of the prompt whose neighbour the shuffled modes hand it."""
+
+    prompts: list[str]
+    seeds: list[int]
+    text: Any
+    pi: torch.Tensor
+    pi_shuf: torch.Tensor
+    x0_teacher: torch.Tensor | None = None
+
+
+_COMPOSED = {"student": ("student", "off", 1), "inject": ("student", "inject", 1), "adapter": ("adapter", "adapter", 1),
+             "adapter_k4": ("adapter", "adapter", 4), "real": ("real", "adapter", 1), "control": ("control", "adapter", 1),
+             "control_plain": ("control_plain", "adapter", 1), "shuffled_trained": ("shuffled", "adapter", 1)}
+"""Modes with real neighbours: (variant, retrieval mode, k) through ``retrieval.compose``."""
+
+
+def _mode_images(m: str, b: _Batch, suite: Suite, base: Any, t2i: dict[str, Any], db: Database,
+                 lam4: torch.Tensor, idx4: torch.Tensor, orc_h: torch.Tensor, teacher_steps: int,
+                 guidance: float) -> np.ndarray:
+    """uint8 images of mode ``m`` for batch ``b`` (the teacher's latents computed once a batch)."""
+    ps, ss, text = b.prompts, b.seeds, b.text
+    if m in _COMPOSED:
+        variant, mode, k = _COMPOSED[m]
+        return compose_images(t2i[variant], ps, ss, mode, k)
+    if m in ("teacher", "leak"):
+        if b.x0_teacher is None:
+            b.x0_teacher = _teacher_latents(suite, base, ps, ss, teacher_steps, guidance)
+        if m == "teacher":
+            return base.decode_latents(b.x0_teacher)
+        pipe = suite.pipes["leak"]
+        h = pipe.retrieval_features(b.x0_teacher, text.context).float()[:, None]
+        return pipe.generate(text, ss, "adapter", h, torch.ones(len(ps), 1)).images
+    if m == "oracle":
+        return suite.pipes["adapter"].generate(text, ss, "adapter", orc_h[b.pi.to(orc_h.device)][:, None],
+                                               torch.ones(len(ps), 1)).images
+    if m in ("shuffled_test", "real_shuffled_test"):  # another prompt's neighbour, true λ: by hand
+        h = db.features[idx4[b.pi_shuf, :1].to(db.features.device)]
+        return suite.pipes["real" if m == "real_shuffled_test" else "adapter"].generate(
+            text, ss, "adapter", h, lam4[b.pi, :1]).images
+    if m == "shuffled_own_lam":  # the same wrong neighbour, λ as the service would score it
+        j = idx4[b.pi_shuf, :1]
+        return suite.pipes["adapter"].generate(text, ss, "adapter", db.features[j.to(db.features.device)],
+                                               db.score(text.pooled, j)).images
+    raise ValueError(f"unknown eval mode {m!r}; choose from {ALL_MODES}")
+
+
+def _split_scores(r: list[dict[str, Any]], groups: list[str], nb_full: list[bool], S: int) -> dict[str, Any]:
+    """Aggregate checker rows of one mode overall, per group and by neighbour-image fit."""
+    from toyworld.scoring import aggregate
+
+    flat_g = [g for g in groups for _ in range(S)]
+    flat_nb = [f for f in nb_full for _ in range(S)]
+    agg = aggregate(r)
+    for g in GROUPS:
+        agg[g] = aggregate([x for x, gg in zip(r, flat_g, strict=True) if gg == g])
+    agg["nb_full"] = aggregate([x for x, f in zip(r, flat_nb, strict=True) if f])
+    agg["nb_partial"] = aggregate([x for x, f in zip(r, flat_nb, strict=True) if not f])
+    return agg
+
+
+def _comparisons(rows: dict[str, list[dict[str, Any]]], groups: list[str], nb_full: list[bool], S: int,
+                 n_boot: int) -> dict[str, Any]:
+    """Paired bootstrap intervals (prompts resampled) of ``COMPARISONS`` over every split."""
+    from toyworld.scoring import paired_bootstrap, per_prompt
+
+    pp = {m: per_prompt([x["overall"] for x in r], S) for m, r in rows.items()}
+    masks = {"overall": np.ones(len(groups), bool), **{g: np.array([x == g for x in groups]) for g in GROUPS},
+             "nb_full": np.array(nb_full), "nb_partial": ~np.array(nb_full)}
+    return {f"{a}-{b}": {s: paired_bootstrap(pp[a][mk], pp[b][mk], n_boot) for s, mk in masks.items() if mk.any()}
+            for a, b in COMPARISONS if a in pp and b in pp}
 
 
 def format_table(res: dict[str, Any]) -> str:
