@@ -155,9 +155,6 @@ def train_arms(
     seconds of the loop (> 0), so a run cut off mid-way keeps its arms up to the last call;
     ``shuffle_frac``: the ``adapter`` arm's shuffle curriculum (fraction of rows given another
     row's neighbour with their own λ; drawn after the other curricula, so 0 changes no draw)."""
-    from engines.hadapter import HAdapter
-    from engines.rules import x0_from_output
-
     bad = [a for a in arms if a not in ARMS]
     if bad:
         raise ValueError(f"unknown arm(s) {bad}; choose from {ARMS}")
@@ -168,23 +165,9 @@ def train_arms(
     torch.manual_seed(seed)
     base = pipe.unet
     base.eval().requires_grad_(False)
-    out: dict[str, Arm] = {}
-    params: list[dict[str, Any]] = []
-    for a in arms:
-        u = copy.deepcopy(base).to(device).float()
-        u.requires_grad_(False)
-        dec = decoder_params(u.unet)
-        for p in dec:
-            p.requires_grad_(decoder_delay <= 0)  # a delayed decoder joins later in the loop
-        ad = HAdapter(**dict(pipe.hadapter.config)).to(device).float().train()
-        if init and a in init:
-            load_variant(u.unet, ad, init[a])
-        arm = Arm(a, u, ad, LossLog(a))
-        out[a] = arm
-        params += [{"params": dec, "lr": lr_decoder}, {"params": list(ad.parameters()), "lr": lr_adapter}]
+    out, params = _build_arms(pipe, arms, device, decoder_delay <= 0, init, lr_adapter, lr_decoder)
     opt = torch.optim.AdamW(params, weight_decay=0.0)
     sched = cosine_schedule(opt, steps, time_limit_s, min(100, max(1, steps // 10)), floor=0.05)
-    a_t = float(pipe.alphas_cumprod[pipe.student_timestep])
     gen = torch.Generator().manual_seed(seed + 13)
     t0 = time.perf_counter()
     step = 0
@@ -200,39 +183,10 @@ def train_arms(
         idx = torch.randint(0, len(data), (batch_size,), generator=gen).to(device)
         leak = (torch.rand(batch_size, generator=gen) < leak_frac).to(device) if leak_frac > 0 else None
         swap_cpu = torch.rand(batch_size, generator=gen) < swap_frac if swap_frac > 0 else None
-        swap = swap_cpu.to(device) if swap_cpu is not None else None
         shuffle = (torch.rand(batch_size, generator=gen) < shuffle_frac).to(device) if shuffle_frac > 0 else None
-        eps = data.noise[idx].float()
-        z = eps * (1 - a_t) ** 0.5
-        ctx = data.context[idx].float()
-        tt = torch.full((len(idx),), pipe.student_timestep, device=device, dtype=torch.long)
-        kinds = {"plain": ctx}
-        if swap is not None and data.context_swap is not None:
-            kinds = {"swap": torch.where(swap.view(-1, 1, 1), data.context_swap[idx].float(), ctx),
-                     **({"plain": ctx} if set(out) & PLAIN_ARMS else {})}
-        enc = {}
-        for kind, c in kinds.items():
-            with torch.no_grad(), autocast(device):
-                h, skips, temb = base.encode(z, tt, c)
-            enc[kind] = (h.float(), tuple(s.float() for s in skips), temb.float(), c)
-        tgt = data.target[idx].float()
-        total = torch.zeros((), device=device)
-        losses = {}
-        for a, arm in out.items():
-            h, skips, temb, ctx = enc["plain" if a in PLAIN_ARMS or "swap" not in enc else "swap"]
-            h_r, lam = neighbours_for(a, data, idx, leak, shuffle)
-            with autocast(device):
-                hh = arm.hadapter(h, h_r.float(), lam.float())
-                if swap_detach_decoder and swap_cpu is not None and a not in PLAIN_ARMS and bool(swap_cpu.any()):
-                    v = _decode_split(arm.unet, hh, skips, temb, ctx, swap)
-                else:
-                    v = arm.unet.decode(hh, skips, temb, ctx).float()
-            x0 = x0_from_output(z, v, a_t, pipe.prediction_type)
-            loss = F.smooth_l1_loss(x0, tgt, beta=0.1)
-            losses[a] = loss
-            total = total + loss
+        losses = _arm_losses(pipe, out, data, idx, device, leak, swap_cpu, shuffle, swap_detach_decoder)
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        sum(losses.values(), torch.zeros((), device=device)).backward()
         for arm in out.values():
             torch.nn.utils.clip_grad_norm_([p for p in arm.unet.parameters() if p.requires_grad], 1.0)
             torch.nn.utils.clip_grad_norm_(list(arm.hadapter.parameters()), 1.0)
@@ -257,6 +211,69 @@ def train_arms(
         arm.unet.eval().requires_grad_(False)
         arm.hadapter.eval().requires_grad_(False)
     return out, summary
+
+
+def _build_arms(pipe: Any, arms: tuple[str, ...], device: torch.device, decoder_on: bool,
+                init: dict[str, Any] | None, lr_adapter: float,
+                lr_decoder: float) -> tuple[dict[str, Arm], list[dict[str, Any]]]:
+    """One arm per name: a copy of the student (its decoder trainable when ``decoder_on``) and a
+    fresh adapter, or the weights of ``init[name]``; returns the arms and the optimiser's
+    parameter groups (each arm's decoder at ``lr_decoder``, its adapter at ``lr_adapter``)."""
+    from engines.hadapter import HAdapter
+
+    out: dict[str, Arm] = {}
+    params: list[dict[str, Any]] = []
+    for a in arms:
+        u = copy.deepcopy(pipe.unet).to(device).float()
+        u.requires_grad_(False)
+        dec = decoder_params(u.unet)
+        for p in dec:
+            p.requires_grad_(decoder_on)  # a delayed decoder joins later in the loop
+        ad = HAdapter(**dict(pipe.hadapter.config)).to(device).float().train()
+        if init and a in init:
+            load_variant(u.unet, ad, init[a])
+        out[a] = Arm(a, u, ad, LossLog(a))
+        params += [{"params": dec, "lr": lr_decoder}, {"params": list(ad.parameters()), "lr": lr_adapter}]
+    return out, params
+
+
+def _arm_losses(pipe: Any, out: dict[str, Arm], data: ArmData, idx: torch.Tensor, device: torch.device,
+                leak: torch.Tensor | None, swap_cpu: torch.Tensor | None, shuffle: torch.Tensor | None,
+                swap_detach_decoder: bool) -> dict[str, torch.Tensor]:
+    """Each arm's smooth-L1 loss on rows ``idx``: one frozen-encoder pass per caption kind
+    (swapped rows, plain rows) shared by every arm, then each arm's adapter and decoder."""
+    from engines.rules import x0_from_output
+
+    base = pipe.unet
+    a_t = float(pipe.alphas_cumprod[pipe.student_timestep])
+    swap = swap_cpu.to(device) if swap_cpu is not None else None
+    eps = data.noise[idx].float()
+    z = eps * (1 - a_t) ** 0.5
+    ctx = data.context[idx].float()
+    tt = torch.full((len(idx),), pipe.student_timestep, device=device, dtype=torch.long)
+    kinds = {"plain": ctx}
+    if swap is not None and data.context_swap is not None:
+        kinds = {"swap": torch.where(swap.view(-1, 1, 1), data.context_swap[idx].float(), ctx),
+                 **({"plain": ctx} if set(out) & PLAIN_ARMS else {})}
+    enc = {}
+    for kind, c in kinds.items():
+        with torch.no_grad(), autocast(device):
+            h, skips, temb = base.encode(z, tt, c)
+        enc[kind] = (h.float(), tuple(s.float() for s in skips), temb.float(), c)
+    tgt = data.target[idx].float()
+    losses = {}
+    for a, arm in out.items():
+        h, skips, temb, c = enc["plain" if a in PLAIN_ARMS or "swap" not in enc else "swap"]
+        h_r, lam = neighbours_for(a, data, idx, leak, shuffle)
+        with autocast(device):
+            hh = arm.hadapter(h, h_r.float(), lam.float())
+            if swap_detach_decoder and swap_cpu is not None and a not in PLAIN_ARMS and bool(swap_cpu.any()):
+                v = _decode_split(arm.unet, hh, skips, temb, c, swap)
+            else:
+                v = arm.unet.decode(hh, skips, temb, c).float()
+        x0 = x0_from_output(z, v, a_t, pipe.prediction_type)
+        losses[a] = F.smooth_l1_loss(x0, tgt, beta=0.1)
+    return losses
 
 
 def _run_fraction(done: int, steps: int, t0: float, time_limit_s: float | None) -> float:
