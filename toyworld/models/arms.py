@@ -155,13 +155,7 @@ def train_arms(
     seconds of the loop (> 0), so a run cut off mid-way keeps its arms up to the last call;
     ``shuffle_frac``: the ``adapter`` arm's shuffle curriculum (fraction of rows given another
     row's neighbour with their own λ; drawn after the other curricula, so 0 changes no draw)."""
-    bad = [a for a in arms if a not in ARMS]
-    if bad:
-        raise ValueError(f"unknown arm(s) {bad}; choose from {ARMS}")
-    if swap_frac > 0 and data.context_swap is None:
-        raise ValueError(f"swap_frac={swap_frac} needs ArmData.context_swap")
-    if ("leak" in arms or leak_frac > 0) and data.h_self is None:
-        raise ValueError("the leak arm and leak_frac > 0 need ArmData.h_self (the target's own H)")
+    _check_arms(arms, data, leak_frac, swap_frac)
     torch.manual_seed(seed)
     base = pipe.unet
     base.eval().requires_grad_(False)
@@ -177,9 +171,8 @@ def train_arms(
     for step in range(1, steps + 1):
         if delayed and _run_fraction(step - 1, steps, t0, time_limit_s) >= decoder_delay:
             delayed, delay_step = False, step
-            for arm in out.values():
-                for p in decoder_params(arm.unet.unet):
-                    p.requires_grad_(True)
+            for p in (p for arm in out.values() for p in decoder_params(arm.unet.unet)):
+                p.requires_grad_(True)
         idx = torch.randint(0, len(data), (batch_size,), generator=gen).to(device)
         leak = (torch.rand(batch_size, generator=gen) < leak_frac).to(device) if leak_frac > 0 else None
         swap_cpu = torch.rand(batch_size, generator=gen) < swap_frac if swap_frac > 0 else None
@@ -199,7 +192,28 @@ def train_arms(
             last_ckpt = time.perf_counter()
         if out_of_time(t0, time_limit_s):
             break
-    summary: dict[str, Any] = {"steps": step, "wall_s": round(time.perf_counter() - t0, 2),
+    summary = _summary(out, step, time.perf_counter() - t0, delay_step, batch_size=batch_size, lr_adapter=lr_adapter,
+                       lr_decoder=lr_decoder, leak_frac=leak_frac, swap_frac=swap_frac, shuffle_frac=shuffle_frac,
+                       swap_detach_decoder=swap_detach_decoder, decoder_delay=decoder_delay, init=init)
+    return out, summary
+
+
+def _check_arms(arms: tuple[str, ...], data: ArmData, leak_frac: float, swap_frac: float) -> None:
+    """Raise on an unknown arm, or on a curriculum whose rows ``data`` does not hold."""
+    bad = [a for a in arms if a not in ARMS]
+    if bad:
+        raise ValueError(f"unknown arm(s) {bad}; choose from {ARMS}")
+    if swap_frac > 0 and data.context_swap is None:
+        raise ValueError(f"swap_frac={swap_frac} needs ArmData.context_swap")
+    if ("leak" in arms or leak_frac > 0) and data.h_self is None:
+        raise ValueError("the leak arm and leak_frac > 0 need ArmData.h_self (the target's own H)")
+
+
+def _summary(out: dict[str, Arm], step: int, wall_s: float, delay_step: int | None, *, batch_size: int,
+             lr_adapter: float, lr_decoder: float, leak_frac: float, swap_frac: float, shuffle_frac: float,
+             swap_detach_decoder: bool, decoder_delay: float, init: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's settings and each arm's first and final loss and curve; every arm is left frozen."""
+    summary: dict[str, Any] = {"steps": step, "wall_s": round(wall_s, 2),
                                "batch_size": batch_size, "lr_adapter": lr_adapter, "lr_decoder": lr_decoder,
                                "leak_frac": leak_frac, "swap_frac": swap_frac, "shuffle_frac": shuffle_frac,
                                "swap_detach_decoder": swap_detach_decoder and swap_frac > 0, "decoder_delay": decoder_delay,
@@ -210,7 +224,7 @@ def train_arms(
         summary[a] = {"first_loss": arm.log.first(), "final_loss": arm.log.last(), "curve": arm.log.rows}
         arm.unet.eval().requires_grad_(False)
         arm.hadapter.eval().requires_grad_(False)
-    return out, summary
+    return summary
 
 
 def _build_arms(pipe: Any, arms: tuple[str, ...], device: torch.device, decoder_on: bool,
