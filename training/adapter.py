@@ -344,12 +344,7 @@ def _step(cfg: TrainConfig, job: Job, gen: Any, heads: Any, o: _Optim, info: Any
         adv_g = hinge_g_loss(logits_fake)
         l1, lp = _regression(job, lc, x0_hat, z0, ctx, aug, reg_w)
         loss_g = lc.adv_weight * adv_g + lc.l1_weight * l1 + lc.lpips_weight * lp
-    o.opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    if oc.grad_clip:
-        torch.nn.utils.clip_grad_norm_(o.g_params, oc.grad_clip)
-    o.opt_g.step()
-    o.sch_g.step()
+    _optimiser_step(loss_g, o.opt_g, o.sch_g, o.g_params, oc.grad_clip)
     if o.ema is not None:
         o.ema.update()
 
@@ -361,12 +356,7 @@ def _step(cfg: TrainConfig, job: Job, gen: Any, heads: Any, o: _Optim, info: Any
         logits_real = heads(feats_real, pooled, temb.detach())
         logits_fake_d = heads([f.detach() for f in feats_fake], pooled, temb.detach())
         loss_d = hinge_d_loss(logits_real, logits_fake_d)
-    o.opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    if oc.grad_clip:
-        torch.nn.utils.clip_grad_norm_(o.d_params, oc.grad_clip)
-    o.opt_d.step()
-    o.sch_d.step()
+    _optimiser_step(loss_d, o.opt_d, o.sch_d, o.d_params, oc.grad_clip)
     return {
         "loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach()),
         "adv_g": float(adv_g.detach()), "l1": float(l1.detach()), "lpips": float(lp.detach()),
@@ -375,3 +365,14 @@ def _step(cfg: TrainConfig, job: Job, gen: Any, heads: Any, o: _Optim, info: Any
         "lam_mean": float(lam.float().mean()), "paired": float(paired.mean()),
         "lr": float(o.sch_g.get_last_lr()[0]),
     }
+
+
+def _optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, sched: Any,
+                    params: list[torch.nn.Parameter], grad_clip: float | None) -> None:
+    """Backward ``loss`` into ``params``, clip their norm (when ``grad_clip``), step, advance the schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()

@@ -81,12 +81,20 @@ class Split:
         return len(self.captions)
 
 
-def _train_item(i: int) -> tuple[Scene, str, SceneSpec]:
-    rng = np.random.default_rng([SPLIT_SEEDS["train"], i])
+def _skewed_scene(rng: np.random.Generator, avoid: frozenset[tuple[str, str]] = frozenset()) -> Scene:
+    """The train split's skew: a scene with a long-tail pair is kept with p = RARE_KEEP; a scene
+    naming a pair of ``avoid`` is never kept."""
     while True:
         scene = sample_scene(rng)
+        if set(scene.spec.colour_shape_pairs()) & avoid:
+            continue
         if not is_long_tail(scene.spec) or rng.random() < RARE_KEEP:
-            break
+            return scene
+
+
+def _train_item(i: int) -> tuple[Scene, str, SceneSpec]:
+    rng = np.random.default_rng([SPLIT_SEEDS["train"], i])
+    scene = _skewed_scene(rng)
     cap, said = describe(scene.spec, rng, held_out=False)
     return scene, cap, said
 
@@ -123,12 +131,7 @@ def _skewed_item(i: int) -> tuple[Scene, str, SceneSpec]:
     """The student's world: the train split's skew (rare pairs kept with p = RARE_KEEP) and
     no scene with a HELD_OUT_RARE pair at all, so the student never meets them."""
     rng = np.random.default_rng([SPLIT_SEEDS["skewed"], i])
-    while True:
-        scene = sample_scene(rng)
-        if set(scene.spec.colour_shape_pairs()) & HELD_OUT_RARE:
-            continue
-        if not is_long_tail(scene.spec) or rng.random() < RARE_KEEP:
-            break
+    scene = _skewed_scene(rng, HELD_OUT_RARE)
     cap, said = describe(scene.spec, rng, held_out=False)
     return scene, cap, said
 
