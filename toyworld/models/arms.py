@@ -7,7 +7,7 @@ same batches and the same schedule; they differ only in what the adapter is give
 
 * ``adapter``  — the top-1 neighbour of the prompt in the retrieval split (H-features of its
   clean latent through the student's encoder at t = 0 with its caption), λ = cosine score;
-  with the *swap curriculum* (``toyworld.models.swaps``): on a fraction ``swap_frac`` of the
+  with the *swap curriculum* (captions from ``lab.toyworld.swaps``): on a fraction ``swap_frac`` of the
   rows (drawn afresh each step) the student's encoder reads a caption with one colour or
   shape swapped, while the neighbour and the target stay those of the true caption, so the
   neighbour's content is the only way to the right attribute; optionally a *leak
