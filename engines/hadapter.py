@@ -43,7 +43,7 @@ class HAdapter(ModelMixin, ConfigMixin):
             it the block's output is a mix of the neighbour's values alone, so it cannot tell a
             neighbour that agrees with the query from one that does not (the toy world's shuffled-neighbour
             test); ``g = 0`` is exactly the block without it, so an adapter trained without the
-            gate loads into one with it unchanged (see ``toyworld.fideval.load_variant``).
+            gate loads into one with it unchanged (see ``toyworld.models.variants.load_variant``).
     """
 
     config_name = "config.json"

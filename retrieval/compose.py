@@ -37,7 +37,7 @@ from engines.rules import neighbour_lambda
 from engines.vocabulary import Vocabulary, load_vocabulary
 from retrieval.db import DbConfig, RetrievalDB, open_db_for_pipeline
 from retrieval.fit import weigh, weigh_scores
-from retrieval.resident import ResidentIndex
+from retrieval.resident import ResidentIndex, device_copy
 from retrieval.types import FingerprintMismatchError, Neighbour
 
 if TYPE_CHECKING:
@@ -360,44 +360,28 @@ def build_text_to_image(
         resident = ResidentIndex.synthetic(pipeline, synthetic_pairs, feature_dtype=feature_dtype)
         return TextToImage(pipeline, None, min_score=min_score, vocabulary=vocabulary,
                            retrieval_timeout_s=retrieval_timeout_s, resident=resident, refresh_s=0)
-    db: RetrievalDB | None
-    db_error: str | None = None
-    try:
-        db = open_db_for_pipeline(cfg, pipeline)
-        log.info(
-            "retrieval: %s with %d stored pairs (features %s)",
-            db.backend_name,
-            len(db.store),
-            db.store.root,
-        )
-    except FingerprintMismatchError:
-        raise
-    except Exception as e:  # noqa: BLE001 - an outage must not stop startup
-        db_error = f"{type(e).__name__}: {e}"
-        log.error(
-            "retrieval database unavailable (%s); images will be generated without retrieval", e
-        )
-        db = None
+    db, db_error = _open_db(cfg, pipeline)
     resident = pending = None
     if db is not None and isinstance(pipeline, SearchingBackend):
-        n = len(db.store)
-        if cfg.qdrant_url or n > device_index_max_pairs:
-            log.info(
-                "retrieval: %d pairs%s: the search goes to %s, the graph receives the neighbours",
-                n, " with a Qdrant server" if cfg.qdrant_url else f" > device_index_max_pairs={device_index_max_pairs}",
-                db.backend_name,
-            )
-        else:
-            resident = ResidentIndex(pipeline, db, feature_dtype=feature_dtype)
-            try:
-                resident.load()
-            except Exception as e:  # noqa: BLE001 - e.g. the index is not reachable yet
-                db_error = f"{type(e).__name__}: {e}"
-                log.error("device copy of the database not loaded (%s); searching the index "
-                          "until it loads (retried every %.0f s)", db_error, refresh_s)
-                pending, resident = resident, None
+        resident, pending, copy_error = device_copy(pipeline, db, bool(cfg.qdrant_url), device_index_max_pairs,
+                                                    feature_dtype, refresh_s)
+        db_error = copy_error or db_error
     return TextToImage(
         pipeline, db, min_score=min_score, retrieval_timeout_s=retrieval_timeout_s,
         resident=resident, refresh_s=refresh_s, db_error=db_error, pending=pending,
         vocabulary=vocabulary,
     )
+
+
+def _open_db(cfg: DbConfig, pipeline: Any) -> tuple[RetrievalDB | None, str | None]:
+    """The database for ``pipeline``, or (None, the error) when it cannot be opened; features
+    made by another model raise (FingerprintMismatchError: a deployment mistake)."""
+    try:
+        db = open_db_for_pipeline(cfg, pipeline)
+    except FingerprintMismatchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an outage must not stop startup
+        log.error("retrieval database unavailable (%s); images will be generated without retrieval", e)
+        return None, f"{type(e).__name__}: {e}"
+    log.info("retrieval: %s with %d stored pairs (features %s)", db.backend_name, len(db.store), db.store.root)
+    return db, None

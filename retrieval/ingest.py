@@ -120,6 +120,75 @@ def _chunks(n: int, size: int) -> Iterable[range]:
         yield range(s, min(n, s + size))
 
 
+class _Pending:
+    """Encoded pairs not yet written: ``add`` encodes a batch (text, latents, H-features),
+    ``commit`` upserts everything pending into the database in one call."""
+
+    def __init__(self, db: RetrievalDB, rep: IngestReport, on_commit: Callable[[int], None] | None) -> None:
+        self.db, self.rep, self.on_commit = db, rep, on_commit
+        self.ids: list[str] = []
+        self.caps: list[str] = []
+        self.files: list[str] = []
+        self.emb: list[Any] = []
+        self.h: list[Any] = []
+        self.lat: list[Any] = []
+
+    def add(self, pipe: Any, ids: list[str], imgs: np.ndarray, caps: list[str], files: list[str]) -> None:
+        text = pipe.encode_text(caps)
+        lat = pipe.encode_images(imgs)
+        h = pipe.retrieval_features(lat, text.context)
+        self.ids += ids
+        self.caps += caps
+        self.files += files
+        self.emb.append(text.pooled.float().cpu())
+        self.h.append(h.float().cpu())
+        self.lat.append(lat.float().cpu())
+
+    def commit(self) -> None:
+        if not self.ids:
+            return
+        import torch
+
+        self.db.upsert(self.ids, torch.cat(self.emb), torch.cat(self.h), torch.cat(self.lat), self.caps, self.files)
+        self.rep.added += len(self.ids)
+        if self.on_commit:
+            self.on_commit(self.rep.added)
+        for v in (self.ids, self.caps, self.files, self.emb, self.h, self.lat):
+            v.clear()
+
+
+def _read_row(row: dict[str, str], i: int, root: Path, real_root: Path,
+              allow_outside: bool) -> Reject | tuple[int, str, str, bytes]:
+    """Check one row (caption, file name, path under ``root``) and read its file's bytes:
+    (line, file, caption, bytes), or the ``Reject`` that says why the row is not ingested."""
+    file, cap = row["file"], row["caption"].strip()
+    ln = int(row.get("line") or i + 1)
+    if row.get("error"):
+        return Reject(ln, file, cap, row["error"], row.get("raw"))
+    if not cap:
+        return Reject(ln, file, cap, "empty caption")
+    if len(cap) > MAX_CAPTION_CHARS:
+        return Reject(ln, file, cap[:80], f"caption too long: {len(cap)} chars")
+    if not file:
+        return Reject(ln, file, cap, "missing file: no file name")
+    try:
+        cap.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return Reject(ln, file, cap, f"invalid caption: not valid Unicode ({e.reason})")
+    path = root / file
+    try:
+        if not allow_outside and not path.resolve().is_relative_to(real_root):
+            return Reject(ln, file, cap, "outside --images: the file resolves outside "
+                          f"{root} (allow with --allow-outside-images)")
+        data = read_regular_file(path)
+    except NotRegularFile as e:
+        return Reject(ln, file, cap, str(e))
+    except (OSError, ValueError) as e:  # ValueError: a name that is not a path
+        why = e.strerror if isinstance(e, OSError) and e.strerror else e
+        return Reject(ln, file, cap, f"missing file: {why}")
+    return ln, file, cap, data
+
+
 def ingest(
     pipe: Any,
     db: RetrievalDB,
@@ -137,7 +206,6 @@ def ingest(
 
     ``allow_outside``: read files that resolve outside ``images_dir`` (default: reject).
     """
-    import torch
     from tqdm import tqdm
 
     if batch < 1 or commit_every < 1:
@@ -148,66 +216,17 @@ def ingest(
     real_root = root.resolve()
     res = pipe.resolution
     seen: set[str] = set()
-    pend: dict[str, list[Any]] = {k: [] for k in ("ids", "emb", "h", "lat", "cap", "file")}
-
-    def commit() -> None:
-        if not pend["ids"]:
-            return
-        db.upsert(
-            pend["ids"],
-            torch.cat(pend["emb"]),
-            torch.cat(pend["h"]),
-            torch.cat(pend["lat"]),
-            pend["cap"],
-            pend["file"],
-        )
-        rep.added += len(pend["ids"])
-        if on_commit:
-            on_commit(rep.added)
-        for v in pend.values():
-            v.clear()
+    pend = _Pending(db, rep, on_commit)
 
     bar = tqdm(total=len(rows), unit="pair", disable=not progress, desc="ingest")
     for rng in _chunks(len(rows), batch):
         ids, imgs, caps, files = [], [], [], []
         for i in rng:
-            file, cap = rows[i]["file"], rows[i]["caption"].strip()
-            ln = int(rows[i].get("line") or i + 1)
-            if rows[i].get("error"):
-                rep.rejects.append(Reject(ln, file, cap, rows[i]["error"], rows[i].get("raw")))
+            got = _read_row(rows[i], i, root, real_root, allow_outside)
+            if isinstance(got, Reject):
+                rep.rejects.append(got)
                 continue
-            if not cap:
-                rep.rejects.append(Reject(ln, file, cap, "empty caption"))
-                continue
-            if len(cap) > MAX_CAPTION_CHARS:
-                rep.rejects.append(Reject(ln, file, cap[:80], f"caption too long: {len(cap)} chars"))
-                continue
-            if not file:
-                rep.rejects.append(Reject(ln, file, cap, "missing file: no file name"))
-                continue
-            try:
-                cap.encode("utf-8")
-            except UnicodeEncodeError as e:
-                rep.rejects.append(
-                    Reject(ln, file, cap, f"invalid caption: not valid Unicode ({e.reason})")
-                )
-                continue
-            path = root / file
-            try:
-                if not allow_outside and not path.resolve().is_relative_to(real_root):
-                    rep.rejects.append(
-                        Reject(ln, file, cap, "outside --images: the file resolves outside "
-                               f"{root} (allow with --allow-outside-images)")
-                    )
-                    continue
-                data = read_regular_file(path)
-            except NotRegularFile as e:
-                rep.rejects.append(Reject(ln, file, cap, str(e)))
-                continue
-            except (OSError, ValueError) as e:  # ValueError: a name that is not a path
-                why = e.strerror if isinstance(e, OSError) and e.strerror else e
-                rep.rejects.append(Reject(ln, file, cap, f"missing file: {why}"))
-                continue
+            ln, file, cap, data = got
             pid = point_id(cap, data)
             if pid in seen:
                 rep.duplicates += 1
@@ -223,24 +242,12 @@ def ingest(
         rep.already_present += sum(done)
         todo = [j for j, d in enumerate(done) if not d]
         if todo:
-            ids, caps, files = (
-                [ids[j] for j in todo],
-                [caps[j] for j in todo],
-                [files[j] for j in todo],
-            )
-            text = pipe.encode_text(caps)
-            lat = pipe.encode_images(np.stack([imgs[j] for j in todo]))
-            h = pipe.retrieval_features(lat, text.context)
-            pend["ids"] += ids
-            pend["cap"] += caps
-            pend["file"] += files
-            pend["emb"].append(text.pooled.float().cpu())
-            pend["h"].append(h.float().cpu())
-            pend["lat"].append(lat.float().cpu())
-            if len(pend["ids"]) >= commit_every:
-                commit()
+            pend.add(pipe, [ids[j] for j in todo], np.stack([imgs[j] for j in todo]),
+                     [caps[j] for j in todo], [files[j] for j in todo])
+            if len(pend.ids) >= commit_every:
+                pend.commit()
         bar.update(len(rng))
-    commit()
+    pend.commit()
     bar.close()
     if rep.added:
         db.index.optimize()

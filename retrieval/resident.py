@@ -145,3 +145,26 @@ class ResidentIndex:
             if r < len(self.ids) and np.isfinite(s):
                 out.append(Neighbour(self.ids[r], self.captions[r], float(s)))
         return out
+
+
+def device_copy(pipeline: SearchingBackend, db: RetrievalDB, qdrant_server: bool, max_pairs: int,
+                feature_dtype: str, refresh_s: float) -> tuple[ResidentIndex | None, ResidentIndex | None, str | None]:
+    """(the loaded device copy, one still to load, the load error) of ``db`` for a searching
+    backend: a Qdrant server (``qdrant_server``) or more than
+    ``max_pairs`` pairs keep the search in the index (no copy); a copy that fails to load is
+    retried every ``refresh_s`` while the index answers."""
+    n = len(db.store)
+    if qdrant_server or n > max_pairs:
+        log.info("retrieval: %d pairs%s: the search goes to %s, the graph receives the neighbours",
+                 n, " with a Qdrant server" if qdrant_server else f" > device_index_max_pairs={max_pairs}",
+                 db.backend_name)
+        return None, None, None
+    resident = ResidentIndex(pipeline, db, feature_dtype=feature_dtype)
+    try:
+        resident.load()
+    except Exception as e:  # noqa: BLE001 - e.g. the index is not reachable yet
+        err = f"{type(e).__name__}: {e}"
+        log.error("device copy of the database not loaded (%s); searching the index "
+                  "until it loads (retried every %.0f s)", err, refresh_s)
+        return None, resident, err
+    return resident, None, None

@@ -1,4 +1,4 @@
-"""Issue 13's fidelity evaluation: every mode, its controls, splits and paired intervals.
+"""The shipped family's fidelity evaluation: every mode, its controls, splits and paired intervals.
 
 Modes (each one image per (prompt, seed), scored by ``toyworld.checker``):
 
@@ -24,7 +24,7 @@ Modes (each one image per (prompt, seed), scored by ``toyworld.checker``):
 Splits: ``common`` / ``seen_rare`` / ``held_out_rare`` (``toyworld.models.data.rare_group``)
 and ``nb_full`` / ``nb_partial``: whether the top-1 neighbour's own image answers every
 question of the prompt. Paired bootstrap 95 % intervals (prompts resampled) for the
-differences that the issue's targets name. Retrieval is exact cosine over the pooled
+differences of ``COMPARISONS``. Retrieval is exact cosine over the pooled
 text embeddings of the retrieval split, H-features from the student's frozen encoder —
 the same math as the service's Qdrant search; the modes with real neighbours (and the
 student) go through ``retrieval.compose.TextToImage``, the service's own path, and only the
@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from engines.default_model import SHIPPED
+from toyworld.models.variants import apply_variant, load_variant, save_variant, variant_state  # noqa: F401 (callers load and save variants through fideval)
 
 log = logging.getLogger(__name__)
 
@@ -118,66 +119,6 @@ class Suite:
         t = eval_dir / "teacher_unet"
         teacher = UNet2DConditionModel.from_pretrained(str(t), torch_dtype=torch.float32).to(device).eval() if t.is_dir() else None
         return Suite(pipes, teacher, f"{model} + {eval_dir}", {"shipped_variant": base_variant})
-
-
-def variant_state(pipe: Any) -> dict[str, torch.Tensor]:
-    """What distinguishes a variant: decoder weights ("unet.*") and the adapter ("hadapter.*")."""
-    from toyworld.models.arms import DECODER_PREFIXES
-
-    sd = {f"unet.{k}": v for k, v in pipe.unet.unet.state_dict().items() if k.startswith(DECODER_PREFIXES)}
-    sd.update({f"hadapter.{k}": v for k, v in pipe.hadapter.state_dict().items()})
-    return sd
-
-
-def save_variant(pipe: Any, path: Path) -> Path:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")  # a reader (a copy-out loop) never sees half a file
-    save_file({k: v.detach().cpu().half().contiguous() for k, v in variant_state(pipe).items()}, str(tmp))
-    tmp.replace(path)
-    return path
-
-
-def apply_variant(pipe: Any, path: Path) -> None:
-    """Load a variant file's decoder + adapter weights into ``pipe`` (strict on those keys). A
-    file with a query gate, applied to a pipe whose adapter has none (a gated arm on a gate-less
-    base model), first gets the pipe a gated adapter: the file's weights decide what it does."""
-    from safetensors import safe_open
-
-    from engines.hadapter import HAdapter
-
-    with safe_open(str(path), framework="pt") as f:
-        keys = f.keys()
-    gated = "hadapter.q_gate" in keys
-    if gated and getattr(pipe.hadapter, "q_gate", None) is None:
-        ref = next(pipe.hadapter.parameters())
-        pipe.hadapter = HAdapter(**{**dict(pipe.hadapter.config), "query_gate": True}).to(ref.device, ref.dtype).eval()
-    load_variant(pipe.unet.unet, pipe.hadapter, path)
-    pipe.to(pipe.device, pipe.dtype)
-
-
-def load_variant(unet: torch.nn.Module, hadapter: torch.nn.Module, path: Path) -> None:
-    """Load a variant file's decoder weights into a diffusers ``unet`` and its adapter weights
-    into ``hadapter`` (strict on those keys; each keeps its own dtype and device). A file
-    from an adapter without ``query_gate`` loads into one with it at ``g = 0`` (the same
-    function); the reverse is an error."""
-    from safetensors.torch import load_file
-
-    sd = load_file(str(path))
-    dec = {k[5:]: v for k, v in sd.items() if k.startswith("unet.")}
-    had = {k[9:]: v for k, v in sd.items() if k.startswith("hadapter.")}
-    cur = unet.state_dict()
-    missing = [k for k in dec if k not in cur]
-    if missing:
-        raise ValueError(f"{path}: {len(missing)} decoder keys not in the base UNet, e.g. {missing[:3]}")
-    cur.update({k: v.to(cur[k].device, cur[k].dtype) for k, v in dec.items()})
-    unet.load_state_dict(cur)
-    ref = next(hadapter.parameters())
-    had = {k: v.to(ref.device, ref.dtype) for k, v in had.items()}
-    if getattr(hadapter, "q_gate", None) is not None and "q_gate" not in had:
-        had["q_gate"] = torch.zeros_like(hadapter.q_gate)  # a gate-less adapter: g = 0 is exactly it
-    hadapter.load_state_dict(had, strict=True)
 
 
 @dataclass
@@ -275,7 +216,7 @@ def evaluate(
     nb_full, nb_partial, wall_s}}, "comparisons": {"a-b": {split: {diff, lo, hi, n}}}, ...}."""
     from toyworld.models.data import rare_group
     from toyworld.parse import parse
-    from toyworld.scoring import aggregate, paired_bootstrap, per_prompt, score_images
+    from toyworld.scoring import aggregate, score_images
 
     if not prompts:
         raise ValueError("no prompts to evaluate")
@@ -303,62 +244,23 @@ def evaluate(
     orc_lat = base.encode_images(orc_img)
     orc_h = base.retrieval_features(orc_lat, text_all.context).float()
 
-    avail = {"teacher": suite.teacher is not None, "student": "student" in suite.pipes,
-             "inject": "student" in suite.pipes, "adapter": "adapter" in suite.pipes,
-             "adapter_k4": "adapter" in suite.pipes, "real": "real" in suite.pipes, "control": "control" in suite.pipes,
-             "control_plain": "control_plain" in suite.pipes,
-             "shuffled_test": "adapter" in suite.pipes, "real_shuffled_test": "real" in suite.pipes,
-             "shuffled_own_lam": "adapter" in suite.pipes,
-             "shuffled_trained": "shuffled" in suite.pipes,
-             "oracle": "adapter" in suite.pipes, "leak": "leak" in suite.pipes and suite.teacher is not None}
-    want = [m for m in (modes or ALL_MODES) if avail.get(m)]
+    want = [m for m in (modes or ALL_MODES) if _available(suite).get(m)]
     images: dict[str, list[np.ndarray]] = {m: [] for m in want}
     walls: dict[str, float] = dict.fromkeys(want, 0.0)
     P = len(prompts)
     for lo in range(0, len(flat_p), batch):
         hi = min(len(flat_p), lo + batch)
         pi = torch.as_tensor([i // S for i in range(lo, hi)], device=lam4.device)
-        pi_shuf = (pi + 1) % P  # another prompt's neighbour
-        ps, ss = flat_p[lo:hi], flat_s[lo:hi]
-        text = base.encode_text(ps)
-        x0_teacher = None
+        b = _Batch(flat_p[lo:hi], flat_s[lo:hi], base.encode_text(flat_p[lo:hi]), pi, (pi + 1) % P)
         for m in want:
             t0 = time.perf_counter()
-            if m == "teacher" or m == "leak":
-                if x0_teacher is None:
-                    x0_teacher = _teacher_latents(suite, base, ps, ss, teacher_steps, guidance)
-                if m == "teacher":
-                    ims = base.decode_latents(x0_teacher)
-                else:
-                    pipe = suite.pipes["leak"]
-                    h = pipe.retrieval_features(x0_teacher, text.context).float()[:, None]
-                    ims = pipe.generate(text, ss, "adapter", h, torch.ones(len(ps), 1)).images
-            elif m == "student":
-                ims = compose_images(t2i["student"], ps, ss, "off")
-            elif m == "oracle":
-                ims = suite.pipes["adapter"].generate(text, ss, "adapter", orc_h[pi.to(orc_h.device)][:, None],
-                                                      torch.ones(len(ps), 1)).images
-            elif m in ("shuffled_test", "real_shuffled_test"):  # another prompt's neighbour, true λ: by hand
-                h = db.features[idx4[pi_shuf, :1].to(db.features.device)]
-                ims = suite.pipes["real" if m == "real_shuffled_test" else "adapter"].generate(
-                    text, ss, "adapter", h, lam4[pi, :1]).images
-            elif m == "shuffled_own_lam":  # the same wrong neighbour, λ as the service would score it
-                j = idx4[pi_shuf, :1]
-                ims = suite.pipes["adapter"].generate(text, ss, "adapter", db.features[j.to(db.features.device)],
-                                                      db.score(text.pooled, j)).images
-            else:
-                key = {"inject": "student", "adapter": "adapter", "adapter_k4": "adapter", "real": "real", "control": "control",
-                       "control_plain": "control_plain", "shuffled_trained": "shuffled"}[m]
-                ims = compose_images(t2i[key], ps, ss, "inject" if m == "inject" else "adapter", 4 if m == "adapter_k4" else 1)
+            images[m].append(_mode_images(m, b, suite, base, t2i, db, lam4, idx4, orc_h, teacher_steps, guidance))
             walls[m] += time.perf_counter() - t0
-            images[m].append(ims)
     t_sc = time.perf_counter()
     all_imgs = np.concatenate([np.concatenate(images[m]) for m in want])
     rows_all = score_images(all_imgs, flat_p * len(want), workers)
     score_s = time.perf_counter() - t_sc
     rows = {m: rows_all[j * len(flat_p) : (j + 1) * len(flat_p)] for j, m in enumerate(want)}
-    flat_g = [g for g in groups for _ in range(S)]
-    flat_nb = [f for f in nb_full for _ in range(S)]
     res: dict[str, Any] = {
         "modes": {}, "comparisons": {}, "n_prompts": P, "seeds_per_prompt": S, "n_retrieval": n_retrieval,
         "teacher_steps": teacher_steps, "guidance": guidance, "device": str(dev),
@@ -368,23 +270,95 @@ def evaluate(
                             **{g: aggregate([r for r, x in zip(nb_rows, groups, strict=True) if x == g])["overall"] for g in GROUPS}},
         "db_build_s": round(db_s, 1), "score_s": round(score_s, 1),
     }
-    for m in want:
-        r = rows[m]
-        agg = aggregate(r)
-        for g in GROUPS:
-            agg[g] = aggregate([x for x, gg in zip(r, flat_g, strict=True) if gg == g])
-        agg["nb_full"] = aggregate([x for x, f in zip(r, flat_nb, strict=True) if f])
-        agg["nb_partial"] = aggregate([x for x, f in zip(r, flat_nb, strict=True) if not f])
-        agg["wall_s"] = round(walls[m], 2)
-        res["modes"][m] = agg
-    pp = {m: per_prompt([x["overall"] for x in rows[m]], S) for m in want}
-    masks = {"overall": np.ones(P, bool), **{g: np.array([x == g for x in groups]) for g in GROUPS},
-             "nb_full": np.array(nb_full), "nb_partial": ~np.array(nb_full)}
-    for a, b in COMPARISONS:
-        if a in pp and b in pp:
-            res["comparisons"][f"{a}-{b}"] = {
-                s: paired_bootstrap(pp[a][mk], pp[b][mk], n_boot) for s, mk in masks.items() if mk.any()}
+    res["modes"] = {m: {**_split_scores(rows[m], groups, nb_full, S), "wall_s": round(walls[m], 2)} for m in want}
+    res["comparisons"] = _comparisons(rows, groups, nb_full, S, n_boot)
     return res
+
+
+def _available(suite: Suite) -> dict[str, bool]:
+    """Which modes ``suite`` can run (each needs its variant; teacher and leak the teacher)."""
+    has = suite.pipes.__contains__
+    return {"teacher": suite.teacher is not None, "student": has("student"), "inject": has("student"),
+            "adapter": has("adapter"), "adapter_k4": has("adapter"), "real": has("real"), "control": has("control"),
+            "control_plain": has("control_plain"), "shuffled_test": has("adapter"),
+            "real_shuffled_test": has("real"), "shuffled_own_lam": has("adapter"),
+            "shuffled_trained": has("shuffled"), "oracle": has("adapter"),
+            "leak": has("leak") and suite.teacher is not None}
+
+
+@dataclass
+class _Batch:
+    """One batch of (prompt, seed) rows: prompts, seeds, their text encoding, each row's prompt
+    index and the index of the prompt whose neighbour the shuffled modes hand it."""
+
+    prompts: list[str]
+    seeds: list[int]
+    text: Any
+    pi: torch.Tensor
+    pi_shuf: torch.Tensor
+    x0_teacher: torch.Tensor | None = None
+
+
+_COMPOSED = {"student": ("student", "off", 1), "inject": ("student", "inject", 1), "adapter": ("adapter", "adapter", 1),
+             "adapter_k4": ("adapter", "adapter", 4), "real": ("real", "adapter", 1), "control": ("control", "adapter", 1),
+             "control_plain": ("control_plain", "adapter", 1), "shuffled_trained": ("shuffled", "adapter", 1)}
+"""Modes with real neighbours: (variant, retrieval mode, k) through ``retrieval.compose``."""
+
+
+def _mode_images(m: str, b: _Batch, suite: Suite, base: Any, t2i: dict[str, Any], db: Database,
+                 lam4: torch.Tensor, idx4: torch.Tensor, orc_h: torch.Tensor, teacher_steps: int,
+                 guidance: float) -> np.ndarray:
+    """uint8 images of mode ``m`` for batch ``b`` (the teacher's latents computed once a batch)."""
+    ps, ss, text = b.prompts, b.seeds, b.text
+    if m in _COMPOSED:
+        variant, mode, k = _COMPOSED[m]
+        return compose_images(t2i[variant], ps, ss, mode, k)
+    if m in ("teacher", "leak"):
+        if b.x0_teacher is None:
+            b.x0_teacher = _teacher_latents(suite, base, ps, ss, teacher_steps, guidance)
+        if m == "teacher":
+            return base.decode_latents(b.x0_teacher)
+        pipe = suite.pipes["leak"]
+        h = pipe.retrieval_features(b.x0_teacher, text.context).float()[:, None]
+        return pipe.generate(text, ss, "adapter", h, torch.ones(len(ps), 1)).images
+    if m == "oracle":
+        return suite.pipes["adapter"].generate(text, ss, "adapter", orc_h[b.pi.to(orc_h.device)][:, None],
+                                               torch.ones(len(ps), 1)).images
+    if m in ("shuffled_test", "real_shuffled_test"):  # another prompt's neighbour, true λ: by hand
+        h = db.features[idx4[b.pi_shuf, :1].to(db.features.device)]
+        return suite.pipes["real" if m == "real_shuffled_test" else "adapter"].generate(
+            text, ss, "adapter", h, lam4[b.pi, :1]).images
+    if m == "shuffled_own_lam":  # the same wrong neighbour, λ as the service would score it
+        j = idx4[b.pi_shuf, :1]
+        return suite.pipes["adapter"].generate(text, ss, "adapter", db.features[j.to(db.features.device)],
+                                               db.score(text.pooled, j)).images
+    raise ValueError(f"unknown eval mode {m!r}; choose from {ALL_MODES}")
+
+
+def _split_scores(r: list[dict[str, Any]], groups: list[str], nb_full: list[bool], S: int) -> dict[str, Any]:
+    """Aggregate checker rows of one mode overall, per group and by neighbour-image fit."""
+    from toyworld.scoring import aggregate
+
+    flat_g = [g for g in groups for _ in range(S)]
+    flat_nb = [f for f in nb_full for _ in range(S)]
+    agg = aggregate(r)
+    for g in GROUPS:
+        agg[g] = aggregate([x for x, gg in zip(r, flat_g, strict=True) if gg == g])
+    agg["nb_full"] = aggregate([x for x, f in zip(r, flat_nb, strict=True) if f])
+    agg["nb_partial"] = aggregate([x for x, f in zip(r, flat_nb, strict=True) if not f])
+    return agg
+
+
+def _comparisons(rows: dict[str, list[dict[str, Any]]], groups: list[str], nb_full: list[bool], S: int,
+                 n_boot: int) -> dict[str, Any]:
+    """Paired bootstrap intervals (prompts resampled) of ``COMPARISONS`` over every split."""
+    from toyworld.scoring import paired_bootstrap, per_prompt
+
+    pp = {m: per_prompt([x["overall"] for x in r], S) for m, r in rows.items()}
+    masks = {"overall": np.ones(len(groups), bool), **{g: np.array([x == g for x in groups]) for g in GROUPS},
+             "nb_full": np.array(nb_full), "nb_partial": ~np.array(nb_full)}
+    return {f"{a}-{b}": {s: paired_bootstrap(pp[a][mk], pp[b][mk], n_boot) for s, mk in masks.items() if mk.any()}
+            for a, b in COMPARISONS if a in pp and b in pp}
 
 
 def format_table(res: dict[str, Any]) -> str:

@@ -21,7 +21,6 @@ an up-block LoRA of the one-step student, with retrieval in the loop (arXiv 2602
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -50,10 +49,10 @@ from training.ema import ParamEMA
 from training.job_build import Job, build_job
 from training.losses import Augment, latent_perceptual_loss, smooth_l1
 from training.retriever import Retriever
+from training.train_log import TrainLog
 
 log = logging.getLogger(__name__)
 
-METRICS = ("loss_g", "loss_d", "adv_g", "l1", "lpips", "d_real", "d_fake", "lam_mean", "paired", "lr")
 
 
 @dataclass
@@ -189,6 +188,60 @@ def train(
         shutdown(info)
 
 
+@dataclass
+class _Optim:
+    """The two optimisers and schedules (generator: adapter + LoRA; discriminator heads) and the EMA."""
+
+    g_params: list[torch.nn.Parameter]
+    d_params: list[torch.nn.Parameter]
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    sch_g: Any
+    sch_d: Any
+    ema: ParamEMA | None
+
+    @staticmethod
+    def build(cfg: TrainConfig, job: Job) -> _Optim:
+        g_params = [p for _, p in job.gen.trainable()]
+        d_params = [p for p in job.heads.parameters() if p.requires_grad]
+        oc = cfg.optim
+        opt_g = torch.optim.AdamW(g_params, lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
+        opt_d = torch.optim.AdamW(d_params, lr=oc.disc_lr, betas=oc.betas, weight_decay=oc.weight_decay)
+        sch_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(oc.warmup_steps))
+        sch_d = torch.optim.lr_scheduler.LambdaLR(opt_d, _lr_lambda(oc.warmup_steps))
+        ema = ParamEMA(job.gen.trainable(), cfg.ema_decay) if cfg.ema_decay is not None else None
+        return _Optim(g_params, d_params, opt_g, opt_d, sch_g, sch_d, ema)
+
+    def state(self) -> dict[str, Any]:
+        return {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "sch_g": self.sch_g.state_dict(), "sch_d": self.sch_d.state_dict(),
+                "ema": None if self.ema is None else self.ema.state_dict()}
+
+    def load(self, ck: dict[str, Any]) -> None:
+        self.opt_g.load_state_dict(ck["opt_g"])
+        self.opt_d.load_state_dict(ck["opt_d"])
+        self.sch_g.load_state_dict(ck["sch_g"])
+        self.sch_d.load_state_dict(ck["sch_d"])
+        if self.ema is not None and ck.get("ema") is not None:
+            self.ema.load_state_dict(ck["ema"])
+
+
+def _resume(latest: Path, job: Job, o: _Optim, info: Any, device: torch.device) -> int:
+    """Load the latest checkpoint into the job and optimisers; returns its step."""
+    ck = load_checkpoint(latest, map_location=device)
+    job.load_trainable(ck)
+    o.load(ck)
+    rngs = ck.get("rng") or []
+    if len(rngs) == info.world:
+        set_rng_state(rngs[info.rank])
+    else:
+        log.warning("checkpoint has RNG states of %d ranks, running %d: not restored",
+                    len(rngs), info.world)
+    start = int(ck["step"])
+    log.info("resumed from %s at step %d", latest, start)
+    return start
+
+
 def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainResult:
     if cfg.batch_size % info.world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {info.world} processes")
@@ -202,45 +255,17 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
     # DistributedDataParallel (one process: the modules themselves): rank 0's weights are
     # broadcast at wrapping, gradients are averaged over ranks during each backward.
     gen, heads = wrap_ddp(job.gen, info, device), wrap_ddp(job.heads, info, device)
+    o = _Optim.build(cfg, job)
 
-    g_params = [p for _, p in job.gen.trainable()]
-    d_params = [p for p in job.heads.parameters() if p.requires_grad]
-    oc = cfg.optim
-    opt_g = torch.optim.AdamW(g_params, lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
-    opt_d = torch.optim.AdamW(d_params, lr=oc.disc_lr, betas=oc.betas, weight_decay=oc.weight_decay)
-    sch_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(oc.warmup_steps))
-    sch_d = torch.optim.lr_scheduler.LambdaLR(opt_d, _lr_lambda(oc.warmup_steps))
-    ema = ParamEMA(job.gen.trainable(), cfg.ema_decay) if cfg.ema_decay is not None else None
-
-    start = 0
     latest = out / LATEST
-    if cfg.resume and latest.is_file():
-        ck = load_checkpoint(latest, map_location=device)
-        job.load_trainable(ck)
-        opt_g.load_state_dict(ck["opt_g"])
-        opt_d.load_state_dict(ck["opt_d"])
-        sch_g.load_state_dict(ck["sch_g"])
-        sch_d.load_state_dict(ck["sch_d"])
-        if ema is not None and ck.get("ema") is not None:
-            ema.load_state_dict(ck["ema"])
-        rngs = ck.get("rng") or []
-        if len(rngs) == info.world:
-            set_rng_state(rngs[info.rank])
-        else:
-            log.warning("checkpoint has RNG states of %d ranks, running %d: not restored",
-                        len(rngs), info.world)
-        start = int(ck["step"])
-        log.info("resumed from %s at step %d", latest, start)
+    start = _resume(latest, job, o, info, device) if cfg.resume and latest.is_file() else 0
     if start >= cfg.steps:
         log.info("nothing to do: checkpoint step %d >= steps %d", start, cfg.steps)
 
     csv_path = out / "log.csv"
-    writer = _Logger(csv_path, start, info.is_main)
+    writer = TrainLog(csv_path, start, info.is_main)
     acp = job.pipe.alphas_cumprod.to(device, torch.float32)  # ᾱ_t (T,)
     disc_ts = _disc_timesteps(len(acp), cfg.loss.disc_t_steps)
-    amp = device.type == "cuda" and cfg.mixed_precision == "bf16"
-    lc = cfg.loss
-    k = cfg.retrieval.k if cfg.retrieval is not None else 1
     history: list[dict[str, float]] = []
     final: dict[str, float] = {}
     last_ckpt = latest
@@ -253,63 +278,8 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
         torch.cuda.reset_peak_memory_stats(device)
     t_last = time.perf_counter()
     for step in range(start, cfg.steps):
-        idx_all = batch_indices(len(job.pairs), cfg.batch_size, step, cfg.seed)
-        idx = shard(idx_all, info.rank, info.world)
-        z0, ctx, pooled, ids = job.batch(idx)
-        b = z0.shape[0]
-        h_retr, lam = job.retriever(pooled, k, [frozenset({i}) for i in ids])
-        h_retr, lam = h_retr.to(device), lam.to(device)
-        first = info.rank * b  # position of this rank's first sample in the global batch
-        noise, s, eps_f, eps_r, aug = _draw(cfg, step, range(first, first + b), z0.shape[1:], disc_ts)
-        seeds = [job.pairs[int(i)].noise_seed for i in idx]
-        noise = _paired_noise(job.pipe, noise, seeds)
-        noise, s, eps_f, eps_r = (x.to(device) for x in (noise, s, eps_f, eps_r))
-        paired = torch.tensor([sd is not None for sd in seeds], dtype=torch.float32, device=device)
-        reg_w = torch.ones_like(paired) if lc.unpaired_regression else paired
-
-        # ---------------- generator step (adapter + LoRA); the heads are frozen for it and
-        # called unwrapped, so only the generator's DDP reduces gradients in this backward
-        job.heads.requires_grad_(False)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            x0_hat = gen(noise, ctx, h_retr, lam)
-            feats_fake, temb = job.tfeats(_renoise(x0_hat, s, eps_f, acp), s, ctx)
-            logits_fake = job.heads(feats_fake, pooled, temb)
-            adv_g = hinge_g_loss(logits_fake)
-            l1, lp = _regression(job, lc, x0_hat, z0, ctx, aug, reg_w)
-            loss_g = lc.adv_weight * adv_g + lc.l1_weight * l1 + lc.lpips_weight * lp
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        if oc.grad_clip:
-            torch.nn.utils.clip_grad_norm_(g_params, oc.grad_clip)
-        opt_g.step()
-        sch_g.step()
-        if ema is not None:
-            ema.update()
-
-        # ---------------- discriminator step (heads only; teacher frozen)
-        job.heads.requires_grad_(True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            with torch.no_grad():
-                feats_real, _ = job.tfeats(_renoise(z0, s, eps_r, acp), s, ctx)
-            logits_real = heads(feats_real, pooled, temb.detach())
-            logits_fake_d = heads([f.detach() for f in feats_fake], pooled, temb.detach())
-            loss_d = hinge_d_loss(logits_real, logits_fake_d)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        if oc.grad_clip:
-            torch.nn.utils.clip_grad_norm_(d_params, oc.grad_clip)
-        opt_d.step()
-        sch_d.step()
-
+        row = _step(cfg, job, gen, heads, o, info, device, acp, disc_ts, step)
         done = step + 1
-        row = {
-            "loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach()),
-            "adv_g": float(adv_g.detach()), "l1": float(l1.detach()), "lpips": float(lp.detach()),
-            "d_real": float(torch.stack([r.float().mean() for r in logits_real]).mean().detach()),
-            "d_fake": float(torch.stack([f.float().mean() for f in logits_fake_d]).mean().detach()),
-            "lam_mean": float(lam.float().mean()), "paired": float(paired.mean()),
-            "lr": float(sch_g.get_last_lr()[0]),
-        }
         if not all(math.isfinite(v) for v in row.values()):
             raise FloatingPointError(f"non-finite loss at step {done}: {row}")
         if done % cfg.log_every == 0 or done == cfg.steps:
@@ -327,12 +297,7 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
             rngs = gather_objects(rng_state(), info)
             if info.is_main:
                 state = job.trainable_state()
-                state.update(
-                    step=done, config=cfg.to_dict(), opt_g=opt_g.state_dict(),
-                    opt_d=opt_d.state_dict(), sch_g=sch_g.state_dict(), sch_d=sch_d.state_dict(),
-                    ema=None if ema is None else ema.state_dict(), rng=rngs,
-                    world=info.world,
-                )
+                state.update(step=done, config=cfg.to_dict(), **o.state(), rng=rngs, world=info.world)
                 last_ckpt = save_checkpoint(out, done, state, cfg.keep_checkpoints)
             barrier(info)
     if bar is not None:
@@ -348,43 +313,66 @@ def _train(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainRes
     return result
 
 
-class _Logger:
-    """CSV (and TensorBoard when installed) on rank 0; on resume, later rows are dropped."""
+def _step(cfg: TrainConfig, job: Job, gen: Any, heads: Any, o: _Optim, info: Any, device: torch.device,
+          acp: torch.Tensor, disc_ts: torch.Tensor, step: int) -> dict[str, float]:
+    """One training step (generator, then discriminator) on this rank's share of the batch;
+    returns the step's scalars (``training.train_log.METRICS``)."""
+    lc, oc = cfg.loss, cfg.optim
+    amp = device.type == "cuda" and cfg.mixed_precision == "bf16"
+    k = cfg.retrieval.k if cfg.retrieval is not None else 1
+    idx_all = batch_indices(len(job.pairs), cfg.batch_size, step, cfg.seed)
+    idx = shard(idx_all, info.rank, info.world)
+    z0, ctx, pooled, ids = job.batch(idx)
+    b = z0.shape[0]
+    h_retr, lam = job.retriever(pooled, k, [frozenset({i}) for i in ids])
+    h_retr, lam = h_retr.to(device), lam.to(device)
+    first = info.rank * b  # position of this rank's first sample in the global batch
+    noise, s, eps_f, eps_r, aug = _draw(cfg, step, range(first, first + b), z0.shape[1:], disc_ts)
+    seeds = [job.pairs[int(i)].noise_seed for i in idx]
+    noise = _paired_noise(job.pipe, noise, seeds)
+    noise, s, eps_f, eps_r = (x.to(device) for x in (noise, s, eps_f, eps_r))
+    paired = torch.tensor([sd is not None for sd in seeds], dtype=torch.float32, device=device)
+    reg_w = torch.ones_like(paired) if lc.unpaired_regression else paired
 
-    def __init__(self, path: Path, start: int, active: bool) -> None:
-        self.active = active
-        self.path = path
-        self.tb = None
-        if not active:
-            return
-        rows: list[dict[str, str]] = []
-        if start > 0 and path.is_file():
-            with path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
-        self.f = path.open("w", newline="")
-        self.cols = ["step", *METRICS, "sec_per_step"]
-        self.w = csv.DictWriter(self.f, fieldnames=self.cols, extrasaction="ignore")
-        self.w.writeheader()
-        self.w.writerows(rows)
-        self.f.flush()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+    # ---------------- generator step (adapter + LoRA); the heads are frozen for it and
+    # called unwrapped, so only the generator's DDP reduces gradients in this backward
+    job.heads.requires_grad_(False)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        x0_hat = gen(noise, ctx, h_retr, lam)
+        feats_fake, temb = job.tfeats(_renoise(x0_hat, s, eps_f, acp), s, ctx)
+        logits_fake = job.heads(feats_fake, pooled, temb)
+        adv_g = hinge_g_loss(logits_fake)
+        l1, lp = _regression(job, lc, x0_hat, z0, ctx, aug, reg_w)
+        loss_g = lc.adv_weight * adv_g + lc.l1_weight * l1 + lc.lpips_weight * lp
+    _optimiser_step(loss_g, o.opt_g, o.sch_g, o.g_params, oc.grad_clip)
+    if o.ema is not None:
+        o.ema.update()
 
-            self.tb = SummaryWriter(str(path.parent / "tb"))
-        except ImportError:  # tensorboard is optional
-            self.tb = None
+    # ---------------- discriminator step (heads only; teacher frozen)
+    job.heads.requires_grad_(True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.no_grad():
+            feats_real, _ = job.tfeats(_renoise(z0, s, eps_r, acp), s, ctx)
+        logits_real = heads(feats_real, pooled, temb.detach())
+        logits_fake_d = heads([f.detach() for f in feats_fake], pooled, temb.detach())
+        loss_d = hinge_d_loss(logits_real, logits_fake_d)
+    _optimiser_step(loss_d, o.opt_d, o.sch_d, o.d_params, oc.grad_clip)
+    return {
+        "loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach()),
+        "adv_g": float(adv_g.detach()), "l1": float(l1.detach()), "lpips": float(lp.detach()),
+        "d_real": float(torch.stack([r.float().mean() for r in logits_real]).mean().detach()),
+        "d_fake": float(torch.stack([f.float().mean() for f in logits_fake_d]).mean().detach()),
+        "lam_mean": float(lam.float().mean()), "paired": float(paired.mean()),
+        "lr": float(o.sch_g.get_last_lr()[0]),
+    }
 
-    def write(self, step: int, row: dict[str, float]) -> None:
-        if not self.active:
-            return
-        self.w.writerow({"step": step, **{k: f"{v:.6g}" for k, v in row.items()}})
-        self.f.flush()
-        if self.tb is not None:
-            for key, v in row.items():
-                self.tb.add_scalar(f"train/{key}", v, step)
 
-    def close(self) -> None:
-        if self.active:
-            self.f.close()
-            if self.tb is not None:
-                self.tb.close()
+def _optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, sched: Any,
+                    params: list[torch.nn.Parameter], grad_clip: float | None) -> None:
+    """Backward ``loss`` into ``params``, clip their norm (when ``grad_clip``), step, advance the schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()

@@ -5,7 +5,7 @@ keys are its fields, ``data``, ``retrieval``, ``loss`` and ``optim`` are nested 
 Types and bounds live in the annotations (pydantic validates them at construction);
 unknown keys fail loudly with their names; every bad value is named with the value given. ``retrieval: null`` (or ``control: true``) is
 the control run: the same training with a null neighbour (λ = 0) in place of retrieval.
-docs/training.md is the reference; the field docstrings below are its source.
+docs/training-config.md is the reference; the field docstrings below are its source.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def wrap_ddp(module: torch.nn.Module, info: DistInfo, device: torch.device) -> t
     spectral-norm vectors) are broadcast here once and not before every forward
     (``broadcast_buffers=False``): each rank updates them from the same weights, so they
     stay equal, and the per-forward broadcast slowed a tiny 2-process CPU step
-    (docs/training.md, "Libraries considered"). ``gradient_as_bucket_view`` spares a copy.
+    (lab/archive/training-history.md). ``gradient_as_bucket_view`` spares a copy.
     """
     if not info.enabled:
         return module

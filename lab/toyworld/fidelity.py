@@ -141,8 +141,8 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
     swap_frac = float(cfg.extra.get("swap_frac", 0.0))
     ctx_swap = None
     if swap_frac > 0:
+        from lab.toyworld.swaps import swapped_captions
         from toyworld.models.common import tokenize
-        from toyworld.models.swaps import swapped_captions
         from toyworld.models.text import encode_all
 
         swapped = swapped_captions(sp.captions, cfg.seed + 17, HELD_OUT_RARE)

@@ -91,7 +91,7 @@ def write_folder_dataset(out: Path, images: np.ndarray, captions: list[str]) -> 
 
 
 ADAPTER_MAX_LR = 5e-5
-"""Cap on the adapter stage's learning rate: the first run used 1e-4 (10x the paper's 1e-5)."""
+"""Cap on the adapter stage's learning rate (the paper uses 1e-5)."""
 ADAPTER_NOISE_SEED = 1_000_000
 """Noise seed of the first adapter target (sample i: + i); clear of the eval seeds (1000·i + j)."""
 

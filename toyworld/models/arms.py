@@ -1,4 +1,4 @@
-"""Issue 13's adapter stage: several arms trained side by side on one batch stream.
+"""The shipped family's adapter stage: several arms trained side by side on one batch stream.
 
 Every arm starts from the same one-step student and trains an H-adapter plus the student's
 decoder (up blocks, ``conv_norm_out``, ``conv_out``) on the same paired teacher targets
@@ -7,7 +7,7 @@ same batches and the same schedule; they differ only in what the adapter is give
 
 * ``adapter``  — the top-1 neighbour of the prompt in the retrieval split (H-features of its
   clean latent through the student's encoder at t = 0 with its caption), λ = cosine score;
-  with the *swap curriculum* (``toyworld.models.swaps``): on a fraction ``swap_frac`` of the
+  with the *swap curriculum* (captions from ``lab.toyworld.swaps``): on a fraction ``swap_frac`` of the
   rows (drawn afresh each step) the student's encoder reads a caption with one colour or
   shape swapped, while the neighbour and the target stay those of the true caption, so the
   neighbour's content is the only way to the right attribute; optionally a *leak
@@ -29,7 +29,7 @@ The encoder is frozen and shared (the retrieval features stay valid for every ar
 encoder pass per batch and caption kind (swapped rows, plain rows) serves all arms.
 Loss: smooth-L1 (β = 0.1) between x̂0 and the
 target, as the student's distillation; no adversarial term (a deviation from the paper's
-LADD objective, see docs/toyworld-models.md).
+LADD objective, which ``training.adapter`` keeps).
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ import torch
 import torch.nn.functional as F
 
 from toyworld.models.common import LossLog, autocast, cosine_schedule, out_of_time
+from toyworld.models.variants import DECODER_PREFIXES, load_variant
 
 log = logging.getLogger(__name__)
 
 ARMS = ("adapter", "real", "control", "control_plain", "shuffled", "leak")
 PLAIN_ARMS = frozenset({"real", "control_plain"})
 """Arms that never see a swapped caption."""
-DECODER_PREFIXES = ("up_blocks.", "conv_norm_out.", "conv_out.")
 
 
 @dataclass
@@ -144,8 +144,8 @@ def train_arms(
     itself); ``swap_frac``: fraction of rows whose encoder reads the swapped caption, for every
     arm but ``PLAIN_ARMS`` (needs ``data.context_swap``); ``swap_detach_decoder``: the swapped
     rows' loss reaches the adapter (through the decoder) but not the decoder's weights, so the
-    curriculum cannot teach the decoder to distrust H (the third run's cost, see
-    docs/toyworld-models.md); ``init``: arm -> a variant file (``toyworld.fideval`` format) whose
+    curriculum cannot teach the decoder to distrust H; ``init``: arm -> a variant file
+    (``toyworld.models.variants``) whose
     decoder + adapter weights the arm starts from instead of the student's decoder and an
     identity adapter (to continue an earlier run; the optimiser and schedule start afresh);
     ``decoder_delay``: the fraction of the run (of ``steps``, or of ``time_limit_s`` when that
@@ -155,37 +155,13 @@ def train_arms(
     seconds of the loop (> 0), so a run cut off mid-way keeps its arms up to the last call;
     ``shuffle_frac``: the ``adapter`` arm's shuffle curriculum (fraction of rows given another
     row's neighbour with their own λ; drawn after the other curricula, so 0 changes no draw)."""
-    from engines.hadapter import HAdapter
-    from engines.rules import x0_from_output
-    from toyworld.fideval import load_variant
-
-    bad = [a for a in arms if a not in ARMS]
-    if bad:
-        raise ValueError(f"unknown arm(s) {bad}; choose from {ARMS}")
-    if swap_frac > 0 and data.context_swap is None:
-        raise ValueError(f"swap_frac={swap_frac} needs ArmData.context_swap")
-    if ("leak" in arms or leak_frac > 0) and data.h_self is None:
-        raise ValueError("the leak arm and leak_frac > 0 need ArmData.h_self (the target's own H)")
+    _check_arms(arms, data, leak_frac, swap_frac)
     torch.manual_seed(seed)
     base = pipe.unet
     base.eval().requires_grad_(False)
-    out: dict[str, Arm] = {}
-    params: list[dict[str, Any]] = []
-    for a in arms:
-        u = copy.deepcopy(base).to(device).float()
-        u.requires_grad_(False)
-        dec = decoder_params(u.unet)
-        for p in dec:
-            p.requires_grad_(decoder_delay <= 0)  # a delayed decoder joins later in the loop
-        ad = HAdapter(**dict(pipe.hadapter.config)).to(device).float().train()
-        if init and a in init:
-            load_variant(u.unet, ad, init[a])
-        arm = Arm(a, u, ad, LossLog(a))
-        out[a] = arm
-        params += [{"params": dec, "lr": lr_decoder}, {"params": list(ad.parameters()), "lr": lr_adapter}]
+    out, params = _build_arms(pipe, arms, device, decoder_delay <= 0, init, lr_adapter, lr_decoder)
     opt = torch.optim.AdamW(params, weight_decay=0.0)
     sched = cosine_schedule(opt, steps, time_limit_s, min(100, max(1, steps // 10)), floor=0.05)
-    a_t = float(pipe.alphas_cumprod[pipe.student_timestep])
     gen = torch.Generator().manual_seed(seed + 13)
     t0 = time.perf_counter()
     step = 0
@@ -195,45 +171,15 @@ def train_arms(
     for step in range(1, steps + 1):
         if delayed and _run_fraction(step - 1, steps, t0, time_limit_s) >= decoder_delay:
             delayed, delay_step = False, step
-            for arm in out.values():
-                for p in decoder_params(arm.unet.unet):
-                    p.requires_grad_(True)
+            for p in (p for arm in out.values() for p in decoder_params(arm.unet.unet)):
+                p.requires_grad_(True)
         idx = torch.randint(0, len(data), (batch_size,), generator=gen).to(device)
         leak = (torch.rand(batch_size, generator=gen) < leak_frac).to(device) if leak_frac > 0 else None
         swap_cpu = torch.rand(batch_size, generator=gen) < swap_frac if swap_frac > 0 else None
-        swap = swap_cpu.to(device) if swap_cpu is not None else None
         shuffle = (torch.rand(batch_size, generator=gen) < shuffle_frac).to(device) if shuffle_frac > 0 else None
-        eps = data.noise[idx].float()
-        z = eps * (1 - a_t) ** 0.5
-        ctx = data.context[idx].float()
-        tt = torch.full((len(idx),), pipe.student_timestep, device=device, dtype=torch.long)
-        kinds = {"plain": ctx}
-        if swap is not None and data.context_swap is not None:
-            kinds = {"swap": torch.where(swap.view(-1, 1, 1), data.context_swap[idx].float(), ctx),
-                     **({"plain": ctx} if set(out) & PLAIN_ARMS else {})}
-        enc = {}
-        for kind, c in kinds.items():
-            with torch.no_grad(), autocast(device):
-                h, skips, temb = base.encode(z, tt, c)
-            enc[kind] = (h.float(), tuple(s.float() for s in skips), temb.float(), c)
-        tgt = data.target[idx].float()
-        total = torch.zeros((), device=device)
-        losses = {}
-        for a, arm in out.items():
-            h, skips, temb, ctx = enc["plain" if a in PLAIN_ARMS or "swap" not in enc else "swap"]
-            h_r, lam = neighbours_for(a, data, idx, leak, shuffle)
-            with autocast(device):
-                hh = arm.hadapter(h, h_r.float(), lam.float())
-                if swap_detach_decoder and swap_cpu is not None and a not in PLAIN_ARMS and bool(swap_cpu.any()):
-                    v = _decode_split(arm.unet, hh, skips, temb, ctx, swap)
-                else:
-                    v = arm.unet.decode(hh, skips, temb, ctx).float()
-            x0 = x0_from_output(z, v, a_t, pipe.prediction_type)
-            loss = F.smooth_l1_loss(x0, tgt, beta=0.1)
-            losses[a] = loss
-            total = total + loss
+        losses = _arm_losses(pipe, out, data, idx, device, leak, swap_cpu, shuffle, swap_detach_decoder)
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        sum(losses.values(), torch.zeros((), device=device)).backward()
         for arm in out.values():
             torch.nn.utils.clip_grad_norm_([p for p in arm.unet.parameters() if p.requires_grad], 1.0)
             torch.nn.utils.clip_grad_norm_(list(arm.hadapter.parameters()), 1.0)
@@ -246,7 +192,28 @@ def train_arms(
             last_ckpt = time.perf_counter()
         if out_of_time(t0, time_limit_s):
             break
-    summary: dict[str, Any] = {"steps": step, "wall_s": round(time.perf_counter() - t0, 2),
+    summary = _summary(out, step, time.perf_counter() - t0, delay_step, batch_size=batch_size, lr_adapter=lr_adapter,
+                       lr_decoder=lr_decoder, leak_frac=leak_frac, swap_frac=swap_frac, shuffle_frac=shuffle_frac,
+                       swap_detach_decoder=swap_detach_decoder, decoder_delay=decoder_delay, init=init)
+    return out, summary
+
+
+def _check_arms(arms: tuple[str, ...], data: ArmData, leak_frac: float, swap_frac: float) -> None:
+    """Raise on an unknown arm, or on a curriculum whose rows ``data`` does not hold."""
+    bad = [a for a in arms if a not in ARMS]
+    if bad:
+        raise ValueError(f"unknown arm(s) {bad}; choose from {ARMS}")
+    if swap_frac > 0 and data.context_swap is None:
+        raise ValueError(f"swap_frac={swap_frac} needs ArmData.context_swap")
+    if ("leak" in arms or leak_frac > 0) and data.h_self is None:
+        raise ValueError("the leak arm and leak_frac > 0 need ArmData.h_self (the target's own H)")
+
+
+def _summary(out: dict[str, Arm], step: int, wall_s: float, delay_step: int | None, *, batch_size: int,
+             lr_adapter: float, lr_decoder: float, leak_frac: float, swap_frac: float, shuffle_frac: float,
+             swap_detach_decoder: bool, decoder_delay: float, init: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's settings and each arm's first and final loss and curve; every arm is left frozen."""
+    summary: dict[str, Any] = {"steps": step, "wall_s": round(wall_s, 2),
                                "batch_size": batch_size, "lr_adapter": lr_adapter, "lr_decoder": lr_decoder,
                                "leak_frac": leak_frac, "swap_frac": swap_frac, "shuffle_frac": shuffle_frac,
                                "swap_detach_decoder": swap_detach_decoder and swap_frac > 0, "decoder_delay": decoder_delay,
@@ -257,7 +224,70 @@ def train_arms(
         summary[a] = {"first_loss": arm.log.first(), "final_loss": arm.log.last(), "curve": arm.log.rows}
         arm.unet.eval().requires_grad_(False)
         arm.hadapter.eval().requires_grad_(False)
-    return out, summary
+    return summary
+
+
+def _build_arms(pipe: Any, arms: tuple[str, ...], device: torch.device, decoder_on: bool,
+                init: dict[str, Any] | None, lr_adapter: float,
+                lr_decoder: float) -> tuple[dict[str, Arm], list[dict[str, Any]]]:
+    """One arm per name: a copy of the student (its decoder trainable when ``decoder_on``) and a
+    fresh adapter, or the weights of ``init[name]``; returns the arms and the optimiser's
+    parameter groups (each arm's decoder at ``lr_decoder``, its adapter at ``lr_adapter``)."""
+    from engines.hadapter import HAdapter
+
+    out: dict[str, Arm] = {}
+    params: list[dict[str, Any]] = []
+    for a in arms:
+        u = copy.deepcopy(pipe.unet).to(device).float()
+        u.requires_grad_(False)
+        dec = decoder_params(u.unet)
+        for p in dec:
+            p.requires_grad_(decoder_on)  # a delayed decoder joins later in the loop
+        ad = HAdapter(**dict(pipe.hadapter.config)).to(device).float().train()
+        if init and a in init:
+            load_variant(u.unet, ad, init[a])
+        out[a] = Arm(a, u, ad, LossLog(a))
+        params += [{"params": dec, "lr": lr_decoder}, {"params": list(ad.parameters()), "lr": lr_adapter}]
+    return out, params
+
+
+def _arm_losses(pipe: Any, out: dict[str, Arm], data: ArmData, idx: torch.Tensor, device: torch.device,
+                leak: torch.Tensor | None, swap_cpu: torch.Tensor | None, shuffle: torch.Tensor | None,
+                swap_detach_decoder: bool) -> dict[str, torch.Tensor]:
+    """Each arm's smooth-L1 loss on rows ``idx``: one frozen-encoder pass per caption kind
+    (swapped rows, plain rows) shared by every arm, then each arm's adapter and decoder."""
+    from engines.rules import x0_from_output
+
+    base = pipe.unet
+    a_t = float(pipe.alphas_cumprod[pipe.student_timestep])
+    swap = swap_cpu.to(device) if swap_cpu is not None else None
+    eps = data.noise[idx].float()
+    z = eps * (1 - a_t) ** 0.5
+    ctx = data.context[idx].float()
+    tt = torch.full((len(idx),), pipe.student_timestep, device=device, dtype=torch.long)
+    kinds = {"plain": ctx}
+    if swap is not None and data.context_swap is not None:
+        kinds = {"swap": torch.where(swap.view(-1, 1, 1), data.context_swap[idx].float(), ctx),
+                 **({"plain": ctx} if set(out) & PLAIN_ARMS else {})}
+    enc = {}
+    for kind, c in kinds.items():
+        with torch.no_grad(), autocast(device):
+            h, skips, temb = base.encode(z, tt, c)
+        enc[kind] = (h.float(), tuple(s.float() for s in skips), temb.float(), c)
+    tgt = data.target[idx].float()
+    losses = {}
+    for a, arm in out.items():
+        h, skips, temb, c = enc["plain" if a in PLAIN_ARMS or "swap" not in enc else "swap"]
+        h_r, lam = neighbours_for(a, data, idx, leak, shuffle)
+        with autocast(device):
+            hh = arm.hadapter(h, h_r.float(), lam.float())
+            if swap_detach_decoder and swap_cpu is not None and a not in PLAIN_ARMS and bool(swap_cpu.any()):
+                v = _decode_split(arm.unet, hh, skips, temb, c, swap)
+            else:
+                v = arm.unet.decode(hh, skips, temb, c).float()
+        x0 = x0_from_output(z, v, a_t, pipe.prediction_type)
+        losses[a] = F.smooth_l1_loss(x0, tgt, beta=0.1)
+    return losses
 
 
 def _run_fraction(done: int, steps: int, t0: float, time_limit_s: float | None) -> float:

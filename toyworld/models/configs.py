@@ -74,7 +74,7 @@ class FamilyConfig:
     seed: int = 0
     unet_layout: str = "xattn"
     """Where text enters the UNet (``UNET_LAYOUTS``): ``xattn`` cross-attention in every
-    down/up block (the first family; H-space has no leverage there, issue 13); ``sd`` as
+    down/up block (the first family; H-space has no leverage there); ``sd`` as
     SD 2.1: plain DownBlock2D/UpBlock2D at the lowest (H) resolution, cross-attention
     elsewhere and in the mid block; ``mid`` text only in the mid block, so H-space (the
     mid-block output) is the decoder's only path to the caption."""
@@ -150,7 +150,7 @@ class FamilyConfig:
 
     def adapter_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"channels": self.unet_channels[-1], "num_heads": self.adapter_heads, "ff_mult": 2}
-        if self.extra.get("query_gate"):  # --set query_gate=1 (issue 13's eighth run)
+        if self.extra.get("query_gate"):  # --set query_gate=1: the adapter's query gate
             kw["query_gate"] = True
         return kw
 
@@ -211,7 +211,7 @@ def tiny() -> FamilyConfig:
 
 
 def full_mid() -> FamilyConfig:
-    """Issue 13's family: text only in the mid block (H-space carries the caption), the
+    """The shipped family: text only in the mid block (H-space carries the caption), the
     first family's VAE and text encoder; stage runs sized for one ~9-minute GPU call."""
     return replace(
         full(), name="toyworld-mid", unet_layout="mid", mid_layers=2,
@@ -223,10 +223,10 @@ def full_mid() -> FamilyConfig:
         n_distill=16000,
         extra={"n_adapter": 16000, "lr_decoder": 3e-5, "teacher_ema": 0.995,
                "student_init": "skewed", "leak_frac": 0.0,
-               # the swap curriculum is off: with the decoder in the swapped rows' gradient (third
-               # run) it costs the decoder more than retrieval gives back, and detached (fifth
-               # run, swap_frac 0.5 / 0.75, k = 1 / 4) the adapter ends 1.1-3.5 points under its
-               # control; plain rows gave the best adapter (docs/toyworld-models.md, fifth run)
+               # the swap curriculum is off: with the decoder in the swapped rows' gradient it
+               # costs the decoder more than retrieval gives back, and detached (swap_frac
+               # 0.5 / 0.75, k = 1 / 4) the adapter ends 1.1-3.5 points under its control;
+               # plain rows gave the best adapter (lab/archive/toyworld-models.md)
                "swap_frac": 0.0, "swap_detach": 1},
     )
 

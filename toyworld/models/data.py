@@ -47,7 +47,7 @@ SPLIT_SEEDS = {"train": 1001, "retrieval": 2002, "eval": 3003, "natural": 4004, 
 HELD_OUT_RARE: frozenset[tuple[str, str]] = frozenset(
     {("red", "triangle"), ("yellow", "circle"), ("purple", "square"), ("cyan", "cross")}
 )
-"""Four of the eight rare pairs that no adapter-training prompt names (issue 13): they are
+"""Four of the eight rare pairs that no adapter-training prompt names: they are
 only in the retrieval split and the eval prompts, so only retrieval can bring them in."""
 SEEN_RARE: frozenset[tuple[str, str]] = RARE_PAIRS - HELD_OUT_RARE
 
@@ -81,12 +81,20 @@ class Split:
         return len(self.captions)
 
 
-def _train_item(i: int) -> tuple[Scene, str, SceneSpec]:
-    rng = np.random.default_rng([SPLIT_SEEDS["train"], i])
+def _skewed_scene(rng: np.random.Generator, avoid: frozenset[tuple[str, str]] = frozenset()) -> Scene:
+    """The train split's skew: a scene with a long-tail pair is kept with p = RARE_KEEP; a scene
+    naming a pair of ``avoid`` is never kept."""
     while True:
         scene = sample_scene(rng)
+        if set(scene.spec.colour_shape_pairs()) & avoid:
+            continue
         if not is_long_tail(scene.spec) or rng.random() < RARE_KEEP:
-            break
+            return scene
+
+
+def _train_item(i: int) -> tuple[Scene, str, SceneSpec]:
+    rng = np.random.default_rng([SPLIT_SEEDS["train"], i])
+    scene = _skewed_scene(rng)
     cap, said = describe(scene.spec, rng, held_out=False)
     return scene, cap, said
 
@@ -99,7 +107,7 @@ def _retrieval_item(i: int) -> tuple[Scene, str, SceneSpec]:
 
 
 def _natural_item(i: int) -> tuple[Scene, str, SceneSpec]:
-    """The unskewed world (every pair at its natural rate): the issue-13 teacher's data."""
+    """The unskewed world (every pair at its natural rate): the shipped family's teacher's data."""
     rng = np.random.default_rng([SPLIT_SEEDS["natural"], i])
     scene: Scene = sample_scene(rng)
     cap, said = describe(scene.spec, rng, held_out=False)
@@ -121,14 +129,9 @@ def _adapter_item(i: int) -> tuple[Scene, str, SceneSpec]:
 
 def _skewed_item(i: int) -> tuple[Scene, str, SceneSpec]:
     """The student's world: the train split's skew (rare pairs kept with p = RARE_KEEP) and
-    no scene with a HELD_OUT_RARE pair at all, so the student never meets them (issue 13)."""
+    no scene with a HELD_OUT_RARE pair at all, so the student never meets them."""
     rng = np.random.default_rng([SPLIT_SEEDS["skewed"], i])
-    while True:
-        scene = sample_scene(rng)
-        if set(scene.spec.colour_shape_pairs()) & HELD_OUT_RARE:
-            continue
-        if not is_long_tail(scene.spec) or rng.random() < RARE_KEEP:
-            break
+    scene = _skewed_scene(rng, HELD_OUT_RARE)
     cap, said = describe(scene.spec, rng, held_out=False)
     return scene, cap, said
 

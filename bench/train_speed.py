@@ -1,6 +1,6 @@
 """Step time and peak memory of the training job on random weights of an arch.
 
-``python -m training.speed --arch sd-turbo --batch-size 8 --steps 12`` writes a random
+``python -m bench.train_speed --arch sd-turbo --batch-size 8 --steps 12`` writes a random
 student directory and a random teacher UNet of the arch, a dataset of random images, runs
 the job and prints seconds per step (mean of the steps after the first ``warmup``) and
 peak GPU memory. Random weights measure speed only, not quality.
@@ -114,7 +114,7 @@ def _run(
 def main() -> None:
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(help=(__doc__ or "").splitlines()[0])(_run)
-    app(prog_name="python -m training.speed")
+    app(prog_name="python -m bench.train_speed")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,55 @@
+"""The training job's log: ``log.csv`` (and TensorBoard when installed) on rank 0.
+
+On resume the CSV keeps its rows up to the resumed step and drops the later ones, so the
+file always tells one run's history.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+METRICS = ("loss_g", "loss_d", "adv_g", "l1", "lpips", "d_real", "d_fake", "lam_mean", "paired", "lr")
+"""The scalars of one step, in the CSV's column order (after ``step``, before ``sec_per_step``)."""
+
+
+class TrainLog:
+    """CSV (and TensorBoard when installed) on rank 0; on resume, later rows are dropped."""
+
+    def __init__(self, path: Path, start: int, active: bool) -> None:
+        self.active = active
+        self.path = path
+        self.tb = None
+        if not active:
+            return
+        rows: list[dict[str, str]] = []
+        if start > 0 and path.is_file():
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
+        self.f = path.open("w", newline="")
+        self.cols = ["step", *METRICS, "sec_per_step"]
+        self.w = csv.DictWriter(self.f, fieldnames=self.cols, extrasaction="ignore")
+        self.w.writeheader()
+        self.w.writerows(rows)
+        self.f.flush()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(path.parent / "tb"))
+        except ImportError:  # tensorboard is optional
+            self.tb = None
+
+    def write(self, step: int, row: dict[str, float]) -> None:
+        if not self.active:
+            return
+        self.w.writerow({"step": step, **{k: f"{v:.6g}" for k, v in row.items()}})
+        self.f.flush()
+        if self.tb is not None:
+            for key, v in row.items():
+                self.tb.add_scalar(f"train/{key}", v, step)
+
+    def close(self) -> None:
+        if self.active:
+            self.f.close()
+            if self.tb is not None:
+                self.tb.close()
