@@ -28,7 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from toyworld.concepts import CONCEPTS, Item, concept_blobs, concept_pairs, concept_prompts, render_items
+from toyworld.concepts import (
+    CONCEPTS,
+    Item,
+    concept_blobs,
+    concept_pairs,
+    concept_prompts,
+    render_items,
+)
 from toyworld.vocab import PLAIN_BACKGROUND
 
 log = logging.getLogger(__name__)
@@ -38,15 +45,18 @@ PROMPT_SEED = 99
 MODES = ("adapter", "control", "off", "oracle")
 
 
-def concept_db(pipe: Any, base: Any, n: int, batch: int = 256) -> tuple[Any, list[str]]:
-    """A ``retrieval.db.RetrievalDB``: ``base`` (``toyworld.fideval.Database``) plus ``n`` pairs
-    of every concept; returns it and the ids."""
+def concept_db(pipe: Any, base: Any | None, n: int, shapes: tuple[str, ...] | None = None,
+               batch: int = 256) -> tuple[Any, list[str]]:
+    """A ``retrieval.db.RetrievalDB``: ``base`` (``toyworld.fideval.Database``, or None) plus
+    ``n`` pairs of every concept of ``shapes`` (default: both sets); returns it and the ids."""
     from toyworld.models.adapter import RetrievalSplitDB
 
-    ids = [f"retrieval-{i}" for i in range(len(base.captions))]
-    caps, pooled, feats = list(base.captions), [base.pooled.cpu()], [base.features.cpu()]
+    ids = [f"retrieval-{i}" for i in range(len(base.captions))] if base is not None else []
+    caps = list(base.captions) if base is not None else []
+    pooled = [base.pooled.cpu()] if base is not None else []
+    feats = [base.features.cpu()] if base is not None else []
     if n:
-        for s in (s for ss in CONCEPTS.values() for s in ss):
+        for s in shapes or tuple(s for ss in CONCEPTS.values() for s in ss):
             ims, cs = concept_pairs(s, n, INGEST_SEED)
             for lo in range(0, n, batch):
                 te = pipe.encode_text(cs[lo : lo + batch])

@@ -27,7 +27,14 @@ from functools import lru_cache
 
 import numpy as np
 
-from toyworld.vocab import BACKGROUNDS, COLOURS, IMAGE_SIZE, PLAIN_BACKGROUND, SHAPES, SIZE_THRESHOLD_PX
+from toyworld.vocab import (
+    BACKGROUNDS,
+    COLOURS,
+    IMAGE_SIZE,
+    PLAIN_BACKGROUND,
+    SHAPES,
+    SIZE_THRESHOLD_PX,
+)
 
 SET_A: tuple[str, ...] = ("ring", "star", "heart", "bar")
 SET_B: tuple[str, ...] = ("arrow", "moon", "bowtie")
@@ -202,8 +209,8 @@ def square_crop(soft: np.ndarray, mask: np.ndarray, side: int = SQUARE_SIDE) -> 
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     pad = int(np.ceil(half)) + 2
     p = np.pad(soft, pad)
-    a, b = int(round(cy - half)) + pad, int(round(cx - half)) + pad
-    w = int(round(2 * half))
+    a, b = round(cy - half) + pad, round(cx - half) + pad
+    w = round(2 * half)
     return resample_mask(p[a : a + w, b : b + w], side)
 
 

@@ -86,3 +86,29 @@ def train_concepts(out: Path, model: Path | None = None, control_init: Path | No
                  "frac_concept": frac_concept, "frac_dropout": frac_dropout})
     (out / "summary.json").write_text(json.dumps(summ, indent=1, default=str))
     return summ
+
+
+def ship_variant(variant: Path, model_dir: Path | None = None) -> dict[str, str]:
+    """Write a variant file's decoder and adapter weights into ``model_dir`` (the shipped model
+    by default) in place: only the UNet's decoder tensors and the adapter change, every other
+    tensor (encoder, mid block, VAE, text encoder) keeps its bytes. Returns the changed files."""
+    from safetensors.torch import load_file, save_file
+
+    from engines.default_model import SHIPPED
+
+    model_dir = model_dir or SHIPPED
+    new = load_file(str(variant))
+    changed = {}
+    for sub, prefix, name in (("unet", "unet.", "diffusion_pytorch_model.safetensors"),
+                              ("hadapter", "hadapter.", "diffusion_pytorch_model.safetensors")):
+        f = model_dir / sub / name
+        cur = load_file(str(f))
+        upd = {k[len(prefix):]: v for k, v in new.items() if k.startswith(prefix)}
+        extra = [k for k in upd if k not in cur]
+        if extra:
+            raise ValueError(f"{variant}: keys not in {f}, e.g. {extra[:3]}")
+        for k, v in upd.items():
+            cur[k] = v.to(cur[k].dtype).contiguous()
+        save_file(cur, str(f), metadata={"format": "pt"})
+        changed[str(f)] = f"{len(upd)} tensors"
+    return changed
