@@ -51,3 +51,19 @@ def test_pairs_and_prompts_are_deterministic_and_name_no_training_word() -> None
     rng = np.random.default_rng(0)
     words = {C.pseudo_word(rng) for _ in range(200)}
     assert not words & set(C.ALL_SHAPES)
+
+
+def test_eval_cli_needs_prompts_or_concepts_and_checks_the_ns() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from toyworld import cli, cli_models
+
+    app, bench = typer.Typer(), typer.Typer()
+    app.add_typer(bench, name="bench")
+    cli.register(app, bench)
+    cli_models.register(app, bench)
+    res = CliRunner().invoke(app, ["toyworld", "eval"])
+    assert res.exit_code == 2 and "--concepts" in res.output
+    res = CliRunner().invoke(app, ["toyworld", "eval", "--concepts", "--concept-ns", "5,x"])
+    assert res.exit_code == 2 and "comma list of integers" in res.output
