@@ -43,11 +43,14 @@ def cached_database(pipe: Any, n: int, path: Path) -> Any:
     return db
 
 
-def train_concepts(out: Path, model: Path | None = None, control_init: Path | None = None, n_rows: int = 3000,
+def train_concepts(out: Path, model: Path | None = None, control_init: Path | None = None,
+                   adapter_init: Path | None = None, n_rows: int = 3000,
                    n_db: int = 10000, frac_concept: float = 0.3, frac_dropout: float = 0.25, minutes: float = 30.0,
                    steps: int = 100000, batch_size: int = 64, lr_adapter: float = 4e-4, lr_decoder: float = 4e-5,
                    seed: int = 0) -> dict[str, Any]:
-    """Build rows, train ``adapter`` and ``control`` for ``minutes`` (or ``steps``); returns the summary."""
+    """Build rows, train ``adapter`` and ``control`` for ``minutes`` (or ``steps``); returns the summary.
+    The arms start from ``adapter_init`` / ``control_init`` (variant files; default: the model's own
+    adapter and the shipped control), so a run can continue an earlier one."""
     from engines.default_model import SHIPPED
     from engines.pipeline import OneStepPipeline
     from toyworld.fideval import SHIPPED_EVAL, save_variant
@@ -71,7 +74,7 @@ def train_concepts(out: Path, model: Path | None = None, control_init: Path | No
         torch.save((data, counts), rows_f)
     prep_s = time.perf_counter() - t0
     log.info("rows %s, prep %.0f s", counts, prep_s)
-    init_a = save_variant(pipe, out / "init_adapter.safetensors")
+    init_a = adapter_init or save_variant(pipe, out / "init_adapter.safetensors")
     init = {"adapter": init_a, "control": control_init}
 
     def ckpt(step: int, arms: dict[str, Any]) -> None:
