@@ -1,12 +1,17 @@
 """Does the teacher / the shipped student draw the named background? (one-off, CPU)."""
-import json, sys, torch, numpy as np
+import json
+
+import numpy as np
+import torch
+
 torch.set_num_threads(1)
 from pathlib import Path
+
+from toyworld.detect import analyse
 from toyworld.fideval import Suite, _teacher_latents
 from toyworld.models.data import make_split
-from toyworld.detect import analyse
 from toyworld.parse import parse
-from toyworld.vocab import PLAIN_BACKGROUND
+
 suite = Suite.from_shipped(torch.device("cpu"))
 sp = make_split("eval", 400, images=False)
 ps = [c for c, s in zip(sp.captions, sp.specs) if s.background is not None][:120]

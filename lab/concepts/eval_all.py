@@ -3,17 +3,22 @@
 usage: python lab/concepts/eval_all.py RUN_DIR OUT_PREFIX [ordinary|concepts|both]
 RUN_DIR holds adapter.safetensors / control.safetensors (toyworld.models.concept_train) and db.pt.
 """
-import json, logging, sys, time
+import json
+import logging
+import sys
+import time
 from pathlib import Path
+
 import torch
+
 torch.set_num_threads(1)
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 from engines.default_model import SHIPPED
 from engines.pipeline import OneStepPipeline
 from toyworld import fideval
-from toyworld.fideval import Suite, apply_variant, SHIPPED_EVAL
-from toyworld.models.concept_train import cached_database
 from toyworld.concept_eval import evaluate_concepts, format_concepts
+from toyworld.fideval import SHIPPED_EVAL, Suite, apply_variant
+from toyworld.models.concept_train import cached_database
 
 run, prefix = Path(sys.argv[1]), sys.argv[2]
 what = sys.argv[3] if len(sys.argv) > 3 else "both"

@@ -1,12 +1,19 @@
 """Grid: concept prompts with an oracle neighbour (its clean render), the checkpoint vs shipped (one-off)."""
-import sys, shutil, tempfile, numpy as np, torch
+import shutil
+import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
+import torch
 from PIL import Image
+
 torch.set_num_threads(1)
 from engines.default_model import SHIPPED
 from engines.pipeline import OneStepPipeline
-from toyworld.fideval import apply_variant
 from toyworld import concepts as C
+from toyworld.fideval import apply_variant
+
 run = Path(sys.argv[1]); tmp = Path(tempfile.mkdtemp()); shutil.copyfile(run / "adapter.safetensors", tmp / "a.safetensors")
 new = OneStepPipeline.from_pretrained(SHIPPED, device=torch.device("cpu")); apply_variant(new, tmp / "a.safetensors")
 old = OneStepPipeline.from_pretrained(SHIPPED, device=torch.device("cpu"))

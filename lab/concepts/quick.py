@@ -1,14 +1,20 @@
 """A quick read of a checkpoint: held-out concepts at N = 20 only, few prompts (one-off)."""
-import json, logging, sys, shutil, tempfile
+import logging
+import shutil
+import sys
+import tempfile
 from pathlib import Path
+
 import torch
+
 torch.set_num_threads(1)
 logging.basicConfig(level=logging.INFO)
 from engines.default_model import SHIPPED
 from engines.pipeline import OneStepPipeline
+from toyworld.concept_eval import evaluate_concepts, format_concepts
 from toyworld.fideval import apply_variant
 from toyworld.models.concept_train import cached_database
-from toyworld.concept_eval import evaluate_concepts, format_concepts
+
 run = Path(sys.argv[1])
 tmp = Path(tempfile.mkdtemp())
 for n in ("adapter", "control"):  # copy: the trainer may rewrite them meanwhile

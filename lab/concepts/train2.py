@@ -1,10 +1,14 @@
 """Continue the first concept run from its checkpoints at a 3.75x higher learning rate (one-off)."""
-import logging, shutil
+import logging
+import shutil
 from pathlib import Path
+
 import torch
+
 torch.set_num_threads(1)
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 from toyworld.models.concept_train import train_concepts
+
 r1, r2 = Path("lab/concepts/run"), Path("lab/concepts/run2")
 r2.mkdir(exist_ok=True)
 for f in ("db.pt", "rows.pt"):
