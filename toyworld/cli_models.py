@@ -45,18 +45,27 @@ def train_cmd(
 
 
 def eval_cmd(
-    prompts: Annotated[Path, typer.Option("--prompts", help="One prompt per line (the eval split's held-out prompts).")],
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="One prompt per line (the eval split's held-out prompts).")] = None,
     work: Annotated[Path | None, typer.Option("--work", help="Work dir of a recipe run; default: the shipped models (toyworld/assets).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per prompt.")] = 4,
     n_retrieval: Annotated[int, typer.Option("--n-retrieval", min=1, help="Retrieval-split size.")] = 10000,
     modes: Annotated[str, typer.Option("--modes", help="Comma list of modes (default: every one the models allow).")] = "",
     device: Annotated[str, typer.Option("--device", help="torch device; auto: cuda if available, else cpu.")] = "auto",
+    concepts: Annotated[bool, typer.Option("--concepts", help="Held-out concepts instead: drawn rate before/after ingesting N pairs of each.")] = False,
+    concept_ns: Annotated[str, typer.Option("--concept-ns", help="With --concepts: pairs ingested per concept, comma list.")] = "0,5,20,100",
+    concept_prompts: Annotated[int, typer.Option("--concept-prompts", min=1, help="With --concepts: prompts per concept.")] = 10,
 ) -> None:
     """Fidelity of every mode (teacher, student, inject, adapter, control, shuffled, oracle, ...) on
-    PROMPTS, with common / seen-rare / held-out-rare splits and paired bootstrap intervals."""
+    PROMPTS, with common / seen-rare / held-out-rare splits and paired bootstrap intervals; with
+    ``--concepts``, the held-out-concept table (``toyworld.concept_eval``) instead."""
     from toyworld.models.common import pick_device
 
+    if concepts:
+        _concepts_eval(work, seeds, n_retrieval, device, concept_ns, concept_prompts, as_json)
+        return
+    if prompts is None:
+        raise typer.BadParameter("--prompts is required (or pass --concepts)")
     if not prompts.is_file():
         raise typer.BadParameter(f"--prompts {prompts} does not exist")
     lines = [ln.strip() for ln in prompts.read_text().splitlines() if ln.strip()]
@@ -132,6 +141,46 @@ def embedded_assets_cmd(
                f"H rel. L2 mean {meta['rel_l2_against_fp16']['h_mean']:.4f})")
 
 
+def _concepts_eval(work: Path | None, seeds: int, n_retrieval: int, device: str, ns: str, n_prompts: int,
+                   as_json: bool) -> None:
+    from toyworld.concept_eval import evaluate_concepts, format_concepts
+    from toyworld.fideval import Database, Suite
+    from toyworld.models.common import pick_device
+
+    try:
+        want = tuple(int(x) for x in ns.split(",") if x.strip())
+    except ValueError as e:
+        raise typer.BadParameter(f"--concept-ns must be a comma list of integers, got {ns!r}") from e
+    dev = pick_device(device)
+    suite = Suite.from_workdir(work, dev) if work is not None else Suite.from_shipped(dev)
+    missing = [v for v in ("adapter", "control") if v not in suite.pipes]
+    if missing:
+        raise typer.BadParameter(f"--concepts needs the adapter and control variants; {suite.source} lacks {missing}")
+    db = Database.build(suite.pipes["adapter"], n_retrieval)
+    res = evaluate_concepts({k: suite.pipes[k] for k in ("adapter", "control")}, db, want, n_prompts, seeds)
+    typer.echo(json.dumps(res, indent=2) if as_json else format_concepts(res))
+
+
+def train_concepts_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Run dir: rows, database cache, checkpoints, summary.json.")] = Path("out/concepts"),
+    minutes: Annotated[float, typer.Option("--minutes", min=0.1, help="Training wall time (the schedule follows it).")] = 30.0,
+    n_rows: Annotated[int, typer.Option("--rows", min=16, help="Adapter-split items to turn into rows.")] = 2500,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Rows a step.")] = 64,
+    ship: Annotated[bool, typer.Option("--ship", help="Write the adapter arm into toyworld/assets/model and the control into assets/eval.")] = False,
+) -> None:
+    """Concept-dropout training (``toyworld.models.concept_train``) of the adapter and its control."""
+    import shutil
+
+    from toyworld.fideval import SHIPPED_EVAL
+    from toyworld.models.concept_train import ship_variant, train_concepts
+
+    summ = train_concepts(out, n_rows=n_rows, minutes=minutes, batch_size=batch_size)
+    typer.echo(json.dumps({k: v for k, v in summ.items() if k not in ("adapter", "control")}, default=str))
+    if ship:
+        typer.echo(json.dumps(ship_variant(out / "adapter.safetensors")))
+        shutil.copyfile(out / "control.safetensors", SHIPPED_EVAL / "control.safetensors")
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add train / eval / eval-prompts / retrieval-data to the ``toyworld`` sub-app."""
     del app, bench
@@ -139,6 +188,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     toyworld_app.command("train")(train_cmd)
     toyworld_app.command("eval")(eval_cmd)
+    toyworld_app.command("train-concepts")(train_concepts_cmd)
     toyworld_app.command("eval-prompts")(prompts_cmd)
     toyworld_app.command("retrieval-data")(retrieval_data_cmd)
     toyworld_app.command("embedded-db")(embedded_db_cmd)

@@ -1,0 +1,117 @@
+"""Concept-dropout training of the H-adapter + decoder, with its matched control.
+
+``train_concepts`` continues a model (the shipped one by default): it builds the rows of
+``toyworld.models.concept_rows`` (plain, concept, dropout), then trains two arms side by side
+on the same batches with ``toyworld.models.arms.train_arms`` — ``adapter`` (neighbours
+on) and ``control`` (the same rows, λ = 0) — each from its own starting variant. The UNet
+encoder, VAE and text encoder stay frozen, so every database's stored H-features stay valid.
+Checkpoints (variant files, ``toyworld.fideval`` format) are written every few minutes and
+at the end under ``out/``, with ``summary.json``; the rows and the database are cached there
+too, so a rerun resumes from them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _save_arm(arm: Any, path: Path) -> None:
+    from toyworld.fideval import save_variant
+
+    save_variant(SimpleNamespace(unet=arm.unet, hadapter=arm.hadapter), path)
+
+
+def cached_database(pipe: Any, n: int, path: Path) -> Any:
+    """``toyworld.fideval.Database`` of ``n`` retrieval-split pairs, cached at ``path``."""
+    from toyworld.fideval import Database
+
+    if path.is_file():
+        d = torch.load(path, weights_only=False)
+        if len(d["captions"]) == n:
+            return Database(d["captions"], d["images"], d["pooled"], d["features"])
+    db = Database.build(pipe, n)
+    torch.save({"captions": db.captions, "images": db.images, "pooled": db.pooled, "features": db.features}, path)
+    return db
+
+
+def train_concepts(out: Path, model: Path | None = None, control_init: Path | None = None,
+                   adapter_init: Path | None = None, n_rows: int = 3000,
+                   n_db: int = 10000, frac_concept: float = 0.3, frac_dropout: float = 0.25, minutes: float = 30.0,
+                   steps: int = 100000, batch_size: int = 64, lr_adapter: float = 4e-4, lr_decoder: float = 4e-5,
+                   seed: int = 0) -> dict[str, Any]:
+    """Build rows, train ``adapter`` and ``control`` for ``minutes`` (or ``steps``); returns the summary.
+    The arms start from ``adapter_init`` / ``control_init`` (variant files; default: the model's own
+    adapter and the shipped control), so a run can continue an earlier one."""
+    from engines.default_model import SHIPPED
+    from engines.pipeline import OneStepPipeline
+    from toyworld.fideval import SHIPPED_EVAL, save_variant
+    from toyworld.models.arms import train_arms
+    from toyworld.models.concept_rows import arm_data, build_rows, neighbour_pool
+
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device("cpu")
+    model = model or SHIPPED
+    control_init = control_init or SHIPPED_EVAL / "control.safetensors"
+    pipe = OneStepPipeline.from_pretrained(model, device=dev)
+    t0 = time.perf_counter()
+    db = cached_database(pipe, n_db, out / "db.pt")
+    pool = neighbour_pool(6)
+    rows_f = out / "rows.pt"
+    if rows_f.is_file():
+        data, counts = torch.load(rows_f, weights_only=False)
+    else:
+        rows, counts = build_rows(pipe, n_rows, 0, frac_concept, frac_dropout, pool, seed)
+        data = arm_data(pipe, rows, pool, db)
+        torch.save((data, counts), rows_f)
+    prep_s = time.perf_counter() - t0
+    log.info("rows %s, prep %.0f s", counts, prep_s)
+    init_a = adapter_init or save_variant(pipe, out / "init_adapter.safetensors")
+    init = {"adapter": init_a, "control": control_init}
+
+    def ckpt(step: int, arms: dict[str, Any]) -> None:
+        for name, arm in arms.items():
+            _save_arm(arm, out / f"{name}.safetensors")
+        (out / "progress.json").write_text(json.dumps({"step": step, "losses": {a: arm.log.rows[-1:] for a, arm in arms.items()}}))
+
+    arms, summ = train_arms(pipe, data, ("adapter", "control"), steps, batch_size, lr_adapter, lr_decoder, dev,
+                            minutes * 60, seed, 25, init=init, checkpoint=ckpt, checkpoint_every_s=180)
+    ckpt(summ["steps"], arms)
+    summ.update({"rows": counts, "prep_s": round(prep_s, 1), "model": str(model), "n_db": n_db,
+                 "frac_concept": frac_concept, "frac_dropout": frac_dropout})
+    (out / "summary.json").write_text(json.dumps(summ, indent=1, default=str))
+    return summ
+
+
+def ship_variant(variant: Path, model_dir: Path | None = None) -> dict[str, str]:
+    """Write a variant file's decoder and adapter weights into ``model_dir`` (the shipped model
+    by default) in place: only the UNet's decoder tensors and the adapter change, every other
+    tensor (encoder, mid block, VAE, text encoder) keeps its bytes. Returns the changed files."""
+    from safetensors.torch import load_file, save_file
+
+    from engines.default_model import SHIPPED
+
+    model_dir = model_dir or SHIPPED
+    new = load_file(str(variant))
+    changed = {}
+    for sub, prefix, name in (("unet", "unet.", "diffusion_pytorch_model.safetensors"),
+                              ("hadapter", "hadapter.", "diffusion_pytorch_model.safetensors")):
+        f = model_dir / sub / name
+        cur = load_file(str(f))
+        upd = {k[len(prefix):]: v for k, v in new.items() if k.startswith(prefix)}
+        extra = [k for k in upd if k not in cur]
+        if extra:
+            raise ValueError(f"{variant}: keys not in {f}, e.g. {extra[:3]}")
+        for k, v in upd.items():
+            cur[k] = v.to(cur[k].dtype).contiguous()
+        save_file(cur, str(f), metadata={"format": "pt"})
+        changed[str(f)] = f"{len(upd)} tensors"
+    return changed
