@@ -74,7 +74,7 @@ def bench_pipeline_cmd(
 def bench_fp8_cmd(
     pairs: int = typer.Option(1024, "--pairs", min=8, help="Real toy pairs (rendered + encoded)."),
     prompts: int = typer.Option(128, "--prompts", min=1, help="Eval prompts generated per variant."),
-    k: int = typer.Option(2, "--k", min=1, max=MAX_K),
+    k: int = typer.Option(2, "--k", min=1, max=MAX_K, help="Neighbours retrieved per prompt."),
     model_dir: Path | None = typer.Option(None, "--model-dir", help="Default: the shipped toy model."),
     out: Path = typer.Option(Path("data/bench/fp8.json"), "--out", help="JSON output."),
 ) -> None:
@@ -126,10 +126,10 @@ def bench_retrieval_cmd(
         "10000,100000,630000", "--sizes", help="Comma-separated database sizes."
     ),
     queries: int = typer.Option(500, "--queries", min=10, help="Queries per size."),
-    dim: int = typer.Option(1024, "--dim", min=2),
+    dim: int = typer.Option(1024, "--dim", min=2, help="Vector width of the synthetic pairs."),
     out: Path = typer.Option(Path("data/bench/retrieval.json"), "--out", help="JSON output."),
-    hnsw_m: int = typer.Option(16, "--hnsw-m"),
-    ef_construct: int = typer.Option(100, "--ef-construct"),
+    hnsw_m: int = typer.Option(16, "--hnsw-m", help="HNSW graph degree (Qdrant m)."),
+    ef_construct: int = typer.Option(100, "--ef-construct", help="HNSW build beam width (Qdrant ef_construct)."),
     hnsw_ef: str = typer.Option(
         "64,128,512", "--hnsw-ef", help="Comma-separated search beams to measure."
     ),
