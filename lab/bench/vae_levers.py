@@ -548,6 +548,8 @@ def to_markdown(result: dict[str, Any]) -> str:
 def run(arch: str, out: Path, batches: tuple[int, ...] = (1, 16), device_name: str = "auto",
         budget_s: float = 400.0, autotune_budget_s: float = 180.0, min_time_s: float = 0.5,
         min_iters: int = 10, profile_reps: int = 5) -> dict[str, Any]:
+    global T0
+    T0 = time.perf_counter()  # the budget counts from this call, not from the module's import
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name)
     cuda = device.type == "cuda"

@@ -58,7 +58,7 @@ def test_bad_shard_is_excluded_reported_and_served_after_repair(
     else:
         (bad / "h.npy").write_bytes(good_bytes[:30])
     s = Settings(model_dir=tiny_model_dir, backend=backend, device="cpu", db_path=db,
-                 max_batch=2, index_refresh_s=0.05)
+                 max_batch=2, index_refresh_s=0.05, min_score=0.0)  # any neighbour counts as used
     with TestClient(create_app(s)) as c:
         body = wait_ready(c)
         assert body["status"] == "degraded" and body["retrieval"] == "degraded", body

@@ -94,7 +94,7 @@ def test_serve_warns_about_an_unknown_variable_at_start(monkeypatch: pytest.Monk
                                                        caplog: pytest.LogCaptureFixture) -> None:
     import service.logs
     import service.server
-    from service import cli
+    from ragturbo import serve as cli
 
     monkeypatch.setenv("RAGTURBO_MAXBATCH", "4")
     monkeypatch.setenv("RAGTURBO_DEVICE", "cpu")
