@@ -38,7 +38,7 @@ from engines.vocabulary import Vocabulary, load_vocabulary
 from retrieval.db import DbConfig, RetrievalDB, open_db_for_pipeline
 from retrieval.fit import weigh, weigh_scores
 from retrieval.resident import ResidentIndex
-from retrieval.types import FingerprintMismatchError, Neighbour
+from retrieval.types import FingerprintMismatchError, Neighbour, RetrievalError
 
 if TYPE_CHECKING:
     from engines.pipeline import OneStepPipeline
@@ -194,6 +194,21 @@ class TextToImage:
         except Exception as e:  # noqa: BLE001 - any index/store failure degrades to mode off
             log.error("retrieval failed (%s: %s); generating without retrieval", type(e).__name__, e)
         return None
+
+    def search(self, query: str, k: int) -> list[Neighbour]:
+        """The ``k`` nearest pairs to ``query``: the prompt's embedding and index search of
+        ``generate`` (no λ, no image). Raises ``RetrievalError`` when retrieval is down."""
+        if not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
+        if self.db is None:
+            raise RetrievalError(self.db_error or "no retrieval database")
+        pooled = self.pipe.encode_text([query]).pooled.detach().float().cpu()
+        try:
+            return self.db.search(pooled, [k], [frozenset()])[0]
+        except RetrievalError:
+            raise
+        except Exception as e:  # any index/store failure: retrieval is down
+            raise RetrievalError(f"{type(e).__name__}: {e}") from e
 
     # ------------------------------------------------------------------ generate
     def generate(self, reqs: Sequence[ImageRequest]) -> tuple[list[ImageResult], dict[str, float]]:
