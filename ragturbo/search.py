@@ -10,6 +10,7 @@ neither torch nor transformers. A server is checked as ``ragturbo generate`` che
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ def search_remote(url: str, query: str, k: int, api_key: str | None = None,
     """``POST {url}/search``; the results (raises RuntimeError with the server's message)."""
     import httpx
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no request line before the answer
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         r = httpx.post(url.rstrip("/") + "/search", json={"query": query, "k": k},
