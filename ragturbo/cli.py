@@ -37,8 +37,10 @@ CLI_MODULES = (
 
 def _register_all() -> None:
     from ragturbo.generate import generate
+    from ragturbo.search import search
 
     app.command("generate")(generate)
+    app.command("search")(search)
     for name in CLI_MODULES:
         try:
             mod = importlib.import_module(name)

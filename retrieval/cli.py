@@ -1,4 +1,5 @@
-"""CLI commands of the retrieval package: ``ingest``, ``search``."""
+"""CLI commands of the retrieval package: ``ingest``, and the local half of ``ragturbo search``
+(``search_local``; the command itself, which may ask a running server, is ``ragturbo.search``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from engines.default_model import resolve_model_dir
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.command("ingest")(ingest_cmd)
-    app.command("search")(search_cmd)
 
 
 def _db_path(db: Path | None) -> Path:
@@ -128,30 +128,15 @@ def ingest_cmd(
         typer.echo(f"rejects written to {rej}")
 
 
-def search_cmd(
-    query: str = typer.Argument(..., help="Text to search for."),
-    k: int = typer.Option(5, "--k", min=1, max=100, help="Number of neighbours."),
-    db: Path | None = typer.Option(
-        None, "--db", help="Data directory (default RAGTURBO_DB_PATH or ./data)."
-    ),
-    qdrant_url: str | None = typer.Option(
-        None, "--qdrant-url", help="Qdrant server URL (default: embedded Qdrant Edge)."
-    ),
-    model_dir: Path | None = typer.Option(
-        None, "--model-dir", help="Model directory whose text encoder embeds the query "
-        "(default: RAGTURBO_MODEL_DIR or the shipped model); only it and the tokenizer are loaded."),
-    as_json: bool = typer.Option(False, "--json", help='Print [{"id","caption","score"}].'),
-) -> None:
-    """Nearest captions to QUERY with cosine scores."""
-    import json
-
+def search_local(
+    query: str, k: int, dbp: Path, qdrant_url: str | None, model_dir: Path | None
+) -> list[dict[str, object]]:
+    """``ragturbo search`` in this process: the text encoder, tokenizer and the database;
+    [{"id", "caption", "score"}] nearest first (a database error exits 2)."""
     from retrieval.db import DbConfig, open_db
     from retrieval.query import QueryEncoder
     from retrieval.types import RetrievalError
 
-    if not query.strip():
-        raise typer.BadParameter("QUERY must not be empty")
-    dbp = _db_path(db)
     url, key = _qdrant(qdrant_url)
     from transformers.utils import logging as hf_logging
 
@@ -167,14 +152,4 @@ def search_cmd(
     except RetrievalError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
-    if as_json:
-        typer.echo(
-            json.dumps(
-                [{"id": n.id, "caption": n.caption, "score": round(n.score, 6)} for n in res]
-            )
-        )
-        return
-    if not res:
-        typer.echo("no results (empty database?)")
-    for n in res:
-        typer.echo(f"{n.score:7.4f}  {n.id}  {n.caption}")
+    return [{"id": n.id, "caption": n.caption, "score": n.score} for n in res]

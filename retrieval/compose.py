@@ -1,7 +1,7 @@
 """embed -> search -> gather features -> generate: the one place a prompt becomes an image.
 
-The CLI, the service and the toy world's eval (``toyworld.eval``, over an in-memory
-database) call ``TextToImage.generate``. A batch may mix modes, k, seeds and excluded ids;
+The CLI, the service and the toy world's evals call ``TextToImage.generate`` (``search`` is the
+same embedding and index without an image). A batch may mix modes, k, seeds and excluded ids;
 each result equals running its request alone. λ for a neighbour is its cosine score, or 0
 below ``min_score`` (negative scores are always 0): ``engines.rules.neighbour_lambda``, the
 one copy of the rule; each neighbour returned carries its λ, and a request none of whose
@@ -14,9 +14,8 @@ with mode "off" and ``retrieval_status="unavailable"`` (logged and counted in
 Two ways to the same result: with a searching backend (``fast``) and a device copy of the
 database (``retrieval.resident``), search, λ and gather run inside the backend's graph and
 the rows it returns are mapped back to pairs here; otherwise the index is searched on the
-host and the features are handed to the backend. ``retrieval_health`` says which runs and,
-when retrieval is configured but down, why (the service's /readyz reports it).
-"""
+host and the features are handed to the backend. ``retrieval_health`` says which runs (and,
+when retrieval is down, why: /readyz reports it)."""
 
 from __future__ import annotations
 
@@ -35,10 +34,10 @@ from engines.backends.base import Backend, SearchingBackend
 from engines.modes import DEFAULT_MIN_SCORE, MAX_K, MODES, Mode, RetrievalStatus
 from engines.rules import neighbour_lambda
 from engines.vocabulary import Vocabulary, load_vocabulary
-from retrieval.db import DbConfig, RetrievalDB, open_db_for_pipeline
+from retrieval.db import DbConfig, RetrievalDB, open_db_or_reason
 from retrieval.fit import weigh, weigh_scores
 from retrieval.resident import ResidentIndex, device_copy
-from retrieval.types import FingerprintMismatchError, Neighbour
+from retrieval.types import Neighbour, RetrievalError
 
 if TYPE_CHECKING:
     from engines.pipeline import OneStepPipeline
@@ -194,6 +193,22 @@ class TextToImage:
         except Exception as e:  # noqa: BLE001 - any index/store failure degrades to mode off
             log.error("retrieval failed (%s: %s); generating without retrieval", type(e).__name__, e)
         return None
+
+    def search(self, query: str, k: int) -> list[Neighbour]:
+        """The ``k`` nearest pairs to ``query``: the prompt's embedding and index search of
+        ``generate`` (no λ, no image). Raises ``RetrievalError`` when retrieval is down."""
+        if not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
+        db = self.db if self.db is not None else getattr(self.resident, "db", None)
+        if db is None:  # with a device copy (fast backend) the host index is the resident's
+            raise RetrievalError(self.db_error or "no retrieval database")
+        pooled = self.pipe.encode_text([query]).pooled.detach().float().cpu()
+        try:
+            return db.search(pooled, [k], [frozenset()])[0]
+        except RetrievalError:
+            raise
+        except Exception as e:  # any index/store failure: retrieval is down
+            raise RetrievalError(f"{type(e).__name__}: {e}") from e
 
     # ------------------------------------------------------------------ generate
     def generate(self, reqs: Sequence[ImageRequest]) -> tuple[list[ImageResult], dict[str, float]]:
@@ -360,7 +375,7 @@ def build_text_to_image(
         resident = ResidentIndex.synthetic(pipeline, synthetic_pairs, feature_dtype=feature_dtype)
         return TextToImage(pipeline, None, min_score=min_score, vocabulary=vocabulary,
                            retrieval_timeout_s=retrieval_timeout_s, resident=resident, refresh_s=0)
-    db, db_error = _open_db(cfg, pipeline)
+    db, db_error = open_db_or_reason(cfg, pipeline)
     resident = pending = None
     if db is not None and isinstance(pipeline, SearchingBackend):
         resident, pending, copy_error = device_copy(pipeline, db, bool(cfg.qdrant_url), device_index_max_pairs,
@@ -372,16 +387,3 @@ def build_text_to_image(
         vocabulary=vocabulary,
     )
 
-
-def _open_db(cfg: DbConfig, pipeline: Any) -> tuple[RetrievalDB | None, str | None]:
-    """The database for ``pipeline``, or (None, the error) when it cannot be opened; features
-    made by another model raise (FingerprintMismatchError: a deployment mistake)."""
-    try:
-        db = open_db_for_pipeline(cfg, pipeline)
-    except FingerprintMismatchError:
-        raise
-    except Exception as e:  # noqa: BLE001 - an outage must not stop startup
-        log.error("retrieval database unavailable (%s); images will be generated without retrieval", e)
-        return None, f"{type(e).__name__}: {e}"
-    log.info("retrieval: %s with %d stored pairs (features %s)", db.backend_name, len(db.store), db.store.root)
-    return db, None

@@ -20,7 +20,7 @@ import torch
 
 from retrieval.feature_store import FeatureStore
 from retrieval.index import VectorIndex
-from retrieval.types import Neighbour
+from retrieval.types import FingerprintMismatchError, Neighbour
 
 if TYPE_CHECKING:
     from engines.backends.base import Backend
@@ -182,3 +182,17 @@ def open_db_for_pipeline(cfg: DbConfig, pipe: Backend | OneStepPipeline, *, crea
         device=pipe.device,
         create=create,
     )
+
+
+def open_db_or_reason(cfg: DbConfig, pipeline: Any) -> tuple[RetrievalDB | None, str | None]:
+    """The database for ``pipeline``, or (None, the error) when it cannot be opened; features
+    made by another model raise (FingerprintMismatchError: a deployment mistake)."""
+    try:
+        db = open_db_for_pipeline(cfg, pipeline)
+    except FingerprintMismatchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an outage must not stop startup
+        log.error("retrieval database unavailable (%s); images will be generated without retrieval", e)
+        return None, f"{type(e).__name__}: {e}"
+    log.info("retrieval: %s with %d stored pairs (features %s)", db.backend_name, len(db.store), db.store.root)
+    return db, None

@@ -160,8 +160,10 @@ def is_openai_path(request: Request) -> bool:
 
 
 def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "header", "path")]
-    return ".".join(parts) or "body"
+    """The field's dotted name, without its location (``("body", "query")`` -> ``query``)."""
+    if loc and loc[0] in ("body", "query", "header", "path"):
+        loc = loc[1:]
+    return ".".join(str(p) for p in loc) or "body"
 
 
 def validation_to_error(exc: RequestValidationError) -> ServiceError:

@@ -24,6 +24,7 @@ log = logging.getLogger("ragturbo.access")
 ROUTES = frozenset(
     {
         "/generate",
+        "/search",
         "/v1/images/generations",
         "/healthz",
         "/readyz",

@@ -19,12 +19,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from retrieval.redact import public_reason
+from retrieval.types import RetrievalError
 from service.accept import negotiate
 from service.admission import record, run_job
 from service.auth import State, require_key
 from service.encode import MEDIA_TYPES, encode_result, encode_result_b64
 from service.errors import (
     BadRequest,
+    DeadlineExceeded,
     InvalidInput,
     ModelNotFound,
     NotReady,
@@ -42,6 +44,9 @@ from service.schemas import (
     OpenAIImage,
     OpenAIImagesRequest,
     OpenAIImagesResponse,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
     Timings,
 )
 from service.seam import database_info
@@ -204,6 +209,45 @@ def build_router(settings: Settings) -> APIRouter:
             return OpenAIImagesResponse(
                 created=int(time.time()), data=[OpenAIImage(b64_json=b) for b in b64s],
                 output_format=fmt, size=f"{w}x{h}",
+            )
+
+    @router.post(
+        "/search",
+        response_model=SearchResponse,
+        dependencies=auth,
+        responses={k: v for k, v in GEN_RESPONSES.items() if k not in (406, 429, 500)},
+    )
+    async def search(body: SearchRequest, state: State) -> SearchResponse:
+        """The ``k`` nearest captions to ``query`` in the served database, with cosine
+        scores: the text embedding and index search of /generate, on the model worker."""
+        with state.track():
+            t2i = state.t2i
+            if not state.ready or t2i is None:
+                state.metrics.rejected.labels(reason="not_ready").inc()
+                raise NotReady(f"service is {state.status}", code=state.status)
+            fn = getattr(t2i, "search", None)
+            if fn is None:
+                raise NotReady("this engine does not search", code="retrieval_unavailable")
+            loop = asyncio.get_running_loop()
+            work = loop.run_in_executor(state.gpu_pool, fn, body.query, body.k)
+            try:
+                hits = await state.unless_drain_expired(
+                    asyncio.wait_for(work, state.settings.request_timeout_s)
+                )
+            except TimeoutError as e:
+                state.metrics.rejected.labels(reason="timeout").inc()
+                raise DeadlineExceeded(
+                    f"search took longer than {state.settings.request_timeout_s} s"
+                ) from e
+            except RetrievalError as e:  # the index or store is down: say so, no paths
+                log.error("search failed: %s", e)
+                raise NotReady(
+                    f"retrieval unavailable: {public_reason(str(e), secrets)}",
+                    code="retrieval_unavailable",
+                ) from e
+            return SearchResponse(
+                results=[SearchHit(id=str(n.id), caption=n.caption, score=float(n.score)) for n in hits],
+                database=database_info(t2i),
             )
 
     @router.get("/healthz", response_model=Health, responses={503: _ERR})

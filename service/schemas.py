@@ -229,6 +229,32 @@ class DatabaseInfo(BaseModel):
     pairs: int = Field(description="Pairs in the feature store.")
 
 
+MAX_QUERY_CHARS = 1000
+
+
+class SearchRequest(_Strict):
+    query: Annotated[
+        str,
+        Field(min_length=1, max_length=MAX_QUERY_CHARS, json_schema_extra={"pattern": PROMPT_PATTERN},
+              description="Text to search for; needs one character that is not whitespace "
+              "or a control character."),
+    ]
+    k: Annotated[int, Field(ge=1, le=MAX_K, description="Neighbours to return."), _INT] = 5
+
+    _query = field_validator("query")(_non_blank)
+
+
+class SearchHit(BaseModel):
+    id: str
+    caption: str
+    score: float = Field(description="Cosine similarity of the query and the caption.")
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit] = Field(description="Nearest first; fewer than k in a smaller database.")
+    database: DatabaseInfo | None = Field(description="The database searched (as in /readyz).")
+
+
 class Health(BaseModel):
     status: str
     backend: str | None = None

@@ -12,12 +12,14 @@ from typer.testing import CliRunner
 
 def _app() -> typer.Typer:
     from ragturbo.generate import generate
+    from ragturbo.search import search
     from retrieval.cli import register
 
     app, bench = typer.Typer(), typer.Typer()
     app.add_typer(bench, name="bench")
     app.command("generate")(generate)
     register(app, bench)
+    app.command("search")(search)
     return app
 
 

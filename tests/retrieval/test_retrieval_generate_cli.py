@@ -22,12 +22,14 @@ from typer.testing import CliRunner
 
 def _app() -> typer.Typer:
     from ragturbo.generate import generate
+    from ragturbo.search import search
     from retrieval.cli import register
 
     app, bench = typer.Typer(), typer.Typer()
     app.add_typer(bench, name="bench")
     app.command("generate")(generate)
     register(app, bench)
+    app.command("search")(search)
     return app
 
 
@@ -67,6 +69,10 @@ class _Stub(BaseHTTPRequestHandler):
         req = json.loads(self.rfile.read(int(self.headers["content-length"])))
         req["_auth"] = self.headers.get("authorization")
         _Stub.seen.append(req)
+        if self.path == "/search":
+            hits = [{"id": "p1", "caption": "a red circle", "score": 0.9}][: req["k"]]
+            self._send(200, json.dumps({"results": hits, "database": _Stub.serves}).encode())
+            return
         buf = io.BytesIO()
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format=req["format"].upper())
         body = {
@@ -211,3 +217,60 @@ def test_url_with_db_checks_the_served_database(tmp_path: Path, stub: str, serve
                                     "--db", str(mine)])
     assert r.exit_code == 0, r.output
     assert len(_Stub.seen) == 1
+
+
+def test_search_goes_to_the_server_that_holds_the_database(db: Path, stub: str, pipe: Any,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held by a server on the default URL that names it: the query goes there (not to a
+    text encoder here), and the lines are those of a local search."""
+    import ragturbo.generate as g
+    from retrieval.db import DbConfig, open_db_for_pipeline
+    from retrieval.types import database_id
+
+    monkeypatch.setattr(g, "DEFAULT_URL", stub)
+    _Stub.serves = {"id": database_id(db), "model_fingerprint": "f", "pairs": 4}
+    held = open_db_for_pipeline(DbConfig(db_path=db), pipe)
+    try:
+        r = CliRunner().invoke(_app(), ["search", "a red circle", "--k", "3", "--db", str(db)])
+        j = CliRunner().invoke(_app(), ["search", "a red circle", "--json", "--db", str(db)])
+    finally:
+        held.close()
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines() == [" 0.9000  p1  a red circle"]
+    assert f"asking {stub}, which serves it" in r.stderr
+    assert json.loads(j.stdout) == [{"id": "p1", "caption": "a red circle", "score": 0.9}]
+    assert _Stub.seen[0]["query"] == "a red circle" and _Stub.seen[0]["k"] == 3
+
+
+def test_search_refuses_a_server_with_another_database(db: Path, stub: str, pipe: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import ragturbo.generate as g
+    from retrieval.db import DbConfig, open_db_for_pipeline
+
+    monkeypatch.setattr(g, "DEFAULT_URL", stub)
+    _Stub.serves = {"id": "0123456789abcdef", "model_fingerprint": "f", "pairs": 10000}
+    held = open_db_for_pipeline(DbConfig(db_path=db), pipe)
+    try:
+        r = CliRunner().invoke(_app(), ["search", "a pink ring", "--db", str(db)])
+    finally:
+        held.close()
+    assert r.exit_code == 1
+    assert f"the server at {stub} serves another database (id 0123456789abcdef" in r.stderr
+    assert "--url" in r.stderr and _Stub.seen == []
+    mine = db.parent / "other"
+    r = CliRunner().invoke(_app(), ["search", "a pink ring", "--url", stub, "--db", str(mine)])
+    assert r.exit_code == 1 and "serves another database" in r.stderr and _Stub.seen == []
+
+
+def test_search_with_the_database_held_and_no_server_says_so(db: Path, pipe: Any,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import ragturbo.generate as g
+    from retrieval.db import DbConfig, open_db_for_pipeline
+
+    monkeypatch.setattr(g, "DEFAULT_URL", "http://127.0.0.1:9")
+    held = open_db_for_pipeline(DbConfig(db_path=db), pipe)
+    try:
+        r = CliRunner().invoke(_app(), ["search", "a pink ring", "--db", str(db)])
+    finally:
+        held.close()
+    assert r.exit_code == 1 and "is in use by another process" in r.stderr and "--url" in r.stderr

@@ -14,11 +14,13 @@ from typer.testing import CliRunner
 
 
 def _app() -> typer.Typer:
+    from ragturbo.search import search
     from retrieval.cli import register
 
     app, bench = typer.Typer(), typer.Typer()
     app.add_typer(bench, name="bench")
     register(app, bench)
+    app.command("search")(search)
     return app
 
 

@@ -88,6 +88,14 @@ class FakeT2I:
         ms = (time.perf_counter() - t0) * 1000
         return out, {"text": ms / 4, "retrieval": ms / 4, "unet": ms / 4, "vae": ms / 4}
 
+    def search(self, query: str, k: int) -> list[Any]:
+        """``k`` neighbours with falling scores (``retrieval_down``: RetrievalError)."""
+        if self.retrieval_down:
+            from retrieval.types import RetrievalError
+
+            raise RetrievalError("Qdrant at /secret/path is down")
+        return [FakeNeighbour(f"id{i}", f"{query} {i}", 0.9 - 0.1 * i) for i in range(k)]
+
 
 def real_factory(settings: Any) -> Any:
     """The production factory (retrieval.compose behind the settings)."""
