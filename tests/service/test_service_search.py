@@ -89,10 +89,12 @@ def test_search_with_retrieval_down_is_503_without_paths() -> None:
         assert err["code"] == "retrieval_unavailable" and "/secret" not in err["message"]
 
 
+@pytest.mark.parametrize("backend", ["torch", "fast"])
 def test_search_uses_the_served_embedding_and_index(tiny_model_dir: Path, ingested_db: Path,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, backend: str) -> None:
     """The real engine: the nearest caption is the query itself, and the scores are the
-    pipeline's own embedding searched in the database; the database named is this one."""
+    pipeline's own embedding searched in the database; the database named is this one
+    (``fast`` keeps a device copy and searches the host index behind it)."""
     from engines.pipeline import OneStepPipeline
     from retrieval.db import DbConfig, open_db_for_pipeline
     from retrieval.types import database_id
@@ -101,7 +103,7 @@ def test_search_uses_the_served_embedding_and_index(tiny_model_dir: Path, ingest
     db, twin = tmp_path / "db", tmp_path / "twin"  # the server keeps db open: compare on a copy
     for d in (db, twin):
         shutil.copytree(ingested_db, d, ignore=shutil.ignore_patterns("*.lock"))
-    with client(build_from_settings, model_dir=str(tiny_model_dir), db_path=str(db)) as c:
+    with client(build_from_settings, model_dir=str(tiny_model_dir), db_path=str(db), backend=backend) as c:
         r = c.post("/search", json={"query": "a green circle", "k": 3})
     assert r.status_code == 200, r.text
     body = r.json()
