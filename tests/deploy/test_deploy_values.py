@@ -44,11 +44,11 @@ def _pod(objs: list[dict[str, Any]]) -> dict[str, Any]:
     return dep["spec"]["template"]["spec"]
 
 
-def test_every_leaf_value_is_named_in_deploy_md() -> None:
+def test_every_leaf_value_is_named_in_the_values_reference() -> None:
     values = yaml.safe_load((ROOT / "k8s" / "ragturbo" / "values.yaml").read_text())
-    doc = (ROOT / "docs" / "deploy.md").read_text()
+    doc = (ROOT / "docs" / "helm-values.md").read_text()
     missing = [p for p in _leaves(values) if f"`{p}`" not in doc]
-    assert missing == [], f"values.yaml leaves not named in docs/deploy.md: {missing}"
+    assert missing == [], f"values.yaml leaves not named in docs/helm-values.md: {missing}"
 
 
 def test_minimal_profile_needs_nothing_but_core_kubernetes() -> None:
