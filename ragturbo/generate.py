@@ -124,12 +124,19 @@ def generate_remote(
     timeout_s: float = 60.0,
 ) -> dict[str, Any]:
     """``POST {url}/generate`` for one image; returns the response JSON (raises on an error)."""
+    body = {"prompt": prompt, "seed": seed, "retrieval": {"mode": mode, "k": k}, "format": fmt}
+    return post_api(url, "/generate", body, api_key, timeout_s)
+
+
+def post_api(url: str, path: str, body: dict[str, Any], api_key: str | None,
+             timeout_s: float) -> dict[str, Any]:
+    """``POST {url}{path}`` with a JSON body; the response JSON, or RuntimeError with the
+    server's error message (the service's envelope) or why it could not be reached."""
     import httpx
 
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    body = {"prompt": prompt, "seed": seed, "retrieval": {"mode": mode, "k": k}, "format": fmt}
     try:
-        r = httpx.post(url.rstrip("/") + "/generate", json=body, headers=headers, timeout=timeout_s)
+        r = httpx.post(url.rstrip("/") + path, json=body, headers=headers, timeout=timeout_s)
     except httpx.HTTPError as e:
         raise RuntimeError(f"cannot reach the server at {url}: {e}") from e
     if r.status_code != 200:
@@ -137,7 +144,7 @@ def generate_remote(
             msg = r.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             msg = r.text[:200]
-        raise RuntimeError(f"{url}/generate answered {r.status_code}: {msg}")
+        raise RuntimeError(f"{url}{path} answered {r.status_code}: {msg}")
     return dict(r.json())
 
 

@@ -25,22 +25,8 @@ LOCAL_MAX_K = 100
 def search_remote(url: str, query: str, k: int, api_key: str | None = None,
                   timeout_s: float = 30.0) -> list[dict[str, Any]]:
     """``POST {url}/search``; the results (raises RuntimeError with the server's message)."""
-    import httpx
-
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no request line before the answer
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        r = httpx.post(url.rstrip("/") + "/search", json={"query": query, "k": k},
-                       headers=headers, timeout=timeout_s)
-    except httpx.HTTPError as e:
-        raise RuntimeError(f"cannot reach the server at {url}: {e}") from e
-    if r.status_code != 200:
-        try:
-            msg = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            msg = r.text[:200]
-        raise RuntimeError(f"{url}/search answered {r.status_code}: {msg}")
-    return list(r.json()["results"])
+    return list(gen.post_api(url, "/search", {"query": query, "k": k}, api_key, timeout_s)["results"])
 
 
 def _server_for(url: str | None, db: Path | None, dbp: Path, qurl: str | None,
