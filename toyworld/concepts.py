@@ -56,6 +56,8 @@ def concept_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
     if shape in SHAPES:
         return shape_mask(shape, u, v)
+    if shape.startswith(RANDOM_PREFIX):
+        return random_shape_mask(int(shape[len(RANDOM_PREFIX):]), u, v)
     r2 = u * u + v * v
     if shape == "ring":
         return (r2 <= 1.0) & (r2 >= 0.5**2)
@@ -69,6 +71,41 @@ def concept_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         x, y = 1.1 * u, -1.15 * (v + 0.1)
         return (x * x + y * y - 1) ** 3 - x * x * y**3 <= 0.0
     raise ValueError(f"no toy-style mask for shape {shape!r}; set A is {SET_A}")
+
+
+RANDOM_PREFIX = "random:"
+"""Shape names ``random:<n>`` are the random silhouettes of ``random_shape_mask`` (training rows only)."""
+
+
+def random_shape_mask(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside-test of random silhouette ``n`` in [-1, 1]^2: a star-shaped region whose radius
+    follows 3-9 random control points around the centre (piecewise linear: pointed, or smooth
+    harmonics), minus, with p 0.3 each, a random disc (a bite) and a concentric hole. A generic
+    family, so a model that learns to draw *whatever silhouette the neighbour shows* has many
+    more than nine shapes to learn it from; it is never used for evaluation."""
+    rng = np.random.default_rng([991, n])
+    ang = np.arctan2(v, u)
+    if rng.random() < 0.5:
+        k = int(rng.integers(3, 10))
+        th = np.sort(rng.uniform(0, 2 * np.pi, k))
+        rad = rng.uniform(0.45, 1.0, k)
+        rad[rng.integers(k)] = 1.0
+        r_edge = np.interp(np.mod(ang, 2 * np.pi), np.r_[th - 2 * np.pi, th, th + 2 * np.pi], np.tile(rad, 3))
+    else:
+        r_edge = np.ones_like(ang)
+        for m in rng.choice(np.arange(1, 6), size=2, replace=False):
+            r_edge = r_edge + rng.uniform(0.05, 0.3) * np.cos(m * ang + rng.uniform(0, 2 * np.pi))
+        r_edge = r_edge / (1 + 0.6)
+    sx, sy = rng.uniform(0.75, 1.0, 2)
+    r = np.sqrt((u / sx) ** 2 + (v / sy) ** 2) * max(sx, sy)
+    inside = r <= r_edge
+    if rng.random() < 0.3:
+        a = rng.uniform(0, 2 * np.pi)
+        d, rb = rng.uniform(0.8, 1.2), rng.uniform(0.3, 0.6)
+        inside &= (u - d * np.cos(a)) ** 2 + (v - d * np.sin(a)) ** 2 > rb * rb
+    if rng.random() < 0.3:
+        inside &= r >= rng.uniform(0.3, 0.55) * r_edge
+    return inside
 
 
 def _toy_cover(shape: str, extent: float, side: int, cx: float, cy: float, ss: int = 4) -> np.ndarray:

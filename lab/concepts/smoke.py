@@ -1,27 +1,27 @@
-"""Time the concept rows' build and one training step on this CPU (one-off)."""
-import time
+"""A few-row smoke of the concept rows (build, neighbours, arm data) and two training steps."""
 
-import numpy as np
-import torch
+def main() -> None:
+    import logging
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
 
-torch.set_num_threads(1)
-from engines.default_model import SHIPPED
-from engines.pipeline import OneStepPipeline
-from toyworld.fideval import Database
-from toyworld.models.arms import train_arms
-from toyworld.models.concept_rows import arm_data, build_rows, neighbour_pool
+    import torch
 
-dev = torch.device("cpu")
-pipe = OneStepPipeline.from_pretrained(SHIPPED, device=dev)
-t = time.time(); db = Database.build(pipe, 1000); print("db 1000", time.time() - t)
-t = time.time(); pool = neighbour_pool(2); print("pool", len(pool[1]), time.time() - t)
-t = time.time(); rows, counts = build_rows(pipe, 256, 0, 0.3, 0.2, pool); print("rows 256", counts, time.time() - t)
-print(rows.captions[:8], rows.kinds[:8])
-from PIL import Image
+    logging.basicConfig(level=logging.INFO)
+    from toyworld.models.concept_rows import RowOptions
+    from toyworld.models.concept_train import train_concepts
 
-Image.fromarray(np.concatenate(list(rows.images[:16]), 1)).save("lab/concepts/rows.png")
-im = pipe.generate(pipe.encode_text(rows.captions[:16]), rows.seeds[:16], "off").images
-Image.fromarray(np.concatenate(list(im), 1)).save("lab/concepts/rows_student.png")
-t = time.time(); d = arm_data(pipe, rows, pool, db); print("armdata", time.time() - t)
-for bs in (32, 64):
-    t = time.time(); train_arms(pipe, d, ("adapter", "control"), 6, bs, 3e-4, 3e-5, dev, None, 0, 10**9); print("6 steps bs", bs, time.time() - t)
+    n, workers = int(sys.argv[1]) if len(sys.argv) > 1 else 64, int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    t = time.time()
+    out = Path(tempfile.mkdtemp())
+    s = train_concepts(out, n_rows=n, n_db=256, options=RowOptions(0.4, 0.3, 0.5, True), minutes=0.2, steps=2,
+                       batch_size=8, workers=workers)
+    print({k: s[k] for k in ("rows", "prep_s", "steps")}, round(time.time() - t, 1), "s")
+    d, c = torch.load(out / "rows.pt", weights_only=False)
+    print(d.h_retr.shape if hasattr(d, "h_retr") else [f for f in vars(d)], c)
+
+
+if __name__ == "__main__":
+    main()

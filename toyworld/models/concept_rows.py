@@ -31,12 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from toyworld.concepts import SET_A, Item, caption_for, pseudo_word, render_items
-from toyworld.vocab import COLOURS, IMAGE_SIZE, PLAIN_BACKGROUND, SHAPE_PLURALS, SHAPES, SIZES
+from toyworld.concepts import RANDOM_PREFIX, SET_A, Item, caption_for, pseudo_word, render_items
+from toyworld.vocab import COLOURS, IMAGE_SIZE, PLAIN_BACKGROUND, SHAPE_PLURALS, SIZES
 
 log = logging.getLogger(__name__)
 
-POOL_SEED = 7_000_000
 ROW_NOISE_SEED = 2_000_000
 """First noise seed of a row (row i: + i); clear of the eval seeds (1000·i + j, i < 1000)."""
 
@@ -47,7 +46,8 @@ class Rows:
     kinds: list[str]
     seeds: list[int]
     images: np.ndarray  # targets (N, 64, 64, 3)
-    nb_index: np.ndarray  # into the neighbour bank (N,)
+    nb_images: np.ndarray  # the neighbour each concept/dropout row is given (N, 64, 64, 3); zeros for plain rows
+    nb_captions: list[str]  # its caption ("" for plain rows)
 
 
 def _layout(spec: Any, analysis: Any) -> list[tuple[float, float, float]] | None:
@@ -92,103 +92,144 @@ def hide_shape(caption: str, shape: str, word: str) -> str:
     return text
 
 
-def neighbour_pool(n_per: int, seed: int = POOL_SEED) -> tuple[np.ndarray, list[str], list[str], list[str]]:
-    """Single-object pairs of every known and set-A shape in every colour: images, captions,
-    shape and colour of each (the concept rows' neighbours)."""
-    ims, caps, shp, col = [], [], [], []
-    for k, s in enumerate((*SHAPES, *SET_A)):
-        for c_i, c in enumerate(COLOURS):
-            for i in range(n_per):
-                rng = np.random.default_rng([seed, k, c_i, i])
-                from toyworld.concepts import sample_item
+@dataclass(frozen=True)
+class RowOptions:
+    """How concept/dropout rows are made. ``frac_random``: of the concept rows, the fraction whose
+    shape is a random silhouette (``toyworld.concepts.random_shape_mask``) rather than a set-A
+    shape; ``copy_layout``: single-object concept/dropout rows take the neighbour's position and
+    size (the model learns to draw the neighbour's object in the caption's colour), instead of
+    the layout the noise leads to."""
 
-                it = sample_item(s, rng, c)
-                bg = str(rng.choice(["black", "gray", "brown", "navy"])) if rng.random() < 0.5 else PLAIN_BACKGROUND
-                ims.append(render_items([it], bg))
-                caps.append(caption_for(s, c, None, bg if rng.random() < 0.7 else None, int(rng.integers(3))))
-                shp.append(s)
-                col.append(c)
-    return np.stack(ims), caps, shp, col
+    frac_concept: float = 0.3
+    frac_dropout: float = 0.25
+    frac_random: float = 0.0
+    copy_layout: bool = False
 
 
-def build_rows(pipe: Any, n: int, start: int, frac_concept: float, frac_dropout: float,
-               pool: tuple[np.ndarray, list[str], list[str], list[str]], seed: int = 0,
-               batch: int = 256) -> tuple[Rows, dict[str, int]]:
-    """Up to ``n`` rows from adapter-split items ``start``..; returns the rows and counts."""
+def _neighbour(shape: str, colour: str, word: str, size: str | None, rng: np.random.Generator) -> tuple[Item, str, str]:
+    """A pair that shows ``shape``: its item, background and caption (the shape named ``word``)."""
+    from toyworld.concepts import sample_item
+
+    it = sample_item(shape, rng, colour)
+    if size is not None:
+        lo, hi = SIZES[size]
+        it = Item(it.shape, it.colour, it.x, it.y, float(rng.uniform(lo, hi)))
+    bg = str(rng.choice(["black", "gray", "brown", "navy"])) if rng.random() < 0.5 else PLAIN_BACKGROUND
+    cap = caption_for("XSHAPEX", colour, size if rng.random() < 0.5 else None,
+                      bg if rng.random() < 0.7 else None, int(rng.integers(3))).replace("XSHAPEX", word)
+    return it, bg, cap
+
+
+def make_row(cap: str, spec: Any, sample: np.ndarray, row_seed: int, opt: RowOptions) -> tuple[str, str, np.ndarray, np.ndarray | None, str] | None:
+    """One row from a caption, its spec and the model's one-step sample of the row's noise:
+    (caption, kind, target image, neighbour image or None, neighbour caption), or None when the
+    sample lacks the caption's object count. A pure function of its arguments."""
     from toyworld.detect import analyse
+
+    rng = np.random.default_rng([row_seed, 31])
+    an = analyse(sample)
+    pos = _layout(spec, an)
+    if pos is None:
+        return None
+    shapes = [spec.objects[0].shape] * len(pos) if spec.kind == "group" else [o.shape for o in spec.objects]
+    u = rng.random()
+    kind = "concept" if u < opt.frac_concept else ("dropout" if u < opt.frac_concept + opt.frac_dropout else "plain")
+    bg = spec.background or (an.background or PLAIN_BACKGROUND)
+    if kind == "plain":
+        return cap, kind, render_items(_items(spec, pos, shapes, rng), bg), None, ""
+    oj = int(rng.integers(len(spec.objects)))
+    obj = spec.objects[oj]
+    if kind == "dropout":
+        new = obj.shape
+    elif rng.random() < opt.frac_random:
+        new = f"{RANDOM_PREFIX}{int(rng.integers(1 << 30))}"
+    else:
+        new = str(rng.choice(SET_A))
+    word = pseudo_word(rng)
+    cap = hide_shape(cap, obj.shape, word)
+    colour = obj.colour if rng.random() < 0.7 else str(rng.choice(list(COLOURS)))
+    nb_item, nb_bg, nb_cap = _neighbour(new, colour, word, obj.size, rng)
+    if opt.copy_layout and spec.kind == "single":
+        items = [Item(new, obj.colour, nb_item.x, nb_item.y, nb_item.extent)]
+        bg = spec.background or nb_bg
+    else:
+        items = _items(spec, pos, [new if s == obj.shape else s for s in shapes], rng)
+    return cap, kind, render_items(items, bg), render_items([nb_item], nb_bg), nb_cap
+
+
+def _make_rows(args: tuple[Any, ...]) -> Any:
+    return make_row(*args)
+
+
+def build_rows(pipe: Any, n: int, start: int, opt: RowOptions, seed: int = 0, batch: int = 256,
+               workers: int = 0) -> tuple[Rows, dict[str, int]]:
+    """Up to ``n`` rows from adapter-split items ``start``..; returns the rows and counts.
+    ``workers`` > 1 makes the rows (detector + renders) in that many processes."""
     from toyworld.models.data import make_split
 
     sp = make_split("adapter", n, start=start, images=False)
-    rng = np.random.default_rng([seed, 31, start])
-    _, _, p_shape, p_col = pool
-    by = {}
-    for i, (s, c) in enumerate(zip(p_shape, p_col, strict=True)):
-        by.setdefault((s, c), []).append(i)
-    caps, kinds, seeds, ims, nb = [], [], [], [], []
+    caps, kinds, seeds, ims, nb_ims, nb_caps = [], [], [], [], [], []
     counts = {"plain": 0, "concept": 0, "dropout": 0, "dropped": 0}
-    for lo in range(0, n, batch):
-        cs = sp.captions[lo : lo + batch]
-        ss = [ROW_NOISE_SEED + start + lo + j for j in range(len(cs))]
-        with torch.no_grad():
-            out = pipe.generate(pipe.encode_text(cs), ss, "off").images
-        for j, (cap, spec, img) in enumerate(zip(cs, sp.specs[lo : lo + batch], out, strict=True)):
-            an = analyse(img)
-            pos = _layout(spec, an)
-            if pos is None:
-                counts["dropped"] += 1
-                continue
-            shapes = [spec.objects[0].shape] * len(pos) if spec.kind == "group" else [o.shape for o in spec.objects]
-            u = rng.random()
-            kind = "concept" if u < frac_concept else ("dropout" if u < frac_concept + frac_dropout else "plain")
-            nb_i = -1
-            if kind != "plain":
-                oj = int(rng.integers(len(spec.objects)))
-                old = spec.objects[oj].shape
-                new = str(rng.choice(SET_A)) if kind == "concept" else old
-                cap = hide_shape(cap, old, pseudo_word(rng))
-                shapes = [new if s == old else s for s in shapes]
-                colour = spec.objects[oj].colour if rng.random() < 0.7 else str(rng.choice(list(COLOURS)))
-                cand = by[(new, colour)]
-                nb_i = int(cand[rng.integers(len(cand))])
-            items = _items(spec, pos, shapes, rng)
-            bg = spec.background or (an.background or PLAIN_BACKGROUND)
-            caps.append(cap)
-            kinds.append(kind)
-            seeds.append(ss[j])
-            ims.append(render_items(items, bg))
-            nb.append(nb_i)
-            counts[kind] += 1
-    return Rows(caps, kinds, seeds, np.stack(ims), np.asarray(nb)), counts
+    blank = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(workers)
+    try:
+        for lo in range(0, n, batch):
+            cs = sp.captions[lo : lo + batch]
+            ss = [ROW_NOISE_SEED + start + lo + j for j in range(len(cs))]
+            with torch.no_grad():
+                out = pipe.generate(pipe.encode_text(cs), ss, "off").images
+            args = [(c, spec, img, seed * 1_000_003 + s, opt) for c, spec, img, s in zip(cs, sp.specs[lo : lo + batch], out, ss, strict=True)]
+            made = pool.map(_make_rows, args, chunksize=8) if pool is not None else [make_row(*a) for a in args]
+            for s_j, r in zip(ss, made, strict=True):
+                if r is None:
+                    counts["dropped"] += 1
+                    continue
+                caps.append(r[0])
+                kinds.append(r[1])
+                seeds.append(s_j)
+                ims.append(r[2])
+                nb_ims.append(blank if r[3] is None else r[3])
+                nb_caps.append(r[4])
+                counts[r[1]] += 1
+            log.info("rows %d/%d: %s", min(lo + batch, n), n, counts)
+    finally:
+        if pool is not None:
+            pool.close()
+    return Rows(caps, kinds, seeds, np.stack(ims), np.stack(nb_ims), nb_caps), counts
 
 
 @torch.no_grad()
-def arm_data(pipe: Any, rows: Rows, pool: tuple[np.ndarray, list[str], list[str], list[str]], db: Any,
-             batch: int = 256) -> Any:
+def arm_data(pipe: Any, rows: Rows, db: Any, batch: int = 256) -> Any:
     """``toyworld.models.arms.ArmData`` of the rows: noise, target latents, context, neighbour
-    H and λ (plain rows: top-1 of ``db`` (``toyworld.fideval.Database``); others: the pool pair)."""
+    H and λ (plain rows: top-1 of ``db`` (``toyworld.fideval.Database``); others: the row's
+    own neighbour, λ by ``engines.rules.neighbour_lambda`` of the two captions' cosine)."""
     from engines.rules import neighbour_lambda
     from toyworld.models.arms import ArmData
 
-    p_img, p_cap, _, _ = pool
-    pt = pipe.encode_text(p_cap)
-    p_h = torch.cat([pipe.retrieval_features(pipe.encode_images(p_img[i : i + batch]), pt.context[i : i + batch]).float()
-                     for i in range(0, len(p_cap), batch)])
-    p_pool = torch.nn.functional.normalize(pt.pooled.float(), dim=-1)
     noise, tgt, ctx, h_nb, lam = [], [], [], [], []
     for lo in range(0, len(rows.captions), batch):
         sl = slice(lo, lo + batch)
         te = pipe.encode_text(rows.captions[sl])
-        q = torch.nn.functional.normalize(te.pooled.float(), dim=-1)
         lam_db, idx = db.search(te.pooled, 1)
-        nbi = torch.as_tensor(rows.nb_index[sl])
-        use_pool = nbi >= 0
-        h = db.features[idx[:, 0].to(db.features.device)].float().cpu()
-        h[use_pool] = p_h[nbi[use_pool]]
-        lam_b = lam_db[:, 0].float().cpu()
-        lam_b[use_pool] = neighbour_lambda((q[use_pool] * p_pool[nbi[use_pool]]).sum(-1)).float()
+        h = db.features[idx[:, 0].to(db.features.device)].float()
+        lam_b = lam_db[:, 0].float().to(h.device)
+        own = torch.as_tensor([k != "plain" for k in rows.kinds[sl]], device=h.device)
+        if bool(own.any()):
+            j = own.nonzero()[:, 0].cpu()
+            nb_caps = [rows.nb_captions[lo + int(i)] for i in j]
+            nt = pipe.encode_text(nb_caps)
+            nh = pipe.retrieval_features(pipe.encode_images(rows.nb_images[sl][j.numpy()]), nt.context).float()
+            q = torch.nn.functional.normalize(te.pooled.float()[j.to(te.pooled.device)], dim=-1)
+            k = torch.nn.functional.normalize(nt.pooled.float(), dim=-1)
+            h[j.to(h.device)] = nh.to(h.device)
+            lam_b[j.to(h.device)] = neighbour_lambda((q * k).sum(-1)).float().to(h.device)
         noise.append(pipe.initial_noise(rows.seeds[sl]).float().cpu())
         tgt.append(pipe.encode_images(rows.images[sl]).float().cpu())
         ctx.append(te.context.float().cpu())
-        h_nb.append(h)
-        lam.append(lam_b)
+        h_nb.append(h.cpu())
+        lam.append(lam_b.cpu())
     return ArmData(torch.cat(noise), torch.cat(tgt), torch.cat(ctx), torch.cat(h_nb), torch.cat(lam), None)

@@ -44,49 +44,52 @@ def cached_database(pipe: Any, n: int, path: Path) -> Any:
 
 
 def train_concepts(out: Path, model: Path | None = None, control_init: Path | None = None,
-                   adapter_init: Path | None = None, n_rows: int = 3000,
-                   n_db: int = 10000, frac_concept: float = 0.3, frac_dropout: float = 0.25, minutes: float = 30.0,
-                   steps: int = 100000, batch_size: int = 64, lr_adapter: float = 4e-4, lr_decoder: float = 4e-5,
-                   seed: int = 0) -> dict[str, Any]:
-    """Build rows, train ``adapter`` and ``control`` for ``minutes`` (or ``steps``); returns the summary.
-    The arms start from ``adapter_init`` / ``control_init`` (variant files; default: the model's own
-    adapter and the shipped control), so a run can continue an earlier one."""
+                   adapter_init: Path | None = None, n_rows: int = 3000, n_db: int = 10000,
+                   options: Any = None, minutes: float = 30.0, steps: int = 100000, batch_size: int = 64,
+                   lr_adapter: float = 4e-4, lr_decoder: float = 4e-5, seed: int = 0,
+                   device: str | torch.device = "cpu", workers: int = 0,
+                   arms: tuple[str, ...] = ("adapter", "control")) -> dict[str, Any]:
+    """Build rows (``options``: a ``concept_rows.RowOptions``), train ``arms`` (adapter and its
+    control by default) for ``minutes`` (or ``steps``); returns the summary. The arms start
+    from ``adapter_init`` / ``control_init`` (variant files; default: the model's own adapter and
+    the shipped control), so a run can continue an earlier one."""
     from engines.default_model import SHIPPED
     from engines.pipeline import OneStepPipeline
     from toyworld.fideval import SHIPPED_EVAL, save_variant
     from toyworld.models.arms import train_arms
-    from toyworld.models.concept_rows import arm_data, build_rows, neighbour_pool
+    from toyworld.models.concept_rows import RowOptions, arm_data, build_rows
 
     out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device("cpu")
+    dev = torch.device(device)
+    opt = options or RowOptions()
     model = model or SHIPPED
     control_init = control_init or SHIPPED_EVAL / "control.safetensors"
     pipe = OneStepPipeline.from_pretrained(model, device=dev)
     t0 = time.perf_counter()
     db = cached_database(pipe, n_db, out / "db.pt")
-    pool = neighbour_pool(6)
     rows_f = out / "rows.pt"
     if rows_f.is_file():
         data, counts = torch.load(rows_f, weights_only=False)
     else:
-        rows, counts = build_rows(pipe, n_rows, 0, frac_concept, frac_dropout, pool, seed)
-        data = arm_data(pipe, rows, pool, db)
+        rows, counts = build_rows(pipe, n_rows, 0, opt, seed, workers=workers)
+        data = arm_data(pipe, rows, db)
         torch.save((data, counts), rows_f)
     prep_s = time.perf_counter() - t0
     log.info("rows %s, prep %.0f s", counts, prep_s)
     init_a = adapter_init or save_variant(pipe, out / "init_adapter.safetensors")
     init = {"adapter": init_a, "control": control_init}
 
-    def ckpt(step: int, arms: dict[str, Any]) -> None:
-        for name, arm in arms.items():
+    def ckpt(step: int, trained: dict[str, Any]) -> None:
+        for name, arm in trained.items():
             _save_arm(arm, out / f"{name}.safetensors")
-        (out / "progress.json").write_text(json.dumps({"step": step, "losses": {a: arm.log.rows[-1:] for a, arm in arms.items()}}))
+        (out / "progress.json").write_text(json.dumps({"step": step, "losses": {a: arm.log.rows[-1:] for a, arm in trained.items()}}))
 
-    arms, summ = train_arms(pipe, data, ("adapter", "control"), steps, batch_size, lr_adapter, lr_decoder, dev,
-                            minutes * 60, seed, 25, init=init, checkpoint=ckpt, checkpoint_every_s=180)
-    ckpt(summ["steps"], arms)
+    trained, summ = train_arms(pipe, data, arms, steps, batch_size, lr_adapter, lr_decoder, dev,
+                               minutes * 60, seed, 25, init={a: init[a] for a in arms}, checkpoint=ckpt,
+                               checkpoint_every_s=60 if dev.type == "cuda" else 180)
+    ckpt(summ["steps"], trained)
     summ.update({"rows": counts, "prep_s": round(prep_s, 1), "model": str(model), "n_db": n_db,
-                 "frac_concept": frac_concept, "frac_dropout": frac_dropout})
+                 "options": vars(opt) if hasattr(opt, "__dict__") else str(opt)})
     (out / "summary.json").write_text(json.dumps(summ, indent=1, default=str))
     return summ
 
