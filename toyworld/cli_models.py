@@ -37,11 +37,14 @@ def eval_cmd(
     if not prompts.is_file():
         raise typer.BadParameter(f"--prompts {prompts} does not exist")
     lines = [ln.strip() for ln in prompts.read_text().splitlines() if ln.strip()]
+    from toyworld.fideval import ALL_MODES
     from toyworld.fideval import evaluate as fid_evaluate
     from toyworld.fideval import format_table as fid_table
 
-    suite = _suite(work, device)
     want = tuple(m for m in modes.split(",") if m) or None
+    if bad := [m for m in want or () if m not in ALL_MODES]:
+        raise typer.BadParameter(f"--modes: unknown mode(s) {bad}; choose from {', '.join(ALL_MODES)}")
+    suite = _suite(work, device)
     res = fid_evaluate(lines, suite, seeds, n_retrieval, modes=want)
     typer.echo(json.dumps(res, indent=2) if as_json else fid_table(res))
 
