@@ -73,8 +73,8 @@ def stage_teacher(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float
                   split: str = "natural", dest: str = "teacher") -> dict[str, Any]:
     """A teacher UNet on ``split`` -> ``<work>/<dest>/unet`` (``natural``: the targets'
     teacher; ``skewed``: the student's initialisation)."""
+    from lab.toyworld.models.teacher_train import train_teacher
     from toyworld.models.data import HELD_OUT_RARE
-    from toyworld.models.teacher import train_teacher
 
     st = _state(cfg, work, dev, split, cfg.n_train)
     ctx, _, unc = st.text_features()
@@ -90,8 +90,8 @@ def _student_init(cfg: FamilyConfig, work: Path) -> str:
 
 
 def stage_student(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | None) -> dict[str, Any]:
+    from lab.toyworld.models.student import distill_student
     from lab.toyworld.recipes import teacher_targets
-    from toyworld.models.student import distill_student
 
     init = _student_init(cfg, work)
     split = "skewed" if init == "skewed" else "train"
@@ -142,9 +142,9 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
     swap_frac = float(cfg.extra.get("swap_frac", 0.0))
     ctx_swap = None
     if swap_frac > 0:
+        from lab.toyworld.models.text import encode_all
         from lab.toyworld.swaps import swapped_captions
         from toyworld.models.common import tokenize
-        from toyworld.models.text import encode_all
 
         swapped = swapped_captions(sp.captions, cfg.seed + 17, HELD_OUT_RARE)
         ctx_swap, _ = encode_all(st.load("text"), tokenize(st.tokenizer(), swapped), dev)

@@ -88,7 +88,7 @@ class RecipeState:
 
     def latents(self) -> torch.Tensor:
         if "lat" not in self.cache:
-            from toyworld.models.vae import encode_latents
+            from lab.toyworld.models.vae import encode_latents
 
             self.cache["lat"] = encode_latents(self.load("vae"), self.train_split().images, self.device)
         return self.cache["lat"]
@@ -96,8 +96,8 @@ class RecipeState:
     def text_features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """context (N,77,D), pooled (N,D) of the train captions and the empty prompt's context (1,77,D)."""
         if "ctx" not in self.cache:
+            from lab.toyworld.models.text import encode_all
             from toyworld.models.common import tokenize
-            from toyworld.models.text import encode_all
 
             te = self.load("text")
             ctx, pooled = encode_all(te, self.input_ids(), self.device)
@@ -118,7 +118,7 @@ def _mark(work: Path, stage: str, summary: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- stages
 def stage_vae(st: RecipeState, limit: float | None) -> dict[str, Any]:
-    from toyworld.models.vae import train_vae
+    from lab.toyworld.models.vae import train_vae
 
     vae, lg = train_vae(st.cfg, st.train_split().images, st.device, limit)
     save_fp16(vae, st.work / "vae")
@@ -127,8 +127,7 @@ def stage_vae(st: RecipeState, limit: float | None) -> dict[str, Any]:
 
 
 def stage_text(st: RecipeState, limit: float | None) -> dict[str, Any]:
-    from toyworld.models.data import attribute_labels
-    from toyworld.models.text import train_text_encoder
+    from lab.toyworld.models.text import attribute_labels, train_text_encoder
 
     sp = st.train_split()
     tok = st.tokenizer()
@@ -142,7 +141,7 @@ def stage_text(st: RecipeState, limit: float | None) -> dict[str, Any]:
 
 
 def stage_teacher(st: RecipeState, limit: float | None) -> dict[str, Any]:
-    from toyworld.models.teacher import train_teacher
+    from lab.toyworld.models.teacher_train import train_teacher
 
     ctx, _, unc = st.text_features()
     unet, lg = train_teacher(st.cfg, st.latents(), ctx, unc, st.device, limit)
@@ -170,7 +169,7 @@ def teacher_targets(st: RecipeState) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def stage_student(st: RecipeState, limit: float | None) -> dict[str, Any]:
-    from toyworld.models.student import distill_student
+    from lab.toyworld.models.student import distill_student
 
     t0 = time.perf_counter()
     noise, targets = teacher_targets(st)

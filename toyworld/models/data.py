@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing import get_context
 
@@ -24,7 +23,6 @@ import numpy as np
 from toyworld.grammar import describe
 from toyworld.render import render
 from toyworld.scene import Scene, SceneSpec, sample_scene
-from toyworld.vocab import COLOURS, RELATIONS, SHAPES
 
 log = logging.getLogger(__name__)
 
@@ -193,33 +191,3 @@ def eval_prompts(n_common: int, n_longtail: int) -> tuple[list[str], list[bool]]
     common = [c for c, t in zip(sp.captions, sp.long_tail, strict=True) if not t][:n_common]
     tail = [c for c, t in zip(sp.captions, sp.long_tail, strict=True) if t][:n_longtail]
     return common + tail, [False] * len(common) + [True] * len(tail)
-
-
-# ---------------------------------------------------------------- attribute labels
-KIND_CLASSES = ("one", "two", "three", "relation")
-N_LABELS = {
-    "shape0": len(SHAPES),
-    "colour0": len(COLOURS),
-    "kind": len(KIND_CLASSES),
-    "shape1": len(SHAPES) + 1,
-    "colour1": len(COLOURS) + 1,
-    "relation": len(RELATIONS) + 1,
-}
-
-
-def attribute_labels(specs: Sequence[SceneSpec]) -> np.ndarray:
-    """Class ids (N,6) of what every caption states (for the text encoder's auxiliary heads);
-    the last class of shape1/colour1/relation means "none" (no second object)."""
-    colours = list(COLOURS)
-    out = np.zeros((len(specs), len(N_LABELS)), dtype=np.int64)
-    for i, s in enumerate(specs):
-        o0 = s.objects[0]
-        kind = 3 if s.kind == "relation" else s.count - 1
-        if s.kind == "relation":
-            o1 = s.objects[1]
-            sh1, co1 = SHAPES.index(o1.shape), colours.index(o1.colour)
-            rel = RELATIONS.index(str(s.relation))
-        else:
-            sh1, co1, rel = len(SHAPES), len(COLOURS), len(RELATIONS)
-        out[i] = (SHAPES.index(o0.shape), colours.index(o0.colour), kind, sh1, co1, rel)
-    return out
