@@ -68,12 +68,9 @@ def retrieval_data_cmd(
     n: Annotated[int, typer.Option("--n", min=1, help="Pairs of the retrieval split to write.")] = 10000,
 ) -> None:
     """Regenerate the retrieval split the shipped model was evaluated with (deterministic)."""
-    from toyworld.models.adapter import write_folder_dataset
-    from toyworld.models.data import make_split
+    from toyworld.pair_build import write_retrieval_folder
 
-    sp = make_split("retrieval", n)
-    assert sp.images is not None
-    write_folder_dataset(out, sp.images, sp.captions)
+    write_retrieval_folder(out, n)
     typer.echo(f"wrote {n} pairs to {out}; next: ragturbo ingest --images {out} --captions {out}/captions.jsonl")
 
 

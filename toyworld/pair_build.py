@@ -126,11 +126,8 @@ def _render_chunk(args: tuple[Path, int, int]) -> list[str]:
 
 
 def write_retrieval_folder(folder: Path, n: int, workers: int | None = None, progress: bool = True) -> Path:
-    """Items 0..n-1 of the retrieval split as PNGs + ``captions.jsonl`` (written last).
-
-    Same files and captions as ``make_split("retrieval", n)`` followed by
-    ``write_folder_dataset`` (tested), without holding every image in memory.
-    """
+    """Items 0..n-1 of the retrieval split as PNGs + ``captions.jsonl`` (written last; the
+    ingest format), the images of ``make_split("retrieval", n)`` without holding them in memory."""
     from tqdm import tqdm
 
     folder.mkdir(parents=True, exist_ok=True)

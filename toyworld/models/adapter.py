@@ -1,11 +1,8 @@
-"""The retrieval split as the adapter's database, in memory (``RetrievalSplitDB``), and the
-folder format of a split (PNG files + captions.jsonl) that ``ragturbo ingest`` reads."""
+"""The retrieval split as the adapter's database, in memory (``RetrievalSplitDB``)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,19 +56,6 @@ class RetrievalSplitDB:
         index = MemoryIndex.from_vectors(self.ids, self.pooled, [{"caption": c} for c in self.captions],
                                          device=self.pooled.device, unit=True)
         return RetrievalDB(index, MemoryFeatures(self.ids, self.features))
-
-
-def write_folder_dataset(out: Path, images: np.ndarray, captions: list[str]) -> Path:
-    """PNG files + captions.jsonl (the training job's folder format)."""
-    from PIL import Image
-
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "captions.jsonl").open("w") as f:
-        for i, (im, cap) in enumerate(zip(images, captions, strict=True)):
-            name = f"{i:06d}.png"
-            Image.fromarray(im).save(out / name, compress_level=1)
-            f.write(json.dumps({"file": name, "caption": cap, "id": f"train-{i}"}) + "\n")
-    return out
 
 
 ADAPTER_NOISE_SEED = 1_000_000
