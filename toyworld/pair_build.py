@@ -105,12 +105,12 @@ def _render(folder: Path, lo: int, hi: int) -> tuple[list[np.ndarray], list[str]
     bytes, which are also written to ``folder/NNNNNN.png``."""
     from PIL import Image
 
-    from toyworld.models.data import _retrieval_item
+    from toyworld.models.data import split_item
     from toyworld.render import render
 
     imgs, caps, pngs = [], [], []
     for i in range(lo, hi):
-        scene, cap, _ = _retrieval_item(i)
+        scene, cap, _ = split_item("retrieval", i)
         img = render(scene)
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format="PNG", compress_level=1)
