@@ -1,5 +1,6 @@
-"""``ragturbo toyworld eval | train-concepts | eval-prompts | retrieval-data | embedded-db | embedded-assets``:
-the shipped model's evaluation, its retrieval data and database.
+"""``ragturbo toyworld eval | train-concepts | eval-prompts | retrieval-data | embedded-db |
+embedded-assets | small-decoder``: the shipped model's evaluation, its retrieval data and
+database, and its small decoder.
 
 ``register(app, bench)`` adds the commands to ``toyworld.cli.toyworld_app`` (the
 sub-app itself is registered by ``toyworld.cli``). Heavy imports happen inside.
@@ -147,6 +148,21 @@ def train_concepts_cmd(
         shutil.copyfile(out / "control.safetensors", SHIPPED_EVAL / "control.safetensors")
 
 
+def small_decoder_cmd(
+    model: Annotated[Path | None, typer.Option("--model", help="Model dir; writes MODEL/vae_small (default: the shipped one).")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the full report as JSON.")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Distillation steps.")] = 2400,
+    width_div: Annotated[int, typer.Option("--width-div", min=1, help="Divide every block width by this.")] = 2,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the training data and init.")] = 0,
+) -> None:
+    """Distil a small VAE decoder from the full one (CPU minutes) and measure it (PSNR, checker)."""
+    from engines.default_model import SHIPPED
+    from toyworld.small_decoder import SmallDecoderConfig, run, summary
+
+    cfg = SmallDecoderConfig(steps=steps, width_div=width_div, seed=seed)
+    typer.echo(summary(run(model or SHIPPED, cfg, report)))
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add these commands to the ``toyworld`` sub-app."""
     del app, bench
@@ -158,3 +174,4 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     toyworld_app.command("retrieval-data")(retrieval_data_cmd)
     toyworld_app.command("embedded-db")(embedded_db_cmd)
     toyworld_app.command("embedded-assets")(embedded_assets_cmd)
+    toyworld_app.command("small-decoder")(small_decoder_cmd)
