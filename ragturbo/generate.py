@@ -193,8 +193,9 @@ def generate(
     if not prompt.strip():
         raise typer.BadParameter("PROMPT must not be empty")
     fmt = image_format(out)
-    dbp = db or Path(os.environ.get("RAGTURBO_DB_PATH", "data"))
-    qurl = qdrant_url or os.environ.get("RAGTURBO_QDRANT_URL") or None
+    from retrieval.cli import db_path, qdrant_server
+
+    dbp, (qurl, _) = db_path(db), qdrant_server(qdrant_url)
 
     check_db = db is not None
     if url is None and qurl is None and mode != "off" and database_in_use(dbp):
@@ -255,6 +256,7 @@ def _report(neighbours: list[tuple[float, bool, str, str]], unknown: list[str] |
 def _local(prompt: str, out: Path, fmt: str, seed: int, mode: str, k: int, dbp: Path,
            qurl: str | None, min_score: float, model_dir: Path | None, device: str) -> None:
     from engines.default_model import resolve_model_dir
+    from retrieval.cli import qdrant_server
     from retrieval.compose import ImageRequest, build_text_to_image
     from service.encode import encode_image
 
@@ -264,7 +266,7 @@ def _local(prompt: str, out: Path, fmt: str, seed: int, mode: str, k: int, dbp: 
         device=device,
         db_path=dbp,
         qdrant_url=qurl,
-        qdrant_api_key=os.environ.get("RAGTURBO_QDRANT_API_KEY") or None,
+        qdrant_api_key=qdrant_server(qurl)[1],
         min_score=min_score,
     )
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +81,9 @@ def search(
     """Nearest captions to QUERY with cosine scores (here, or from a running server)."""
     if not query.strip():
         raise typer.BadParameter("QUERY must not be empty")
-    dbp = db or Path(os.environ.get("RAGTURBO_DB_PATH", "data"))
-    qurl = qdrant_url or os.environ.get("RAGTURBO_QDRANT_URL") or None
+    from retrieval.cli import db_path, qdrant_server
+
+    dbp, (qurl, _) = db_path(db), qdrant_server(qdrant_url)
     server = _server_for(url, db, dbp, qurl, api_key)
     if server is not None:
         try:

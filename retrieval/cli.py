@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,18 +18,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.command("ingest")(ingest_cmd)
 
 
-def _db_path(db: Path | None) -> Path:
-    import os
-
+def db_path(db: Path | None) -> Path:
+    """The data directory of a command: ``--db``, else RAGTURBO_DB_PATH, else ./data."""
     return db or Path(os.environ.get("RAGTURBO_DB_PATH", "data"))
 
 
-def _qdrant(url: str | None) -> tuple[str | None, str | None]:
-    import os
-
-    return url or os.environ.get("RAGTURBO_QDRANT_URL") or None, os.environ.get(
-        "RAGTURBO_QDRANT_API_KEY"
-    ) or None
+def qdrant_server(url: str | None) -> tuple[str | None, str | None]:
+    """(Qdrant server URL: ``--qdrant-url`` or RAGTURBO_QDRANT_URL, or None for the embedded
+    index; its API key from RAGTURBO_QDRANT_API_KEY, or None)."""
+    return url or os.environ.get("RAGTURBO_QDRANT_URL") or None, os.environ.get("RAGTURBO_QDRANT_API_KEY") or None
 
 
 @contextmanager
@@ -72,8 +70,8 @@ def ingest_cmd(
     from retrieval.db import DbConfig
     from retrieval.ingest import rebuild_features as rebuild
 
-    dbp = _db_path(db)
-    url, key = _qdrant(qdrant_url)
+    dbp = db_path(db)
+    url, key = qdrant_server(qdrant_url)
     # reconnect=False: an index held by another process (or a server that is down) is
     # refused when it is opened, before any image is encoded.
     cfg = DbConfig(db_path=dbp, qdrant_url=url, qdrant_api_key=key, reconnect=False)
@@ -126,7 +124,7 @@ def search_local(
     from retrieval.db import DbConfig, open_db
     from retrieval.query import QueryEncoder
 
-    url, key = _qdrant(qdrant_url)
+    url, key = qdrant_server(qdrant_url)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar before the answer

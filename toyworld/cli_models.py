@@ -81,12 +81,10 @@ def embedded_db_cmd(
     exact: Annotated[bool, typer.Option("--exact", help="Render and encode every pair here (about a minute on 2 cores) instead of loading the precomputed pairs.")] = False,
 ) -> None:
     """Build (first start) or refresh the shipped model's retrieval database; no-op when current."""
-    import os
-
+    from retrieval.cli import db_path
     from toyworld.embedded_db import ensure_embedded_db
 
-    where = db or Path(os.environ.get("RAGTURBO_DB_PATH", "data"))
-    typer.echo("embedded retrieval DB: " + ensure_embedded_db(where, n, exact=exact))
+    typer.echo("embedded retrieval DB: " + ensure_embedded_db(db_path(db), n, exact=exact))
 
 
 def embedded_assets_cmd(
