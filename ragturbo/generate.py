@@ -28,6 +28,7 @@ from typing import Any
 import typer
 
 from engines.modes import DEFAULT_MIN_SCORE, MAX_K
+from retrieval.cli import db_path, qdrant_server
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,6 @@ def generate(
     if not prompt.strip():
         raise typer.BadParameter("PROMPT must not be empty")
     fmt = image_format(out)
-    from retrieval.cli import db_path, qdrant_server
-
     dbp, (qurl, _) = db_path(db), qdrant_server(qdrant_url)
 
     check_db = db is not None
@@ -256,7 +255,6 @@ def _report(neighbours: list[tuple[float, bool, str, str]], unknown: list[str] |
 def _local(prompt: str, out: Path, fmt: str, seed: int, mode: str, k: int, dbp: Path,
            qurl: str | None, min_score: float, model_dir: Path | None, device: str) -> None:
     from engines.default_model import resolve_model_dir
-    from retrieval.cli import qdrant_server
     from retrieval.compose import ImageRequest, build_text_to_image
     from service.encode import encode_image
 

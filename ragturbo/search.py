@@ -17,6 +17,7 @@ from typing import Any
 import typer
 
 import ragturbo.generate as gen
+from retrieval.cli import db_path, qdrant_server
 
 LOCAL_MAX_K = 100
 
@@ -81,8 +82,6 @@ def search(
     """Nearest captions to QUERY with cosine scores (here, or from a running server)."""
     if not query.strip():
         raise typer.BadParameter("QUERY must not be empty")
-    from retrieval.cli import db_path, qdrant_server
-
     dbp, (qurl, _) = db_path(db), qdrant_server(qdrant_url)
     server = _server_for(url, db, dbp, qurl, api_key)
     if server is not None:
