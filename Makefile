@@ -11,7 +11,7 @@ PORT ?= 8000
 ONNX_DIR ?= out/onnx
 TRT_DIR ?= out/trt
 
-.PHONY: setup setup-dev run test onnx trt bench load docker helm toyworld toyworld-fidelity toyworld-eval lint clean
+.PHONY: setup setup-dev run test onnx trt bench load docker helm toyworld-fidelity toyworld-eval lint clean
 
 DEV_STAMP := $(VENV)/.installed-dev
 
@@ -90,9 +90,3 @@ toyworld-eval: $(STAMP)
 	mkdir -p out
 	$(BIN)/ragturbo toyworld eval-prompts --out out/eval_prompts.txt
 	$(BIN)/ragturbo toyworld eval --prompts out/eval_prompts.txt --json > out/toyworld-eval.json
-
-# --- toy world: retrain the first model family from scratch on one GPU (docs/toyworld.md) ---
-toyworld: $(STAMP)
-	$(BIN)/ragturbo toyworld train --work out/toyworld --ship toyworld/assets/model
-	$(BIN)/ragturbo toyworld eval-prompts --out out/toyworld/eval_prompts.txt
-	$(BIN)/ragturbo toyworld eval --work out/toyworld --prompts out/toyworld/eval_prompts.txt --json > out/toyworld/eval.json

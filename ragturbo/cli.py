@@ -30,7 +30,6 @@ CLI_MODULES = (
     "training.cli",
     "toyworld.cli",
     "toyworld.cli_models",
-    "toyworld.cli_small_decoder",
     "bench.cli",
 )
 

@@ -28,6 +28,7 @@ from typing import Any
 import typer
 
 from engines.modes import DEFAULT_MIN_SCORE, MAX_K
+from retrieval.cli import db_path, qdrant_server
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,7 @@ def generate(
     if not prompt.strip():
         raise typer.BadParameter("PROMPT must not be empty")
     fmt = image_format(out)
-    dbp = db or Path(os.environ.get("RAGTURBO_DB_PATH", "data"))
-    qurl = qdrant_url or os.environ.get("RAGTURBO_QDRANT_URL") or None
+    dbp, (qurl, _) = db_path(db), qdrant_server(qdrant_url)
 
     check_db = db is not None
     if url is None and qurl is None and mode != "off" and database_in_use(dbp):
@@ -264,7 +264,7 @@ def _local(prompt: str, out: Path, fmt: str, seed: int, mode: str, k: int, dbp: 
         device=device,
         db_path=dbp,
         qdrant_url=qurl,
-        qdrant_api_key=os.environ.get("RAGTURBO_QDRANT_API_KEY") or None,
+        qdrant_api_key=qdrant_server(qurl)[1],
         min_score=min_score,
     )
     try:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import typer
 
 import ragturbo.generate as gen
+from retrieval.cli import db_path, qdrant_server
 
 LOCAL_MAX_K = 100
 
@@ -82,8 +82,7 @@ def search(
     """Nearest captions to QUERY with cosine scores (here, or from a running server)."""
     if not query.strip():
         raise typer.BadParameter("QUERY must not be empty")
-    dbp = db or Path(os.environ.get("RAGTURBO_DB_PATH", "data"))
-    qurl = qdrant_url or os.environ.get("RAGTURBO_QDRANT_URL") or None
+    dbp, (qurl, _) = db_path(db), qdrant_server(qdrant_url)
     server = _server_for(url, db, dbp, qurl, api_key)
     if server is not None:
         try:

@@ -1,26 +1,12 @@
 """TIFA-style fidelity checker for toy-world prompts.
 
-``questions(prompt)`` parses the prompt and asks multiple-choice questions about
-what it states (categories ``object``, ``colour``, ``count``, ``relation``,
-``size``); ``answer(question, analysis)`` answers one from the exact image analysis
-of ``toyworld.detect``; ``score(image, prompt)`` is the fraction answered as the
-prompt expects, overall and per category.
-
-Questions per noun phrase (shape s, colour c, size z, count n):
-
-* object   "Is there a s?"                     yes / no
-* colour   "What colour is the s?"             the 8 shape colours
-* count    "How many ss are there?"            one / two / three  (single and group scenes)
-* size     "Is the s big or small?"            big / small        (only if the prompt says)
-
-plus, for relation scenes, relation "Where is the s1 relative to the s2?" (left of /
-right of / above / below) and, if the prompt names the background, colour "What
-colour is the background?" (the 4 background names).
-
-The checker can answer something outside the choices ("none", "zero", "many",
-"unknown") when the image does not show the thing asked about; such an answer is
-always wrong. ``chance_level`` is the expected score of answering uniformly at
-random among the listed choices.
+``questions(prompt)`` parses the prompt and asks multiple-choice questions about what it
+states (``object``, ``colour``, ``count``, ``relation``, ``size``; the background's colour
+when it is named); ``answer(question, analysis)`` answers one from ``toyworld.detect``'s
+analysis; ``score(image, prompt)`` is the fraction answered as the prompt expects, overall
+and per category. An answer outside the choices ("none", "zero", "unknown": the thing asked
+about is not there) is always wrong. ``chance_level`` is the expected score of a uniform
+guess among the choices. The questions: docs/toyworld.md, "Fidelity checker".
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""``ragturbo toyworld train | eval | eval-prompts | retrieval-data | embedded-db``: the model-family recipe and its evaluation.
+"""``ragturbo toyworld eval | train-concepts | eval-prompts | retrieval-data | embedded-db |
+embedded-assets | small-decoder``: the shipped model's evaluation, its retrieval data and
+database, and its small decoder.
 
 ``register(app, bench)`` adds the commands to ``toyworld.cli.toyworld_app`` (the
 sub-app itself is registered by ``toyworld.cli``). Heavy imports happen inside.
@@ -8,45 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 
-def train_cmd(
-    work: Annotated[Path, typer.Option("--work", help="Work directory (stages resume from it).")] = Path("out/toyworld"),
-    family: Annotated[str, typer.Option("--family", help="full (GPU, ships) or tiny (CPU test size).")] = "full",
-    stages: Annotated[str, typer.Option("--stages", help="Comma list of vae,text,teacher,student,export,adapter,control.")] = "vae,text,teacher,student,export,adapter,control",
-    limits: Annotated[str, typer.Option("--limits", help="Per-stage time limits in s, e.g. vae=75,teacher=270.")] = "vae=75,text=75,teacher=270,student=150",
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
-    ship: Annotated[Path | None, typer.Option("--ship", help="Copy a finished model dir here (e.g. toyworld/assets/model).")] = None,
-    ship_from: Annotated[str, typer.Option("--ship-from", help="model (student, zero adapter) or adapter_model (training job export).")] = "model",
-) -> None:
-    """Train the toy-world family from scratch (or resume) and print each stage's time and losses."""
-    import shutil
-
-    from toyworld.recipes import STAGES, run_recipe
-
-    want = tuple(s for s in stages.split(",") if s)
-    bad = [s for s in want if s not in STAGES]
-    if bad:
-        raise typer.BadParameter(f"unknown stage(s) {bad}; choose from {STAGES}")
-    lim = {k: float(v) for k, v in (kv.split("=", 1) for kv in limits.split(",") if kv)}
-    res = run_recipe(work, family, want, device, lim)
-    for k, v in res.items():
-        typer.echo(f"{k}: " + json.dumps({kk: vv for kk, vv in v.items() if kk not in ("curve", "final")}))
-    if ship is not None:
-        if ship_from not in ("model", "adapter_model"):
-            raise typer.BadParameter(f"--ship-from must be model or adapter_model, got {ship_from!r}")
-        src = work / ship_from
-        shutil.rmtree(ship, ignore_errors=True)
-        shutil.copytree(src, ship, ignore=shutil.ignore_patterns(".fingerprint-cache.json"))
-        typer.echo(f"shipped {src} -> {ship}")
-
-
 def eval_cmd(
     prompts: Annotated[Path | None, typer.Option("--prompts", help="One prompt per line (the eval split's held-out prompts).")] = None,
-    work: Annotated[Path | None, typer.Option("--work", help="Work dir of a recipe run; default: the shipped models (toyworld/assets).")] = None,
+    work: Annotated[Path | None, typer.Option("--work", help="Work dir of a staged run (model/, <arm>_model/, teacher/); default: the shipped models (toyworld/assets).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per prompt.")] = 4,
     n_retrieval: Annotated[int, typer.Option("--n-retrieval", min=1, help="Retrieval-split size.")] = 10000,
@@ -56,11 +27,9 @@ def eval_cmd(
     concept_ns: Annotated[str, typer.Option("--concept-ns", help="With --concepts: pairs ingested per concept, comma list.")] = "0,5,20,100",
     concept_prompts: Annotated[int, typer.Option("--concept-prompts", min=1, help="With --concepts: prompts per concept.")] = 10,
 ) -> None:
-    """Fidelity of every mode (teacher, student, inject, adapter, control, shuffled, oracle, ...) on
+    """Fidelity of every mode (teacher, student, inject, adapter, control, shuffled, oracle) on
     PROMPTS, with common / seen-rare / held-out-rare splits and paired bootstrap intervals; with
     ``--concepts``, the held-out-concept table (``toyworld.concept_eval``) instead."""
-    from toyworld.models.common import pick_device
-
     if concepts:
         _concepts_eval(work, seeds, n_retrieval, device, concept_ns, concept_prompts, as_json)
         return
@@ -69,20 +38,14 @@ def eval_cmd(
     if not prompts.is_file():
         raise typer.BadParameter(f"--prompts {prompts} does not exist")
     lines = [ln.strip() for ln in prompts.read_text().splitlines() if ln.strip()]
-    if work is not None and not (work / "arms" / "done.json").is_file():
-        # a work dir of the first recipe (toyworld.recipes: model/, adapter_model/, control_model/)
-        from toyworld.eval import EvalModels, evaluate, format_table
-
-        res = evaluate(lines, EvalModels.from_workdir(work), None, seeds, device, n_retrieval)
-        typer.echo(json.dumps(res, indent=2) if as_json else format_table(res))
-        return
-    from toyworld.fideval import Suite
+    from toyworld.fideval import ALL_MODES
     from toyworld.fideval import evaluate as fid_evaluate
     from toyworld.fideval import format_table as fid_table
 
-    dev = pick_device(device)
-    suite = Suite.from_workdir(work, dev) if work is not None else Suite.from_shipped(dev)
     want = tuple(m for m in modes.split(",") if m) or None
+    if bad := [m for m in want or () if m not in ALL_MODES]:
+        raise typer.BadParameter(f"--modes: unknown mode(s) {bad}; choose from {', '.join(ALL_MODES)}")
+    suite = _suite(work, device)
     res = fid_evaluate(lines, suite, seeds, n_retrieval, modes=want)
     typer.echo(json.dumps(res, indent=2) if as_json else fid_table(res))
 
@@ -106,12 +69,9 @@ def retrieval_data_cmd(
     n: Annotated[int, typer.Option("--n", min=1, help="Pairs of the retrieval split to write.")] = 10000,
 ) -> None:
     """Regenerate the retrieval split the shipped model was evaluated with (deterministic)."""
-    from toyworld.models.adapter import write_folder_dataset
-    from toyworld.models.data import make_split
+    from toyworld.pair_build import write_retrieval_folder
 
-    sp = make_split("retrieval", n)
-    assert sp.images is not None
-    write_folder_dataset(out, sp.images, sp.captions)
+    write_retrieval_folder(out, n)
     typer.echo(f"wrote {n} pairs to {out}; next: ragturbo ingest --images {out} --captions {out}/captions.jsonl")
 
 
@@ -121,12 +81,10 @@ def embedded_db_cmd(
     exact: Annotated[bool, typer.Option("--exact", help="Render and encode every pair here (about a minute on 2 cores) instead of loading the precomputed pairs.")] = False,
 ) -> None:
     """Build (first start) or refresh the shipped model's retrieval database; no-op when current."""
-    import os
-
+    from retrieval.cli import db_path
     from toyworld.embedded_db import ensure_embedded_db
 
-    where = db or Path(os.environ.get("RAGTURBO_DB_PATH", "data"))
-    typer.echo("embedded retrieval DB: " + ensure_embedded_db(where, n, exact=exact))
+    typer.echo("embedded retrieval DB: " + ensure_embedded_db(db_path(db), n, exact=exact))
 
 
 def embedded_assets_cmd(
@@ -141,18 +99,25 @@ def embedded_assets_cmd(
                f"H rel. L2 mean {meta['rel_l2_against_fp16']['h_mean']:.4f})")
 
 
+def _suite(work: Path | None, device: str) -> Any:
+    """The eval's models: a staged run's work dir, or the shipped ones."""
+    from toyworld.fideval import Suite
+    from toyworld.models.common import pick_device
+
+    dev = pick_device(device)
+    return Suite.from_workdir(work, dev) if work is not None else Suite.from_shipped(dev)
+
+
 def _concepts_eval(work: Path | None, seeds: int, n_retrieval: int, device: str, ns: str, n_prompts: int,
                    as_json: bool) -> None:
     from toyworld.concept_eval import evaluate_concepts, format_concepts
-    from toyworld.fideval import Database, Suite
-    from toyworld.models.common import pick_device
+    from toyworld.fideval import Database
 
     try:
         want = tuple(int(x) for x in ns.split(",") if x.strip())
     except ValueError as e:
         raise typer.BadParameter(f"--concept-ns must be a comma list of integers, got {ns!r}") from e
-    dev = pick_device(device)
-    suite = Suite.from_workdir(work, dev) if work is not None else Suite.from_shipped(dev)
+    suite = _suite(work, device)
     missing = [v for v in ("adapter", "control") if v not in suite.pipes]
     if missing:
         raise typer.BadParameter(f"--concepts needs the adapter and control variants; {suite.source} lacks {missing}")
@@ -181,15 +146,30 @@ def train_concepts_cmd(
         shutil.copyfile(out / "control.safetensors", SHIPPED_EVAL / "control.safetensors")
 
 
+def small_decoder_cmd(
+    model: Annotated[Path | None, typer.Option("--model", help="Model dir; writes MODEL/vae_small (default: the shipped one).")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the full report as JSON.")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Distillation steps.")] = 2400,
+    width_div: Annotated[int, typer.Option("--width-div", min=1, help="Divide every block width by this.")] = 2,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the training data and init.")] = 0,
+) -> None:
+    """Distil a small VAE decoder from the full one (CPU minutes) and measure it (PSNR, checker)."""
+    from engines.default_model import SHIPPED
+    from toyworld.small_decoder import SmallDecoderConfig, run, summary
+
+    cfg = SmallDecoderConfig(steps=steps, width_div=width_div, seed=seed)
+    typer.echo(summary(run(model or SHIPPED, cfg, report)))
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add train / eval / eval-prompts / retrieval-data to the ``toyworld`` sub-app."""
+    """Add these commands to the ``toyworld`` sub-app."""
     del app, bench
     from toyworld.cli import toyworld_app
 
-    toyworld_app.command("train")(train_cmd)
     toyworld_app.command("eval")(eval_cmd)
     toyworld_app.command("train-concepts")(train_concepts_cmd)
     toyworld_app.command("eval-prompts")(prompts_cmd)
     toyworld_app.command("retrieval-data")(retrieval_data_cmd)
     toyworld_app.command("embedded-db")(embedded_db_cmd)
     toyworld_app.command("embedded-assets")(embedded_assets_cmd)
+    toyworld_app.command("small-decoder")(small_decoder_cmd)

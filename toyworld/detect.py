@@ -1,29 +1,14 @@
 """Exact image analysis of a toy-world image: background, palette blobs and their shapes.
 
-No learned parts, so the checker never shares a failure mode with the generators it
-judges. Steps, on an (H, W, 3) uint8 image:
-
-1. Background = per-channel median of the 2-px border ring.
-2. Pixel colour by *unmixing*: for each palette colour c, the pixel p is fitted as
-   ``bg + a * (c - bg)``; the residual is the distance to that mixing line. A pixel
-   within ``BG_DISTANCE`` of the background is background; otherwise it belongs to
-   the best-fitting colour with residual <= ``MAX_RESIDUAL`` if its mix ``a >= 0.5``
-   (edge pixels that are mostly background count as background, so blurred shapes
-   keep their half-intensity outline); pixels no palette line explains are "unknown".
-   This tolerates blur (mixtures), noise and colour drift, and still rejects colours
-   far from the palette.
-3. A 3x3 majority clean-up, then 4-connected components per palette colour with at
-   least ``MIN_AREA`` pixels are blobs.
-4. Shape = the shape of the best soft-IoU match between the blob mask, resampled to
-   16x16 over its bounding box, and a bank of templates (each shape rendered at
-   several extents, blurs and sub-pixel offsets, so blurred small shapes still
-   match their own kind); rejected (None) below ``MIN_SHAPE_IOU`` or when the
-   bounding box is far from square. Size = bounding-box side vs
-   ``SIZE_THRESHOLD_PX``.
-
-``analyse`` also counts foreground components (palette or unknown pixels, any
-colour) and how many of them are "clean" (one palette colour, a recognised shape):
-the realism measure.
+No learned parts, so the checker never shares a failure mode with the generators it judges.
+On an (H, W, 3) uint8 image: background = median of the 2-px border ring; each pixel's
+colour by *unmixing* (fitted as ``bg + a * (c - bg)`` for every palette colour c: within
+``BG_DISTANCE`` of the background, or ``a < 0.5``, is background; the best line with residual
+<= ``MAX_RESIDUAL`` wins; else "unknown"); a 3x3 majority clean-up; 4-connected components of
+one colour with >= ``MIN_AREA`` pixels are blobs; shape = the best soft-IoU template match
+(rejected below ``MIN_SHAPE_IOU`` or far from square); size = box side vs
+``SIZE_THRESHOLD_PX``. ``analyse`` also counts foreground and clean components (realism).
+Step by step: docs/toyworld.md, "Fidelity checker".
 """
 
 from __future__ import annotations

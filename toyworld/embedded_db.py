@@ -1,19 +1,12 @@
 """The embedded default's retrieval database, built on first start.
 
-``make run`` calls ``ragturbo toyworld embedded-db`` before serving: it regenerates the
-retrieval split the shipped model was evaluated with (deterministic, so nothing is
-shipped but the generator) and stores it in Qdrant Edge + the feature store under
-the data directory. A stamp ``<db>/toyworld-db.json`` records the model fingerprint
-and the size; a later start with the same stamp does nothing, and a changed shipped
-model rebuilds the stored features (``rebuild_features``) before adding what is new.
-Skipped when the operator points RAGTURBO_MODEL_DIR at another model.
-
-By default the pairs are not computed here: ``toyworld.precomputed`` ships them with the
-assets, keyed by the fingerprint of the encoders they depend on and spot-checked against
-the loaded model (seconds). When they do not apply (an encoder or the generator changed:
-logged with the reason) or with ``exact=True`` the database is built as below.
-
-The exact build lives in ``toyworld.pair_build`` (docs/toyworld.md, "First start").
+``make run`` calls ``ragturbo serve --embedded-db`` (or ``ragturbo toyworld embedded-db``)
+before serving: the shipped model's 10 000-pair retrieval split goes into Qdrant Edge + the
+feature store under the data directory, from the precomputed pairs (``toyworld.precomputed``)
+or, when they do not apply or with ``exact=True``, from the generator (``toyworld.pair_build``).
+A stamp ``<db>/toyworld-db.json`` (model fingerprint, size) makes a later start a no-op; a
+changed shipped model rebuilds the stored features first. Skipped when RAGTURBO_MODEL_DIR
+points at another model.
 """
 
 from __future__ import annotations

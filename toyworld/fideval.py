@@ -1,37 +1,25 @@
-"""The shipped family's fidelity evaluation: every mode, its controls, splits and paired intervals.
+"""The shipped model's fidelity evaluation: every mode, its controls, splits and paired intervals.
 
 Modes (each one image per (prompt, seed), scored by ``toyworld.checker``):
 
-* ``teacher``   — the multi-step teacher (DDIM ``teacher_steps``, CFG ``guidance``);
-* ``student``   — the one-step student, no retrieval;
-* ``inject``    — the student + training-free slerp injection of the top-1 neighbour;
-* ``adapter``   — the adapter arm (H-adapter + fine-tuned decoder, trained with the
-  curriculum of ``toyworld.models.arms``), top-1 neighbour, λ = cosine;
-* ``real``      — the arm trained on real neighbours without the curriculum, top-1, λ = cosine;
-* ``adapter_k4``— the same model with the top-4 neighbours (trained with k = 1);
-* ``control``   — the control arm (same training, curriculum rows included, λ = 0);
-* ``control_plain`` — the retrieval-free fine-tune without the curriculum (λ = 0);
-* ``shuffled_test``    — the adapter arm given another prompt's neighbour (true λ);
-* ``real_shuffled_test`` — the same for the ``real`` arm (no curriculum);
-* ``shuffled_own_lam`` — the adapter arm given the same wrong neighbour as ``shuffled_test``
-  but the λ the service's rule gives it (its own caption's cosine to the prompt,
-  ``Database.score``): what a wrong database entry does in the service;
-* ``shuffled_trained`` — the arm trained with shuffled neighbours, given the right ones;
-* ``oracle``    — the adapter arm given a clean render of the prompt itself (λ = 1);
-* ``leak``      — the leak arm (trained with the target as its neighbour) given the
-  teacher's sample for the same (prompt, seed) (λ = 1): can the pathway carry content?
+* ``teacher``       — the multi-step teacher (DDIM ``teacher_steps``, CFG ``guidance``);
+* ``student``       — the one-step student, no retrieval;
+* ``inject``        — the student + training-free slerp injection of the top-1 neighbour;
+* ``adapter``       — the shipped H-adapter + fine-tuned decoder, top-1 neighbour, λ = cosine;
+* ``adapter_k4``    — the same model with the top-4 neighbours;
+* ``control``       — the same training with λ = 0 (what the adapter gains by retrieval);
+* ``shuffled_test`` — the adapter given another prompt's neighbour (true λ);
+* ``oracle``        — the adapter given a clean render of the prompt itself (λ = 1).
 
 Splits: ``common`` / ``seen_rare`` / ``held_out_rare`` (``toyworld.models.data.rare_group``)
 and ``nb_full`` / ``nb_partial``: whether the top-1 neighbour's own image answers every
 question of the prompt. Paired bootstrap 95 % intervals (prompts resampled) for the
-differences of ``COMPARISONS``. Retrieval is exact cosine over the pooled
-text embeddings of the retrieval split, H-features from the student's frozen encoder —
-the same math as the service's Qdrant search; the modes with real neighbours (and the
-student) go through ``retrieval.compose.TextToImage``, the service's own path, and only the
-modes that hand the adapter something else (shuffled at test time, oracle, leak) call the
-pipeline directly.
+differences of ``COMPARISONS``. Retrieval is exact cosine over the pooled text embeddings
+of the retrieval split, H-features from the student's frozen encoder (the service's math);
+the modes with real neighbours go through ``retrieval.compose.TextToImage``, the service's
+own path; shuffled-at-test and oracle hand the adapter their features directly.
 
-Models come from a work dir (``<work>/model`` = the student, ``<work>/<arm>_model``,
+Models come from a work dir (``<work>/model`` = the student, ``<work>/<variant>_model``,
 ``<work>/teacher/unet``) or from the shipped assets (``toyworld/assets/model`` plus
 ``toyworld/assets/eval``: the teacher UNet and one safetensors file of decoder and
 adapter weights per other variant), so a fresh clone can run it.
@@ -56,19 +44,13 @@ log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED_EVAL = ASSETS / "eval"
-VARIANTS = ("student", "adapter", "real", "control", "control_plain", "shuffled", "leak")
-ALL_MODES = ("teacher", "student", "inject", "adapter", "adapter_k4", "real", "control", "control_plain",
-             "shuffled_test", "real_shuffled_test", "shuffled_own_lam", "shuffled_trained", "oracle", "leak")
+VARIANTS = ("student", "adapter", "control")
+ALL_MODES = ("teacher", "student", "inject", "adapter", "adapter_k4", "control", "shuffled_test", "oracle")
 GROUPS = ("common", "seen_rare", "held_out_rare")
 COMPARISONS = (
-    ("adapter", "student"), ("adapter", "control"), ("control", "student"),
-    ("shuffled_test", "control"), ("shuffled_trained", "control"), ("adapter_k4", "control"),
-    ("oracle", "control"), ("leak", "control"), ("inject", "student"), ("teacher", "student"),
-    ("real", "control"), ("adapter", "real"), ("shuffled_test", "adapter"),
-    ("adapter", "control_plain"), ("control_plain", "student"), ("real", "control_plain"),
-    ("oracle", "control_plain"), ("shuffled_trained", "control_plain"), ("real_shuffled_test", "control"),
-    ("shuffled_test", "control_plain"), ("real_shuffled_test", "control_plain"), ("adapter_k4", "control_plain"),
-    ("shuffled_own_lam", "control"), ("shuffled_own_lam", "adapter"),
+    ("adapter", "student"), ("adapter", "control"), ("control", "student"), ("shuffled_test", "control"),
+    ("shuffled_test", "adapter"), ("adapter_k4", "control"), ("oracle", "control"), ("inject", "student"),
+    ("teacher", "student"),
 )
 
 
@@ -156,16 +138,8 @@ class Database:
         s, i = (self._unit(pooled) @ self.pooled.T).topk(k, dim=1)
         return neighbour_lambda(s), i
 
-    def score(self, pooled: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """pooled (B,D), idx (B,k) -> the λ the service's rule gives pairs ``idx`` for these
-        prompts (B,k), whichever pairs they are (``search``'s own λ for its own indices)."""
-        from engines.rules import neighbour_lambda
-
-        q = self._unit(pooled)
-        return neighbour_lambda((q[:, None] * self.pooled[idx.to(self.pooled.device)]).sum(-1))
-
     def _unit(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Prompts' pooled embeddings, normalised, on the database's device (both λ paths)."""
+        """Prompts' pooled embeddings, normalised, on the database's device."""
         return torch.nn.functional.normalize(pooled.float().to(self.pooled.device), dim=-1)
 
 
@@ -244,7 +218,10 @@ def evaluate(
     orc_lat = base.encode_images(orc_img)
     orc_h = base.retrieval_features(orc_lat, text_all.context).float()
 
-    want = [m for m in (modes or ALL_MODES) if _available(suite).get(m)]
+    unknown = [m for m in modes or () if m not in ALL_MODES]
+    if unknown:
+        raise ValueError(f"unknown eval mode(s) {unknown}; choose from {ALL_MODES}")
+    want = [m for m in (modes or ALL_MODES) if _available(suite)[m]]
     images: dict[str, list[np.ndarray]] = {m: [] for m in want}
     walls: dict[str, float] = dict.fromkeys(want, 0.0)
     P = len(prompts)
@@ -276,14 +253,11 @@ def evaluate(
 
 
 def _available(suite: Suite) -> dict[str, bool]:
-    """Which modes ``suite`` can run (each needs its variant; teacher and leak the teacher)."""
+    """Which modes ``suite`` can run (each needs its variant; ``teacher`` the teacher UNet)."""
     has = suite.pipes.__contains__
     return {"teacher": suite.teacher is not None, "student": has("student"), "inject": has("student"),
-            "adapter": has("adapter"), "adapter_k4": has("adapter"), "real": has("real"), "control": has("control"),
-            "control_plain": has("control_plain"), "shuffled_test": has("adapter"),
-            "real_shuffled_test": has("real"), "shuffled_own_lam": has("adapter"),
-            "shuffled_trained": has("shuffled"), "oracle": has("adapter"),
-            "leak": has("leak") and suite.teacher is not None}
+            "adapter": has("adapter"), "adapter_k4": has("adapter"), "control": has("control"),
+            "shuffled_test": has("adapter"), "oracle": has("adapter")}
 
 
 @dataclass
@@ -296,42 +270,29 @@ class _Batch:
     text: Any
     pi: torch.Tensor
     pi_shuf: torch.Tensor
-    x0_teacher: torch.Tensor | None = None
 
 
 _COMPOSED = {"student": ("student", "off", 1), "inject": ("student", "inject", 1), "adapter": ("adapter", "adapter", 1),
-             "adapter_k4": ("adapter", "adapter", 4), "real": ("real", "adapter", 1), "control": ("control", "adapter", 1),
-             "control_plain": ("control_plain", "adapter", 1), "shuffled_trained": ("shuffled", "adapter", 1)}
+             "adapter_k4": ("adapter", "adapter", 4), "control": ("control", "adapter", 1)}
 """Modes with real neighbours: (variant, retrieval mode, k) through ``retrieval.compose``."""
 
 
 def _mode_images(m: str, b: _Batch, suite: Suite, base: Any, t2i: dict[str, Any], db: Database,
                  lam4: torch.Tensor, idx4: torch.Tensor, orc_h: torch.Tensor, teacher_steps: int,
                  guidance: float) -> np.ndarray:
-    """uint8 images of mode ``m`` for batch ``b`` (the teacher's latents computed once a batch)."""
-    ps, ss, text = b.prompts, b.seeds, b.text
+    """uint8 images of mode ``m`` for batch ``b``."""
     if m in _COMPOSED:
         variant, mode, k = _COMPOSED[m]
-        return compose_images(t2i[variant], ps, ss, mode, k)
-    if m in ("teacher", "leak"):
-        if b.x0_teacher is None:
-            b.x0_teacher = _teacher_latents(suite, base, ps, ss, teacher_steps, guidance)
-        if m == "teacher":
-            return base.decode_latents(b.x0_teacher)
-        pipe = suite.pipes["leak"]
-        h = pipe.retrieval_features(b.x0_teacher, text.context).float()[:, None]
-        return pipe.generate(text, ss, "adapter", h, torch.ones(len(ps), 1)).images
+        return compose_images(t2i[variant], b.prompts, b.seeds, mode, k)
+    if m == "teacher":
+        return base.decode_latents(_teacher_latents(suite, base, b.prompts, b.seeds, teacher_steps, guidance))
+    adapter = suite.pipes["adapter"]
+    n = len(b.prompts)
     if m == "oracle":
-        return suite.pipes["adapter"].generate(text, ss, "adapter", orc_h[b.pi.to(orc_h.device)][:, None],
-                                               torch.ones(len(ps), 1)).images
-    if m in ("shuffled_test", "real_shuffled_test"):  # another prompt's neighbour, true λ: by hand
+        return adapter.generate(b.text, b.seeds, "adapter", orc_h[b.pi.to(orc_h.device)][:, None], torch.ones(n, 1)).images
+    if m == "shuffled_test":  # another prompt's neighbour, true λ
         h = db.features[idx4[b.pi_shuf, :1].to(db.features.device)]
-        return suite.pipes["real" if m == "real_shuffled_test" else "adapter"].generate(
-            text, ss, "adapter", h, lam4[b.pi, :1]).images
-    if m == "shuffled_own_lam":  # the same wrong neighbour, λ as the service would score it
-        j = idx4[b.pi_shuf, :1]
-        return suite.pipes["adapter"].generate(text, ss, "adapter", db.features[j.to(db.features.device)],
-                                               db.score(text.pooled, j)).images
+        return adapter.generate(b.text, b.seeds, "adapter", h, lam4[b.pi, :1]).images
     raise ValueError(f"unknown eval mode {m!r}; choose from {ALL_MODES}")
 
 

@@ -1,23 +1,12 @@
 """Building the retrieval split's pairs from the generator (the exact build).
 
-The exact build (docs/toyworld.md, "First start"): one worker process per core, each with one
-torch thread (on this 2-core machine one thread per process costs a third to a seventh
-of the CPU time of two threads in one process, more so when the machine is shared).
-Each worker takes a chunk of the split, renders it, writes the PNGs and computes what
-``retrieval.ingest.ingest`` stores for those files — the same point ids, the text
-encoder (fp32, once per distinct caption of the chunk), VAE latents and H-features at
-t=0 (fp32) — so rendering overlaps encoding and no PNG is decoded again. The main
-process writes each chunk to the database in order (a resumed build skips what is stored).
-
-One deliberate difference: on a CPU with native bf16 (``avx512_bf16`` / ``amx_bf16``)
-the VAE encoder runs under bf16 autocast (``vae="auto"``), a third less CPU time for
-the largest stage. The index vectors (text encoder, fp32) are untouched, so every
-search returns the same neighbours; stored latents move by ≤ 0.4 % (relative norm),
-H-features by ≤ 0.2 %, generated images by at most 2 of 255 levels (tested against
-``ingest`` in tests/toyworld/test_toyworld_embedded_db.py; numbers in docs/toyworld.md).
-glibc's malloc is told to keep freed memory instead of returning every large
-activation to the kernel (without that, each batch's tensors are fresh ``mmap``s and
-page faults take a third of the CPU time). One tqdm progress bar, ``build``.
+One worker process per usable CPU, one torch thread each: a worker renders a chunk, writes
+its PNGs and computes what ``retrieval.ingest.ingest`` stores for those files (point ids,
+text-encoder vectors once per distinct caption, VAE latents, H-features at t = 0), so no PNG
+is decoded again; the main process writes the chunks in order (a resumed build skips what is
+stored). On a CPU with native bf16 the VAE encoder runs under bf16 autocast (``vae="auto"``);
+the index vectors stay fp32. glibc is told to keep freed memory (``keep_freed_memory``).
+Measurements against ``ingest``: docs/toyworld.md, "First start".
 """
 
 from __future__ import annotations
@@ -105,12 +94,12 @@ def _render(folder: Path, lo: int, hi: int) -> tuple[list[np.ndarray], list[str]
     bytes, which are also written to ``folder/NNNNNN.png``."""
     from PIL import Image
 
-    from toyworld.models.data import _retrieval_item
+    from toyworld.models.data import split_item
     from toyworld.render import render
 
     imgs, caps, pngs = [], [], []
     for i in range(lo, hi):
-        scene, cap, _ = _retrieval_item(i)
+        scene, cap, _ = split_item("retrieval", i)
         img = render(scene)
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format="PNG", compress_level=1)
@@ -126,11 +115,8 @@ def _render_chunk(args: tuple[Path, int, int]) -> list[str]:
 
 
 def write_retrieval_folder(folder: Path, n: int, workers: int | None = None, progress: bool = True) -> Path:
-    """Items 0..n-1 of the retrieval split as PNGs + ``captions.jsonl`` (written last).
-
-    Same files and captions as ``make_split("retrieval", n)`` followed by
-    ``write_folder_dataset`` (tested), without holding every image in memory.
-    """
+    """Items 0..n-1 of the retrieval split as PNGs + ``captions.jsonl`` (written last; the
+    ingest format), the images of ``make_split("retrieval", n)`` without holding them in memory."""
     from tqdm import tqdm
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,27 +1,13 @@
-"""Precomputed retrieval pairs of the embedded database, shipped with the assets.
+"""Precomputed retrieval pairs of the embedded database, shipped in ``toyworld/assets/retrieval/``.
 
-The first-start database (``toyworld.embedded_db``) holds the 10 000 pairs of the toy
-retrieval split. Their images, captions, point ids, index vectors, latents and H-features
-are the same on every machine, so they ship in ``toyworld/assets/retrieval/`` and first
-start loads them instead of rendering and encoding every image.
-
-What they depend on, and the key that says so (``encoder_fingerprint``): the caption
-vectors on the text encoder and tokenizer; the latents on the VAE *encoder*; the
-H-features on those and the UNet *encoder* (``conv_in``, the time embedding, the down
-blocks and the mid block). The key hashes exactly those tensors (and the three configs),
-so a new H-adapter, UNet decoder (up blocks) or VAE decoder leaves the assets valid, and
-any change to an encoder makes them stale: the loader then logs why and the database is
-built from the generator instead (``pair_build.build_pairs``). Before loading, a few
-pairs are rendered and encoded with the loaded model and compared with the shipped ones
-(``spot_check``): a changed renderer or caption generator is caught the same way.
-
-Compact form (``meta.json`` records it and the measured error): caption vectors float16
-(one per distinct caption); H-features and latents 6-bit integers with one float16 scale
-per pair and channel (``absmax / 31``). Relative L2 error against the float16 values an
-exact build stores: H ~1.6 % (below the 2.6 % of the ``float8`` device index,
-docs/perf.md), latents ~2 % (used only to rebuild H for another UNet encoder). About
-23 MB in three files, none over 10 MB. ``ragturbo toyworld embedded-assets`` rewrites them
-(an exact fp32 build, then quantised).
+First start loads them instead of rendering and encoding the 10 000-pair retrieval split.
+They are keyed by ``encoder_fingerprint`` (the text encoder, tokenizer, VAE encoder and
+UNet encoder tensors and configs: exactly what they depend on) and spot-checked against
+the loaded model (``spot_check``); when either fails the loader logs why and the database
+is built from the generator (``pair_build.build_pairs``). Compact form: caption vectors
+float16, H-features and latents 6-bit with a float16 scale per pair and channel
+(``meta.json`` records the measured error). ``ragturbo toyworld embedded-assets`` rewrites
+them. Details and measurements: docs/toyworld.md, "First start".
 """
 
 from __future__ import annotations

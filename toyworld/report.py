@@ -72,18 +72,6 @@ def summarise(results: list[FidelityResult], analyses: list[Analysis]) -> Condit
     )
 
 
-def evaluate_images(images: list[np.ndarray], prompts: list[str]) -> ConditionReport:
-    """Fidelity of generated images to their prompts (one image per prompt), aggregated
-    like a report condition. images: (H, W, 3) uint8 each."""
-    if len(images) != len(prompts) or not prompts:
-        raise ValueError(
-            f"need one image per prompt, got {len(images)} images, {len(prompts)} prompts"
-        )
-    analyses = [analyse(img) for img in images]
-    results = [score_analysis(p, questions(p), a) for p, a in zip(prompts, analyses, strict=True)]
-    return summarise(results, analyses)
-
-
 def checker_report(n: int = 300, seed: int = 12345) -> dict[str, object]:
     """Run every condition on ``n`` eval-split examples (split seed ``seed``).
 

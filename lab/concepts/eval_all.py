@@ -38,11 +38,12 @@ t0 = time.time()
 if what in ("ordinary", "both"):
     from toyworld.models.data import eval_prompts
     lines, _ = eval_prompts(200, 200)  # what `make toyworld-eval` writes
-    suite = Suite({"student": new_a, "adapter": new_a, "control": new_c, "real": old_a, "control_plain": old_c}, None, f"{run} vs shipped")
-    res = fideval.evaluate(lines, suite, 4, 10000, modes=("student", "adapter", "control", "real", "control_plain"))
-    Path(f"{prefix}_ordinary.json").write_text(json.dumps(res, indent=1))
-    Path(f"{prefix}_ordinary.md").write_text(fideval.format_table(res))
-    print(fideval.format_table(res)); print("ordinary", time.time() - t0)
+    for tag, pa, pc in (("", new_a, new_c), ("_shipped", old_a, old_c)):  # the run, then what ships
+        suite = Suite({"student": pa, "adapter": pa, "control": pc}, None, f"{run}{tag}")
+        res = fideval.evaluate(lines, suite, 4, 10000, modes=("adapter", "control"))
+        Path(f"{prefix}_ordinary{tag}.json").write_text(json.dumps(res, indent=1))
+        Path(f"{prefix}_ordinary{tag}.md").write_text(fideval.format_table(res))
+        print(fideval.format_table(res)); print("ordinary", tag, time.time() - t0)
 if what in ("concepts", "both", "concepts_new", "concepts_shipped"):
     arms = (("new", new_a, new_c), ("shipped", old_a, old_c))
     for tag, pa, pc in [a for a in arms if what in ("concepts", "both") or what.endswith(a[0])]:

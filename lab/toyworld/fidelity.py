@@ -34,8 +34,9 @@ from typing import Any
 import torch
 
 from engines.default_model import SHIPPED
+from lab.toyworld.recipes import RecipeState, _done, _mark, start_run
 from toyworld.models.configs import FamilyConfig, get_family
-from toyworld.recipes import RecipeState, _done, _mark, _save_fp16, export_model_dir, start_run
+from toyworld.models.export import export_model_dir, save_fp16
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,13 @@ def stage_teacher(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float
                   split: str = "natural", dest: str = "teacher") -> dict[str, Any]:
     """A teacher UNet on ``split`` -> ``<work>/<dest>/unet`` (``natural``: the targets'
     teacher; ``skewed``: the student's initialisation)."""
+    from lab.toyworld.models.teacher_train import train_teacher
     from toyworld.models.data import HELD_OUT_RARE
-    from toyworld.models.teacher import train_teacher
 
     st = _state(cfg, work, dev, split, cfg.n_train)
     ctx, _, unc = st.text_features()
     unet, lg = train_teacher(cfg, st.latents(), ctx, unc, dev, limit)
-    _save_fp16(unet, work / dest / "unet")
+    save_fp16(unet, work / dest / "unet")
     held = sum(bool(set(s.colour_shape_pairs()) & HELD_OUT_RARE) for s in st.train_split().specs)
     return {**lg.summary(), "split": split, "n": cfg.n_train, "data_s": round(st.cache["data_s"], 1),
             "long_tail_items": int(st.train_split().long_tail.sum()), "held_out_rare_items": held}
@@ -89,8 +90,8 @@ def _student_init(cfg: FamilyConfig, work: Path) -> str:
 
 
 def stage_student(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | None) -> dict[str, Any]:
-    from toyworld.models.student import distill_student
-    from toyworld.recipes import teacher_targets
+    from lab.toyworld.models.student import distill_student
+    from lab.toyworld.recipes import teacher_targets
 
     init = _student_init(cfg, work)
     split = "skewed" if init == "skewed" else "train"
@@ -100,7 +101,7 @@ def stage_student(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float
     sample_s = time.perf_counter() - t0
     ctx, pooled, _ = st.text_features()
     student, lg = distill_student(cfg, st.load(init), noise, targets, ctx, pooled, st.latents(), pooled, dev, limit)
-    _save_fp16(student, work / "student" / "unet")
+    save_fp16(student, work / "student" / "unet")
     return {**lg.summary(), "teacher_sampling_s": round(sample_s, 2), "split": split, "init": init,
             "n_distill": len(noise), "long_tail_items": int(st.train_split().long_tail.sum())}
 
@@ -141,9 +142,9 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
     swap_frac = float(cfg.extra.get("swap_frac", 0.0))
     ctx_swap = None
     if swap_frac > 0:
+        from lab.toyworld.models.text import encode_all
         from lab.toyworld.swaps import swapped_captions
         from toyworld.models.common import tokenize
-        from toyworld.models.text import encode_all
 
         swapped = swapped_captions(sp.captions, cfg.seed + 17, HELD_OUT_RARE)
         ctx_swap, _ = encode_all(st.load("text"), tokenize(st.tokenizer(), swapped), dev)
@@ -174,7 +175,7 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
     checkpoint(summ["steps"], out)
     for a, arm in out.items():
         tmp = work / f"{a}_unet"
-        _save_fp16(arm.unet.unet, tmp / "unet")
+        save_fp16(arm.unet.unet, tmp / "unet")
         export_model_dir(work, work / f"{a}_model", cfg, hadapter=arm.hadapter)
         shutil.rmtree(work / f"{a}_model" / "unet")
         shutil.copytree(tmp / "unet", work / f"{a}_model" / "unet")
@@ -239,7 +240,7 @@ def seed_from_shipped(cfg: FamilyConfig, work: str | Path, teacher_unet: Path,
         return
     pipe = OneStepPipeline.from_pretrained(model)
     apply_variant(pipe, student_variant)
-    _save_fp16(pipe.unet.unet, w / "student" / "unet")
+    save_fp16(pipe.unet.unet, w / "student" / "unet")
     _mark(w, "student", {"stage": "student", "from": f"{model} + {student_variant}"})
 
 
@@ -269,8 +270,8 @@ def restore_arms(work: str | Path) -> list[str]:
         tmp = w / f"{f.stem}_model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(w / "model", tmp, ignore=shutil.ignore_patterns(".fingerprint-cache.json", "unet", "hadapter"))
-        _save_fp16(pipe.unet.unet, tmp / "unet")
-        _save_fp16(pipe.hadapter, tmp / "hadapter")
+        save_fp16(pipe.unet.unet, tmp / "unet")
+        save_fp16(pipe.hadapter, tmp / "hadapter")
         meta = json.loads((tmp / "ragturbo.json").read_text())
         (tmp / "ragturbo.json").write_text(json.dumps({**meta, "variant": f.stem}, indent=2))
         tmp.replace(d)

@@ -20,7 +20,7 @@ def _model_dir(root: Path, layout: str) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from toyworld.models.common import build_tokenizer
-    from toyworld.recipes import export_model_dir
+    from toyworld.models.export import export_model_dir
 
     cfg = get_family("tiny", unet_layout=layout, mid_layers=2 if layout == "mid" else 1)
     work = root / f"w-{layout}"

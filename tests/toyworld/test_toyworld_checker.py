@@ -83,13 +83,14 @@ def test_analysis_works_on_blurry_generations_and_other_sizes() -> None:
     assert chance_level(questions("a red circle")) == pytest.approx((0.5 + 1 / 8 + 1 / 3) / 3)
 
 
-def test_evaluate_images_aggregates_per_prompt() -> None:
-    from toyworld.report import evaluate_images
+def test_score_images_aggregates_generated_images_per_prompt() -> None:
+    from toyworld.scoring import aggregate, score_images
 
     exs = eval_split(8, seed=3)
-    good = evaluate_images([render(e.scene) for e in exs], [e.caption for e in exs])
-    assert good.score == 1.0 and good.n_images == 8 and good.realism == 1.0
-    swapped = evaluate_images([render(e.scene) for e in exs[::-1]], [e.caption for e in exs])
-    assert swapped.score < 0.6
-    with pytest.raises(ValueError, match="one image per prompt"):
-        evaluate_images([], ["a red circle"])
+    prompts = [e.caption for e in exs]
+    good = aggregate(score_images(np.stack([render(e.scene) for e in exs]), prompts, workers=2))
+    assert good["overall"] == 1.0 and good["n"] == 8 and good["realism"] == 1.0
+    swapped = aggregate(score_images(np.stack([render(e.scene) for e in exs[::-1]]), prompts, workers=1))
+    assert swapped["overall"] < 0.6
+    with pytest.raises(ValueError, match="0 images for 1 prompts"):
+        score_images(np.zeros((0, 64, 64, 3), np.uint8), ["a red circle"])

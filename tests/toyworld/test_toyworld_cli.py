@@ -1,4 +1,4 @@
-"""``ragturbo toyworld data`` and ``checker-report`` through the CLI."""
+"""``ragturbo toyworld data``, ``checker-report`` and ``retrieval-data`` through the CLI."""
 
 from __future__ import annotations
 
@@ -47,3 +47,15 @@ def test_checker_report_json() -> None:
 def test_sub_app_is_extensible() -> None:
     names = {c.name for c in toyworld_app.registered_commands}
     assert {"data", "checker-report"} <= names
+
+
+def test_retrieval_data_command_writes_the_shipped_models_split(tmp_path: Path) -> None:
+    from ragturbo.cli import _register_all, app
+    from toyworld.models.data import make_split
+
+    _register_all()
+    res = CliRunner().invoke(app, ["toyworld", "retrieval-data", "--out", str(tmp_path), "--n", "4"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (tmp_path / "captions.jsonl").read_text().splitlines()]
+    assert [r["caption"] for r in rows] == make_split("retrieval", 4, workers=1, images=False).captions
+    assert all((tmp_path / r["file"]).is_file() for r in rows) and "ragturbo ingest" in res.output

@@ -111,19 +111,18 @@ def test_evaluate_reports_modes_groups_and_intervals(dirs: dict[str, Path]) -> N
     from toyworld.models.data import eval_prompts
 
     p = OneStepPipeline.from_pretrained(dirs["mid"])
-    suite = Suite({"student": p, "adapter": p, "control": p, "real": p}, None, "test")
+    suite = Suite({"student": p, "adapter": p, "control": p}, None, "test")
     prompts, _ = eval_prompts(3, 5)
     res = evaluate(prompts, suite, seeds_per_prompt=1, n_retrieval=16, batch=8, workers=1, n_boot=200)
-    assert set(res["modes"]) == {"student", "inject", "adapter", "adapter_k4", "control", "shuffled_test", "oracle",
-                                 "real", "real_shuffled_test", "shuffled_own_lam"}
-    # the real arm's shuffled test is the adapter's with the real arm's weights: the same here
-    assert res["comparisons"]["real_shuffled_test-control"] == res["comparisons"]["shuffled_test-control"]
+    assert set(res["modes"]) == {"student", "inject", "adapter", "adapter_k4", "control", "shuffled_test", "oracle"}
     for r in res["modes"].values():
         assert r["n"] == 8 and {"common", "seen_rare", "held_out_rare", "nb_full", "nb_partial"} <= set(r)
     # the same model in both arms: identical images, a zero difference with a zero-width interval
     same = res["comparisons"]["adapter-control"]["overall"]
     assert same["diff"] == 0.0 and same["lo"] == 0.0 and same["hi"] == 0.0
     assert "held-out-rare" in format_table(res)
+    with pytest.raises(ValueError, match="unknown eval mode"):
+        evaluate(prompts, suite, seeds_per_prompt=1, n_retrieval=16, modes=("adapter", "leak"))
 
 
 def test_paired_bootstrap_interval() -> None:
@@ -172,6 +171,8 @@ def test_cli_eval_defaults_to_the_shipped_models(tmp_path: Path, monkeypatch: py
     js = json.loads(out.output[out.output.index("{"):])
     assert set(js["modes"]) == {"student", "adapter", "control"} and js["shipped_variant"] == "adapter"
     assert "assets" in str(seen["source"])
+    bad = CliRunner().invoke(app, ["toyworld", "eval", "--prompts", str(f), "--modes", "adapter,leak"])
+    assert bad.exit_code == 2 and "unknown mode" in bad.output and "leak" in bad.output
 
 
 # ---------------------------------------------------------------- recipe drivers
@@ -203,25 +204,3 @@ def test_fideval_compose_images_equal_the_direct_path(dirs: dict[str, Path], mod
     if mode == "adapter":
         plain = compose_images(TextToImage(pipe, db.as_retrieval_db(), retrieval_timeout_s=None), prompts, seeds, "off")
         assert not np.array_equal(new, plain)  # the equality covers the retrieval path
-
-
-def test_database_score_is_the_services_lambda_for_any_pair(dirs: dict[str, Path]) -> None:
-    """``Database.score`` (the ``shuffled_own_lam`` mode's λ): for ``search``'s own indices it
-    is ``search``'s λ; for another prompt's neighbour it is the cosine of that neighbour's own
-    caption with the prompt (0 where not positive), not the right neighbour's."""
-    from engines.pipeline import OneStepPipeline
-    from toyworld.fideval import Database
-
-    pipe = OneStepPipeline.from_pretrained(dirs["mid"])
-    db = Database.build(pipe, 24)
-    with torch.no_grad():
-        pooled = pipe.encode_text(["a red circle", "two blue squares", "a small green triangle above a yellow cross"]).pooled
-    lam, idx = db.search(pooled, 2)
-    assert torch.allclose(db.score(pooled, idx), lam, atol=1e-6)
-    wrong = idx[:, :1].roll(1, 0)
-    cos = torch.nn.functional.normalize(pooled.float(), dim=-1) @ db.pooled.T
-    want = cos.gather(1, wrong).clamp(min=0)
-    assert torch.allclose(db.score(pooled, wrong), want, atol=1e-6)
-    assert not torch.allclose(want, lam[:, :1])  # a wrong pair scores differently from the right one
-
-

@@ -1,11 +1,7 @@
-"""The toy-world model family: configs and training loops of each stage.
-
-Stages (each a function taking a config and returning trained modules + a loss log):
-``vae`` (AutoencoderKL, 64x64 RGB -> 16x16x4), ``text`` (CLIPTextModel trained
-CLIP-style against a small image encoder), ``teacher`` (multi-step UNet,
-v-prediction) and ``student`` (one-step UNet distilled from teacher samples with a
-latent adversarial term). ``toyworld.recipes`` chains them; nothing runs at import.
-The adapter stage of the shipped family is ``arms`` (several arms on one batch stream,
-smooth-L1 to paired teacher targets); ``variants`` reads and writes an arm's decoder and
-adapter weights.
+"""The toy-world model family: its configs (``configs``), data splits (``data``), the teacher's
+sampler (``teacher``), the adapter stage (``arms``: several arms on one batch stream, smooth-L1
+to paired teacher targets), an arm's decoder and adapter weights (``variants``), the retrieval
+split as a database (``adapter``) and writing a model dir (``export``). The VAE, text-encoder,
+teacher and student trainers and the staged runs that call them are in ``lab/toyworld``.
+Nothing runs at import.
 """

@@ -1,9 +1,10 @@
 """Sizes of the toy-world model family and of each stage's training run.
 
-``full`` is what ``make toyworld`` trains on one GPU (each stage 1-3 minutes on an
-H100) and what ships in ``toyworld/assets/model``; ``tiny`` is the same recipe at
-test size (seconds on a CPU). Component configs are plain diffusers/transformers
-kwargs so the exported directory loads through ``OneStepPipeline.from_pretrained``.
+``full-mid`` is the shipped family (``toyworld/assets/model``: text only in the UNet's mid
+block); ``full`` is the first family, whose VAE and text encoder it reuses; ``tiny`` and
+``tiny-mid`` are test sizes (seconds on a CPU). Component configs are plain
+diffusers/transformers kwargs, so an exported directory loads through
+``OneStepPipeline.from_pretrained``. The staged runs that train them are in ``lab/toyworld``.
 
 Shapes (full): image (64,64,3) -> latent (4,16,16) (VAE f=4) -> H-space (128,4,4)
 (UNet with 3 levels, mid block output). Text: context (77,128), pooled (128).
@@ -156,7 +157,7 @@ class FamilyConfig:
 
 
 def full() -> FamilyConfig:
-    """The shipped family (~8.5M parameters; 17 MB as fp16 safetensors)."""
+    """The first family (cross-attention in every block; ~8.5M parameters, 17 MB as fp16)."""
     return FamilyConfig(
         name="toyworld-full",
         n_train=60000,

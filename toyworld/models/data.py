@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import get_context
 
@@ -24,7 +24,6 @@ import numpy as np
 from toyworld.grammar import describe
 from toyworld.render import render
 from toyworld.scene import Scene, SceneSpec, sample_scene
-from toyworld.vocab import COLOURS, RELATIONS, SHAPES
 
 log = logging.getLogger(__name__)
 
@@ -92,78 +91,48 @@ def _skewed_scene(rng: np.random.Generator, avoid: frozenset[tuple[str, str]] = 
             return scene
 
 
-def _train_item(i: int) -> tuple[Scene, str, SceneSpec]:
-    rng = np.random.default_rng([SPLIT_SEEDS["train"], i])
-    scene = _skewed_scene(rng)
-    cap, said = describe(scene.spec, rng, held_out=False)
-    return scene, cap, said
-
-
-def _retrieval_item(i: int) -> tuple[Scene, str, SceneSpec]:
-    rng = np.random.default_rng([SPLIT_SEEDS["retrieval"], i])
-    scene: Scene = sample_scene(rng)
-    cap, said = describe(scene.spec, rng, held_out=False)
-    return scene, cap, said
-
-
-def _natural_item(i: int) -> tuple[Scene, str, SceneSpec]:
-    """The unskewed world (every pair at its natural rate): the shipped family's teacher's data."""
-    rng = np.random.default_rng([SPLIT_SEEDS["natural"], i])
-    scene: Scene = sample_scene(rng)
-    cap, said = describe(scene.spec, rng, held_out=False)
-    return scene, cap, said
-
-
-def _adapter_item(i: int) -> tuple[Scene, str, SceneSpec]:
-    """Adapter-training prompts: the natural rate, minus every scene naming a HELD_OUT_RARE pair."""
-    rng = np.random.default_rng([SPLIT_SEEDS["adapter"], i])
+def _scene_where(rng: np.random.Generator, ok: Callable[[SceneSpec], bool]) -> Scene:
+    """The first natural-rate scene whose spec passes ``ok``."""
     while True:
         scene = sample_scene(rng)
-        if not set(scene.spec.colour_shape_pairs()) & HELD_OUT_RARE:
-            break
-    cap, said = describe(scene.spec, rng, held_out=False)
-    if set(said.colour_shape_pairs()) & HELD_OUT_RARE:  # pragma: no cover - stated ⊆ scene
-        raise AssertionError(f"adapter caption {cap!r} names a held-out pair")
+        if ok(scene.spec):
+            return scene
+
+
+_SCENES: dict[str, Callable[[np.random.Generator, int], Scene]] = {
+    "train": lambda rng, i: _skewed_scene(rng),
+    "retrieval": lambda rng, i: sample_scene(rng),
+    # the unskewed world (every pair at its natural rate): the shipped family's teacher's data
+    "natural": lambda rng, i: sample_scene(rng),
+    # adapter-training prompts: the natural rate, minus every scene naming a HELD_OUT_RARE pair
+    "adapter": lambda rng, i: _scene_where(rng, lambda s: not set(s.colour_shape_pairs()) & HELD_OUT_RARE),
+    # the student's world: the train split's skew and no scene with a HELD_OUT_RARE pair at all
+    "skewed": lambda rng, i: _skewed_scene(rng, HELD_OUT_RARE),
+    # even i: a common prompt; odd i: a long-tail prompt (held-out phrasings)
+    "eval": lambda rng, i: _scene_where(rng, lambda s: is_long_tail(s) == (i % 2 == 1)),
+}
+
+
+def split_item(name: str, i: int) -> tuple[Scene, str, SceneSpec]:
+    """Item ``i`` of split ``name``: its scene, caption and the spec the caption states."""
+    rng = np.random.default_rng([SPLIT_SEEDS[name], i])
+    scene = _SCENES[name](rng, i)
+    cap, said = describe(scene.spec, rng, held_out=name == "eval")
     return scene, cap, said
-
-
-def _skewed_item(i: int) -> tuple[Scene, str, SceneSpec]:
-    """The student's world: the train split's skew (rare pairs kept with p = RARE_KEEP) and
-    no scene with a HELD_OUT_RARE pair at all, so the student never meets them."""
-    rng = np.random.default_rng([SPLIT_SEEDS["skewed"], i])
-    scene = _skewed_scene(rng, HELD_OUT_RARE)
-    cap, said = describe(scene.spec, rng, held_out=False)
-    return scene, cap, said
-
-
-def _eval_item(i: int) -> tuple[Scene, str, SceneSpec]:
-    """Even i: a common prompt; odd i: a long-tail prompt. Held-out phrasing."""
-    rng = np.random.default_rng([SPLIT_SEEDS["eval"], i])
-    want_tail = i % 2 == 1
-    while True:
-        scene = sample_scene(rng)
-        if is_long_tail(scene.spec) == want_tail:
-            break
-    cap, said = describe(scene.spec, rng, held_out=True)
-    return scene, cap, said
-
-
-_MAKERS = {"train": _train_item, "retrieval": _retrieval_item, "eval": _eval_item,
-           "natural": _natural_item, "adapter": _adapter_item, "skewed": _skewed_item}
 
 
 def _chunk(args: tuple[str, int, int, bool]) -> list[tuple[np.ndarray | None, str, SceneSpec]]:
     name, lo, hi, images = args
-    fn = _MAKERS[name]
-    return [(render(scene) if images else None, cap, said) for scene, cap, said in map(fn, range(lo, hi))]
+    return [(render(scene) if images else None, cap, said)
+            for scene, cap, said in (split_item(name, i) for i in range(lo, hi))]
 
 
 def make_split(name: str, n: int, workers: int | None = None, start: int = 0, images: bool = True) -> Split:
     """Items start..start+n-1 of split ``name`` (train, retrieval, eval, ...), generated in
     parallel; ``images=False`` skips the renders (``Split.images`` None: captions and specs
     only, the same ones; the eval split never has images)."""
-    if name not in _MAKERS:
-        raise ValueError(f"unknown split {name!r}; choose one of {sorted(_MAKERS)}")
+    if name not in _SCENES:
+        raise ValueError(f"unknown split {name!r}; choose one of {sorted(_SCENES)}")
     if n < 1:
         raise ValueError(f"split size must be >= 1, got {n}")
     workers = workers or min(32, os.cpu_count() or 1)
@@ -193,33 +162,3 @@ def eval_prompts(n_common: int, n_longtail: int) -> tuple[list[str], list[bool]]
     common = [c for c, t in zip(sp.captions, sp.long_tail, strict=True) if not t][:n_common]
     tail = [c for c, t in zip(sp.captions, sp.long_tail, strict=True) if t][:n_longtail]
     return common + tail, [False] * len(common) + [True] * len(tail)
-
-
-# ---------------------------------------------------------------- attribute labels
-KIND_CLASSES = ("one", "two", "three", "relation")
-N_LABELS = {
-    "shape0": len(SHAPES),
-    "colour0": len(COLOURS),
-    "kind": len(KIND_CLASSES),
-    "shape1": len(SHAPES) + 1,
-    "colour1": len(COLOURS) + 1,
-    "relation": len(RELATIONS) + 1,
-}
-
-
-def attribute_labels(specs: Sequence[SceneSpec]) -> np.ndarray:
-    """Class ids (N,6) of what every caption states (for the text encoder's auxiliary heads);
-    the last class of shape1/colour1/relation means "none" (no second object)."""
-    colours = list(COLOURS)
-    out = np.zeros((len(specs), len(N_LABELS)), dtype=np.int64)
-    for i, s in enumerate(specs):
-        o0 = s.objects[0]
-        kind = 3 if s.kind == "relation" else s.count - 1
-        if s.kind == "relation":
-            o1 = s.objects[1]
-            sh1, co1 = SHAPES.index(o1.shape), colours.index(o1.colour)
-            rel = RELATIONS.index(str(s.relation))
-        else:
-            sh1, co1, rel = len(SHAPES), len(COLOURS), len(RELATIONS)
-        out[i] = (SHAPES.index(o0.shape), colours.index(o0.colour), kind, sh1, co1, rel)
-    return out

@@ -1,4 +1,4 @@
-"""``toyworld.eval`` on a random tiny model dir: the JSON schema the docs table is built from,
+"""``lab.toyworld.first_eval`` on a random tiny model dir: the JSON schema the docs table is built from,
 and its one-step images, made through ``retrieval.compose``, equal to those of its old
 hand-written path (encode → exact cosine top-1 → λ → ``pipe.generate``) bit for bit."""
 
@@ -15,7 +15,7 @@ import torch
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory):
     from engines.random_models import write_model_dir
-    from toyworld.eval import EvalModels
+    from lab.toyworld.first_eval import EvalModels
 
     torch.set_num_threads(2)
     d = tmp_path_factory.mktemp("ev")
@@ -26,8 +26,8 @@ def models(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_eval_json_schema(models) -> None:
+    from lab.toyworld.first_eval import MODES, evaluate, format_table
     from toyworld.checker import CATEGORIES
-    from toyworld.eval import MODES, evaluate, format_table
 
     prompts = ["a red circle", "a red triangle left of a blue square"]  # common, long-tail
     res = evaluate(prompts, models, None, seeds_per_prompt=1, device="cpu", n_retrieval=8,
@@ -48,34 +48,29 @@ def test_eval_json_schema(models) -> None:
 
 
 def test_eval_rejects_empty_prompts(models) -> None:
-    from toyworld.eval import evaluate
+    from lab.toyworld.first_eval import evaluate
 
     with pytest.raises(ValueError, match="no prompts"):
         evaluate([], models)
 
 
-def test_cli_eval_writes_json(models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from typer.testing import CliRunner
-
-    import toyworld.eval as ev
-    from ragturbo.cli import _register_all, app
+def test_cli_eval_writes_json(models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    import lab.toyworld.first_eval as ev
 
     monkeypatch.setattr(ev.EvalModels, "from_workdir", staticmethod(lambda work: models))
     real = ev.evaluate
     monkeypatch.setattr(ev, "evaluate", lambda p, m, lt, s, d, n: real(p, m, lt, 1, d, 8, 2, 3.0, 4))
     f = tmp_path / "prompts.txt"
     f.write_text("a green square\n")
-    _register_all()
-    # a work dir of the first recipe (no arms/done.json) goes through toyworld.eval
-    out = CliRunner().invoke(app, ["toyworld", "eval", "--prompts", str(f), "--work", str(tmp_path), "--json", "--device", "cpu"])
-    assert out.exit_code == 0, out.output
-    js = json.loads(out.output[out.output.index("{"):])
+    ev.main(["--prompts", str(f), "--work", str(tmp_path), "--json", "--device", "cpu"])
+    js = json.loads(capsys.readouterr().out)
     assert js["n_prompts"] == 1 and "student" in js["modes"]
 
 
 @pytest.fixture(scope="module")
 def runner(models):  # type: ignore[no-untyped-def]
-    from toyworld.eval import _Runner
+    from lab.toyworld.first_eval import _Runner
 
     return _Runner(models, torch.device("cpu"), 16, 2, 3.0)
 

@@ -1,4 +1,4 @@
-"""`python -m toyworld.recipes` keeps its options after the argparse -> typer move."""
+"""`python -m lab.toyworld.recipes` keeps its options after the argparse -> typer move."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 
 def test_recipes_cli_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    import toyworld.recipes as r
+    import lab.toyworld.recipes as r
 
     seen: dict = {}
 

@@ -1,4 +1,4 @@
-"""Fidelity evaluation of the toy-world family: teacher, student, inject, adapter, control.
+"""Fidelity evaluation of the first (unshipped) toy-world family: teacher, student, inject, adapter, control.
 
 For every prompt and seed, each mode makes one 64x64 image and ``toyworld.checker``
 scores it (fraction of the prompt's questions answered as the prompt states, overall
@@ -266,3 +266,26 @@ def save_grid(
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lab.toyworld.first_eval --work W --prompts FILE [--json] [--seeds 4] ...``:
+    every mode of a ``lab.toyworld.recipes`` work dir (model/, adapter_model/, control_model/)."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m lab.toyworld.first_eval", description=main.__doc__)
+    ap.add_argument("--work", type=Path, required=True, help="work dir of a lab.toyworld.recipes run")
+    ap.add_argument("--prompts", type=Path, required=True, help="one prompt per line")
+    ap.add_argument("--seeds", type=int, default=4, help="seeds per prompt")
+    ap.add_argument("--n-retrieval", type=int, default=10000, help="retrieval-split size")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    ap.add_argument("--json", action="store_true", help="print JSON, not a table")
+    a = ap.parse_args(argv)
+    lines = [ln.strip() for ln in a.prompts.read_text().splitlines() if ln.strip()]
+    res = evaluate(lines, EvalModels.from_workdir(a.work), None, a.seeds, a.device, a.n_retrieval)
+    print(json.dumps(res, indent=2) if a.json else format_table(res))
+
+
+if __name__ == "__main__":
+    main()

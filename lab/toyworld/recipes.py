@@ -1,21 +1,18 @@
-"""The end-to-end recipe: data -> VAE -> text encoder -> teacher -> student -> adapter + control.
+"""The first toy-world family's recipe (not shipped; its VAE and text encoder are the base the
+shipped family's run, ``lab.toyworld.fidelity``, copies): data -> VAE -> text encoder ->
+teacher -> student -> export -> adapter + control (``training.adapter.train``, LADD).
 
-``run_recipe(workdir, family)`` runs the stages in order; each stage writes its
-weights under ``workdir/<stage>/`` plus a ``done.json`` (steps, wall time, first and
-final loss) and is skipped when that file exists, so a killed run resumes at the
-stage it was in. ``export`` assembles ``workdir/model`` in the OneStepPipeline layout
-(the student UNet, VAE, text encoder, tokenizer, scheduler, hadapter/,
-ragturbo.json). The adapter stages call the training job
-(``training.adapter.train``) on the student dir with retrieval on, and again with
-its control switch (λ = 0). Stage weights are stored as fp16 safetensors (small,
-and what ships); they are loaded back as fp32.
+``run_recipe(workdir, family)`` runs the stages in order; each writes its weights under
+``workdir/<stage>/`` plus a ``done.json`` (steps, wall time, first and final loss) and is
+skipped when that file exists, so a killed run resumes. Stage weights are fp16
+safetensors, loaded back as fp32. Run: ``python -m lab.toyworld.recipes WORKDIR``;
+evaluate a work dir with ``python -m lab.toyworld.first_eval``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -25,7 +22,9 @@ from typing import Any
 import torch
 import typer
 
-from toyworld.models.configs import SCHEDULER, FamilyConfig, get_family
+from toyworld.models.adapter import ADAPTER_NOISE_SEED, RetrievalSplitDB
+from toyworld.models.configs import FamilyConfig, get_family
+from toyworld.models.export import export_model_dir, save_fp16
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ class RecipeState:
 
     def latents(self) -> torch.Tensor:
         if "lat" not in self.cache:
-            from toyworld.models.vae import encode_latents
+            from lab.toyworld.models.vae import encode_latents
 
             self.cache["lat"] = encode_latents(self.load("vae"), self.train_split().images, self.device)
         return self.cache["lat"]
@@ -97,20 +96,14 @@ class RecipeState:
     def text_features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """context (N,77,D), pooled (N,D) of the train captions and the empty prompt's context (1,77,D)."""
         if "ctx" not in self.cache:
+            from lab.toyworld.models.text import encode_all
             from toyworld.models.common import tokenize
-            from toyworld.models.text import encode_all
 
             te = self.load("text")
             ctx, pooled = encode_all(te, self.input_ids(), self.device)
             unc, _ = encode_all(te, tokenize(self.tokenizer(), [""]), self.device)
             self.cache["ctx"] = (ctx, pooled, unc)
         return self.cache["ctx"]
-
-
-def _save_fp16(module: torch.nn.Module, path: Path) -> None:
-    import copy
-
-    copy.deepcopy(module).to("cpu", torch.float16).save_pretrained(str(path), safe_serialization=True)
 
 
 def _done(work: Path, stage: str) -> dict[str, Any] | None:
@@ -125,35 +118,34 @@ def _mark(work: Path, stage: str, summary: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- stages
 def stage_vae(st: RecipeState, limit: float | None) -> dict[str, Any]:
-    from toyworld.models.vae import train_vae
+    from lab.toyworld.models.vae import train_vae
 
     vae, lg = train_vae(st.cfg, st.train_split().images, st.device, limit)
-    _save_fp16(vae, st.work / "vae")
+    save_fp16(vae, st.work / "vae")
     st.cache["model:vae"] = vae.requires_grad_(False)
     return {**lg.summary(), "scaling_factor": float(vae.config.scaling_factor)}
 
 
 def stage_text(st: RecipeState, limit: float | None) -> dict[str, Any]:
-    from toyworld.models.data import attribute_labels
-    from toyworld.models.text import train_text_encoder
+    from lab.toyworld.models.text import attribute_labels, train_text_encoder
 
     sp = st.train_split()
     tok = st.tokenizer()
     te, lg = train_text_encoder(
         st.cfg, tok, st.input_ids(), sp.images, attribute_labels(sp.specs), st.device, limit
     )
-    _save_fp16(te, st.work / "text" / "text_encoder")
+    save_fp16(te, st.work / "text" / "text_encoder")
     tok.save_pretrained(str(st.work / "text" / "tokenizer"))
     st.cache["model:text"] = te.requires_grad_(False)
     return lg.summary()
 
 
 def stage_teacher(st: RecipeState, limit: float | None) -> dict[str, Any]:
-    from toyworld.models.teacher import train_teacher
+    from lab.toyworld.models.teacher_train import train_teacher
 
     ctx, _, unc = st.text_features()
     unet, lg = train_teacher(st.cfg, st.latents(), ctx, unc, st.device, limit)
-    _save_fp16(unet, st.work / "teacher" / "unet")
+    save_fp16(unet, st.work / "teacher" / "unet")
     st.cache["model:teacher"] = unet.requires_grad_(False)
     return lg.summary()
 
@@ -177,7 +169,7 @@ def teacher_targets(st: RecipeState) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def stage_student(st: RecipeState, limit: float | None) -> dict[str, Any]:
-    from toyworld.models.student import distill_student
+    from lab.toyworld.models.student import distill_student
 
     t0 = time.perf_counter()
     noise, targets = teacher_targets(st)
@@ -187,7 +179,7 @@ def stage_student(st: RecipeState, limit: float | None) -> dict[str, Any]:
     student, lg = distill_student(
         st.cfg, st.load("teacher"), noise, targets, ctx[:n], pooled[:n], st.latents(), pooled, st.device, limit
     )
-    _save_fp16(student, st.work / "student" / "unet")
+    save_fp16(student, st.work / "student" / "unet")
     st.cache["model:student"] = student.requires_grad_(False)
     return {**lg.summary(), "teacher_sampling_s": round(sample_s, 2), "n_distill": n}
 
@@ -198,39 +190,89 @@ def stage_export(st: RecipeState, limit: float | None) -> dict[str, Any]:
     return {"stage": "export", "wall_s": 0.0}
 
 
-def export_model_dir(work: Path, out: Path, cfg: FamilyConfig, hadapter: torch.nn.Module | None = None) -> Path:
-    from engines.hadapter import HAdapter
-    from engines.random_models import save_components
+# ---------------------------------------------------------------- adapter + control (the training job)
+ADAPTER_MAX_LR = 5e-5
+"""Cap on the adapter stage's learning rate (the paper uses 1e-5)."""
+def write_teacher_dataset(
+    out: Path, student: Path, teacher_unet: Path, captions: list[str], steps: int, guidance: float,
+    device: str, seed: int = ADAPTER_NOISE_SEED, batch: int = 256,
+) -> Path:
+    """Paired targets: teacher samples of ``captions`` from noise seeds seed + i, written as
+    ``out/data.parquet`` (exact latents + ``noise_seed``); returns the parquet path."""
+    from training.teacher_samples import noise_seeds, sample_teacher, write_dataset
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for src, dst in (("vae", "vae"), ("text/text_encoder", "text_encoder"), ("text/tokenizer", "tokenizer"), ("student/unet", "unet")):
-        shutil.copytree(work / src, tmp / dst)
-    if hadapter is None:
-        hadapter = HAdapter(**cfg.adapter_kwargs())
-    _save_fp16(hadapter, tmp / "hadapter")
-    comps = {"scheduler_config": dict(SCHEDULER)}
-    (tmp / "scheduler").mkdir()
-    (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(comps["scheduler_config"], indent=2))
-    meta = {"name": cfg.name, "student_timestep": 999, "resolution": 64, "family": cfg.name}
-    (tmp / "ragturbo.json").write_text(json.dumps(meta, indent=2))
-    _ = save_components  # the layout matches engines.random_models.save_components
-    model_index = {
-        "_class_name": "RagTurboOneStepPipeline",
-        "_diffusers_version": "0.42.1",
-        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
+    images, latents = sample_teacher(student, teacher_unet, captions, steps=steps, cfg=guidance,
+                                     scheduler="ddim", seed=seed, batch_size=batch, device=device)
+    return write_dataset(out, captions, images, latents, "parquet", noise_seeds(seed, len(captions)))
+
+
+def to_fp16_dir(d: Path) -> None:
+    """Rewrite every float32 safetensors file under ``d`` as fp16 (halves the shipped size)."""
+    from safetensors.torch import load_file, save_file
+
+    for f in d.rglob("*.safetensors"):
+        sd = load_file(str(f))
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, str(f), metadata={"format": "pt"})
+
+
+def stage_adapter(st: Any, control: bool, limit: float | None = None) -> dict[str, Any]:
+    """The H-adapter (+ up-block LoRA) with ``training.adapter.train`` on the exported student
+    (control=False: retrieval over the retrieval split; True: λ = 0), regressing to paired
+    teacher samples; exported to workdir/<stage>_model in fp16."""
+    from engines.pipeline import OneStepPipeline
+    from training.adapter import train
+    from training.export import export_checkpoint
+    from training.retriever import InMemoryRetriever
+
+    name = "control" if control else "adapter"
+    cfg = st.cfg
+    work: Path = st.work
+    data_dir = work / "adapter_teacher_data"
+    n_data = min(len(st.train_split()), cfg.n_distill, 20000)
+    if not (data_dir / "data.parquet").is_file():
+        sp = st.train_split()
+        write_teacher_dataset(data_dir, work / "model", work / "teacher" / "unet", sp.captions[:n_data],
+                              cfg.teacher_steps, cfg.guidance, str(st.device))
+    retriever = None
+    if not control:
+        pipe = OneStepPipeline.from_pretrained(work / "model", device=st.device)
+        db = RetrievalSplitDB.build(pipe, cfg.n_retrieval)
+        retriever = InMemoryRetriever(db.ids, db.pooled, db.features, 0.0)
+        del pipe
+    run = cfg.adapter
+    tc: dict[str, Any] = {
+        "student": str(work / "model"),
+        "teacher_unet": str(work / "teacher" / "unet"),
+        "output_dir": str(work / f"{name}_run"),
+        "data": {"path": str(data_dir / "data.parquet"), "format": "parquet"},
+        "control": control,
+        "steps": run.steps,
+        "batch_size": run.batch_size,
+        "seed": cfg.seed,
+        "lora_rank": 8,
+        "optim": {"lr": min(run.lr, ADAPTER_MAX_LR), "disc_lr": min(run.lr, ADAPTER_MAX_LR),
+                  "warmup_steps": min(100, run.steps // 10)},
+        "loss": {"disc_t_steps": cfg.teacher_steps},
+        "log_every": run.log_every,
+        "ckpt_every": max(run.steps // 2, 1),
+        "progress": False,
+        "device": str(st.device),
     }
-    (tmp / "model_index.json").write_text(json.dumps(model_index, indent=2))
-    for f in tmp.rglob("done.json"):
-        f.unlink()
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
-    return out
+    if control:
+        tc["retrieval"] = None
+    res = train(tc, retriever=retriever)
+    out = work / f"{name}_model"
+    export_checkpoint(res.output_dir, out, student=work / "model", overwrite=True)
+    to_fp16_dir(out)
+    hist = [(int(h.get("step", i)), float(h.get("loss_g", float("nan")))) for i, h in enumerate(res.history)]
+    return {
+        "stage": name,
+        "steps": res.steps,
+        "final": res.final,
+        "first_loss_g": hist[0][1] if hist else None,
+        "final_loss_g": res.final.get("loss_g"),
+        "n_data": n_data,
+    }
 
 
 STAGE_FNS = {
@@ -255,7 +297,7 @@ def start_run(
     work: str | Path, family: str | FamilyConfig, stages: tuple[str, ...], known: tuple[str, ...],
     device: str,
 ) -> tuple[FamilyConfig, Path, torch.device]:
-    """What every staged toy-world run does first (this recipe and ``toyworld.fidelity``):
+    """What every staged toy-world run does first (this recipe and ``lab.toyworld.fidelity``):
     check the stage names against ``known``, create ``work`` and write its ``family.json``,
     pick the device and allow TF32. Returns (family config, work dir, device)."""
     from toyworld.models.common import pick_device
@@ -295,8 +337,6 @@ def run_recipe(
         log.info("stage %s on %s", stage, st.device)
         t0 = time.perf_counter()
         if stage in ("adapter", "control"):
-            from toyworld.models.adapter import stage_adapter
-
             summ = stage_adapter(st, control=stage == "control", limit=(time_limits or {}).get(stage))
         else:
             summ = STAGE_FNS[stage](st, (time_limits or {}).get(stage))
@@ -320,7 +360,7 @@ def _recipe_command(
     limits: str = typer.Option("", help="per-stage time limits in seconds, e.g. vae=60,unet=120"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
 ) -> None:
-    """python -m toyworld.recipes WORKDIR [--family full] [--stages a,b] [--pack DIR] [--limits vae=60,...]"""
+    """python -m lab.toyworld.recipes WORKDIR [--family full] [--stages a,b] [--pack DIR] [--limits vae=60,...]"""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     lim = {k: float(v) for k, v in (kv.split("=") for kv in limits.split(",") if kv)}
     res = run_recipe(work, family, tuple(stages.split(",")), device, lim, pack)
@@ -332,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the recipe CLI (typer) on ``argv`` (default: sys.argv[1:])."""
     app = typer.Typer(add_completion=False)
     app.command()(_recipe_command)
-    typer.main.get_command(app).main(args=argv, prog_name="python -m toyworld.recipes")
+    typer.main.get_command(app).main(args=argv, prog_name="python -m lab.toyworld.recipes")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -28,9 +29,39 @@ from toyworld.models.common import (
     out_of_time,
 )
 from toyworld.models.configs import FamilyConfig
-from toyworld.models.data import N_LABELS
+from toyworld.scene import SceneSpec
+from toyworld.vocab import COLOURS, RELATIONS, SHAPES
 
 log = logging.getLogger(__name__)
+
+KIND_CLASSES = ("one", "two", "three", "relation")
+N_LABELS = {
+    "shape0": len(SHAPES),
+    "colour0": len(COLOURS),
+    "kind": len(KIND_CLASSES),
+    "shape1": len(SHAPES) + 1,
+    "colour1": len(COLOURS) + 1,
+    "relation": len(RELATIONS) + 1,
+}
+
+
+def attribute_labels(specs: Sequence[SceneSpec]) -> np.ndarray:
+    """Class ids (N,6) of what every caption states (for the text encoder's auxiliary heads);
+    the last class of shape1/colour1/relation means "none" (no second object)."""
+    colours = list(COLOURS)
+    out = np.zeros((len(specs), len(N_LABELS)), dtype=np.int64)
+    for i, s in enumerate(specs):
+        o0 = s.objects[0]
+        kind = 3 if s.kind == "relation" else s.count - 1
+        if s.kind == "relation":
+            o1 = s.objects[1]
+            sh1, co1 = SHAPES.index(o1.shape), colours.index(o1.colour)
+            rel = RELATIONS.index(str(s.relation))
+        else:
+            sh1, co1, rel = len(SHAPES), len(COLOURS), len(RELATIONS)
+        out[i] = (SHAPES.index(o0.shape), colours.index(o0.colour), kind, sh1, co1, rel)
+    return out
+
 
 
 class ImageEncoder(nn.Module):
