@@ -49,10 +49,10 @@ from training.ema import ParamEMA
 from training.job_build import Job, build_job
 from training.losses import Augment, latent_perceptual_loss, smooth_l1
 from training.retriever import Retriever
+from training.schedule import lambda_lr
 from training.train_log import TrainLog
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -171,10 +171,6 @@ def _regression(
     return l1, lp
 
 
-def _lr_lambda(warmup: int):
-    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-
-
 def train(
     config: TrainConfig | dict[str, Any] | str | Path, retriever: Retriever | None = None
 ) -> TrainResult:
@@ -207,8 +203,8 @@ class _Optim:
         oc = cfg.optim
         opt_g = torch.optim.AdamW(g_params, lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
         opt_d = torch.optim.AdamW(d_params, lr=oc.disc_lr, betas=oc.betas, weight_decay=oc.weight_decay)
-        sch_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(oc.warmup_steps))
-        sch_d = torch.optim.lr_scheduler.LambdaLR(opt_d, _lr_lambda(oc.warmup_steps))
+        sch_g = lambda_lr(opt_g, oc.warmup_steps)
+        sch_d = lambda_lr(opt_d, oc.warmup_steps)
         ema = ParamEMA(job.gen.trainable(), cfg.ema_decay) if cfg.ema_decay is not None else None
         return _Optim(g_params, d_params, opt_g, opt_d, sch_g, sch_d, ema)
 

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from engines.pipeline import alphas_cumprod_from_config
-from toyworld.models.common import EMA, LossLog, autocast, batches, cosine_schedule, out_of_time
+from toyworld.models.common import LossLog, autocast, batches, cosine_schedule, out_of_time
 from toyworld.models.configs import SCHEDULER, FamilyConfig
+from training.ema import ParamEMA
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def train_teacher(
     torch.manual_seed(cfg.seed + 2)
     unet = init if init is not None else UNet2DConditionModel(**cfg.unet_kwargs())
     unet = unet.to(device).train()
-    ema = EMA(unet, float(cfg.extra.get("teacher_ema", 0.999 if cfg.teacher.steps >= 2000 else 0.9)))
+    ema = ParamEMA(list(unet.named_parameters()), float(cfg.extra.get("teacher_ema", 0.999 if cfg.teacher.steps >= 2000 else 0.9)))
     run = cfg.teacher
     opt = torch.optim.AdamW(unet.parameters(), lr=run.lr, weight_decay=0.0)
     sched = cosine_schedule(opt, run.steps, time_limit_s, 200, floor=0.1)
@@ -68,11 +69,12 @@ def train_teacher(
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         sched.step()
-        ema.update(unet)
+        ema.update()
         lg.add(step, loss.item(), run.log_every)
         if step >= run.steps or out_of_time(lg.t0, time_limit_s):
             break
-    return ema.shadow.float().eval(), lg.finish(step)
+    ema.copy_to()
+    return unet.float().eval().requires_grad_(False), lg.finish(step)
 
 
 def ddim_scheduler(steps: int) -> object:
