@@ -174,11 +174,16 @@ def _regression(
 def train(
     config: TrainConfig | dict[str, Any] | str | Path, retriever: Retriever | None = None
 ) -> TrainResult:
-    """Run (or resume) the job. ``retriever`` overrides ``config.retrieval`` (e.g. an
+    """Run (or resume) the job (``loss.objective: regression``: ``training.regression``).
+    ``retriever`` overrides ``config.retrieval`` (e.g. an
     in-memory one in tests); the control run ignores it. Returns final losses and paths."""
     cfg = _as_config(config)
     info = init_distributed(cfg.device)
     try:
+        if cfg.loss.objective == "regression":
+            from training.regression import train_job
+
+            return train_job(cfg, retriever, info)
         return _train(cfg, retriever, info)
     finally:
         shutdown(info)

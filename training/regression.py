@@ -1,0 +1,371 @@
+"""Teacher-target regression of the H-adapter and the UNet decoder (``loss.objective: regression``).
+
+The objective that made the shipped toy-world adapter. Each row is a paired target: the
+noise ε a teacher sample started from, that sample's latent, the caption and the row's
+neighbours (H-features, λ). The student's one-step path (``training.model.StudentForward``,
+the inference path) maps (ε, caption, neighbours) to ẑ0, and the loss is
+``smoothL1(ẑ0, target, β = loss.l1_beta)``. Trained: the H-adapter and the decoder in full
+(up blocks, ``conv_norm_out``, ``conv_out``) at their own learning rates, each clipped to
+``grad_clip`` on its own; frozen: the UNet encoder (stored H-features stay valid), the VAE
+and the text encoder. No teacher UNet, discriminator or LoRA. The control run gives every
+row a null neighbour (λ = 0) and is otherwise the same: the same rows in the same batches
+(``training.data.batch_indices`` of seed and step), so the decoder alone trains.
+
+Rows are built once before the first step (:class:`Rows`): from the job's dataset (rows
+with a ``noise_seed``, neighbours from the job's retriever) or from a file of precomputed
+rows (:func:`load_rows`). ``training.adapter.train`` runs :func:`train_job` for a config
+with this objective; :func:`train_rows` is the same loop for rows built in Python.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.checkpoint import (
+    LATEST,
+    atomic_save,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from training.config import TrainConfig
+from training.data import Pair, batch_indices, read_pairs
+from training.ema import ParamEMA
+from training.losses import smooth_l1
+from training.model import StudentForward
+from training.retriever import NullRetriever, Retriever
+from training.schedule import lambda_lr
+from training.train_log import TrainLog
+
+log = logging.getLogger(__name__)
+
+DECODER_PREFIXES = ("up_blocks.", "conv_norm_out.", "conv_out.")
+"""The decoder half of a diffusers UNet: what this objective trains besides the adapter."""
+ROW_KEYS = ("noise", "target", "context", "h_nb", "lam")
+
+
+@dataclass
+class Rows:
+    """Training rows: noise ε (N,4,h,w), target latent (N,4,h,w), caption context (N,T,D),
+    neighbour H-features (N,k,C,h',w') and λ (N,k); one neighbour may come as (N,C,h',w'), (N)."""
+
+    noise: torch.Tensor
+    target: torch.Tensor
+    context: torch.Tensor
+    h_nb: torch.Tensor
+    lam: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.h_nb.ndim == 4:
+            self.h_nb = self.h_nb[:, None]
+        if self.lam.ndim == 1:
+            self.lam = self.lam[:, None]
+        lens = {k: len(getattr(self, k)) for k in ROW_KEYS}
+        if len(set(lens.values())) != 1:
+            raise ValueError(f"rows disagree in length: {lens}")
+        if self.noise.shape != self.target.shape:
+            raise ValueError(f"noise {tuple(self.noise.shape)} and target {tuple(self.target.shape)} differ in shape")
+        if self.h_nb.ndim != 5 or self.lam.shape != self.h_nb.shape[:2]:
+            raise ValueError(f"h_nb (N,k,C,h,w) and lam (N,k) expected; got {tuple(self.h_nb.shape)}, {tuple(self.lam.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.noise)
+
+    def to(self, device: torch.device | str) -> Rows:
+        return Rows(*(getattr(self, k).to(device, torch.float32) for k in ROW_KEYS))
+
+    @staticmethod
+    def of(obj: Any) -> Rows:
+        """``obj`` itself, or any object with the five fields (e.g. ``toyworld`` row builders')."""
+        return obj if isinstance(obj, Rows) else Rows(*(getattr(obj, k) for k in ROW_KEYS))
+
+
+def save_rows(rows: Rows, path: str | Path) -> Path:
+    """Write rows as a ``.pt`` file :func:`load_rows` reads (atomically)."""
+    return atomic_save({k: getattr(rows, k).detach().cpu() for k in ROW_KEYS}, path)
+
+
+@torch.no_grad()
+def load_rows(path: str | Path, pipe: Any, batch: int = 256) -> Rows:
+    """Rows from a ``torch.save`` dict: ``target``, ``h_nb``, ``lam``, and ``noise`` (N,4,h,w)
+    or ``noise_seed`` (N ints: ``pipe.initial_noise``), ``context`` (N,T,D) or ``caption``
+    (N strings: encoded with ``pipe``'s text encoder)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"rows file {p} does not exist")
+    d = torch.load(p, map_location="cpu", weights_only=True)
+    need = [("target",), ("h_nb",), ("lam",), ("noise", "noise_seed"), ("context", "caption")]
+    missing = [" or ".join(alts) for alts in need if not any(a in d for a in alts)]
+    if missing:
+        raise ValueError(f"rows file {p} lacks {missing}; has {sorted(d)}")
+    noise = d["noise"] if "noise" in d else pipe.initial_noise([int(s) for s in d["noise_seed"]]).cpu()
+    if "context" in d:
+        ctx = d["context"]
+    else:
+        caps = list(d["caption"])
+        ctx = torch.cat([pipe.encode_text(caps[i : i + batch]).context.float().cpu() for i in range(0, len(caps), batch)])
+    return Rows(noise.float(), d["target"].float(), ctx.float(), d["h_nb"].float(), d["lam"].float())
+
+
+@torch.no_grad()
+def rows_from_pairs(pipe: Any, pairs: list[Pair], retriever: Retriever, k: int, batch: int = 256) -> Rows:
+    """Rows of paired pairs: noise ``initial_noise([noise_seed])``, the stored (or VAE) target
+    latent, the caption's context and the retriever's top-k with the pair itself excluded."""
+    from training.job_build import pair_latents
+
+    unpaired = [p.id for p in pairs if p.noise_seed is None]
+    if unpaired:
+        raise ValueError(f"regression needs paired rows (a noise_seed each): {len(unpaired)} of {len(pairs)} "
+                         f"have none, e.g. {unpaired[:3]} (ragturbo train teacher-samples writes them)")
+    parts = []
+    for lo in range(0, len(pairs), batch):
+        chunk = pairs[lo : lo + batch]
+        text = pipe.encode_text([p.caption for p in chunk])
+        h, lam = retriever(text.pooled, k, [frozenset({p.id}) for p in chunk])
+        noise = pipe.initial_noise([int(p.noise_seed) for p in chunk])  # type: ignore[arg-type]
+        parts.append((noise.float().cpu(), pair_latents(pipe, chunk), text.context.float().cpu(), h.float(), lam.float()))
+    log.info("regression rows: %d (k = %d, λ mean %.3f)", len(pairs), k, float(torch.cat([x[4] for x in parts]).mean()))
+    return Rows(*(torch.cat(x) for x in zip(*parts, strict=True)))
+
+
+class RegressionTrainer:
+    """The adapter + decoder of ``pipe``, their optimiser, schedule and (optional) EMA over ``rows``."""
+
+    def __init__(self, pipe: Any, rows: Rows, control: bool, *, steps: int, lr_adapter: float, lr_decoder: float,
+                 warmup: int, schedule: Any = "cosine", lr_floor: float = 0.05, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), grad_clip: float | None = 1.0, l1_beta: float = 0.1,
+                 seed: int = 0, ema_decay: float | None = None, time_limit_s: float | None = None,
+                 amp: bool = True) -> None:
+        for m in pipe.modules().values():
+            m.requires_grad_(False)
+        self.dec = [p for n, p in pipe.unet.unet.named_parameters() if n.startswith(DECODER_PREFIXES)]
+        if not self.dec:
+            raise ValueError(f"the student UNet has no parameters under {DECODER_PREFIXES}")
+        for p in self.dec:
+            p.requires_grad_(True)
+        pipe.hadapter.requires_grad_(True).train()
+        self.ad = list(pipe.hadapter.parameters())
+        self.pipe, self.rows, self.control, self.seed = pipe, rows, control, seed
+        self.gen = StudentForward(pipe)
+        self.device = pipe.device
+        self.amp = amp and self.device.type == "cuda"
+        self.grad_clip, self.l1_beta = grad_clip, l1_beta
+        self.opt = torch.optim.AdamW([{"params": self.dec, "lr": lr_decoder}, {"params": self.ad, "lr": lr_adapter}],
+                                     betas=betas, weight_decay=weight_decay)
+        self.sched = lambda_lr(self.opt, warmup, steps, schedule, lr_floor, time_limit_s)
+        self.ema = ParamEMA(self.gen.trainable(), ema_decay) if ema_decay else None
+
+    def step(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on the batch of ``step``; -> (loss, mean λ), on the device (no sync)."""
+        idx = torch.as_tensor(batch_indices(len(self.rows), batch_size, step, self.seed), device=self.device)
+        r = self.rows
+        h, lam = r.h_nb[idx], r.lam[idx]
+        if self.control:
+            h, lam = torch.zeros_like(h), torch.zeros_like(lam)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            x0 = self.gen(r.noise[idx], r.context[idx], h, lam)
+        loss = smooth_l1(x0, r.target[idx], self.l1_beta)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.dec, self.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.ad, self.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        if self.ema is not None:
+            self.ema.update()
+        return loss.detach(), lam.mean()
+
+    @property
+    def lr(self) -> float:
+        return float(self.sched.get_last_lr()[-1])
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint entries ``training.export`` and :meth:`load` read."""
+        unet = self.pipe.unet.unet
+        return {
+            "objective": "regression",
+            "decoder": {n: t.detach().cpu().clone() for n, t in unet.state_dict().items() if n.startswith(DECODER_PREFIXES)},
+            "hadapter": {n: t.detach().cpu().clone() for n, t in self.pipe.hadapter.state_dict().items()},
+            "hadapter_config": dict(self.pipe.hadapter.config),
+            "lora": {}, "lora_config": {"rank": 0, "alpha": None, "targets": []},
+            "opt_g": self.opt.state_dict(), "sch_g": self.sched.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+        }
+
+    def load(self, ck: dict[str, Any]) -> None:
+        self.pipe.unet.unet.load_state_dict(ck["decoder"], strict=False)
+        self.pipe.hadapter.load_state_dict(ck["hadapter"])
+        self.opt.load_state_dict(ck["opt_g"])
+        self.sched.load_state_dict(ck["sch_g"])
+        if self.ema is not None and ck.get("ema") is not None:
+            self.ema.load_state_dict(ck["ema"])
+
+    def finish(self) -> None:
+        """Leave the trained modules frozen in eval mode."""
+        self.pipe.hadapter.eval().requires_grad_(False)
+        self.pipe.unet.requires_grad_(False)
+
+
+def train_rows(
+    pipe_or_model_dir: Any, rows: Any, control: bool, steps: int, batch_size: int = 256,
+    lr_adapter: float = 3e-4, lr_decoder: float = 3e-5, device: str | torch.device = "auto", *,
+    time_limit_s: float | None = None, checkpoint: Callable[[int, Any], None] | None = None,
+    checkpoint_every_s: float = 0.0, seed: int = 0, l1_beta: float = 0.1, warmup: int | None = None,
+    lr_floor: float = 0.05, log_every: int = 50, ema_decay: float | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Train one model (adapter + decoder, or its control: ``control=True``, λ = 0) on
+    ``rows`` (:class:`Rows`, or an object with its five fields, or a :func:`load_rows` file)
+    for ``steps`` steps or ``time_limit_s`` seconds, whichever ends first; the LR warms up over
+    ``warmup`` steps (default min(100, steps/10)) and decays by cosine to ``lr_floor`` of
+    itself. ``pipe_or_model_dir``: a ``OneStepPipeline`` (trained in place: load one per run)
+    or a model directory. ``checkpoint(step, pipe)`` is called every ``checkpoint_every_s``
+    seconds (> 0). Returns the pipe (frozen, with the EMA if ``ema_decay``) and a summary
+    (steps, wall_s, first_loss, final_loss, curve of (step, loss))."""
+    from engines.pipeline import OneStepPipeline
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if str(device) == "auto" else torch.device(device)
+    if isinstance(pipe_or_model_dir, (str, Path)):
+        pipe = OneStepPipeline.from_pretrained(pipe_or_model_dir, device=dev)
+    else:
+        pipe = pipe_or_model_dir.to(dev)
+    r = load_rows(rows, pipe) if isinstance(rows, (str, Path)) else Rows.of(rows)
+    torch.manual_seed(seed)
+    tr = RegressionTrainer(pipe, r.to(dev), control, steps=steps, lr_adapter=lr_adapter, lr_decoder=lr_decoder,
+                           warmup=warmup if warmup is not None else min(100, max(1, steps // 10)),
+                           lr_floor=lr_floor, l1_beta=l1_beta, seed=seed, ema_decay=ema_decay, time_limit_s=time_limit_s)
+    curve: list[tuple[int, float]] = []
+    t0 = last_ckpt = time.perf_counter()
+    done = 0
+    for step in range(steps):
+        loss, _ = tr.step(step, batch_size)
+        done = step + 1
+        if done % log_every == 0 or done in (1, steps):
+            curve.append((done, float(loss)))
+            log.info("regression%s step %d loss %.5f", " (control)" if control else "", done, curve[-1][1])
+            if not math.isfinite(curve[-1][1]):
+                raise FloatingPointError(f"non-finite loss at step {done}")
+        now = time.perf_counter()
+        if checkpoint is not None and checkpoint_every_s > 0 and now - last_ckpt >= checkpoint_every_s:
+            checkpoint(done, pipe)
+            last_ckpt = time.perf_counter()
+        if time_limit_s is not None and now - t0 > time_limit_s:
+            break
+    if not curve or curve[-1][0] != done:
+        curve.append((done, float(loss)))
+    if tr.ema is not None:
+        tr.ema.copy_to()
+    tr.finish()
+    tail = [v for _, v in curve[-5:]]
+    return pipe, {"steps": done, "wall_s": round(time.perf_counter() - t0, 2), "control": control,
+                  "batch_size": batch_size, "lr_adapter": lr_adapter, "lr_decoder": lr_decoder,
+                  "first_loss": curve[0][1], "final_loss": sum(tail) / len(tail), "curve": curve}
+
+
+def job_rows(cfg: TrainConfig, pipe: Any, retriever: Retriever | None) -> Rows:
+    """The job's rows: ``data.rows``, or ``data.path``'s pairs with the configured retriever
+    (none for the control run: λ = 0 needs no search)."""
+    from training.job_build import build_retriever, index_pairs
+
+    if cfg.data.rows:
+        return load_rows(cfg.data.rows, pipe)
+    pairs = read_pairs(cfg.data.path, cfg.data.format, cfg.data.max_items)
+    r = cfg.retrieval
+    if r is None:
+        retriever = NullRetriever(pipe.h_shape)
+    elif retriever is None:
+        own = r.source == "dataset" and not r.path
+        retriever = index_pairs(pipe, pairs, r.min_score, 64) if own else build_retriever(cfg, pipe, 64)
+    return rows_from_pairs(pipe, pairs, retriever, r.k if r is not None else 1)
+
+
+def train_job(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> Any:
+    """``training.adapter.train`` for ``loss.objective: regression`` (one process)."""
+    from engines.pipeline import OneStepPipeline
+    from training.adapter import TrainResult
+    from training.dist import pick_device
+
+    if info.world > 1:
+        raise ValueError(f"loss.objective 'regression' runs in one process, got {info.world}")
+    device = pick_device(cfg.device, info)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+    torch.manual_seed(cfg.seed)
+    pipe = OneStepPipeline.from_pretrained(cfg.student, device=device)
+    oc = cfg.optim
+    tr = RegressionTrainer(pipe, job_rows(cfg, pipe, retriever).to(device), cfg.is_control, steps=cfg.steps,
+                           lr_adapter=oc.lr, lr_decoder=oc.decoder_lr, warmup=oc.warmup_steps, schedule=oc.schedule,
+                           lr_floor=oc.lr_floor, weight_decay=oc.weight_decay, betas=oc.betas, grad_clip=oc.grad_clip,
+                           l1_beta=cfg.loss.l1_beta, seed=cfg.seed, ema_decay=cfg.ema_decay,
+                           time_limit_s=cfg.time_limit_s, amp=cfg.mixed_precision == "bf16")
+    latest, start = out / LATEST, 0
+    if cfg.resume and latest.is_file():
+        ck = load_checkpoint(latest, map_location=device)
+        tr.load(ck)
+        set_rng_state((ck.get("rng") or [rng_state()])[0])
+        start = int(ck["step"])
+        log.info("resumed from %s at step %d", latest, start)
+    final, history, last = _loop(cfg, tr, out, start)
+    result = TrainResult(steps=int(final.get("step", start)), final=final, output_dir=out, checkpoint=last,
+                         log_csv=out / "log.csv", control=cfg.is_control, history=history,
+                         trainable={"hadapter": sum(p.numel() for p in tr.ad), "decoder": sum(p.numel() for p in tr.dec)},
+                         peak_gpu_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
+    (out / "result.json").write_text(json.dumps(result.to_json(), indent=2))
+    tr.finish()
+    return result
+
+
+def _loop(cfg: TrainConfig, tr: RegressionTrainer, out: Path, start: int) -> tuple[dict[str, float], list[dict[str, float]], Path]:
+    """Steps ``start``..``cfg.steps`` (or until ``time_limit_s``) with log rows and checkpoints."""
+    writer = TrainLog(out / "log.csv", start, True)
+    bar = None
+    if cfg.progress and start < cfg.steps:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="train adapter (regression)", unit="step")
+    final: dict[str, float] = {}
+    history: list[dict[str, float]] = []
+    last = out / LATEST
+    t0 = t_last = time.perf_counter()
+    done = step_last = start
+    for step in range(start, cfg.steps):
+        loss, lam = tr.step(step, cfg.batch_size)
+        done = step + 1
+        stop = cfg.time_limit_s is not None and time.perf_counter() - t0 > cfg.time_limit_s
+        if done % cfg.log_every == 0 or done == cfg.steps or stop:
+            v = float(loss)
+            if not math.isfinite(v):
+                raise FloatingPointError(f"non-finite loss at step {done}: {v}")
+            now = time.perf_counter()
+            final = {"step": float(done), "loss_g": v, "l1": v, "lam_mean": float(lam), "paired": 1.0, "lr": tr.lr,
+                     "sec_per_step": (now - t_last) / (done - step_last)}
+            t_last, step_last = now, done
+            history.append(final)
+            writer.write(done, {k: x for k, x in final.items() if k != "step"})
+            if bar is not None:
+                bar.set_postfix(loss=f"{v:.4f}")
+        if bar is not None:
+            bar.update(1)
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or stop:
+            state = {**tr.state(), "step": done, "config": cfg.to_dict(), "rng": [rng_state()], "world": 1,
+                     "student": cfg.student}
+            last = save_checkpoint(out, done, state, cfg.keep_checkpoints)
+        if stop:
+            log.info("time limit %.0f s reached at step %d of %d", cfg.time_limit_s, done, cfg.steps)
+            break
+    if bar is not None:
+        bar.close()
+    writer.close()
+    return final, history, last
+
