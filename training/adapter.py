@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,37 +50,9 @@ from training.job_build import Job, build_job
 from training.losses import Augment, latent_perceptual_loss, smooth_l1
 from training.retriever import Retriever
 from training.schedule import lambda_lr
-from training.train_log import TrainLog
+from training.train_log import TrainLog, TrainResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    """What a finished (or resumed-and-finished) run produced."""
-
-    steps: int
-    final: dict[str, float]
-    output_dir: Path
-    checkpoint: Path
-    log_csv: Path
-    control: bool
-    trainable: dict[str, int] = field(default_factory=dict)
-    peak_gpu_gib: float | None = None
-    """Peak GPU memory allocated during the training steps (after set-up), this process."""
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps,
-            "final": self.final,
-            "output_dir": str(self.output_dir),
-            "checkpoint": str(self.checkpoint),
-            "log_csv": str(self.log_csv),
-            "control": self.control,
-            "trainable": self.trainable,
-            "peak_gpu_gib": self.peak_gpu_gib,
-        }
 
 
 def _as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:

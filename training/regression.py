@@ -42,15 +42,13 @@ from training.config import TrainConfig
 from training.data import Pair, batch_indices, read_pairs
 from training.ema import ParamEMA
 from training.losses import smooth_l1
-from training.model import StudentForward
+from training.model import DECODER_PREFIXES, StudentForward
 from training.retriever import NullRetriever, Retriever
 from training.schedule import lambda_lr
-from training.train_log import TrainLog
+from training.train_log import TrainLog, TrainResult
 
 log = logging.getLogger(__name__)
 
-DECODER_PREFIXES = ("up_blocks.", "conv_norm_out.", "conv_out.")
-"""The decoder half of a diffusers UNet: what this objective trains besides the adapter."""
 ROW_KEYS = ("noise", "target", "context", "h_nb", "lam")
 
 
@@ -292,7 +290,6 @@ def job_rows(cfg: TrainConfig, pipe: Any, retriever: Retriever | None) -> Rows:
 def train_job(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> Any:
     """``training.adapter.train`` for ``loss.objective: regression`` (one process)."""
     from engines.pipeline import OneStepPipeline
-    from training.adapter import TrainResult
     from training.dist import pick_device
 
     if info.world > 1:

@@ -52,7 +52,7 @@ def test_the_shipped_recipe_trains_adapter_and_decoder_and_exports_a_loadable_mo
     from engines.pipeline import OneStepPipeline
     from training.adapter import train
     from training.export import export_checkpoint
-    from training.regression import DECODER_PREFIXES
+    from training.model import DECODER_PREFIXES
 
     cfg = _recipe(tiny_world, paired, tmp_path / "run")
     assert cfg.loss.objective == "regression" and cfg.loss.l1_beta == 0.1 and cfg.lora_rank == 0
