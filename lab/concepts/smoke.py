@@ -7,8 +7,8 @@ import torch
 torch.set_num_threads(1)
 from engines.default_model import SHIPPED
 from engines.pipeline import OneStepPipeline
+from lab.toyworld.arms import train_arms
 from toyworld.fideval import Database
-from toyworld.models.arms import train_arms
 from toyworld.models.concept_rows import arm_data, build_rows, neighbour_pool
 
 dev = torch.device("cpu")

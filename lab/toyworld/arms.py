@@ -1,4 +1,8 @@
-"""The shipped family's adapter stage: several arms trained side by side on one batch stream.
+"""The toy world's adapter experiments: several arms trained side by side on one batch stream.
+
+The shipped recipe (the plain adapter arm and its λ = 0 control) is the product's training job
+(``training.regression``, ``training/recipes/toy-adapter.yaml``); this loop keeps the unshipped
+arms and curricula of the runs in lab/archive/toyworld-models.md, one encoder pass shared by all.
 
 Every arm starts from the same one-step student and trains an H-adapter plus the student's
 decoder (up blocks, ``conv_norm_out``, ``conv_out``) on the same paired teacher targets

@@ -5,7 +5,8 @@ Stages (each a function taking a config and returning trained modules + a loss l
 CLIP-style against a small image encoder), ``teacher`` (multi-step UNet,
 v-prediction) and ``student`` (one-step UNet distilled from teacher samples with a
 latent adversarial term). ``toyworld.recipes`` chains them; nothing runs at import.
-The adapter stage of the shipped family is ``arms`` (several arms on one batch stream,
-smooth-L1 to paired teacher targets); ``variants`` reads and writes an arm's decoder and
-adapter weights.
+The shipped family's adapter stage is the training job's regression objective
+(``training.regression``, ``training/recipes/toy-adapter.yaml``); ``concept_rows`` and
+``concept_train`` build and train concept-dropout rows with it; ``variants`` reads and writes
+a trained model's decoder and adapter weights.
 """

@@ -164,10 +164,10 @@ def build_rows(pipe: Any, n: int, start: int, frac_concept: float, frac_dropout:
 @torch.no_grad()
 def arm_data(pipe: Any, rows: Rows, pool: tuple[np.ndarray, list[str], list[str], list[str]], db: Any,
              batch: int = 256) -> Any:
-    """``toyworld.models.arms.ArmData`` of the rows: noise, target latents, context, neighbour
+    """``training.regression.Rows`` of the rows: noise, target latents, context, neighbour
     H and λ (plain rows: top-1 of ``db`` (``toyworld.fideval.Database``); others: the pool pair)."""
     from engines.rules import neighbour_lambda
-    from toyworld.models.arms import ArmData
+    from training.regression import Rows
 
     p_img, p_cap, _, _ = pool
     pt = pipe.encode_text(p_cap)
@@ -191,4 +191,4 @@ def arm_data(pipe: Any, rows: Rows, pool: tuple[np.ndarray, list[str], list[str]
         ctx.append(te.context.float().cpu())
         h_nb.append(h)
         lam.append(lam_b)
-    return ArmData(torch.cat(noise), torch.cat(tgt), torch.cat(ctx), torch.cat(h_nb), torch.cat(lam), None)
+    return Rows(torch.cat(noise), torch.cat(tgt), torch.cat(ctx), torch.cat(h_nb), torch.cat(lam))
