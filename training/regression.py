@@ -1,20 +1,13 @@
 """Teacher-target regression of the H-adapter and the UNet decoder (``loss.objective: regression``).
 
-The objective that made the shipped toy-world adapter. Each row is a paired target: the
-noise ε a teacher sample started from, that sample's latent, the caption and the row's
-neighbours (H-features, λ). The student's one-step path (``training.model.StudentForward``,
-the inference path) maps (ε, caption, neighbours) to ẑ0, and the loss is
-``smoothL1(ẑ0, target, β = loss.l1_beta)``. Trained: the H-adapter and the decoder in full
-(up blocks, ``conv_norm_out``, ``conv_out``) at their own learning rates, each clipped to
-``grad_clip`` on its own; frozen: the UNet encoder (stored H-features stay valid), the VAE
-and the text encoder. No teacher UNet, discriminator or LoRA. The control run gives every
-row a null neighbour (λ = 0) and is otherwise the same: the same rows in the same batches
-(``training.data.batch_indices`` of seed and step), so the decoder alone trains.
-
-Rows are built once before the first step (:class:`Rows`): from the job's dataset (rows
-with a ``noise_seed``, neighbours from the job's retriever) or from a file of precomputed
-rows (:func:`load_rows`). ``training.adapter.train`` runs :func:`train_job` for a config
-with this objective; :func:`train_rows` is the same loop for rows built in Python.
+The objective that made the shipped toy-world adapter (docs/training.md). A row is a paired
+target: the noise ε a teacher sample started from, its latent, the caption and the row's
+neighbours (H-features, λ); the student's inference path (``StudentForward``) maps them to ẑ0
+and the loss is ``smoothL1(ẑ0, target, β)``. Trained: the adapter and the decoder in full (up
+blocks, ``conv_norm_out``, ``conv_out``); frozen: UNet encoder, VAE, text encoder. The control
+zeroes every neighbour (λ = 0) of the same rows in the same batches. Rows are built once
+(:class:`Rows`: from the job's dataset and retriever, or :func:`load_rows`);
+``training.adapter.train`` runs :func:`train_job`, Python callers :func:`train_rows`.
 """
 
 from __future__ import annotations
@@ -23,21 +16,14 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from training.checkpoint import (
-    LATEST,
-    atomic_save,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from training import checkpoint as ckpts
 from training.config import TrainConfig
 from training.data import Pair, batch_indices, read_pairs
 from training.ema import ParamEMA
@@ -82,15 +68,10 @@ class Rows:
     def to(self, device: torch.device | str) -> Rows:
         return Rows(*(getattr(self, k).to(device, torch.float32) for k in ROW_KEYS))
 
-    @staticmethod
-    def of(obj: Any) -> Rows:
-        """``obj`` itself, or any object with the five fields (e.g. ``toyworld`` row builders')."""
-        return obj if isinstance(obj, Rows) else Rows(*(getattr(obj, k) for k in ROW_KEYS))
-
 
 def save_rows(rows: Rows, path: str | Path) -> Path:
     """Write rows as a ``.pt`` file :func:`load_rows` reads (atomically)."""
-    return atomic_save({k: getattr(rows, k).detach().cpu() for k in ROW_KEYS}, path)
+    return ckpts.atomic_save({k: getattr(rows, k).detach().cpu() for k in ROW_KEYS}, path)
 
 
 @torch.no_grad()
@@ -107,11 +88,9 @@ def load_rows(path: str | Path, pipe: Any, batch: int = 256) -> Rows:
     if missing:
         raise ValueError(f"rows file {p} lacks {missing}; has {sorted(d)}")
     noise = d["noise"] if "noise" in d else pipe.initial_noise([int(s) for s in d["noise_seed"]]).cpu()
-    if "context" in d:
-        ctx = d["context"]
-    else:
-        caps = list(d["caption"])
-        ctx = torch.cat([pipe.encode_text(caps[i : i + batch]).context.float().cpu() for i in range(0, len(caps), batch)])
+    caps = list(d.get("caption", []))
+    ctx = d["context"] if "context" in d else torch.cat(
+        [pipe.encode_text(caps[i : i + batch]).context.float().cpu() for i in range(0, len(caps), batch)])
     return Rows(noise.float(), d["target"].float(), ctx.float(), d["h_nb"].float(), d["lam"].float())
 
 
@@ -184,10 +163,6 @@ class RegressionTrainer:
             self.ema.update()
         return loss.detach(), lam.mean()
 
-    @property
-    def lr(self) -> float:
-        return float(self.sched.get_last_lr()[-1])
-
     def state(self) -> dict[str, Any]:
         """The checkpoint entries ``training.export`` and :meth:`load` read."""
         unet = self.pipe.unet.unet
@@ -209,8 +184,28 @@ class RegressionTrainer:
         if self.ema is not None and ck.get("ema") is not None:
             self.ema.load_state_dict(ck["ema"])
 
+    def run(self, start: int, steps: int, batch_size: int, log_every: int,
+            time_limit_s: float | None = None) -> Iterator[tuple[int, float | None, float, bool]]:
+        """Steps ``start``..``steps`` or until ``time_limit_s``: yields (steps done, loss and mean λ
+        on logged steps (the first, every ``log_every``-th, the last; else None, 0), stop)."""
+        t0 = time.perf_counter()
+        for step in range(start, steps):
+            loss, lam = self.step(step, batch_size)
+            done = step + 1
+            stop = time_limit_s is not None and time.perf_counter() - t0 > time_limit_s
+            if done % log_every == 0 or done in (start + 1, steps) or stop:
+                v = float(loss)
+                if not math.isfinite(v):
+                    raise FloatingPointError(f"non-finite loss at step {done}: {v}")
+                yield done, v, float(lam), stop
+            else:
+                yield done, None, 0.0, stop
+            if stop:
+                log.info("time limit %.0f s reached at step %d of %d", time_limit_s, done, steps)
+                return
+
     def finish(self) -> None:
-        """Leave the trained modules frozen in eval mode."""
+        """Leave the trained modules frozen in eval mode (holding the EMA, if any, when ``ema``)."""
         self.pipe.hadapter.eval().requires_grad_(False)
         self.pipe.unet.requires_grad_(False)
 
@@ -223,49 +218,37 @@ def train_rows(
     lr_floor: float = 0.05, log_every: int = 50, ema_decay: float | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train one model (adapter + decoder, or its control: ``control=True``, λ = 0) on
-    ``rows`` (:class:`Rows`, or an object with its five fields, or a :func:`load_rows` file)
-    for ``steps`` steps or ``time_limit_s`` seconds, whichever ends first; the LR warms up over
-    ``warmup`` steps (default min(100, steps/10)) and decays by cosine to ``lr_floor`` of
-    itself. ``pipe_or_model_dir``: a ``OneStepPipeline`` (trained in place: load one per run)
-    or a model directory. ``checkpoint(step, pipe)`` is called every ``checkpoint_every_s``
-    seconds (> 0). Returns the pipe (frozen, with the EMA if ``ema_decay``) and a summary
-    (steps, wall_s, first_loss, final_loss, curve of (step, loss))."""
+    ``rows`` (:class:`Rows`, an object with its five fields, or a :func:`load_rows` file) for
+    ``steps`` steps or ``time_limit_s`` seconds, whichever ends first; warm-up over ``warmup``
+    steps (default min(100, steps/10)), then cosine to ``lr_floor``. ``pipe_or_model_dir``: a
+    ``OneStepPipeline`` (trained in place: load one per run) or a model directory.
+    ``checkpoint(step, pipe)`` is called every ``checkpoint_every_s`` seconds (> 0). Returns the
+    pipe (frozen; the EMA's weights with ``ema_decay``) and a summary (steps, wall_s,
+    first_loss, final_loss (mean of the last 5 logged), curve of (step, loss))."""
     from engines.pipeline import OneStepPipeline
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if str(device) == "auto" else torch.device(device)
-    if isinstance(pipe_or_model_dir, (str, Path)):
-        pipe = OneStepPipeline.from_pretrained(pipe_or_model_dir, device=dev)
-    else:
-        pipe = pipe_or_model_dir.to(dev)
-    r = load_rows(rows, pipe) if isinstance(rows, (str, Path)) else Rows.of(rows)
+    is_dir = isinstance(pipe_or_model_dir, (str, Path))
+    pipe = OneStepPipeline.from_pretrained(pipe_or_model_dir, device=dev) if is_dir else pipe_or_model_dir.to(dev)
+    r = load_rows(rows, pipe) if isinstance(rows, (str, Path)) else Rows(*(getattr(rows, k) for k in ROW_KEYS))
     torch.manual_seed(seed)
     tr = RegressionTrainer(pipe, r.to(dev), control, steps=steps, lr_adapter=lr_adapter, lr_decoder=lr_decoder,
                            warmup=warmup if warmup is not None else min(100, max(1, steps // 10)),
                            lr_floor=lr_floor, l1_beta=l1_beta, seed=seed, ema_decay=ema_decay, time_limit_s=time_limit_s)
     curve: list[tuple[int, float]] = []
     t0 = last_ckpt = time.perf_counter()
-    done = 0
-    for step in range(steps):
-        loss, _ = tr.step(step, batch_size)
-        done = step + 1
-        if done % log_every == 0 or done in (1, steps):
-            curve.append((done, float(loss)))
-            log.info("regression%s step %d loss %.5f", " (control)" if control else "", done, curve[-1][1])
-            if not math.isfinite(curve[-1][1]):
-                raise FloatingPointError(f"non-finite loss at step {done}")
-        now = time.perf_counter()
-        if checkpoint is not None and checkpoint_every_s > 0 and now - last_ckpt >= checkpoint_every_s:
+    for done, v, _, _ in tr.run(0, steps, batch_size, log_every, time_limit_s):
+        if v is not None:
+            curve.append((done, v))
+            log.info("regression%s step %d loss %.5f", " (control)" if control else "", done, v)
+        if checkpoint is not None and checkpoint_every_s > 0 and time.perf_counter() - last_ckpt >= checkpoint_every_s:
             checkpoint(done, pipe)
             last_ckpt = time.perf_counter()
-        if time_limit_s is not None and now - t0 > time_limit_s:
-            break
-    if not curve or curve[-1][0] != done:
-        curve.append((done, float(loss)))
     if tr.ema is not None:
         tr.ema.copy_to()
     tr.finish()
     tail = [v for _, v in curve[-5:]]
-    return pipe, {"steps": done, "wall_s": round(time.perf_counter() - t0, 2), "control": control,
+    return pipe, {"steps": curve[-1][0], "wall_s": round(time.perf_counter() - t0, 2), "control": control,
                   "batch_size": batch_size, "lr_adapter": lr_adapter, "lr_decoder": lr_decoder,
                   "first_loss": curve[0][1], "final_loss": sum(tail) / len(tail), "curve": curve}
 
@@ -287,15 +270,14 @@ def job_rows(cfg: TrainConfig, pipe: Any, retriever: Retriever | None) -> Rows:
     return rows_from_pairs(pipe, pairs, retriever, r.k if r is not None else 1)
 
 
-def train_job(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> Any:
+def train_job(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> TrainResult:
     """``training.adapter.train`` for ``loss.objective: regression`` (one process)."""
     from engines.pipeline import OneStepPipeline
     from training.dist import pick_device
 
     if info.world > 1:
         raise ValueError(f"loss.objective 'regression' runs in one process, got {info.world}")
-    device = pick_device(cfg.device, info)
-    out = Path(cfg.output_dir)
+    device, out = pick_device(cfg.device, info), Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
     torch.manual_seed(cfg.seed)
@@ -306,63 +288,43 @@ def train_job(cfg: TrainConfig, retriever: Retriever | None, info: Any) -> Any:
                            lr_floor=oc.lr_floor, weight_decay=oc.weight_decay, betas=oc.betas, grad_clip=oc.grad_clip,
                            l1_beta=cfg.loss.l1_beta, seed=cfg.seed, ema_decay=cfg.ema_decay,
                            time_limit_s=cfg.time_limit_s, amp=cfg.mixed_precision == "bf16")
-    latest, start = out / LATEST, 0
-    if cfg.resume and latest.is_file():
-        ck = load_checkpoint(latest, map_location=device)
+    last, start = out / ckpts.LATEST, 0
+    if cfg.resume and last.is_file():
+        ck = ckpts.load_checkpoint(last, map_location=device)
         tr.load(ck)
-        set_rng_state((ck.get("rng") or [rng_state()])[0])
+        ckpts.set_rng_state((ck.get("rng") or [ckpts.rng_state()])[0])
         start = int(ck["step"])
-        log.info("resumed from %s at step %d", latest, start)
-    final, history, last = _loop(cfg, tr, out, start)
-    result = TrainResult(steps=int(final.get("step", start)), final=final, output_dir=out, checkpoint=last,
-                         log_csv=out / "log.csv", control=cfg.is_control, history=history,
-                         trainable={"hadapter": sum(p.numel() for p in tr.ad), "decoder": sum(p.numel() for p in tr.dec)},
-                         peak_gpu_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
-    (out / "result.json").write_text(json.dumps(result.to_json(), indent=2))
-    tr.finish()
-    return result
-
-
-def _loop(cfg: TrainConfig, tr: RegressionTrainer, out: Path, start: int) -> tuple[dict[str, float], list[dict[str, float]], Path]:
-    """Steps ``start``..``cfg.steps`` (or until ``time_limit_s``) with log rows and checkpoints."""
+        log.info("resumed from %s at step %d", last, start)
     writer = TrainLog(out / "log.csv", start, True)
     bar = None
     if cfg.progress and start < cfg.steps:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=start, desc="train adapter (regression)", unit="step")
-    final: dict[str, float] = {}
     history: list[dict[str, float]] = []
-    last = out / LATEST
-    t0 = t_last = time.perf_counter()
-    done = step_last = start
-    for step in range(start, cfg.steps):
-        loss, lam = tr.step(step, cfg.batch_size)
-        done = step + 1
-        stop = cfg.time_limit_s is not None and time.perf_counter() - t0 > cfg.time_limit_s
-        if done % cfg.log_every == 0 or done == cfg.steps or stop:
-            v = float(loss)
-            if not math.isfinite(v):
-                raise FloatingPointError(f"non-finite loss at step {done}: {v}")
+    t_last, step_last = time.perf_counter(), start
+    for done, v, lam, stop in tr.run(start, cfg.steps, cfg.batch_size, cfg.log_every, cfg.time_limit_s):
+        if v is not None:
             now = time.perf_counter()
-            final = {"step": float(done), "loss_g": v, "l1": v, "lam_mean": float(lam), "paired": 1.0, "lr": tr.lr,
-                     "sec_per_step": (now - t_last) / (done - step_last)}
+            history.append({"step": float(done), "loss_g": v, "l1": v, "lam_mean": lam, "paired": 1.0,
+                            "lr": float(tr.sched.get_last_lr()[-1]),
+                            "sec_per_step": (now - t_last) / (done - step_last)})
             t_last, step_last = now, done
-            history.append(final)
-            writer.write(done, {k: x for k, x in final.items() if k != "step"})
-            if bar is not None:
-                bar.set_postfix(loss=f"{v:.4f}")
+            writer.write(done, {k: x for k, x in history[-1].items() if k != "step"})
         if bar is not None:
             bar.update(1)
         if done % cfg.ckpt_every == 0 or done == cfg.steps or stop:
-            state = {**tr.state(), "step": done, "config": cfg.to_dict(), "rng": [rng_state()], "world": 1,
+            state = {**tr.state(), "step": done, "config": cfg.to_dict(), "rng": [ckpts.rng_state()], "world": 1,
                      "student": cfg.student}
-            last = save_checkpoint(out, done, state, cfg.keep_checkpoints)
-        if stop:
-            log.info("time limit %.0f s reached at step %d of %d", cfg.time_limit_s, done, cfg.steps)
-            break
+            last = ckpts.save_checkpoint(out, done, state, cfg.keep_checkpoints)
     if bar is not None:
         bar.close()
     writer.close()
-    return final, history, last
-
+    tr.finish()
+    final = history[-1] if history else {}
+    result = TrainResult(steps=int(final.get("step", start)), final=final, output_dir=out, checkpoint=last,
+                         log_csv=out / "log.csv", control=cfg.is_control, history=history,
+                         trainable={"hadapter": sum(p.numel() for p in tr.ad), "decoder": sum(p.numel() for p in tr.dec)},
+                         peak_gpu_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
+    (out / "result.json").write_text(json.dumps(result.to_json(), indent=2))
+    return result

@@ -73,13 +73,5 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps,
-            "final": self.final,
-            "output_dir": str(self.output_dir),
-            "checkpoint": str(self.checkpoint),
-            "log_csv": str(self.log_csv),
-            "control": self.control,
-            "trainable": self.trainable,
-            "peak_gpu_gib": self.peak_gpu_gib,
-        }
+        """Every field but ``history``, paths as strings (``result.json``)."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in vars(self).items() if k != "history"}

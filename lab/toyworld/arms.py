@@ -48,8 +48,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from toyworld.models.common import LossLog, autocast, cosine_schedule, out_of_time
+from toyworld.models.common import LossLog, autocast, out_of_time
 from toyworld.models.variants import DECODER_PREFIXES, load_variant
+from training.schedule import lambda_lr
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def train_arms(
     base.eval().requires_grad_(False)
     out, params = _build_arms(pipe, arms, device, decoder_delay <= 0, init, lr_adapter, lr_decoder)
     opt = torch.optim.AdamW(params, weight_decay=0.0)
-    sched = cosine_schedule(opt, steps, time_limit_s, min(100, max(1, steps // 10)), floor=0.05)
+    sched = lambda_lr(opt, min(100, max(1, steps // 10)), steps, "cosine", 0.05, time_limit_s)
     gen = torch.Generator().manual_seed(seed + 13)
     t0 = time.perf_counter()
     step = 0

@@ -1,5 +1,5 @@
-"""Shared helpers of the stage training loops: device, autocast, loss logs, tokenizer, schedule
-(the EMA of the stages is ``training.ema.ParamEMA``)."""
+"""Shared helpers of the stage training loops: device, autocast, loss logs, tokenizer (the
+stages' EMA is ``training.ema.ParamEMA``, their LR schedule ``training.schedule.lambda_lr``)."""
 
 from __future__ import annotations
 
@@ -112,11 +112,3 @@ def batches(n: int, batch: int, gen: torch.Generator, device: torch.device) -> I
     while True:
         yield torch.randint(0, n, (batch,), generator=gen).to(device)
 
-
-def cosine_schedule(
-    opt: torch.optim.Optimizer, steps: int, limit_s: float | None, warmup: int, floor: float = 0.0
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then cosine decay to ``floor`` over the stage's progress (steps or time)."""
-    from training.schedule import lambda_lr
-
-    return lambda_lr(opt, warmup, steps, "cosine", floor, limit_s)

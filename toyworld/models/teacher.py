@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from engines.pipeline import alphas_cumprod_from_config
-from toyworld.models.common import LossLog, autocast, batches, cosine_schedule, out_of_time
+from toyworld.models.common import LossLog, autocast, batches, out_of_time
 from toyworld.models.configs import SCHEDULER, FamilyConfig
 from training.ema import ParamEMA
+from training.schedule import lambda_lr
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def train_teacher(
     ema = ParamEMA(list(unet.named_parameters()), float(cfg.extra.get("teacher_ema", 0.999 if cfg.teacher.steps >= 2000 else 0.9)))
     run = cfg.teacher
     opt = torch.optim.AdamW(unet.parameters(), lr=run.lr, weight_decay=0.0)
-    sched = cosine_schedule(opt, run.steps, time_limit_s, 200, floor=0.1)
+    sched = lambda_lr(opt, 200, run.steps, "cosine", 0.1, time_limit_s)
 
     ac = alphas_cumprod_from_config(SCHEDULER).float().to(device)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
