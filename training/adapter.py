@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,38 +49,10 @@ from training.ema import ParamEMA
 from training.job_build import Job, build_job
 from training.losses import Augment, latent_perceptual_loss, smooth_l1
 from training.retriever import Retriever
-from training.train_log import TrainLog
+from training.schedule import lambda_lr
+from training.train_log import TrainLog, TrainResult
 
 log = logging.getLogger(__name__)
-
-
-
-@dataclass
-class TrainResult:
-    """What a finished (or resumed-and-finished) run produced."""
-
-    steps: int
-    final: dict[str, float]
-    output_dir: Path
-    checkpoint: Path
-    log_csv: Path
-    control: bool
-    trainable: dict[str, int] = field(default_factory=dict)
-    peak_gpu_gib: float | None = None
-    """Peak GPU memory allocated during the training steps (after set-up), this process."""
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps,
-            "final": self.final,
-            "output_dir": str(self.output_dir),
-            "checkpoint": str(self.checkpoint),
-            "log_csv": str(self.log_csv),
-            "control": self.control,
-            "trainable": self.trainable,
-            "peak_gpu_gib": self.peak_gpu_gib,
-        }
 
 
 def _as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
@@ -171,18 +143,19 @@ def _regression(
     return l1, lp
 
 
-def _lr_lambda(warmup: int):
-    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-
-
 def train(
     config: TrainConfig | dict[str, Any] | str | Path, retriever: Retriever | None = None
 ) -> TrainResult:
-    """Run (or resume) the job. ``retriever`` overrides ``config.retrieval`` (e.g. an
+    """Run (or resume) the job (``loss.objective: regression``: ``training.regression``).
+    ``retriever`` overrides ``config.retrieval`` (e.g. an
     in-memory one in tests); the control run ignores it. Returns final losses and paths."""
     cfg = _as_config(config)
     info = init_distributed(cfg.device)
     try:
+        if cfg.loss.objective == "regression":
+            from training.regression import train_job
+
+            return train_job(cfg, retriever, info)
         return _train(cfg, retriever, info)
     finally:
         shutdown(info)
@@ -207,8 +180,8 @@ class _Optim:
         oc = cfg.optim
         opt_g = torch.optim.AdamW(g_params, lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
         opt_d = torch.optim.AdamW(d_params, lr=oc.disc_lr, betas=oc.betas, weight_decay=oc.weight_decay)
-        sch_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(oc.warmup_steps))
-        sch_d = torch.optim.lr_scheduler.LambdaLR(opt_d, _lr_lambda(oc.warmup_steps))
+        sch_g = lambda_lr(opt_g, oc.warmup_steps)
+        sch_d = lambda_lr(opt_d, oc.warmup_steps)
         ema = ParamEMA(job.gen.trainable(), cfg.ema_decay) if cfg.ema_decay is not None else None
         return _Optim(g_params, d_params, opt_g, opt_d, sch_g, sch_d, ema)
 

@@ -25,8 +25,9 @@ def adapter_cmd(
     output_dir: Path | None = typer.Option(None, "--output-dir", help="Override `output_dir`."),
     control: bool = typer.Option(False, "--control", help="Control run: λ = 0 (no retrieval)."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start fresh even if a checkpoint exists."),
+    time_limit_s: float | None = typer.Option(None, "--time-limit-s", help="Override `time_limit_s` (regression)."),
 ) -> None:
-    """Train the H-adapter and the up-block LoRA with latent adversarial training."""
+    """Train the H-adapter with the decoder's LoRA (LADD) or the decoder (regression), per the config."""
     from training.adapter import train
     from training.config import load_config
 
@@ -39,6 +40,8 @@ def adapter_cmd(
         over["control"] = True
     if no_resume:
         over["resume"] = False
+    if time_limit_s is not None:
+        over["time_limit_s"] = time_limit_s
     try:
         cfg = load_config(config, over)
     except (ValueError, TypeError, FileNotFoundError) as e:

@@ -41,6 +41,10 @@ class DataConfig:
     """How to read ``path``; ``auto`` picks parquet for a ``.parquet`` file, else folder."""
     max_items: Pos | None = None
     """Use only the first N pairs (None: all)."""
+    rows: str | None = None
+    """``loss.objective: regression`` only: a ``.pt`` file of precomputed rows
+    (``training.regression.load_rows``: noise or noise seed, target latent, caption or
+    context, neighbour H and λ) instead of ``path``; retrieval is then read from the file."""
     cache_latents: bool = True
     """Encode every pair's latent once at start-up (VAE posterior mean) and keep them in host
     memory; False: load and encode each batch's images at every step."""
@@ -55,6 +59,9 @@ class RetrievalConfig:
     ``qdrant_url`` — the same index the service uses."""
     k: Annotated[int, Field(ge=1, le=8)] = 1
     """Neighbours per sample (1..8)."""
+    path: str | None = None
+    """``source: dataset``: index the pairs of this dataset (folder or parquet, like
+    ``data.path``) instead of the training pairs, e.g. a retrieval split of real images."""
     min_score: Annotated[float, Field(ge=-1, le=1)] = 0.0
     """Neighbours with a cosine score below this get λ = 0 (as in the service)."""
     db_path: str | None = None
@@ -67,6 +74,11 @@ class RetrievalConfig:
 
 @dataclass
 class LossConfig:
+    objective: Literal["ladd", "regression"] = "ladd"
+    """``ladd``: adversarial + regression terms, adapter + up-block LoRA (below).
+    ``regression``: smooth-L1 (``l1_beta``) of ẑ0 to paired teacher targets only, training the
+    adapter and the whole decoder (up blocks, conv_norm_out, conv_out) at ``optim.lr`` /
+    ``optim.decoder_lr``; no teacher UNet, discriminator or LoRA (``training.regression``)."""
     adv_weight: NonNegFloat = 1.0
     """Weight of the generator's hinge adversarial loss -D(fake)."""
     l1_weight: NonNegFloat = 2.5
@@ -101,10 +113,17 @@ class LossConfig:
 class OptimConfig:
     lr: PosFloat = 1e-5
     """Generator (adapter + LoRA) learning rate, constant after warm-up (paper: 1e-5)."""
+    decoder_lr: PosFloat = 3e-5
+    """``loss.objective: regression``: learning rate of the decoder's weights (``lr`` is the adapter's)."""
     disc_lr: PosFloat = 1e-5
     """Discriminator heads' learning rate."""
     warmup_steps: NonNeg = 0
-    """Linear warm-up from 0 over this many steps, then constant."""
+    """Linear warm-up from 0 over this many steps, then ``schedule``."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """After warm-up: constant, or cosine decay to ``lr_floor``·lr over the run (steps, or
+    ``time_limit_s`` when that ends the run first)."""
+    lr_floor: Fraction = 0.0
+    """Final LR of the cosine schedule, as a fraction of the initial one."""
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     """AdamW betas (generator and discriminator)."""
     weight_decay: NonNegFloat = 0.01
@@ -153,6 +172,9 @@ class TrainConfig:
     """Recompute UNet blocks in backward (student decoder, teacher encoder) to save memory."""
     ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
     """EMA of the trained generator weights (e.g. 0.999); export uses the EMA when present."""
+    time_limit_s: PosFloat | None = None
+    """``loss.objective: regression``: stop after this many seconds of training (checkpointed
+    and exported like a finished run); None: run all ``steps``."""
     log_every: Pos = 10
     """Write a CSV (and TensorBoard, if installed) row every N steps."""
     ckpt_every: Pos = 500
@@ -175,10 +197,13 @@ class TrainConfig:
         errs: list[str] = []
         if not self.student:
             errs.append("student (model dir) is required")
-        if not self.teacher_unet:
+        regression = self.loss.objective == "regression"
+        if not self.teacher_unet and not regression:
             errs.append("teacher_unet (UNet dir) is required")
-        if not self.data.path:
-            errs.append("data.path is required")
+        if not (self.data.path or (regression and self.data.rows)):
+            errs.append("data.path is required" + (" (or data.rows)" if regression else ""))
+        if self.data.rows and not regression:
+            errs.append("data.rows needs loss.objective 'regression'")
         if self.retrieval is not None:
             r = self.retrieval
             if r.source == "db" and not (r.db_path or r.qdrant_url):
@@ -266,8 +291,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     for key in ("student", "teacher_unet", "output_dir"):
         if key in raw:
             raw[key] = rel(raw[key])
-    if isinstance(raw.get("data"), dict) and "path" in raw["data"]:
-        raw["data"]["path"] = rel(raw["data"]["path"])
-    if isinstance(raw.get("retrieval"), dict) and raw["retrieval"].get("db_path"):
-        raw["retrieval"]["db_path"] = rel(raw["retrieval"]["db_path"])
+    for table, key in (("data", "path"), ("data", "rows"), ("retrieval", "db_path"), ("retrieval", "path")):
+        if isinstance(raw.get(table), dict) and raw[table].get(key):
+            raw[table][key] = rel(raw[table][key])
     return config_from_dict(raw)

@@ -1,7 +1,8 @@
 """Training pairs: (id, caption, image or latent) from a folder or a parquet file.
 
 Folder: image files plus ``captions.jsonl`` with one ``{"file", "caption"[, "id"]}`` per line
-(``file`` relative to the folder). Parquet: columns ``caption``, optional ``id``, and
+(``file`` relative to the folder), and optionally ``latents.npy`` (N,4,h,w): line n's exact
+target latent (``training.teacher_samples`` writes it, so training needs no VAE round trip). Parquet: columns ``caption``, optional ``id``, and
 ``image`` (encoded PNG/JPEG bytes, or a struct with ``bytes``) and/or ``latent`` (a flat list
 of floats, reshaped to the student's latent shape (4,h,w)). A row's id defaults to the
 retrieval package's point id (uuid5 of caption ‖ image bytes), so excluding "the pair itself"
@@ -77,10 +78,13 @@ def _read_folder(root: Path, max_items: int | None) -> list[Pair]:
     cap = root / "captions.jsonl"
     if not cap.is_file():
         raise FileNotFoundError(f"dataset folder {root} has no captions.jsonl")
+    lines = [(n, line) for n, line in enumerate(cap.read_text().splitlines(), 1) if line.strip()]
+    lat_f = root / "latents.npy"
+    lats = np.load(lat_f, mmap_mode="r") if lat_f.is_file() else None
+    if lats is not None and len(lats) != len(lines):
+        raise ValueError(f"{lat_f} has {len(lats)} latents for {len(lines)} lines of {cap}")
     pairs: list[Pair] = []
-    for n, line in enumerate(cap.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, line in lines:
         try:
             rec = json.loads(line)
             f, caption = rec["file"], str(rec["caption"])
@@ -91,7 +95,8 @@ def _read_folder(root: Path, max_items: int | None) -> list[Pair]:
             raise FileNotFoundError(f"{cap}:{n}: image {img} does not exist")
         pid = str(rec["id"]) if rec.get("id") else point_id(caption, img.read_bytes())
         seed = _noise_seed(rec.get("noise_seed"), f"{cap}:{n}")
-        pairs.append(Pair(id=pid, caption=caption, image_path=img, noise_seed=seed))
+        lat = None if lats is None else np.array(lats[len(pairs)], dtype=np.float32)
+        pairs.append(Pair(id=pid, caption=caption, image_path=img, latent=lat, noise_seed=seed))
         if max_items and len(pairs) >= max_items:
             break
     return pairs

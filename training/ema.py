@@ -6,6 +6,9 @@ live tensors, and ``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_a
 keeps a copy of that list and updates it with one ``_foreach_lerp_`` per step:
 ``ema ← ema + (1 − decay)·(p − ema)``. The EMA starts at the weights it was built from.
 
+The one EMA of the repository: the training job's generator and the toy-world stages
+(teacher, student) use it; ``copy_to`` writes the average into the live weights at the end.
+
 The checkpoint format is a name → tensor dict (``state_dict`` / ``load_state_dict``), the
 names of ``StudentForward.trainable()``, which ``training.export`` reads.
 """
@@ -37,6 +40,12 @@ class ParamEMA:
     def update(self) -> None:
         """One EMA step towards the current weights (call after each optimiser step)."""
         self._avg.update_parameters(self._live)
+
+    def copy_to(self) -> None:
+        """Write the EMA into the live parameters (the model then *is* the average)."""
+        with torch.no_grad():
+            for p, e in zip(self._live, self._avg.module, strict=True):
+                p.copy_(e)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """name → EMA tensor (CPU copies), the checkpoint's ``ema`` entry."""

@@ -2,7 +2,8 @@
 
 Copies the student model directory, then replaces ``unet/`` by the student UNet with the
 trained up-block LoRA merged into its weights (a plain ``UNet2DConditionModel`` again, no
-peft at inference) and ``hadapter/`` by the trained adapter. The EMA weights are used when
+peft at inference) — or, for the regression objective, with its trained decoder weights —
+and ``hadapter/`` by the trained adapter. The EMA weights are used when
 the run kept them (unless ``use_ema=False``). ``ragturbo.json`` records where it came from.
 
 Note: the exported UNet's files differ from the student's, so the model fingerprint
@@ -88,6 +89,12 @@ def export_checkpoint(
             _apply_ema(unet, ema, "unet.unet.")
         unet.fuse_lora()
         unet.unload_lora()
+    if state.get("decoder"):
+        res = unet.load_state_dict(state["decoder"], strict=False)
+        if res.unexpected_keys:
+            raise ValueError(f"checkpoint decoder keys the student UNet lacks: {res.unexpected_keys[:3]}")
+        if ema is not None:
+            _apply_ema(unet, ema, "unet.unet.")
     leftover = [k for k in unet.state_dict() if "lora_" in k]
     if leftover:
         raise RuntimeError(f"LoRA layers left after merging: {leftover[:3]}")
@@ -110,6 +117,7 @@ def export_checkpoint(
             "control": cfg.get("retrieval") is None,
             "ema": ema is not None,
             "lora_rank": int(lc["rank"]),
+            "objective": state.get("objective", "ladd"),
         },
     )
     meta_path.write_text(json.dumps(meta, indent=2))

@@ -127,12 +127,25 @@ def _encode_all(
     )
 
 
-def build_retriever(cfg: TrainConfig, pipe: OneStepPipeline) -> Retriever:
-    """The configured retriever for ``source: db`` (``dataset`` is built with the latent cache)."""
+def index_pairs(pipe: OneStepPipeline, pairs: list[Pair], min_score: float, bs: int = 8) -> InMemoryRetriever:
+    """An exact in-memory index over ``pairs``: pooled caption embeddings and H-features of
+    their clean latents, computed with the frozen student."""
+    _, pooled, feats = _encode_all(pipe, pairs, True, bs)
+    assert pooled is not None and feats is not None
+    return InMemoryRetriever([p.id for p in pairs], pooled, feats, min_score)
+
+
+def build_retriever(cfg: TrainConfig, pipe: OneStepPipeline, bs: int = 8) -> Retriever:
+    """The configured retriever for ``source: db`` or a ``dataset`` with its own ``path``
+    (an index over the training pairs themselves is built with the latent cache)."""
     from training.retriever_db import DbRetriever
 
     r = cfg.retrieval
-    assert r is not None and r.source == "db"
+    assert r is not None
+    if r.source == "dataset":
+        if not r.path:
+            raise ValueError("retrieval.source 'dataset' over the training pairs is built by the job itself")
+        return index_pairs(pipe, read_pairs(r.path), r.min_score, bs)
     return DbRetriever.open(pipe, db_path=r.db_path, qdrant_url=r.qdrant_url,
                             qdrant_api_key=r.qdrant_api_key, min_score=r.min_score)
 
@@ -162,7 +175,7 @@ def build_job(cfg: TrainConfig, device: torch.device, retriever: Retriever | Non
     if cfg.batch_size > len(pairs) * 64:
         log.warning("batch_size %d is much larger than the dataset (%d pairs)", cfg.batch_size, len(pairs))
     r = cfg.retrieval
-    own_index = retriever is None and r is not None and r.source == "dataset"
+    own_index = retriever is None and r is not None and r.source == "dataset" and not r.path
     latents = None
     if cfg.data.cache_latents or own_index:
         latents, pooled, feats = _encode_all(pipe, pairs, own_index)

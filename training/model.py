@@ -21,6 +21,9 @@ from engines.pipeline import OneStepPipeline
 
 log = logging.getLogger(__name__)
 
+DECODER_PREFIXES = ("up_blocks.", "conv_norm_out.", "conv_out.")
+"""The decoder half of a diffusers UNet: what the regression objective trains in full."""
+
 
 def lora_pattern(targets: Sequence[str]) -> str:
     """peft ``target_modules`` regex (full match) for ``targets`` inside ``up_blocks``."""

@@ -3,7 +3,8 @@
 The teacher shares the student directory's tokenizer, text encoder, VAE and scheduler
 config; a diffusers DDIM or Euler scheduler runs ``steps`` steps with guidance ``cfg``
 (ε_u + cfg·(ε_c − ε_u), the unconditional branch on the empty prompt). Output is a
-training dataset: a folder (``images/*.png`` + ``captions.jsonl``) or a parquet file with
+training dataset: a folder (``images/*.png`` + ``captions.jsonl`` + ``latents.npy``, the exact
+teacher latents) or a parquet file with
 ``id``, ``caption``, ``image`` (PNG bytes) and ``latent`` (the exact teacher latent, so
 training needs no VAE round trip).
 
@@ -145,6 +146,7 @@ def write_dataset(
             if noise_seeds is not None:
                 rec["noise_seed"] = int(noise_seeds[i])
             lines.append(json.dumps(rec))
+        np.save(root / "latents.npy", latents.float().numpy())
         (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
         return root
     if fmt != "parquet":

@@ -1,4 +1,4 @@
-"""The training job's log: ``log.csv`` (and TensorBoard when installed) on rank 0.
+"""The training job's log: ``log.csv`` (and TensorBoard when installed) on rank 0, and its result.
 
 On resume the CSV keeps its rows up to the resumed step and drops the later ones, so the
 file always tells one run's history.
@@ -7,7 +7,9 @@ file always tells one run's history.
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 METRICS = ("loss_g", "loss_d", "adv_g", "l1", "lpips", "d_real", "d_fake", "lam_mean", "paired", "lr")
 """The scalars of one step, in the CSV's column order (after ``step``, before ``sec_per_step``)."""
@@ -53,3 +55,23 @@ class TrainLog:
             self.f.close()
             if self.tb is not None:
                 self.tb.close()
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or resumed-and-finished) run produced."""
+
+    steps: int
+    final: dict[str, float]
+    output_dir: Path
+    checkpoint: Path
+    log_csv: Path
+    control: bool
+    trainable: dict[str, int] = field(default_factory=dict)
+    peak_gpu_gib: float | None = None
+    """Peak GPU memory allocated during the training steps (after set-up), this process."""
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field but ``history``, paths as strings (``result.json``)."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in vars(self).items() if k != "history"}

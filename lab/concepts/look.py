@@ -17,9 +17,9 @@ from toyworld.fideval import apply_variant
 run = Path(sys.argv[1]); tmp = Path(tempfile.mkdtemp()); shutil.copyfile(run / "adapter.safetensors", tmp / "a.safetensors")
 new = OneStepPipeline.from_pretrained(SHIPPED, device=torch.device("cpu")); apply_variant(new, tmp / "a.safetensors")
 old = OneStepPipeline.from_pretrained(SHIPPED, device=torch.device("cpu"))
-shapes = ["ring", "star", "heart", "bar", "arrow", "moon", "circle", "cross"]
+shapes = ["ring", "star", "heart", "bar", "arrow", "moon", "bowtie", "cross"]
 ps = [f"a red {s}" for s in shapes]
-ref = np.stack([C.render_items([C.Item(s, "red", 32, 32, 22)], "black") for s in shapes])
+ref = np.stack([C.render_items([C.Item(s, "red", 24 + 3 * i, 36 - 2 * i, 22)], "black") for i, s in enumerate(shapes)])
 rows = [ref]
 with torch.inference_mode():
     for p in (old, new):

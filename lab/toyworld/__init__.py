@@ -1,1 +1,2 @@
-"""Toy-world experiments: the fidelity run, the swap probe, arm throughput, shipping a run's arm."""
+"""Toy-world experiments: the fidelity run, the multi-arm sweep, the swap probe, arm throughput,
+shipping a run's arm."""

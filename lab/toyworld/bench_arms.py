@@ -1,4 +1,4 @@
-"""Arm-training throughput: steps a second of ``toyworld.models.arms.train_arms`` for a few
+"""Arm-training throughput: steps a second of ``lab.toyworld.arms.train_arms`` for a few
 (arms, batch) shapes on random rows, the numbers that size a fidelity run's arm stage.
 
     python -m lab.toyworld.bench_arms [--model DIR] [--configs 3x256,3x1024,1x256] [--seconds 12]
@@ -20,11 +20,11 @@ import torch
 from engines.default_model import SHIPPED
 
 ARMS = ("adapter", "control", "shuffled", "leak", "real", "control_plain")
-"""``toyworld.models.arms.ARMS`` in the order a shape of n arms takes them: 3 = the plain recipe."""
+"""``lab.toyworld.arms.ARMS`` in the order a shape of n arms takes them: 3 = the plain recipe."""
 
 
 def random_rows(pipe: Any, n: int, k: int = 1, seed: int = 0) -> Any:
-    from toyworld.models.arms import ArmData
+    from lab.toyworld.arms import ArmData
 
     c, hh, ww = pipe.h_shape
     s = pipe.latent_size
@@ -41,7 +41,7 @@ def run(model: Path = SHIPPED, configs: tuple[tuple[int, int], ...] = ((3, 256),
         n: int = 4096, device: str = "auto") -> list[dict[str, Any]]:
     """-> one row a (arms, batch): steps, wall, steps/s and arm-samples/s (after a short warm-up)."""
     from engines.pipeline import OneStepPipeline
-    from toyworld.models.arms import train_arms
+    from lab.toyworld.arms import train_arms
     from toyworld.models.common import pick_device
 
     dev = pick_device(device)

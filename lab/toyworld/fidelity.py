@@ -15,7 +15,7 @@ Stages (each resumable: ``<work>/<stage>/done.json``):
 * ``export``  — ``<work>/model`` (student + zero H-adapter);
 * ``arms``    — paired teacher targets for ``adapter``-split prompts (natural rate, no
   prompt naming one of the four ``HELD_OUT_RARE`` pairs), retrieval over the retrieval
-  split, then ``toyworld.models.arms.train_arms`` (adapter / real / control / control_plain /
+  split, then ``lab.toyworld.arms.train_arms`` (adapter / real / control / control_plain /
   shuffled / leak; the swap curriculum: ``extra["swap_frac"]``), each exported to ``<work>/<arm>_model`` and as ``<work>/variants/<arm>.safetensors``
   (decoder + adapter: what ships and what comes back from a GPU machine);
 * ``eval``    — ``toyworld.fideval.evaluate`` -> ``<work>/eval.json`` + ``eval.md``;
@@ -109,9 +109,9 @@ def stage_student(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float
 def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | None,
                arms: tuple[str, ...]) -> dict[str, Any]:
     from engines.pipeline import OneStepPipeline
+    from lab.toyworld.arms import ArmData, self_features, train_arms
     from toyworld.fideval import Database
     from toyworld.models.adapter import ADAPTER_NOISE_SEED
-    from toyworld.models.arms import ArmData, self_features, train_arms
     from toyworld.models.data import HELD_OUT_RARE
     from toyworld.models.teacher import sample
 

@@ -1,7 +1,7 @@
 """Attribute swaps: an adapter curriculum that gives a retrieved neighbour a job (not shipped).
 
 A swapped caption names one object's colour *or* shape wrongly ("a red circle" -> "a blue
-circle"). During adapter training (``toyworld.models.arms``' ``swap_frac``, driven by
+circle"). During adapter training (``lab.toyworld.arms``' ``swap_frac``, driven by
 ``lab.toyworld.fidelity``) a fraction of the rows feed the student's encoder the swapped caption while the neighbour (retrieved with the true caption)
 and the target (the teacher's sample of the true caption) stay right, so the only way to
 lower the loss on those rows is to read the attribute from the neighbour — by content, not

@@ -1,5 +1,5 @@
 """Toy world at micro size on CPU: the data that gives retrieval a job, the UNet layouts,
-variant files and the fidelity evaluation. The arm stage's tests: ``test_toyworld_arms.py``;
+variant files and the fidelity evaluation. The arm stage's tests: ``lab/tests/test_lab_arms.py``;
 shared fixtures: ``conftest.py``; the lab's drivers: lab/tests/test_lab_toyworld.py."""
 
 from __future__ import annotations

@@ -63,13 +63,13 @@ def test_param_ema_state_round_trip_and_name_check() -> None:
         ParamEMA(list(model.named_parameters()), 1.0)
 
 
-def test_toyworld_stage_ema_is_the_same_average() -> None:
-    from toyworld.models.common import EMA
-
+def test_copy_to_makes_the_model_the_average_as_the_toyworld_stages_use_it() -> None:
+    """The teacher and student stages train a whole module and return it holding the EMA."""
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.GroupNorm(1, 3))
-    ema = EMA(model, 0.8)
-    assert not ema.shadow.training and not any(p.requires_grad for p in ema.shadow.parameters())
-    seen = _train(model, 4, lambda: ema.update(model))
-    for k, v in ema.shadow.named_parameters():
-        torch.testing.assert_close(v, _reference([s[k] for s in seen], 0.8), rtol=1e-6, atol=1e-6)
+    ema = ParamEMA(list(model.named_parameters()), 0.8)
+    seen = _train(model, 4, ema.update)
+    ema.copy_to()
+    for k, v in model.named_parameters():
+        torch.testing.assert_close(v.detach(), _reference([s[k] for s in seen], 0.8), rtol=1e-6, atol=1e-6)
+    assert ema.state_dict().keys() == dict(model.named_parameters()).keys()

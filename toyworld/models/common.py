@@ -1,4 +1,5 @@
-"""Shared helpers of the stage training loops: device, autocast, EMA, loss logs, tokenizer."""
+"""Shared helpers of the stage training loops: device, autocast, loss logs, tokenizer (the
+stages' EMA is ``training.ema.ParamEMA``, their LR schedule ``training.schedule.lambda_lr``)."""
 
 from __future__ import annotations
 
@@ -102,26 +103,6 @@ class LossLog:
         }
 
 
-class EMA:
-    """Exponential moving average of a module's parameters: torch's ``AveragedModel`` with
-    ``get_ema_multi_avg_fn`` (the one EMA of the repo; training/ema.py uses it too).
-
-    ``shadow`` is the averaged copy (eval mode, no grad); it starts at the module's weights
-    and each ``update`` is ``shadow ← shadow + (1 − decay)·(p − shadow)``.
-    """
-
-    def __init__(self, module: torch.nn.Module, decay: float) -> None:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        self.decay = decay
-        self._avg = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
-        self._avg.update_parameters(module)  # the first update copies; later ones average
-        self.shadow = self._avg.module.eval().requires_grad_(False)
-
-    def update(self, module: torch.nn.Module) -> None:
-        self._avg.update_parameters(module)
-
-
 def out_of_time(t0: float, limit_s: float | None) -> bool:
     return limit_s is not None and time.perf_counter() - t0 > limit_s
 
@@ -131,25 +112,3 @@ def batches(n: int, batch: int, gen: torch.Generator, device: torch.device) -> I
     while True:
         yield torch.randint(0, n, (batch,), generator=gen).to(device)
 
-
-def progress(step: int, steps: int, t0: float, limit_s: float | None) -> float:
-    """Fraction of the stage done: by steps, or by wall time when a time limit binds first."""
-    frac = step / max(steps, 1)
-    if limit_s:
-        frac = max(frac, (time.perf_counter() - t0) / limit_s)
-    return min(1.0, frac)
-
-
-def cosine_schedule(
-    opt: torch.optim.Optimizer, steps: int, limit_s: float | None, warmup: int, floor: float = 0.0
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then cosine decay to ``floor`` over the stage's progress (steps or time)."""
-    import math
-
-    t0 = time.perf_counter()
-
-    def f(s: int) -> float:
-        p = progress(s, steps, t0, limit_s)
-        return min(1.0, (s + 1) / warmup) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, f)

@@ -204,11 +204,11 @@ def build_rows(pipe: Any, n: int, start: int, opt: RowOptions, seed: int = 0, ba
 
 @torch.no_grad()
 def arm_data(pipe: Any, rows: Rows, db: Any, batch: int = 256) -> Any:
-    """``toyworld.models.arms.ArmData`` of the rows: noise, target latents, context, neighbour
+    """``training.regression.Rows`` of the rows: noise, target latents, context, neighbour
     H and λ (plain rows: top-1 of ``db`` (``toyworld.fideval.Database``); others: the row's
     own neighbour, λ by ``engines.rules.neighbour_lambda`` of the two captions' cosine)."""
     from engines.rules import neighbour_lambda
-    from toyworld.models.arms import ArmData
+    from training.regression import Rows as TrainRows
 
     noise, tgt, ctx, h_nb, lam = [], [], [], [], []
     for lo in range(0, len(rows.captions), batch):
@@ -232,4 +232,4 @@ def arm_data(pipe: Any, rows: Rows, db: Any, batch: int = 256) -> Any:
         ctx.append(te.context.float().cpu())
         h_nb.append(h.cpu())
         lam.append(lam_b.cpu())
-    return ArmData(torch.cat(noise), torch.cat(tgt), torch.cat(ctx), torch.cat(h_nb), torch.cat(lam), None)
+    return TrainRows(torch.cat(noise), torch.cat(tgt), torch.cat(ctx), torch.cat(h_nb), torch.cat(lam))

@@ -1,9 +1,10 @@
 """Concept-dropout training of the H-adapter + decoder, with its matched control.
 
 ``train_concepts`` continues a model (the shipped one by default): it builds the rows of
-``toyworld.models.concept_rows`` (plain, concept, dropout), then trains two arms side by side
-on the same batches with ``toyworld.models.arms.train_arms`` — ``adapter`` (neighbours
-on) and ``control`` (the same rows, λ = 0) — each from its own starting variant. The UNet
+``toyworld.models.concept_rows`` (plain, concept, dropout), then trains two runs on the same
+batches with the training job's regression objective (``training.regression.train_rows``) —
+``adapter`` (neighbours on) and ``control`` (the same rows, λ = 0), half the time each — each
+from its own starting variant. The UNet
 encoder, VAE and text encoder stay frozen, so every database's stored H-features stay valid.
 Checkpoints (variant files, ``toyworld.fideval`` format) are written every few minutes and
 at the end under ``out/``, with ``summary.json``; the rows and the database are cached there
@@ -16,18 +17,11 @@ import json
 import logging
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 log = logging.getLogger(__name__)
-
-
-def _save_arm(arm: Any, path: Path) -> None:
-    from toyworld.fideval import save_variant
-
-    save_variant(SimpleNamespace(unet=arm.unet, hadapter=arm.hadapter), path)
 
 
 def cached_database(pipe: Any, n: int, path: Path) -> Any:
@@ -56,8 +50,9 @@ def train_concepts(out: Path, model: Path | None = None, control_init: Path | No
     from engines.default_model import SHIPPED
     from engines.pipeline import OneStepPipeline
     from toyworld.fideval import SHIPPED_EVAL, save_variant
-    from toyworld.models.arms import train_arms
     from toyworld.models.concept_rows import RowOptions, arm_data, build_rows
+    from toyworld.models.variants import apply_variant
+    from training.regression import train_rows
 
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
@@ -79,15 +74,21 @@ def train_concepts(out: Path, model: Path | None = None, control_init: Path | No
     init_a = adapter_init or save_variant(pipe, out / "init_adapter.safetensors")
     init = {"adapter": init_a, "control": control_init}
 
-    def ckpt(step: int, trained: dict[str, Any]) -> None:
-        for name, arm in trained.items():
-            _save_arm(arm, out / f"{name}.safetensors")
-        (out / "progress.json").write_text(json.dumps({"step": step, "losses": {a: arm.log.rows[-1:] for a, arm in trained.items()}}))
+    summ: dict[str, Any] = {}
+    for name in arms:
+        init_f = init[name]
+        p = OneStepPipeline.from_pretrained(model, device=dev)
+        apply_variant(p, init_f)
 
-    trained, summ = train_arms(pipe, data, arms, steps, batch_size, lr_adapter, lr_decoder, dev,
-                               minutes * 60, seed, 25, init={a: init[a] for a in arms}, checkpoint=ckpt,
-                               checkpoint_every_s=60 if dev.type == "cuda" else 180)
-    ckpt(summ["steps"], trained)
+        def ckpt(step: int, p: Any, name: str = name) -> None:
+            save_variant(p, out / f"{name}.safetensors")
+            (out / f"progress_{name}.json").write_text(json.dumps({"step": step}))
+
+        p, summ[name] = train_rows(p, data, name == "control", steps, batch_size, lr_adapter, lr_decoder, dev,
+                                   time_limit_s=minutes * 60 / len(arms), checkpoint=ckpt,
+                                   checkpoint_every_s=60 if dev.type == "cuda" else 180, seed=seed,
+                                   log_every=25)
+        ckpt(summ[name]["steps"], p)
     summ.update({"rows": counts, "prep_s": round(prep_s, 1), "model": str(model), "n_db": n_db,
                  "options": vars(opt) if hasattr(opt, "__dict__") else str(opt)})
     (out / "summary.json").write_text(json.dumps(summ, indent=1, default=str))

@@ -2,8 +2,8 @@
 
 A variant file is one safetensors file of the UNet's decoder tensors (``unet.*``: up blocks,
 ``conv_norm_out``, ``conv_out``) and the H-adapter (``hadapter.*``), stored fp16. The arms'
-trainer (``toyworld.models.arms``) writes and resumes from them; the fidelity eval
-(``toyworld.fideval``) applies them to the shipped model (``toyworld/assets/eval``).
+trainers (``toyworld.models.concept_train``, the lab's arm sweeps) write and resume from them;
+the fidelity eval (``toyworld.fideval``) applies them to the shipped model (``toyworld/assets/eval``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-DECODER_PREFIXES = ("up_blocks.", "conv_norm_out.", "conv_out.")
-"""The decoder half of a diffusers UNet: what the arms fine-tune and a variant file holds."""
+from training.model import DECODER_PREFIXES
 
 
 def variant_state(pipe: Any) -> dict[str, torch.Tensor]:

@@ -24,8 +24,9 @@ from torch import nn
 from torch.nn.utils import spectral_norm
 
 from engines.pipeline import alphas_cumprod_from_config
-from toyworld.models.common import EMA, LossLog, autocast, batches, out_of_time
+from toyworld.models.common import LossLog, autocast, batches, out_of_time
 from toyworld.models.configs import SCHEDULER, FamilyConfig
+from training.ema import ParamEMA
 
 log = logging.getLogger(__name__)
 STUDENT_T = 999
@@ -79,7 +80,7 @@ def distill_student(
 
     torch.manual_seed(cfg.seed + 3)
     student = copy.deepcopy(teacher).float().to(device).train().requires_grad_(True)
-    ema = EMA(student, 0.998 if cfg.student.steps >= 1000 else 0.8)
+    ema = ParamEMA(list(student.named_parameters()), 0.998 if cfg.student.steps >= 1000 else 0.8)
     disc = LatentDiscriminator(pooled.shape[1]).to(device)
     run = cfg.student
     opt = torch.optim.AdamW(student.parameters(), lr=run.lr, weight_decay=0.0)
@@ -108,7 +109,7 @@ def distill_student(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
-        ema.update(student)
+        ema.update()
         if cfg.adv_weight > 0:
             ridx = next(real_it)
             sr = torch.randint(0, 750, (b,), device=device)
@@ -121,4 +122,5 @@ def distill_student(
         lg.add(step, reg.item(), run.log_every)
         if step >= run.steps or out_of_time(lg.t0, time_limit_s):
             break
-    return ema.shadow.float().eval(), lg.finish(step)
+    ema.copy_to()
+    return student.float().eval().requires_grad_(False), lg.finish(step)

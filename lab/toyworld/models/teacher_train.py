@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from engines.pipeline import alphas_cumprod_from_config
-from toyworld.models.common import EMA, LossLog, autocast, batches, cosine_schedule, out_of_time
+from toyworld.models.common import LossLog, autocast, batches, out_of_time
 from toyworld.models.configs import SCHEDULER, FamilyConfig
+from training.ema import ParamEMA
+from training.schedule import lambda_lr
 
 
 def v_target(z0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -35,10 +37,10 @@ def train_teacher(
     torch.manual_seed(cfg.seed + 2)
     unet = init if init is not None else UNet2DConditionModel(**cfg.unet_kwargs())
     unet = unet.to(device).train()
-    ema = EMA(unet, float(cfg.extra.get("teacher_ema", 0.999 if cfg.teacher.steps >= 2000 else 0.9)))
+    ema = ParamEMA(list(unet.named_parameters()), float(cfg.extra.get("teacher_ema", 0.999 if cfg.teacher.steps >= 2000 else 0.9)))
     run = cfg.teacher
     opt = torch.optim.AdamW(unet.parameters(), lr=run.lr, weight_decay=0.0)
-    sched = cosine_schedule(opt, run.steps, time_limit_s, 200, floor=0.1)
+    sched = lambda_lr(opt, 200, run.steps, "cosine", 0.1, time_limit_s)
 
     ac = alphas_cumprod_from_config(SCHEDULER).float().to(device)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
@@ -62,8 +64,9 @@ def train_teacher(
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         sched.step()
-        ema.update(unet)
+        ema.update()
         lg.add(step, loss.item(), run.log_every)
         if step >= run.steps or out_of_time(lg.t0, time_limit_s):
             break
-    return ema.shadow.float().eval(), lg.finish(step)
+    ema.copy_to()
+    return unet.float().eval().requires_grad_(False), lg.finish(step)

@@ -20,17 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toyworld.models.common import (
-    LossLog,
-    autocast,
-    batches,
-    cosine_schedule,
-    images_to_tensor,
-    out_of_time,
-)
+from toyworld.models.common import LossLog, autocast, batches, images_to_tensor, out_of_time
 from toyworld.models.configs import FamilyConfig
 from toyworld.scene import SceneSpec
 from toyworld.vocab import COLOURS, RELATIONS, SHAPES
+from training.schedule import lambda_lr
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +110,7 @@ def train_text_encoder(
     params = [*te.parameters(), *img_enc.parameters(), *t_heads.parameters(), *i_heads.parameters(), logit_scale]
     run = cfg.text
     opt = torch.optim.AdamW(params, lr=run.lr, weight_decay=0.01)
-    sched = cosine_schedule(opt, run.steps, time_limit_s, 200)
+    sched = lambda_lr(opt, 200, run.steps, "cosine", 0.0, time_limit_s)
 
     ids = input_ids.to(device)
     imgs = torch.as_tensor(images).to(device)

@@ -14,15 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toyworld.models.common import (
-    LossLog,
-    autocast,
-    batches,
-    cosine_schedule,
-    images_to_tensor,
-    out_of_time,
-)
+from toyworld.models.common import LossLog, autocast, batches, images_to_tensor, out_of_time
 from toyworld.models.configs import FamilyConfig
+from training.schedule import lambda_lr
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +34,7 @@ def train_vae(
     vae = AutoencoderKL(**cfg.vae_kwargs()).to(device).train()
     run = cfg.vae
     opt = torch.optim.AdamW(vae.parameters(), lr=run.lr, weight_decay=0.0)
-    sched = cosine_schedule(opt, run.steps, time_limit_s, 100)
+    sched = lambda_lr(opt, 100, run.steps, "cosine", 0.0, time_limit_s)
 
     data = torch.as_tensor(images).to(device)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -1,4 +1,8 @@
-"""The shipped family's adapter stage: several arms trained side by side on one batch stream.
+"""The toy world's adapter experiments: several arms trained side by side on one batch stream.
+
+The shipped recipe (the plain adapter arm and its λ = 0 control) is the product's training job
+(``training.regression``, ``training/recipes/toy-adapter.yaml``); this loop keeps the unshipped
+arms and curricula of the runs in lab/archive/toyworld-models.md, one encoder pass shared by all.
 
 Every arm starts from the same one-step student and trains an H-adapter plus the student's
 decoder (up blocks, ``conv_norm_out``, ``conv_out``) on the same paired teacher targets
@@ -44,8 +48,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from toyworld.models.common import LossLog, autocast, cosine_schedule, out_of_time
+from toyworld.models.common import LossLog, autocast, out_of_time
 from toyworld.models.variants import DECODER_PREFIXES, load_variant
+from training.schedule import lambda_lr
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +166,7 @@ def train_arms(
     base.eval().requires_grad_(False)
     out, params = _build_arms(pipe, arms, device, decoder_delay <= 0, init, lr_adapter, lr_decoder)
     opt = torch.optim.AdamW(params, weight_decay=0.0)
-    sched = cosine_schedule(opt, steps, time_limit_s, min(100, max(1, steps // 10)), floor=0.05)
+    sched = lambda_lr(opt, min(100, max(1, steps // 10)), steps, "cosine", 0.05, time_limit_s)
     gen = torch.Generator().manual_seed(seed + 13)
     t0 = time.perf_counter()
     step = 0

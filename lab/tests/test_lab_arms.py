@@ -13,7 +13,7 @@ import torch
 
 def test_arms_train_side_by_side_and_the_control_stays_retrieval_free(dirs: dict[str, Path], arm_data: Callable[..., Any]) -> None:
     from engines.pipeline import OneStepPipeline
-    from toyworld.models.arms import neighbours_for, train_arms
+    from lab.toyworld.arms import neighbours_for, train_arms
 
     pipe = OneStepPipeline.from_pretrained(dirs["mid"])
     c, hh, ww = pipe.h_shape
@@ -39,7 +39,7 @@ def test_arms_train_side_by_side_and_the_control_stays_retrieval_free(dirs: dict
 
 
 def test_leak_curriculum_swaps_only_the_adapter_arms_marked_rows() -> None:
-    from toyworld.models.arms import ArmData, neighbours_for
+    from lab.toyworld.arms import ArmData, neighbours_for
 
     g = torch.Generator().manual_seed(1)
     n = 6
@@ -57,7 +57,7 @@ def test_leak_curriculum_swaps_only_the_adapter_arms_marked_rows() -> None:
 
 
 def test_shuffle_curriculum_gives_only_the_adapter_arms_marked_rows_another_rows_neighbour() -> None:
-    from toyworld.models.arms import ArmData, neighbours_for
+    from lab.toyworld.arms import ArmData, neighbours_for
 
     g = torch.Generator().manual_seed(2)
     n = 6
@@ -78,7 +78,7 @@ def test_shuffle_curriculum_gives_only_the_adapter_arms_marked_rows_another_rows
 def test_arms_train_on_k_neighbours(dirs: dict[str, Path]) -> None:
     """``extra["train_k"]``: every arm sees the top-k neighbours (leak: the target alone)."""
     from engines.pipeline import OneStepPipeline
-    from toyworld.models.arms import ArmData, neighbours_for, train_arms
+    from lab.toyworld.arms import ArmData, neighbours_for, train_arms
 
     pipe = OneStepPipeline.from_pretrained(dirs["mid"])
     c, hh, ww = pipe.h_shape
@@ -109,7 +109,7 @@ def test_arms_train_on_k_neighbours(dirs: dict[str, Path]) -> None:
 
 def test_swap_curriculum_feeds_swapped_captions_to_every_arm_but_the_plain_ones(dirs: dict[str, Path], arm_data: Callable[..., Any]) -> None:
     from engines.pipeline import OneStepPipeline
-    from toyworld.models.arms import PLAIN_ARMS, train_arms
+    from lab.toyworld.arms import PLAIN_ARMS, train_arms
 
     pipe = OneStepPipeline.from_pretrained(dirs["mid"])
     with pytest.raises(ValueError, match="context_swap"):
@@ -133,7 +133,7 @@ def test_swap_curriculum_feeds_swapped_captions_to_every_arm_but_the_plain_ones(
 
 def test_swap_detach_keeps_the_decoder_out_of_the_swapped_rows_gradient(dirs: dict[str, Path], arm_data: Callable[..., Any]) -> None:
     from engines.pipeline import OneStepPipeline
-    from toyworld.models.arms import _decode_split, decoder_params, train_arms
+    from lab.toyworld.arms import _decode_split, decoder_params, train_arms
 
     pipe = OneStepPipeline.from_pretrained(dirs["mid"])
     data = arm_data(pipe, swap=True)
@@ -165,7 +165,7 @@ def test_arms_resume_from_variants_and_the_decoder_delay_freezes_only_the_decode
     decoder stays as it started for that fraction of the run while the adapter learns."""
     from engines.pipeline import OneStepPipeline
     from lab.toyworld import fidelity
-    from toyworld.models.arms import decoder_params, train_arms
+    from lab.toyworld.arms import decoder_params, train_arms
     from toyworld.models.configs import get_family
 
     pipe = OneStepPipeline.from_pretrained(dirs["mid"])
@@ -214,7 +214,7 @@ def test_arms_checkpoint_on_a_timer_and_the_files_resume(dirs: dict[str, Path], 
     a run cut off mid-way keeps what it learned; a file it writes resumes as ``init``."""
     from engines.pipeline import OneStepPipeline
     from lab.toyworld import fidelity
-    from toyworld.models.arms import decoder_params, train_arms
+    from lab.toyworld.arms import decoder_params, train_arms
 
     pipe = OneStepPipeline.from_pretrained(dirs["mid"])
     data = arm_data(pipe)
@@ -244,7 +244,7 @@ def test_arm_rows_without_the_targets_own_h_serve_every_arm_but_leak(dirs: dict[
     import dataclasses
 
     from engines.pipeline import OneStepPipeline
-    from toyworld.models.arms import train_arms
+    from lab.toyworld.arms import train_arms
 
     pipe = OneStepPipeline.from_pretrained(dirs["mid"])
     data = dataclasses.replace(arm_data(pipe), h_self=None)
@@ -263,8 +263,8 @@ def test_a_gated_adapter_resumes_from_a_gateless_variant_and_learns_its_gate(
     from engines.hadapter import HAdapter
     from engines.pipeline import OneStepPipeline
     from lab.toyworld import fidelity
+    from lab.toyworld.arms import train_arms
     from toyworld.fideval import load_variant
-    from toyworld.models.arms import train_arms
     from toyworld.models.configs import get_family
 
     cfg = get_family("tiny-mid")
@@ -303,7 +303,7 @@ def test_a_gated_arm_restores_onto_a_gateless_base_model(
     from engines.hadapter import HAdapter
     from engines.pipeline import OneStepPipeline
     from lab.toyworld import fidelity
-    from toyworld.models.arms import train_arms
+    from lab.toyworld.arms import train_arms
 
     work = tmp_path / "w"
     shutil.copytree(dirs["mid"], work / "model")

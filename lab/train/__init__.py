@@ -1,0 +1,1 @@
+"""Runs of the product's training job: the GPU reproduction of the shipped toy adapter."""
