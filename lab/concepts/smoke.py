@@ -18,7 +18,7 @@ def main() -> None:
     out = Path(tempfile.mkdtemp())
     s = train_concepts(out, n_rows=n, n_db=256, options=RowOptions(0.4, 0.3, 0.5, True), minutes=0.2, steps=2,
                        batch_size=8, workers=workers)
-    print({k: s[k] for k in ("rows", "prep_s", "steps")}, round(time.time() - t, 1), "s")
+    print(s["rows"], s["prep_s"], {a: s[a]["steps"] for a in ("adapter", "control")}, round(time.time() - t, 1), "s")
     d, c = torch.load(out / "rows.pt", weights_only=False)
     print(d.h_retr.shape if hasattr(d, "h_retr") else [f for f in vars(d)], c)
 
