@@ -88,7 +88,7 @@ def build_from_settings(settings: Settings) -> TextToImageLike:
         cache.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
         os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
-    if settings.backend == "fast":
+    if settings.device.startswith("cuda"):
         import sys
 
         # The GPU worker thread releases the GIL around every CUDA call and copy; with the
@@ -137,16 +137,13 @@ def build_from_settings(settings: Settings) -> TextToImageLike:
 
 
 def _backend_options(settings: Settings) -> dict[str, Any]:
-    """What ``create_backend`` takes besides the model: graph dirs, batch buckets."""
-    opts: dict[str, Any] = {"vae_decoder": settings.vae_decoder}
-    if settings.backend == "onnxruntime":
-        opts["onnx_dir"] = settings.onnx_dir
-    if settings.backend == "tensorrt":
-        opts["engine_dir"] = settings.engine_dir
-    if settings.backend in ("fast", "torch-opt") and settings.batch_buckets:
-        opts["buckets"] = settings.batch_buckets
-    elif settings.backend == "fast":
-        from engines.shapes import batch_buckets
+    """What ``create_backend`` takes besides the model: graph dirs, batch buckets (for a
+    backend whose capabilities say it takes them)."""
+    from engines.backends.registry import capabilities
+    from engines.shapes import batch_buckets
 
-        opts["buckets"] = batch_buckets(settings.max_batch)
+    opts: dict[str, Any] = {"vae_decoder": settings.vae_decoder, "onnx_dir": settings.onnx_dir,
+                            "engine_dir": settings.engine_dir}
+    if capabilities(settings.backend).buckets:
+        opts["buckets"] = tuple(settings.batch_buckets) or batch_buckets(settings.max_batch)
     return opts

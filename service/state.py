@@ -108,9 +108,8 @@ class ServiceState:
         t0 = time.perf_counter()
         try:
             t2i = await loop.run_in_executor(self.gpu_pool, self.factory, s)
-            # graph backends compile/capture per batch size; the CPU torch backend does not
-            cpu_torch = s.backend == "torch" and s.device == "cpu"
-            for n in [1] if cpu_torch else sorted({1, s.bucket_for(s.max_batch)}):
+            # graph backends compile/capture per batch size on CUDA; on the CPU nothing is captured
+            for n in [1] if s.device == "cpu" else sorted({1, s.bucket_for(s.max_batch)}):
                 await loop.run_in_executor(self.gpu_pool, self._warm_up, t2i, n)
         except Exception as e:
             self.status = "failed"

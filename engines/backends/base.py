@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
+from engines.backends.registry import Capabilities
 from engines.pipeline import GenerateAPI, GenerateOutput, TextEmbeddings, alphas_cumprod_from_config
 from engines.rules import (
     images_to_uint8,
@@ -54,21 +55,27 @@ def require_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def device_and_dtype(name: str, device: str | torch.device, dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype]:
-    """The device (``require_device``) and dtype of a graph-capturing backend: float16 on CUDA
-    and float32 on the CPU by default; float16 on the CPU is refused (BackendUnavailable)."""
+def device_and_dtype(
+    cls: type[Backend], device: str | torch.device, dtype: torch.dtype | None
+) -> tuple[torch.device, torch.dtype]:
+    """The device (``require_device``) and dtype of ``cls`` built directly: its default on
+    that device when None; a dtype its ``capabilities`` refuse raises BackendUnavailable."""
     dev = require_device(device)
-    if dtype is None:
-        dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    if dev.type == "cpu" and dtype == torch.float16:
-        raise BackendUnavailable(f"{name}: float16 needs CUDA; use float32 or bfloat16 on CPU")
-    return dev, dtype
+    name = str(dtype).removeprefix("torch.") if dtype is not None else None
+    why = cls.capabilities.refusal(cls.backend_name, dev.type, name, "full", {})
+    if why is not None and name is not None:
+        raise BackendUnavailable(why)
+    return dev, getattr(torch, cls.capabilities.default_dtype(dev.type, name))
 
 
 class Backend(ABC):
-    """What ``TextToImage`` needs from an engine (see module docstring)."""
+    """What ``TextToImage`` needs from an engine (see module docstring).
+
+    A backend class declares what it can do in ``capabilities`` (read by settings and the
+    factory, ``engines.backends.registry``) and is built by ``open``."""
 
     backend_name: str
+    capabilities: ClassVar[Capabilities] = Capabilities()
     name: str
     fingerprint: str
     device: torch.device
@@ -106,6 +113,20 @@ class Backend(ABC):
         h_retr: torch.Tensor | None = None,
         lam: torch.Tensor | None = None,
     ) -> GenerateOutput: ...
+
+    @classmethod
+    @abstractmethod
+    def open(
+        cls, model_dir: str | Path | ModelDir, *, device: torch.device, dtype: torch.dtype,
+        inject_weight: float, vae_decoder: str, graph_dir: str | Path | None, **options: Any,
+    ) -> Backend:
+        """Build the backend (what ``create_backend`` calls once ``capabilities`` allow the
+        setup); ``graph_dir``: the directory of ``capabilities.graph_dir``, if any."""
+
+    def warmup(self, search: bool = False) -> float:
+        """Compile and capture what serving runs, before traffic; seconds. ``search``: the
+        device copy of the database is attached (searching backends). Default: nothing."""
+        return 0.0
 
     def describe(self) -> dict[str, Any]:
         """What runs, for the startup log and the build-info metric."""
@@ -320,8 +341,4 @@ class SearchingBackend(Backend):
     ) -> SearchOutput:
         """One batch through the search graph; request i uses its first ks[i] neighbours.
         ``encode[i]`` names a format the backend may encode image i in (else None)."""
-
-    @abstractmethod
-    def warmup(self, variants: Sequence[str] | None = None) -> float:
-        """Compile and capture every batch bucket now; returns seconds."""
 

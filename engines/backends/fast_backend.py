@@ -36,6 +36,7 @@ from engines.backends.base import (
     SearchOutput,
     device_and_dtype,
 )
+from engines.backends.registry import Capabilities
 from engines.cuda_graphs import pad_to
 from engines.fast.gpu_index import FeatureDtype, GpuIndex, IndexFull
 from engines.fast.host import HostCopy, device_jpeg_encoder
@@ -65,6 +66,16 @@ class FastBackend(SearchingBackend):
     """
 
     backend_name = "fast"
+    capabilities = Capabilities(
+        dtypes={"cpu": ("float32", "bfloat16"), "cuda": ("float16", "bfloat16", "float32")},
+        searches=True, buckets=True)
+
+    @classmethod
+    def open(
+        cls, model_dir: str | Path | ModelDir, *, device: torch.device, dtype: torch.dtype,
+        inject_weight: float, vae_decoder: str, graph_dir: str | Path | None = None, **options: Any,
+    ) -> FastBackend:
+        return cls.from_model_dir(model_dir, device, dtype, inject_weight, vae_decoder=vae_decoder, **options)
 
     def __init__(
         self,
@@ -125,7 +136,7 @@ class FastBackend(SearchingBackend):
         vae_decoder: str = "full",
         **options: Any,
     ) -> FastBackend:
-        dev, dtype = device_and_dtype("fast", device, dtype)
+        dev, dtype = device_and_dtype(cls, device, dtype)
         pipe = OneStepPipeline.from_pretrained(
             model_dir, device=dev, dtype=dtype, inject_weight=inject_weight, vae_decoder=vae_decoder
         )
@@ -185,7 +196,7 @@ class FastBackend(SearchingBackend):
         log.warning("fast: device index grown to %d rows; re-capturing the search graphs", new.capacity)
         if rewarm:
             self._warm.discard("search")
-            self.warmup(("search",))
+            self._warmup(("search",))
         return rows
 
     # ------------------------------------------------------------------ host helpers
@@ -358,11 +369,13 @@ class FastBackend(SearchingBackend):
         return GenerateOutput(images=np.concatenate(imgs), timings_ms=timings)
 
     # ------------------------------------------------------------------ warm-up
-    def warmup(self, variants: Sequence[str] | None = None) -> float:
-        """Compile and capture every bucket of ``variants`` (default: search when a device
-        index exists, else text + given); stage times are measured for the search graphs."""
-        if variants is None:
-            variants = ("search",) if self.runner.index is not None else ("text", "given")
+    def warmup(self, search: bool = False) -> float:
+        """Compile and capture every bucket that serving runs: the search graphs when the
+        device copy is attached (``search``), else text + given; seconds."""
+        return self._warmup(("search",) if search and self.runner.index is not None else ("text", "given"))
+
+    def _warmup(self, variants: Sequence[str]) -> float:
+        """Every bucket of ``variants``; stage times are measured for the search graphs."""
         t0 = time.perf_counter()
         if not self.runner.use_graphs:
             # Eager (CPU): nothing to compile or capture; profile one bucket for the stage
