@@ -4,7 +4,7 @@ Three graphs (see ``engines.graphs``):
 
 - ``text_encoder``: input_ids (B,T) int64 -> context (B,T,D), pooled (B,D)
 - ``unet``: sample (B,4,L,L), timestep (B,), context (B,T,D), h_retr (B,K,C,h,w),
-  lam (B,K), adapter_mask (B,), inject_mask (B,) -> model_output (B,4,L,L)
+  lam (B,K), controls (B,N) -> model_output (B,4,L,L) (N: ``engines.request.CONTROLS``)
 - ``vae_decoder``: latent (B,4,L,L) -> image (B,3,R,R)
 
 ``B`` (batch) and ``K`` (neighbours) are the only dynamic axes; everything else is fixed
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engines.modes import MAX_K
+from engines.request import CONTROLS
 
 if TYPE_CHECKING:
     from engines.modeldir import ModelDir
@@ -192,8 +193,7 @@ def _components(
             TensorSpec("context", f32, ("B", t, d)),
             TensorSpec("h_retr", f32, ("B", "K", c, hh, ww)),
             TensorSpec("lam", f32, ("B", "K")),
-            TensorSpec("adapter_mask", f32, ("B",)),
-            TensorSpec("inject_mask", f32, ("B",)),
+            TensorSpec("controls", f32, ("B", len(CONTROLS))),
         ),
         outputs=(TensorSpec("model_output", f32, ("B", lc, ls, ls)),),
     )

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from engines.request import ImageRequest
     from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,18 +26,10 @@ class TextToImageLike(Protocol):
     backend_name: str
     resolution: int
 
-    def generate(self, reqs: Sequence[Any]) -> tuple[list[Any], dict[str, float]]: ...
+    def generate(self, reqs: Sequence[ImageRequest]) -> tuple[list[Any], dict[str, float]]: ...
 
 
 EngineFactory = Callable[["Settings"], TextToImageLike]
-
-
-def image_request(prompt: str, seed: int, mode: str, k: int, fmt: str | None = None) -> Any:
-    """A ``retrieval.compose.ImageRequest`` (imported lazily); ``fmt`` lets an engine that
-    can encode on the device (fast: JPEG via nvJPEG) hand back encoded bytes."""
-    from retrieval.compose import ImageRequest
-
-    return ImageRequest(prompt=prompt, seed=seed, mode=mode, k=k, fmt=fmt)  # type: ignore[arg-type]
 
 
 def retrieval_probe_for(t2i: Any) -> Callable[[], tuple[bool, str | None]] | None:

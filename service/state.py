@@ -29,7 +29,7 @@ from typing import TypeVar
 from service.batcher import Batcher
 from service.errors import NotReady, ServiceError
 from service.metrics import Metrics
-from service.seam import EngineFactory, TextToImageLike, image_request, retrieval_probe_for
+from service.seam import EngineFactory, TextToImageLike, retrieval_probe_for
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,9 @@ class ServiceState:
 
     def _warm_up(self, t2i: TextToImageLike, n: int, mode: str = "adapter") -> None:
         """Worker thread: one real generation of ``n`` images (raises if it fails)."""
-        reqs = [image_request("warm-up", i, mode, 1) for i in range(n)]
+        from engines.request import ImageRequest
+
+        reqs = [ImageRequest("warm-up", i, mode) for i in range(n)]  # type: ignore[arg-type]
         results, _ = t2i.generate(reqs)
         if len(results) != n:
             raise RuntimeError(f"warm-up returned {len(results)} results for {n}")

@@ -16,7 +16,6 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -24,11 +23,13 @@ import numpy as np
 import torch
 
 from engines.backends.registry import Capabilities
-from engines.pipeline import GenerateAPI, GenerateOutput, TextEmbeddings, alphas_cumprod_from_config
+from engines.pipeline import GenerateAPI, alphas_cumprod_from_config
+from engines.request import Batch, GenerateOutput, TextEmbeddings, chunk_slices
 from engines.rules import (
     images_to_uint8,
     seeded_noise,
     stage_timer,
+    start_latent,
     tokenize_prompts,
     x0_from_output,
 )
@@ -105,14 +106,10 @@ class Backend(ABC):
     def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings: ...
 
     @abstractmethod
-    def generate(
-        self,
-        text: TextEmbeddings,
-        seeds: Sequence[int],
-        modes: Sequence[str] | str = "adapter",
-        h_retr: torch.Tensor | None = None,
-        lam: torch.Tensor | None = None,
-    ) -> GenerateOutput: ...
+    def generate(self, batch: Batch) -> GenerateOutput:
+        """One ``engines.request.Batch`` -> uint8 images (and, for an in-graph search, the
+        rows and scores found). The graph backends and the pipeline also take the positional
+        form ``generate(text, seeds, modes, h_retr, lam)`` (``Batch.given``)."""
 
     @classmethod
     @abstractmethod
@@ -186,10 +183,6 @@ class GraphBackend(GenerateAPI, Backend):
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         return tokenize_prompts(self.tokenizer, prompts, self.spec.text_len, self.device)
 
-    def _chunks(self, b: int) -> list[slice]:
-        step = self.max_batch or b
-        return [slice(i, min(i + step, b)) for i in range(0, b, step)]
-
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """Per-image CPU generators (as ``OneStepPipeline.initial_noise``), float32 (B,4,L,L)."""
         s = self.spec
@@ -205,55 +198,43 @@ class GraphBackend(GenerateAPI, Backend):
         """prompts (B) -> context (B,T,D), pooled (B,D) on ``self.device``, float32."""
         ids = self.tokenize(prompts)
         ctx, pooled = [], []
-        for sl in self._chunks(len(ids)):
+        for sl in chunk_slices(len(ids), self.max_batch):
             out = self._run("text_encoder", {"input_ids": ids[sl]})
             ctx.append(out["context"].float())
             pooled.append(out["pooled"].float())
         return TextEmbeddings(torch.cat(ctx), torch.cat(pooled))
 
-    def _retrieval_inputs(
-        self, b: int, modes: list[str], h_retr: torch.Tensor | None, lam: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _neighbours(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h_retr (B,k,C,h,w), λ (B,k)) float32 of the batch; one zero-λ neighbour when it has none."""
         c, hh, ww = self.h_shape
-        if (h_retr is None) != (lam is None):
-            raise ValueError("pass both h_retr and lam, or neither")
-        if h_retr is None or lam is None:
-            h_retr = torch.zeros((b, 1, c, hh, ww))
-            lam = torch.zeros((b, 1))
-        if h_retr.ndim != 5 or tuple(h_retr.shape[2:]) != (c, hh, ww) or h_retr.shape[0] != b:
-            raise ValueError(
-                f"h_retr must be (B={b},k,{c},{hh},{ww}), got {tuple(h_retr.shape)}"
-            )
-        if tuple(lam.shape) != tuple(h_retr.shape[:2]):
-            raise ValueError(f"lam must be (B,k)={tuple(h_retr.shape[:2])}, got {tuple(lam.shape)}")
-        if self.max_k is not None and h_retr.shape[1] > self.max_k:
-            raise ValueError(f"k={h_retr.shape[1]} neighbours exceeds this backend's maximum {self.max_k}")
-        ad = torch.tensor([m == "adapter" for m in modes], dtype=torch.float32)
-        inj = torch.tensor([m == "inject" for m in modes], dtype=torch.float32)
-        return h_retr.float(), lam.float(), ad, inj
+        b = len(batch)
+        nb = batch.neighbours
+        if nb is None:
+            return torch.zeros((b, 1, c, hh, ww)), torch.zeros((b, 1))
+        if tuple(nb.h_retr.shape[2:]) != (c, hh, ww):
+            raise ValueError(f"h_retr must be (B={b},k,{c},{hh},{ww}), got {tuple(nb.h_retr.shape)}")
+        if self.max_k is not None and nb.k > self.max_k:
+            raise ValueError(f"k={nb.k} neighbours exceeds this backend's maximum {self.max_k}")
+        return nb.h_retr.float(), nb.lam.float()
 
-    def _denoise(
-        self, text: TextEmbeddings, seeds: Sequence[int], modes: list[str],
-        h_retr: torch.Tensor | None, lam: torch.Tensor | None, timings: dict[str, float],
-    ) -> torch.Tensor:
-        """The graphs' step (``GenerateAPI.denoise`` checked the arguments)."""
-        b = len(text)
-        hr, lm, ad, inj = self._retrieval_inputs(b, modes, h_retr, lam)
+    def _denoise(self, batch: Batch, timings: dict[str, float]) -> torch.Tensor:
+        """The graphs' step over chunks of ``max_batch``."""
+        assert batch.text is not None
+        hr, lm = self._neighbours(batch)
+        ctrl = batch.controls()
         a = float(self.alphas_cumprod[self.student_timestep])
         dev = self.device
         x0s = []
         with self._timed(timings, "unet"):
-            for sl in self._chunks(b):
-                n = sl.stop - sl.start
-                z = (self.initial_noise(seeds[sl]) * (1 - a) ** 0.5).to(dev)
+            for sl in chunk_slices(len(batch), self.max_batch):
+                z = start_latent(self.initial_noise(batch.seeds[sl]), a).to(dev)
                 feeds = {
                     "sample": z,
-                    "timestep": torch.full((n,), float(self.student_timestep), device=dev),
-                    "context": text.context[sl].to(dev, torch.float32),
+                    "timestep": torch.full((len(z),), float(self.student_timestep), device=dev),
+                    "context": batch.text.context[sl].to(dev, torch.float32),
                     "h_retr": hr[sl].to(dev),
                     "lam": lm[sl].to(dev),
-                    "adapter_mask": ad[sl].to(dev),
-                    "inject_mask": inj[sl].to(dev),
+                    "controls": ctrl[sl].to(dev),
                 }
                 out = self._run("unet", feeds)["model_output"].float()
                 x0s.append(self.predict_x0(z, out))
@@ -266,7 +247,7 @@ class GraphBackend(GenerateAPI, Backend):
             images_to_uint8(self._run("vae_decoder", {"latent": x0[sl].to(self.device)})["image"])
             .cpu()
             .numpy()
-            for sl in self._chunks(len(x0))
+            for sl in chunk_slices(len(x0), self.max_batch)
         ]
         return np.concatenate(imgs)
 
@@ -290,28 +271,13 @@ class GraphBackend(GenerateAPI, Backend):
         return self.torch_pipeline().retrieval_features(latents, context)
 
 
-@dataclass
-class SearchOutput:
-    """What a searching backend returns for a batch.
-
-    images uint8 (B,H,W,3); rows int64 (B,K): rows of the attached index, best first;
-    scores float32 (B,K): their cosine scores (-inf where the index has fewer rows than K);
-    timings_ms: text, retrieval, unet, vae.
-    """
-
-    images: np.ndarray
-    rows: np.ndarray
-    scores: np.ndarray
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    encoded: list[bytes | None] | None = None  # per image, when asked for and possible
-
-
 class SearchingBackend(Backend):
     """A backend that holds a device copy of the database and searches it inside its graph.
 
     The retrieval side (``retrieval.resident``) fills the copy with ``add_index_rows`` and
-    maps the returned rows back to pair ids; ``generate_search`` runs token ids -> exact
-    top-K cosine -> λ -> gather -> UNet -> VAE -> uint8 as one graph per batch bucket.
+    maps the returned rows back to pair ids; ``generate`` of a batch with ``search`` set runs
+    token ids -> exact top-K cosine -> λ -> gather -> UNet -> VAE -> uint8 as one graph per
+    batch bucket and returns the rows and scores with the images.
     """
 
     k_max: int
@@ -328,17 +294,3 @@ class SearchingBackend(Backend):
     @abstractmethod
     def index_rows(self) -> int:
         """Rows in the device index (0 before ``reserve_index``)."""
-
-    @abstractmethod
-    def generate_search(
-        self,
-        prompts: Sequence[str],
-        seeds: Sequence[int],
-        modes: Sequence[str],
-        ks: Sequence[int],
-        min_score: float,
-        encode: Sequence[str | None] | None = None,
-    ) -> SearchOutput:
-        """One batch through the search graph; request i uses its first ks[i] neighbours.
-        ``encode[i]`` names a format the backend may encode image i in (else None)."""
-

@@ -44,8 +44,9 @@ def test_spec_of_sd_turbo_matches_its_architecture() -> None:
     )
     unet = s.component("unet")
     assert unet.input_names == [
-        "sample", "timestep", "context", "h_retr", "lam", "adapter_mask", "inject_mask",
+        "sample", "timestep", "context", "h_retr", "lam", "controls",
     ]
+    assert unet.tensor("controls").concrete(3) == (3, 2)  # one column per engines.request.CONTROLS
     assert unet.dynamic_axes()["h_retr"] == {0: "B", 1: "K"}
     prof = s.profile("unet")
     assert prof["h_retr"] == ((1, 1, 1280, 8, 8), (4, 1, 1280, 8, 8), (16, 8, 1280, 8, 8))
