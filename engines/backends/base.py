@@ -2,12 +2,13 @@
 
 A backend exposes the same surface as ``OneStepPipeline`` for serving —
 ``encode_text``, ``generate``, ``name``, ``fingerprint``, ``resolution``, ``h_shape``,
-``embed_dim`` — plus ``backend_name``. ``GraphBackend`` implements the host side once
-(tokenisation, per-seed noise, padding of missing neighbours, per-sample mode masks,
-x0 from the model output, uint8 images, timings); a runtime only supplies
-``_run(component, inputs) -> outputs`` for the three graphs of ``engines.shapes``.
-Ingest-only calls (``encode_images``, ``retrieval_features``) use a torch pipeline
-loaded on first use.
+``embed_dim`` — plus ``backend_name``, and takes one ``engines.request.Batch`` in
+``generate``. ``GraphBackend`` implements the host side once (state from the model dir or a
+loaded pipeline, tokenisation, per-seed noise and the start latent, the batch's neighbours
+and controls, chunking, x0 from the model output, uint8 images, timings); a runtime only
+supplies ``_run(component, inputs) -> outputs`` for the three graphs of ``engines.shapes``
+(``fast`` also overrides ``generate`` with its fused CUDA graphs). Ingest-only calls
+(``encode_images``, ``retrieval_features``) use a torch pipeline loaded on first use.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class Backend(ABC):
 
 
 class GraphBackend(GenerateAPI, Backend):
-    """Host-side logic shared by the graph runtimes (torch-opt, onnxruntime, tensorrt).
+    """Host-side logic shared by the graph runtimes (fast, torch-opt, onnxruntime, tensorrt).
 
     Subclasses set ``backend_name`` and implement ``_run``; ``max_batch`` (None: any)
     splits larger batches into chunks, which is exact because samples are independent.
@@ -151,20 +152,27 @@ class GraphBackend(GenerateAPI, Backend):
         from engines.modeldir import ModelDir
 
         md = ModelDir.open(model_dir)
-        self.model = md
+        self.model: ModelDir | None = md
         self.model_dir = md.path
+        self._setup(device, dtype, spec or spec_from_model_dir(md), md.name, md.fingerprint, md.tokenizer,
+                    md.scheduler_config, md.info.student_timestep, inject_weight)
+
+    def _setup(
+        self, device: str | torch.device, dtype: torch.dtype, spec: ShapeSpec, name: str, fingerprint: str,
+        tokenizer: Any, scheduler_config: dict[str, Any], student_timestep: int, inject_weight: float,
+    ) -> None:
+        """The host side's state, from a model directory (``__init__``) or a loaded pipeline."""
         self.device = torch.device(device)
         self.dtype = dtype
-        self.spec = spec or spec_from_model_dir(md)
-        self._shapes = self.spec
-        self.name = md.name
-        self.fingerprint = md.fingerprint
+        self.spec = spec
+        self._shapes = spec
+        self.name = name
+        self.fingerprint = fingerprint
         self.inject_weight = float(inject_weight)
-        self.tokenizer = md.tokenizer
-        sched = md.scheduler_config
-        self.prediction_type = str(sched.get("prediction_type", "epsilon"))
-        self.alphas_cumprod = alphas_cumprod_from_config(sched)
-        self.student_timestep = int(md.info.student_timestep)
+        self.tokenizer = tokenizer
+        self.prediction_type = str(scheduler_config.get("prediction_type", "epsilon"))
+        self.alphas_cumprod = alphas_cumprod_from_config(scheduler_config)
+        self.student_timestep = int(student_timestep)
         self._torch_pipe: Any = None
 
     @property
@@ -256,6 +264,7 @@ class GraphBackend(GenerateAPI, Backend):
     def torch_pipeline(self) -> Any:
         """The torch pipeline of the same model dir (loaded once, on this device, fp32)."""
         if self._torch_pipe is None:
+            assert self.model is not None
             from engines.pipeline import OneStepPipeline
 
             log.info("%s backend: loading the torch pipeline for ingest calls", self.backend_name)

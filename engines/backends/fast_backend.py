@@ -31,16 +31,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from engines.backends.base import BackendUnavailable, SearchingBackend, device_and_dtype
+from engines.backends.base import (
+    BackendUnavailable,
+    GraphBackend,
+    SearchingBackend,
+    device_and_dtype,
+)
 from engines.backends.registry import Capabilities
 from engines.cuda_graphs import pad_to
 from engines.fast.gpu_index import FeatureDtype, GpuIndex, IndexFull
 from engines.fast.host import HostCopy, device_jpeg_encoder
 from engines.fast.runner import STAGES, FastConfig, FastRunner
+from engines.inject import mix_retrieval
 from engines.pipeline import OneStepPipeline
 from engines.request import Batch, GenerateOutput, TextEmbeddings, chunk_slices
-from engines.rules import seeded_noise, tokenize_prompts
-from engines.shapes import BATCH_BUCKETS, bucket_for
+from engines.rules import tokenize_prompts
+from engines.shapes import BATCH_BUCKETS, bucket_for, spec_from_pipeline
 from engines.token_cache import TokenCache
 
 if TYPE_CHECKING:
@@ -51,8 +57,10 @@ log = logging.getLogger(__name__)
 DEFAULT_K_BUCKETS: tuple[int, ...] = (1, 4, 8)
 
 
-class FastBackend(SearchingBackend):
-    """The serving engine over a ``OneStepPipeline`` (see module docstring).
+class FastBackend(GraphBackend, SearchingBackend):
+    """The serving engine over a ``OneStepPipeline`` (see module docstring): a ``GraphBackend``
+    whose ``generate`` runs the runner's fused graphs; ``_run`` gives the three graphs
+    eagerly (``denoise``, ``decode_latents``, the parity tests' stage-by-stage path).
 
     Args:
         compile: "whole", "regional" or "none" (default: "whole" on CUDA, "none" on CPU).
@@ -87,12 +95,10 @@ class FastBackend(SearchingBackend):
         tokenizer_cache: int = 4096,
     ) -> None:
         on_cuda = pipe.device.type == "cuda"
-        self.pipe = pipe
-        self._shapes = pipe
-        self.name = pipe.name
-        self.fingerprint = pipe.fingerprint
-        self.device = pipe.device
-        self.dtype = pipe.dtype
+        self.model = None
+        self._setup(pipe.device, pipe.dtype, spec_from_pipeline(pipe), pipe.name, pipe.fingerprint,
+                    pipe.tokenizer, pipe.scheduler_config, pipe.student_timestep, inject_weight)
+        self.pipe = self._torch_pipe = pipe  # ingest calls run on it
         self.k_buckets = tuple(sorted({int(k) for k in k_buckets}))
         if not self.k_buckets or self.k_buckets[0] < 1:
             raise ValueError(f"k_buckets must be positive, got {k_buckets}")
@@ -100,6 +106,7 @@ class FastBackend(SearchingBackend):
         self.buckets = tuple(sorted({int(b) for b in buckets}))
         if not self.buckets or self.buckets[0] < 1:
             raise ValueError(f"buckets must be positive batch sizes, got {buckets}")
+        self.max_batch, self.max_k = self.buckets[-1], self.k_max
         cfg = FastConfig(
             compile=compile or ("whole" if on_cuda else "none"),
             cuda_graphs=on_cuda if cuda_graphs is None else cuda_graphs,
@@ -209,6 +216,25 @@ class FastBackend(SearchingBackend):
         """Token ids (B,77) int64 on the host; repeated prompts come from a small LRU cache."""
         return self._tok.ids(prompts)
 
+    def _run(self, component: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The three graphs of ``engines.shapes`` on the runner's modules, eagerly."""
+        r = self.runner
+        if component == "text_encoder":
+            ctx, pooled = r.text(inputs["input_ids"])
+            return {"context": ctx, "pooled": pooled}
+        if component == "unet":
+            z = inputs["sample"].to(self.dtype)
+            if r.cfg.channels_last:
+                z = z.contiguous(memory_format=torch.channels_last)
+            ctx = inputs["context"].to(self.dtype)
+            h, skips, temb = self.pipe.unet.encode(z, inputs["timestep"].long(), ctx)
+            h = mix_retrieval(h, inputs["h_retr"].to(self.dtype), inputs["lam"], inputs["controls"],
+                              self.pipe.hadapter, r.inject_weight)
+            return {"model_output": self.pipe.unet.decode(h, skips, temb, ctx)}
+        if component == "vae_decoder":
+            return {"image": r.decoder(r.post_quant_conv(inputs["latent"].to(self.dtype) / r._sf))}
+        raise KeyError(f"no graph {component!r}")
+
     @staticmethod
     def _pad(x: torch.Tensor, bb: int) -> torch.Tensor:
         return pad_to(x, (bb, *x.shape[1:]))
@@ -258,7 +284,7 @@ class FastBackend(SearchingBackend):
                 batch = replace(batch, text=self.encode_text(batch.prompts))
             run = self._given_chunk
         timings = dict.fromkeys(STAGES, 0.0)
-        outs = [run(part, timings) for part in batch.chunks(self.buckets[-1])]
+        outs = [run(part, timings) for part in batch.chunks(self.max_batch)]
         encoded = [e for o in outs for e in (o.encoded or [None] * len(o.images))]
         return GenerateOutput(
             images=np.concatenate([o.images for o in outs]), timings_ms=timings,
@@ -272,7 +298,7 @@ class FastBackend(SearchingBackend):
         bb, kb = self.bucket(n), self.kbucket(max(part.ks))
         t0 = time.perf_counter()
         ids = self.tokenize(part.prompts)
-        noise = seeded_noise(part.seeds, self.latent_shape)
+        noise = self.initial_noise(part.seeds)
         kmask = (torch.arange(kb)[None, :] < torch.tensor(part.ks)[:, None]).float()
         timings["text"] += (time.perf_counter() - t0) * 1e3
         self._ensure_bucket(bb, "search", kb)
@@ -304,7 +330,7 @@ class FastBackend(SearchingBackend):
         shape = (bb, kb, *self.h_shape)
         hr = pad_to(nb.h_retr.float().cpu(), shape) if nb is not None else torch.zeros(shape)
         lm = pad_to(nb.lam.float().cpu(), shape[:2]) if nb is not None else torch.zeros(shape[:2])
-        noise = seeded_noise(part.seeds, self.latent_shape)
+        noise = self.initial_noise(part.seeds)
         self._ensure_bucket(bb, "given", kb)
         t1 = time.perf_counter()
         (img,) = self.runner.run(
@@ -319,7 +345,7 @@ class FastBackend(SearchingBackend):
     def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings:
         ids = self.tokenize(prompts)
         ctx, pooled = [], []
-        for sl in chunk_slices(len(ids), self.buckets[-1]):
+        for sl in chunk_slices(len(ids), self.max_batch):
             n = sl.stop - sl.start
             bb = self.bucket(n)
             self._ensure_bucket(bb, "text", 0)
@@ -354,11 +380,3 @@ class FastBackend(SearchingBackend):
         dt = time.perf_counter() - t0
         log.info("fast: warm-up of %s for buckets %s took %.1f s", list(variants), self.buckets, dt)
         return dt
-
-    # ------------------------------------------------------------------ ingest (torch)
-    def encode_images(self, images: Any) -> torch.Tensor:
-        return self.pipe.encode_images(images)
-
-    def retrieval_features(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.pipe.retrieval_features(latents, context)
-
