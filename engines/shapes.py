@@ -33,6 +33,8 @@ COMPONENTS: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder")
 BATCH_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
 """Batch sizes the CUDA-graph backends (fast, torch-opt) capture unless told otherwise."""
 DYNAMIC_AXES: tuple[str, ...] = ("B", "K")
+UNET_INPUTS: tuple[str, ...] = ("sample", "timestep", "context", "h_retr", "lam", "controls")
+"""The UNet graph's inputs, in order; ``controls`` is (B, len(engines.request.CONTROLS))."""
 MAX_TEXT_LEN = 77
 
 
@@ -132,6 +134,14 @@ class ShapeSpec:
             t.name: (t.concrete(b.min, k.min), t.concrete(b.opt, k.opt), t.concrete(b.max, k.max))
             for t in comp.inputs
         }
+
+    def stale_unet(self) -> str | None:
+        """Why graphs exported with this spec cannot take today's inputs (None: they can)."""
+        unet = self.component("unet")
+        if tuple(unet.input_names) == UNET_INPUTS and unet.tensor("controls").shape[1] == len(CONTROLS):
+            return None
+        return (f"the exported UNet takes {unet.input_names}; this version feeds {list(UNET_INPUTS)} "
+                f"with {len(CONTROLS)} controls: re-run `ragturbo export onnx` (and `ragturbo build trt`)")
 
     def check_batch(self, b: int, k: int = 1) -> None:
         """Raise ValueError when (b, k) lies outside the exported/compiled ranges."""

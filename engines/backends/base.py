@@ -152,6 +152,8 @@ class GraphBackend(GenerateAPI, Backend):
         from engines.modeldir import ModelDir
 
         md = ModelDir.open(model_dir)
+        if spec is not None and spec.stale_unet():
+            raise BackendUnavailable(str(spec.stale_unet()))
         self.model: ModelDir | None = md
         self.model_dir = md.path
         self._setup(device, dtype, spec or spec_from_model_dir(md), md.name, md.fingerprint, md.tokenizer,
