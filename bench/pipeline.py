@@ -298,13 +298,13 @@ def reference(pipe: Any, index: Any, opts: BenchOptions, parity: bool) -> dict[s
     x1 = ref.example_inputs(1, seed=opts.seed)
     with torch.inference_mode():
         ctx1, pooled1 = ref.text(x1["ids"])
-        hr1, lam1, _, _ = ref.retrieve(pooled1, x1["kmask"], x1["admask"], x1["injmask"])
-        x01 = ref.unet(x1["noise"], ctx1, hr1, lam1, x1["admask"], x1["injmask"])
+        hr1, lam1, _, _ = ref.retrieve(pooled1, x1["kmask"], x1["ctrl"])
+        x01 = ref.unet(x1["noise"], ctx1, hr1, lam1, x1["ctrl"])
         fl = count_flops(
             {
                 "text": lambda: ref.text(x1["ids"]),
-                "search": lambda: ref.retrieve(pooled1, x1["kmask"], x1["admask"], x1["injmask"]),
-                "unet+adapter": lambda: ref.unet(x1["noise"], ctx1, hr1, lam1, x1["admask"], x1["injmask"]),
+                "search": lambda: ref.retrieve(pooled1, x1["kmask"], x1["ctrl"]),
+                "unet+adapter": lambda: ref.unet(x1["noise"], ctx1, hr1, lam1, x1["ctrl"]),
                 "unet": lambda: ref.unet(x1["noise"], ctx1),
                 "vae": lambda: ref.vae(x01),
             }
@@ -354,6 +354,8 @@ def fast_row(backend: Any, name: str, b: int, opts: BenchOptions, device: torch.
     """One row of the fast backend at batch ``b``: build (compile + capture), stage times, end to
     end, retrieval off, and the backend's own served call. ``keep``: leave the search bucket
     captured (for a parity check after)."""
+    from engines.request import Batch, ImageRequest
+
     runner = backend.runner
     _reset_peak(device)
     t_build = runner.prepare(b, "search", stages=True) + runner.prepare(b, "plain")
@@ -374,8 +376,8 @@ def fast_row(backend: Any, name: str, b: int, opts: BenchOptions, device: torch.
     # The backend's own call, as the service makes it: prompts in, host uint8 out.
     prompts = [f"a served prompt {i}" for i in range(b)]
     served = time_callable(
-        lambda p=prompts: backend.generate_search(p, list(range(len(p))), ["adapter"] * len(p),
-                                                  [opts.k] * len(p), 0.0),
+        lambda p=prompts: backend.generate(
+            Batch(tuple(ImageRequest(q, i, "adapter", opts.k) for i, q in enumerate(p)), search=0.0)),
         device, opts.policy,
     )
     row["served_e2e_ms"] = round(statistics.median(served), 3)
@@ -396,7 +398,7 @@ def fast_parity(backend: Any, ref: dict[str, torch.Tensor], opts: BenchOptions) 
     b = int(ref["ids"].shape[0])
     if (b, "search", opts.k) not in runner.buckets:
         runner.prepare(b, "search")
-    img = runner.run("search", **{n: ref[n] for n in ("ids", "noise", "kmask", "admask", "injmask")})[0]
+    img = runner.run("search", **{n: ref[n] for n in ("ids", "noise", "kmask", "ctrl")})[0]
     return _parity(ref, img)
 
 

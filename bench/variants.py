@@ -21,7 +21,7 @@ import torch
 
 from bench.timing import Marker
 from engines.pipeline import OneStepPipeline
-from engines.rules import images_to_uint8, x0_from_output
+from engines.rules import images_to_uint8, start_latent, x0_from_output
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class DiffusersEager:
         self.vae = pipe.vae
         self.t = pipe.student_timestep
         a = float(pipe.alphas_cumprod[pipe.student_timestep])
-        self.alpha_bar, self.s1a = a, (1 - a) ** 0.5
+        self.alpha_bar = a
         self.prediction_type = pipe.prediction_type
         self.sf = float(pipe.vae.config.scaling_factor)
         self.build_s = 0.0
@@ -61,7 +61,7 @@ class DiffusersEager:
         m.mark("start")
         ctx = self._text(x["ids"])
         m.mark("text")
-        z = x["noise"] * self.s1a
+        z = start_latent(x["noise"], self.alpha_bar)
         t = torch.full((z.shape[0],), self.t, device=z.device, dtype=torch.long)
         out = self._unet(z, t, ctx)
         x0 = x0_from_output(z, out, self.alpha_bar, self.prediction_type)

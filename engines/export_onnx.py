@@ -69,10 +69,9 @@ def example_inputs(
             out[t.name] = torch.full(shape, float(timestep))
         elif t.name == "lam":
             out[t.name] = torch.rand(shape, generator=g)
-        elif t.name == "adapter_mask":
-            out[t.name] = (torch.arange(b) % 3 == 0).float()
-        elif t.name == "inject_mask":
-            out[t.name] = (torch.arange(b) % 3 == 1).float()
+        elif t.name == "controls":  # sample i: column i % (n+1) on (the last pattern: all off)
+            n = shape[1]
+            out[t.name] = (torch.arange(b)[:, None] % (n + 1) == torch.arange(n)[None, :]).float()
         else:
             out[t.name] = torch.randn(shape, generator=g)
     return out

@@ -4,10 +4,9 @@ These wrappers are what ONNX export traces and what the optimised torch backend
 compiles, so every runtime runs the same computation. Retrieval selection is by
 tensors, not Python branches, so one graph serves a batch that mixes modes:
 
-- ``adapter_mask`` (B,) float: 1 where the sample uses the H-adapter;
-- ``inject_mask`` (B,) float: 1 where the sample uses slerp injection of neighbour 0
-  (only when its λ_0 > 0);
-- both 0: mode off (h is left exactly as the UNet encoder produced it).
+``controls`` (B, n) float, one column per ``engines.request.CONTROLS`` entry: "adapter" 1
+where the sample uses the H-adapter, "inject" 1 where it uses slerp injection of neighbour 0
+(only when its λ_0 > 0); both 0: mode off (h is left exactly as the UNet encoder produced it).
 
 The UNet graph outputs the model output (ε for SD-Turbo), not x0; x0 is one
 element-wise step on the host (``OneStepPipeline.predict_x0``), which keeps the
@@ -44,8 +43,7 @@ class UNetGraph(nn.Module):
     """UNet encoder -> retrieval mix -> UNet decoder.
 
     sample (B,4,h,w) (the noisy input at the student timestep), timestep (B,) float32,
-    context (B,T,D), h_retr (B,k,C,h',w'), lam (B,k), adapter_mask (B,), inject_mask (B,)
-    -> model_output (B,4,h,w).
+    context (B,T,D), h_retr (B,k,C,h',w'), lam (B,k), controls (B,n) -> model_output (B,4,h,w).
     """
 
     def __init__(self, unet: HSplitUNet, hadapter: HAdapter, inject_weight: float) -> None:
@@ -61,13 +59,10 @@ class UNetGraph(nn.Module):
         context: torch.Tensor,
         h_retr: torch.Tensor,
         lam: torch.Tensor,
-        adapter_mask: torch.Tensor,
-        inject_mask: torch.Tensor,
+        controls: torch.Tensor,
     ) -> torch.Tensor:
         h, skips, temb = self.unet.encode(sample, timestep, context)
-        h = mix_retrieval(
-            h, h_retr, lam, adapter_mask, inject_mask, self.hadapter, self.inject_weight
-        )
+        h = mix_retrieval(h, h_retr, lam, controls, self.hadapter, self.inject_weight)
         return self.unet.decode(h, skips, temb, context)
 
 

@@ -4,8 +4,9 @@ h = sin((1-w)Ω)/sinΩ · h_r + sin(wΩ)/sinΩ · h_t, Ω = arccos<ĥ_t, ĥ_r>, 
 weight of the target (0.8 by default) and the angle is taken between the flattened,
 normalised vectors. Nearly parallel vectors fall back to linear interpolation.
 
-``mix_retrieval`` is the per-sample choice every graph makes (the torch graphs and the fast
-runner): H-adapter, slerp injection or nothing, by masks, so one graph serves mixed modes.
+``mix_retrieval`` is the per-sample choice every graph makes (the eager pipeline, the torch
+graphs and the fast runner): H-adapter, slerp injection or nothing, by the batch's controls
+tensor (``engines.request.CONTROLS``), so one graph serves mixed modes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+
+from engines.request import control
 
 if TYPE_CHECKING:
     from engines.hadapter import HAdapter
@@ -43,21 +46,26 @@ def mix_retrieval(
     h: torch.Tensor,
     h_retr: torch.Tensor,
     lam: torch.Tensor,
-    adapter_mask: torch.Tensor,
-    inject_mask: torch.Tensor,
+    controls: torch.Tensor,
     hadapter: HAdapter,
     inject_weight: float,
 ) -> torch.Tensor:
-    """h (B,C,h,w), h_retr (B,k,C,h,w), lam (B,k), masks (B,) -> h (B,C,h,w).
+    """h (B,C,h,w), h_retr (B,k,C,h,w), lam (B,k), controls (B,n) -> h (B,C,h,w): the one blend.
 
-    Per sample: adapter where ``adapter_mask`` > 0, slerp injection of neighbour 0 where
-    ``inject_mask`` > 0 and λ_0 > 0, else h unchanged. Matches
-    ``OneStepPipeline.apply_retrieval`` for any batch composition.
+    Per sample, by its ``controls`` (the columns of ``engines.request.CONTROLS``): the adapter
+    where "adapter" > 0, slerp injection of neighbour 0 where "inject" > 0 and λ_0 > 0,
+    else h unchanged (exactly: a sample never depends on its batch-mates' modes). Tensors
+    only, no branches, so one captured graph serves any mix of modes.
     """
-    ad = adapter_mask.to(h.dtype)
+    ad = controls[:, control("adapter")].to(h.dtype)
     lam_ad = lam.to(h.dtype) * ad[:, None]
     h_ad = hadapter(h, h_retr.to(h.dtype), lam_ad)
     out = torch.where(ad[:, None, None, None] > 0, h_ad, h)
     inj = slerp_inject(h, h_retr[:, 0].to(h.dtype), inject_weight)
-    use_inj = (inject_mask > 0) & (lam[:, 0] > 0)
+    use_inj = (controls[:, control("inject")] > 0) & (lam[:, 0] > 0)
     return torch.where(use_inj[:, None, None, None], inj, out)
+
+
+def retrieval_on(controls: torch.Tensor) -> torch.Tensor:
+    """(B,) float32: 1 where a sample's mode uses neighbours (adapter or inject)."""
+    return ((controls[:, control("adapter")] + controls[:, control("inject")]) > 0).to(torch.float32)

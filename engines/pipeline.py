@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,13 +20,14 @@ import numpy as np
 import torch
 
 from engines.hadapter import HAdapter
-from engines.inject import slerp_inject
+from engines.inject import mix_retrieval
+from engines.modes import MODES
+from engines.request import Batch, GenerateOutput, ImageRequest, TextEmbeddings
 from engines.rules import (
-    MODES,
     images_to_uint8,
-    normalize_modes,
     seeded_noise,
     stage_timer,
+    start_latent,
     tokenize_prompts,
     x0_from_output,
 )
@@ -38,27 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["MODES", "GenerateAPI", "GenerateOutput", "OneStepPipeline", "TextEmbeddings"]
-
-
-@dataclass
-class TextEmbeddings:
-    """context (B,T,D): per-token states for cross-attention; pooled (B,D): the prompt vector."""
-
-    context: torch.Tensor
-    pooled: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.context.shape[0])
-
-    def select(self, idx: Sequence[int]) -> TextEmbeddings:
-        i = torch.as_tensor(list(idx), device=self.context.device, dtype=torch.long)
-        return TextEmbeddings(self.context.index_select(0, i), self.pooled.index_select(0, i))
-
-
-@dataclass
-class GenerateOutput:
-    images: np.ndarray  # uint8 (B,H,W,3)
-    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 def alphas_cumprod_from_config(cfg: dict[str, Any]) -> torch.Tensor:
@@ -76,10 +56,12 @@ def alphas_cumprod_from_config(cfg: dict[str, Any]) -> torch.Tensor:
 
 
 class GenerateAPI:
-    """The generation API (``denoise``, ``generate``, ``__call__``) over a class's ``_denoise``,
-    ``decode_latents``, ``encode_text`` and ``_timed`` (shared by OneStepPipeline and the
-    graph backends)."""
+    """The generation API (``generate``, ``denoise``, ``__call__``) over a class's
+    ``_denoise(batch, timings)``, ``decode_latents``, ``encode_text`` and ``_timed`` (shared
+    by OneStepPipeline and the graph backends). ``generate`` takes an ``engines.request.Batch``
+    or the positional form ``(text, seeds, modes, h_retr, lam)``, which builds the same batch."""
 
+    backend_name: str
     _denoise: Any
     decode_latents: Any
     encode_text: Any
@@ -88,33 +70,38 @@ class GenerateAPI:
     @torch.inference_mode()
     def denoise(
         self,
-        text: TextEmbeddings,
-        seeds: Sequence[int],
+        text: TextEmbeddings | Batch,
+        seeds: Sequence[int] | None = None,
         modes: Sequence[str] | str = "adapter",
         h_retr: torch.Tensor | None = None,
         lam: torch.Tensor | None = None,
         timings: dict[str, float] | None = None,
     ) -> torch.Tensor:
-        """One step -> x0 latents (B,4,L,L) float32 on ``self.device``. Checks the seeds and
-        modes against the batch once; ``_denoise(text, seeds, modes list, h_retr, lam,
-        timings)`` runs the step."""
-        b = len(text)
-        if len(seeds) != b:
-            raise ValueError(f"got {len(seeds)} seeds for a batch of {b}")
-        return self._denoise(text, seeds, normalize_modes(modes, b), h_retr, lam, {} if timings is None else timings)
+        """One step -> x0 latents (B,4,L,L) float32 on ``self.device``."""
+        batch = self._with_text(Batch.of(text, seeds, modes, h_retr, lam), {})
+        return self._denoise(batch, {} if timings is None else timings)
+
+    def _with_text(self, batch: Batch, timings: dict[str, float]) -> Batch:
+        if batch.search is not None:
+            raise ValueError(f"{type(self).__name__} cannot search inside its graph; pass neighbours")
+        if batch.text is not None:
+            return batch
+        with self._timed(timings, "text"):
+            return replace(batch, text=self.encode_text(batch.prompts))
 
     @torch.inference_mode()
     def generate(
         self,
-        text: TextEmbeddings,
-        seeds: Sequence[int],
+        batch: Batch | TextEmbeddings,
+        seeds: Sequence[int] | None = None,
         modes: Sequence[str] | str = "adapter",
         h_retr: torch.Tensor | None = None,
         lam: torch.Tensor | None = None,
     ) -> GenerateOutput:
-        """Text embeddings (B) + seeds (B) [+ h_retr (B,k,C,h,w), λ (B,k)] -> uint8 images (B,H,W,3)."""
+        """A batch (or text (B) + seeds (B) [+ h_retr (B,k,C,h,w), λ (B,k)]) -> uint8 images (B,H,W,3)."""
         timings: dict[str, float] = {}
-        x0 = self.denoise(text, seeds, modes, h_retr, lam, timings)
+        b = self._with_text(Batch.of(batch, seeds, modes, h_retr, lam), timings)
+        x0 = self._denoise(b, timings)
         with self._timed(timings, "vae"):
             images = self.decode_latents(x0)
         return GenerateOutput(images=images, timings_ms=timings)
@@ -137,11 +124,13 @@ class GenerateAPI:
 
 
 class OneStepPipeline(GenerateAPI):
-    """One-step generation with optional retrieved H-features.
+    """One-step generation with optional retrieved H-features (the ``torch`` backend's engine).
 
     Build with ``from_pretrained(model_dir)`` (local files only) or ``from_arch`` (random
     weights of an in-code config, for speed work and tests).
     """
+
+    backend_name = "torch"
 
     def __init__(
         self,
@@ -336,9 +325,8 @@ class OneStepPipeline(GenerateAPI):
         return x0_from_output(z, model_out, a, self.prediction_type)
 
     def noisy_input(self, noise: torch.Tensor) -> torch.Tensor:
-        """The model input at the student timestep for an unknown x0: sqrt(1-ᾱ_T)·ε (as diffusers' Euler)."""
-        a = float(self.alphas_cumprod[self.student_timestep])
-        return noise * (1 - a) ** 0.5
+        """The model input at the student timestep for an unknown x0 (``rules.start_latent``)."""
+        return start_latent(noise, float(self.alphas_cumprod[self.student_timestep]))
 
     def apply_retrieval(
         self,
@@ -347,42 +335,30 @@ class OneStepPipeline(GenerateAPI):
         h_retr: torch.Tensor | None,
         lam: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Per-sample: adapter, slerp injection (top-1 neighbour) or nothing."""
+        """Per-sample: adapter, slerp injection (top-1 neighbour) or nothing
+        (``engines.inject.mix_retrieval`` over the modes' controls)."""
         if h_retr is None or lam is None:
             return h
         if h_retr.shape[0] != h.shape[0] or lam.shape[0] != h.shape[0]:
             raise ValueError(
                 f"retrieved batch {h_retr.shape[0]}/{lam.shape[0]} does not match batch {h.shape[0]}"
             )
-        h_retr = h_retr.to(h.device, h.dtype)
-        lam = lam.to(h.device, torch.float32)
-        is_ad = torch.tensor([m == "adapter" for m in modes], device=h.device)
-        is_inj = torch.tensor([m == "inject" for m in modes], device=h.device)
-        out = h
-        if bool(is_ad.any()):
-            lam_ad = lam * is_ad[:, None]
-            out = self.hadapter(h, h_retr, lam_ad.to(h.dtype))
-            # Non-adapter samples keep h exactly: with λ=0 the adapter still adds proj_out's
-            # bias, which would make a sample depend on its batch-mates' modes.
-            out = torch.where(is_ad[:, None, None, None], out, h)
-        if bool(is_inj.any()):
-            inj = slerp_inject(h, h_retr[:, 0], self.inject_weight)
-            use = (is_inj & (lam[:, 0] > 0))[:, None, None, None]
-            out = torch.where(use, inj, out)
-        return out
+        ctrl = Batch(tuple(ImageRequest("", 0, m) for m in modes)).controls()  # type: ignore[arg-type]
+        return mix_retrieval(h, h_retr.to(h.device, h.dtype), lam.to(h.device, torch.float32),
+                             ctrl.to(h.device), self.hadapter, self.inject_weight)
 
-    def _denoise(
-        self, text: TextEmbeddings, seeds: Sequence[int], modes: list[str],
-        h_retr: torch.Tensor | None, lam: torch.Tensor | None, timings: dict[str, float],
-    ) -> torch.Tensor:
+    def _denoise(self, batch: Batch, timings: dict[str, float]) -> torch.Tensor:
         """One step: -> x0 latents (B,4,h,w)."""
-        b = len(text)
+        assert batch.text is not None
+        b = len(batch)
+        nb = batch.neighbours
         with self._timed(timings, "unet"):
-            z = self.noisy_input(self.initial_noise(seeds))
+            z = self.noisy_input(self.initial_noise(batch.seeds))
             t = torch.full((b,), self.student_timestep, device=self.device, dtype=torch.long)
-            ctx = text.context.to(self.dtype)
+            ctx = batch.text.context.to(self.device, self.dtype)
             h, skips, temb = self.unet.encode(z, t, ctx)
-            h = self.apply_retrieval(h, modes, h_retr, lam)
+            if nb is not None:
+                h = self.apply_retrieval(h, batch.modes, nb.h_retr, nb.lam)
             out = self.unet.decode(h, skips, temb, ctx)
             x0 = self.predict_x0(z, out)
         return x0

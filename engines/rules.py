@@ -1,7 +1,7 @@
 """The rules every backend follows, one copy each: stage timing, tokenizing, the
-seeded noise, x0 from the model output, the λ rule for retrieved neighbours, and mode
-validation (one place, so every backend starts from the same noise and reads the model the
-same way)."""
+seeded noise and the start latent, x0 from the model output and the λ rule for retrieved
+neighbours (so every backend starts from the same noise and reads the model the same way;
+modes are checked once, in ``engines.request.ImageRequest``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-
-from engines.modes import MODES
 
 
 @contextmanager
@@ -44,22 +42,17 @@ def tokenize_prompts(
     return ids.to(device, torch.int64)
 
 
-def normalize_modes(modes: Sequence[str] | str, b: int) -> list[str]:
-    """One mode per sample; raises ValueError naming the bad count or mode."""
-    ms = [modes] * b if isinstance(modes, str) else list(modes)
-    if len(ms) != b:
-        raise ValueError(f"got {len(ms)} modes for a batch of {b}")
-    bad = [m for m in ms if m not in MODES]
-    if bad:
-        raise ValueError(f"unknown retrieval mode(s) {bad}; choose from {MODES}")
-    return ms
-
-
 def seeded_noise(seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
     """Per-image CPU generators, so an image depends only on its own seed: float32 (B,*shape)."""
     return torch.stack(
         [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     )
+
+
+def start_latent(noise: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+    """The model input at the student timestep for an unknown x0: sqrt(1-ᾱ_T)·ε (as diffusers'
+    Euler); the one copy (the pipeline, the graph backends, the fast runner, the benches)."""
+    return noise * (1 - alpha_bar) ** 0.5
 
 
 def x0_from_output(

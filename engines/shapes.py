@@ -4,7 +4,7 @@ Three graphs (see ``engines.graphs``):
 
 - ``text_encoder``: input_ids (B,T) int64 -> context (B,T,D), pooled (B,D)
 - ``unet``: sample (B,4,L,L), timestep (B,), context (B,T,D), h_retr (B,K,C,h,w),
-  lam (B,K), adapter_mask (B,), inject_mask (B,) -> model_output (B,4,L,L)
+  lam (B,K), controls (B,N) -> model_output (B,4,L,L) (N: ``engines.request.CONTROLS``)
 - ``vae_decoder``: latent (B,4,L,L) -> image (B,3,R,R)
 
 ``B`` (batch) and ``K`` (neighbours) are the only dynamic axes; everything else is fixed
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engines.modes import MAX_K
+from engines.request import CONTROLS
 
 if TYPE_CHECKING:
     from engines.modeldir import ModelDir
@@ -32,6 +33,8 @@ COMPONENTS: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder")
 BATCH_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
 """Batch sizes the CUDA-graph backends (fast, torch-opt) capture unless told otherwise."""
 DYNAMIC_AXES: tuple[str, ...] = ("B", "K")
+UNET_INPUTS: tuple[str, ...] = ("sample", "timestep", "context", "h_retr", "lam", "controls")
+"""The UNet graph's inputs, in order; ``controls`` is (B, len(engines.request.CONTROLS))."""
 MAX_TEXT_LEN = 77
 
 
@@ -132,6 +135,14 @@ class ShapeSpec:
             for t in comp.inputs
         }
 
+    def stale_unet(self) -> str | None:
+        """Why graphs exported with this spec cannot take today's inputs (None: they can)."""
+        unet = self.component("unet")
+        if tuple(unet.input_names) == UNET_INPUTS and unet.tensor("controls").shape[1] == len(CONTROLS):
+            return None
+        return (f"the exported UNet takes {unet.input_names}; this version feeds {list(UNET_INPUTS)} "
+                f"with {len(CONTROLS)} controls: re-run `ragturbo export onnx` (and `ragturbo build trt`)")
+
     def check_batch(self, b: int, k: int = 1) -> None:
         """Raise ValueError when (b, k) lies outside the exported/compiled ranges."""
         if not self.batch.contains(b):
@@ -192,8 +203,7 @@ def _components(
             TensorSpec("context", f32, ("B", t, d)),
             TensorSpec("h_retr", f32, ("B", "K", c, hh, ww)),
             TensorSpec("lam", f32, ("B", "K")),
-            TensorSpec("adapter_mask", f32, ("B",)),
-            TensorSpec("inject_mask", f32, ("B",)),
+            TensorSpec("controls", f32, ("B", len(CONTROLS))),
         ),
         outputs=(TensorSpec("model_output", f32, ("B", lc, ls, ls)),),
     )

@@ -1,4 +1,4 @@
-"""embed -> search -> gather features -> generate: the one place a prompt becomes an image.
+"""embed -> search -> λ -> backend: the one place a prompt becomes an image.
 
 The CLI, the service and the toy world's evals call ``TextToImage.generate`` (``search`` is the
 same embedding and index without an image). A batch may mix modes, k, seeds and excluded ids;
@@ -11,11 +11,12 @@ with mode "off" and ``retrieval_status="unavailable"`` (logged and counted in
 ``unavailable_total``); retrieval never makes ``generate`` raise. With a model vocabulary
 (``engines.vocabulary``), every result lists the prompt's ``unknown_words``.
 
-Two ways to the same result: with a searching backend (``fast``) and a device copy of the
-database (``retrieval.resident``), search, λ and gather run inside the backend's graph and
-the rows it returns are mapped back to pairs here; otherwise the index is searched on the
-host and the features are handed to the backend. ``retrieval_health`` says which runs (and,
-when retrieval is down, why: /readyz reports it)."""
+The backend gets one ``engines.request.Batch``. With a device copy of the database
+(``retrieval.resident``, kept by ``retrieval.upkeep.Upkeep``) it is a batch with ``search``
+set: search, λ and gather run inside the backend's graph and the rows it returns are mapped
+back to pairs here; otherwise the index is searched on the host and the batch carries the
+neighbours (``engines.request.gather_neighbours``). Health, warm-up and the copy's refresh
+are ``Upkeep``'s (``TextToImage.upkeep``)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import concurrent.futures as cf
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,30 +32,21 @@ import numpy as np
 import torch
 
 from engines.backends.base import Backend, SearchingBackend
-from engines.modes import DEFAULT_MIN_SCORE, MAX_K, MODES, Mode, RetrievalStatus
-from engines.rules import neighbour_lambda
+from engines.modes import DEFAULT_MIN_SCORE, MAX_K, RetrievalStatus
+from engines.request import Batch, ImageRequest, gather_neighbours
 from engines.vocabulary import Vocabulary, load_vocabulary
 from retrieval.db import DbConfig, RetrievalDB, open_db_or_reason
 from retrieval.fit import weigh, weigh_scores
 from retrieval.resident import ResidentIndex, device_copy
 from retrieval.types import Neighbour, RetrievalError
+from retrieval.upkeep import Upkeep
 
 if TYPE_CHECKING:
     from engines.pipeline import OneStepPipeline
 
 log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class ImageRequest:
-    """One image to make, one item of a ``TextToImage.generate`` batch (the service turns an
-    HTTP ``GenerateRequest`` into ``num_images`` of these)."""
-
-    prompt: str
-    seed: int
-    mode: Mode = "adapter"
-    k: int = 1  # 1..MAX_K
-    exclude_ids: frozenset[str] = frozenset()
-    fmt: str | None = None  # the image format the caller will encode (an engine may do it)
+__all__ = ["ImageRequest", "ImageResult", "TextToImage", "build_text_to_image"]
 
 
 @dataclass
@@ -71,13 +63,14 @@ class ImageResult:
 
 
 class TextToImage:
-    """A pipeline plus (optionally) a retrieval database.
+    """A backend plus (optionally) a retrieval database: search -> λ -> backend.
 
     ``db=None`` means retrieval is not available (e.g. the database could not be
     opened): requests with a retrieval mode get status "unavailable".
     ``retrieval_timeout_s=None``: no deadline; the search runs in the caller's thread.
     ``min_score`` defaults to 0 here (the toy evals build this directly); what is served
     uses ``DEFAULT_MIN_SCORE`` (``build_text_to_image``, the service, the CLI).
+    ``resident``, ``pending``, ``refresh_s`` and ``db_error`` go to ``Upkeep``.
     """
 
     def __init__(
@@ -95,78 +88,35 @@ class TextToImage:
     ) -> None:
         if not -1.0 <= min_score <= 1.0:
             raise ValueError(f"min_score must be in [-1, 1] (a cosine), got {min_score}")
-        if resident is not None and not isinstance(pipe, SearchingBackend):
-            raise TypeError(f"a resident index needs a SearchingBackend, got {type(pipe).__name__}")
         self.pipe = pipe
         self.db = db
-        self.resident = resident
         self.min_score = float(min_score)
         self.retrieval_timeout_s = retrieval_timeout_s
-        self.refresh_s = float(refresh_s)
-        self._last_refresh = time.monotonic()
-        self.db_error = db_error
-        # A device copy that could not be loaded at startup (index down): retried on refresh.
-        self._pending = pending
-        self._pending_error = db_error or ""
+        self.upkeep = Upkeep(pipe if isinstance(pipe, Backend) else None, db, resident=resident,
+                             pending=pending, refresh_s=refresh_s, db_error=db_error)
         self.model_name: str = pipe.name
-        self.backend_name: str = getattr(pipe, "backend_name", "torch")
-        if resident is not None:
-            self.retrieval_backend = f"device-index ({resident.source}, {len(resident)} pairs)"
-        else:
-            self.retrieval_backend = db.backend_name if db is not None else "none"
+        self.backend_name: str = pipe.backend_name
         self.resolution: int = int(pipe.resolution)
         self.vocabulary = vocabulary
         self.unavailable_total = 0
         self.weak_total = 0
         self._pool = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="retrieval")
 
+    @property
+    def resident(self) -> ResidentIndex | None:
+        return self.upkeep.resident
+
+    @property
+    def retrieval_backend(self) -> str:
+        return self.upkeep.where
+
     def retrieval_health(self) -> tuple[bool, str]:
         """(True, where search runs) or (False, why retrieval is unavailable): /readyz."""
-        db = self.db if self.db is not None else getattr(self.resident, "db", None)
-        bad = getattr(getattr(db, "store", None), "bad_shards", None)
-        if bad:  # the readable shards still serve; the excluded ones are named
-            names = ", ".join(sorted(bad))
-            return False, (f"{len(bad)} feature-store shard(s) excluded, their pairs not served "
-                           f"(retried on refresh): {names}: {next(iter(bad.values()))}")
-        if self.resident is not None:
-            # The device copy serves even while the index is down (refreshes then wait).
-            return True, f"search inside the {self.backend_name} graph over {len(self.resident)} pairs ({self.resident.source})"
-        if self.db is None:
-            return False, self.db_error or "no retrieval database"
-        status = getattr(self.db.index, "status", None)
-        ok, why = status() if status is not None else (True, None)
-        if not ok:
-            return False, why or f"{self.db.backend_name} unavailable"
-        if self._pending is not None:
-            return True, f"search in {self.db.backend_name}; device copy not loaded yet ({self._pending_error})"
-        return True, f"search in {self.db.backend_name}"
+        return self.upkeep.health()
 
     def warmup(self) -> float:
         """Compile/capture every batch bucket of the backend now (before traffic); seconds."""
-        fn = getattr(self.pipe, "warmup", None)
-        if fn is None:
-            return 0.0
-        if isinstance(self.pipe, SearchingBackend):
-            return float(self.pipe.warmup(("search",) if self.resident is not None else None))
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-
-    def _maybe_refresh(self) -> None:
-        if (self.resident is None and self._pending is None) or self.refresh_s <= 0:
-            return
-        now = time.monotonic()
-        if now - self._last_refresh < self.refresh_s:
-            return
-        self._last_refresh = now
-        if self._pending is not None:
-            self._load_pending()
-            return
-        assert self.resident is not None
-        try:
-            self.resident.refresh()
-        except Exception as e:  # noqa: BLE001 - a failed refresh keeps serving the old copy
-            log.error("resident index refresh failed (%s: %s); serving the copy as is", type(e).__name__, e)
+        return self.upkeep.warmup()
 
     # ------------------------------------------------------------------ retrieval
     def _retrieve(
@@ -175,8 +125,7 @@ class TextToImage:
         """pooled (B,D) -> neighbours per query and their features (Σk, C,h,w)."""
         assert self.db is not None
         neigh = self.db.search(pooled, ks, excl)
-        flat = [n.id for r in neigh for n in r]
-        return neigh, self.db.features(flat)
+        return neigh, self.db.features([n.id for r in neigh for n in r])
 
     def _retrieve_guarded(
         self, pooled: torch.Tensor, ks: list[int], excl: list[frozenset[str]]
@@ -199,9 +148,9 @@ class TextToImage:
         ``generate`` (no λ, no image). Raises ``RetrievalError`` when retrieval is down."""
         if not 1 <= k <= MAX_K:
             raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
-        db = self.db if self.db is not None else getattr(self.resident, "db", None)
+        db = self.upkeep.host_db
         if db is None:  # with a device copy (fast backend) the host index is the resident's
-            raise RetrievalError(self.db_error or "no retrieval database")
+            raise RetrievalError(self.upkeep.db_error or "no retrieval database")
         pooled = self.pipe.encode_text([query]).pooled.detach().float().cpu()
         try:
             return db.search(pooled, [k], [frozenset()])[0]
@@ -215,55 +164,37 @@ class TextToImage:
         """One batch. Results in request order; timings in ms: text, retrieval, unet, vae."""
         if not reqs:
             return [], {"text": 0.0, "retrieval": 0.0, "unet": 0.0, "vae": 0.0}
-        for r in reqs:
-            if not 1 <= r.k <= MAX_K:
-                raise ValueError(f"k must be in 1..{MAX_K}, got {r.k}")
-            if r.mode not in MODES:
-                raise ValueError(f"mode must be one of {', '.join(MODES)}; got {r.mode!r}")
-        self._maybe_refresh()
-        if self.resident is not None and not any(r.exclude_ids for r in reqs):
-            return self._generate_resident(reqs)
-        pipe = self.pipe
+        resident = self.upkeep.tick()
+        if resident is not None and not any(r.exclude_ids for r in reqs):
+            return self._generate_in_graph(reqs, resident)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        text = pipe.encode_text([r.prompt for r in reqs])
+        text = self.pipe.encode_text([r.prompt for r in reqs])
         timings["text"] = (time.perf_counter() - t0) * 1e3
 
         t0 = time.perf_counter()
         want = [i for i, r in enumerate(reqs) if r.mode != "off"]
         status: list[RetrievalStatus] = ["off"] * len(reqs)
         retrieved: list[list[Neighbour]] = [[] for _ in reqs]
-        modes = ["off"] * len(reqs)
-        h_retr = lam = None
-        if want:
-            got = self._retrieve_guarded(
-                text.pooled[want], [reqs[i].k for i in want], [reqs[i].exclude_ids for i in want]
-            )
-            if got is None:
-                self.unavailable_total += len(want)
-                for i in want:
-                    status[i] = "unavailable"
-            else:
-                neigh, feats = got
-                kmax = max(reqs[i].k for i in want)
-                dev = pipe.device
-                h_retr = torch.zeros((len(reqs), kmax, *pipe.h_shape), dtype=torch.float32, device=dev)
-                lam = torch.zeros((len(reqs), kmax), dtype=torch.float32, device=dev)
-                feats = feats.to(dev, torch.float32)
-                pos = 0
-                for i, ns in zip(want, neigh):
-                    modes[i] = reqs[i].mode
-                    for j, n in enumerate(ns):
-                        h_retr[i, j] = feats[pos]
-                        lam[i, j] = n.score
-                        pos += 1
-                lam = neighbour_lambda(lam, self.min_score)
-                lam_host = lam.cpu().tolist()
-                for i, ns in zip(want, neigh):
-                    retrieved[i], status[i] = weigh(ns, lam_host[i][: len(ns)])
+        got = self._retrieve_guarded(text.pooled[want], [reqs[i].k for i in want],
+                                     [reqs[i].exclude_ids for i in want]) if want else None
+        nb = None
+        if want and got is None:
+            self.unavailable_total += len(want)
+            for i in want:
+                status[i] = "unavailable"
+        elif got is not None:
+            neigh, feats = got
+            nb = gather_neighbours([[n.score for n in ns] for ns in neigh], feats, self.pipe.h_shape,
+                                   self.min_score, k=max(reqs[i].k for i in want), rows=want, b=len(reqs))
+            lam_host = nb.lam.tolist()
+            for i, ns in zip(want, neigh):
+                retrieved[i], status[i] = weigh(ns, lam_host[i][: len(ns)])
         timings["retrieval"] = (time.perf_counter() - t0) * 1e3
-
-        out = pipe.generate(text, [r.seed for r in reqs], modes, h_retr, lam)
+        on = set(want) if nb is not None else set()
+        batch = Batch(tuple(r if i in on else replace(r, mode="off") for i, r in enumerate(reqs)),
+                      text=text, neighbours=nb)
+        out = self.pipe.generate(batch)
         timings["unet"] = out.timings_ms.get("unet", 0.0)
         timings["vae"] = out.timings_ms.get("vae", 0.0)
         results = [
@@ -277,43 +208,23 @@ class TextToImage:
     def _unknown(self, prompt: str) -> list[str] | None:
         return None if self.vocabulary is None else self.vocabulary.unknown_words(prompt)
 
-    def _load_pending(self) -> None:
-        pend = self._pending
-        assert pend is not None
-        try:
-            pend.load()
-        except Exception as e:  # noqa: BLE001 - keep serving through the index; retry later
-            self._pending_error = f"{type(e).__name__}: {e}"
-            log.warning("device copy of the database still not loaded (%s)", self._pending_error)
-            return
-        isp = self.pipe
-        if isinstance(isp, SearchingBackend):
-            isp.warmup(("search",))
-        self.resident, self._pending = pend, None
-        self.retrieval_backend = f"device-index ({pend.source}, {len(pend)} pairs)"
-        log.info("device copy of the database loaded: search now runs inside the graph")
-
-    def _generate_resident(self, reqs: Sequence[ImageRequest]) -> tuple[list[ImageResult], dict[str, float]]:
+    def _generate_in_graph(
+        self, reqs: Sequence[ImageRequest], resident: ResidentIndex
+    ) -> tuple[list[ImageResult], dict[str, float]]:
         """Search, λ and gather inside the backend's graph; rows mapped back to pairs here."""
-        assert self.resident is not None and isinstance(self.pipe, SearchingBackend)
-        out = self.pipe.generate_search(
-            [r.prompt for r in reqs], [r.seed for r in reqs], [r.mode for r in reqs],
-            [r.k for r in reqs], self.min_score, encode=[r.fmt for r in reqs],
-        )
+        out = self.pipe.generate(Batch(tuple(reqs), search=self.min_score))
+        assert out.rows is not None and out.scores is not None
         results = []
         for i, r in enumerate(reqs):
             enc = out.encoded[i] if out.encoded is not None else None
-            extra: dict[str, Any] = {"encoded": enc, "encoded_format": r.fmt if enc is not None else None,
-                                     "unknown_words": self._unknown(r.prompt)}
-            if r.mode == "off":
-                results.append(ImageResult(image=out.images[i], seed=r.seed, **extra))
-                continue
-            ns = self.resident.neighbours(out.rows[i], out.scores[i], r.k)
-            ns, status = weigh_scores(ns, self.min_score)  # the graph's λ, from the same scores
-            self.weak_total += status == "weak"
-            results.append(
-                ImageResult(image=out.images[i], seed=r.seed, retrieved=ns, retrieval_status=status, **extra)
-            )
+            res = ImageResult(image=out.images[i], seed=r.seed, encoded=enc,
+                              encoded_format=r.fmt if enc is not None else None,
+                              unknown_words=self._unknown(r.prompt))
+            if r.mode != "off":
+                ns = resident.neighbours(out.rows[i], out.scores[i], r.k)
+                res.retrieved, res.retrieval_status = weigh_scores(ns, self.min_score)  # the graph's λ
+                self.weak_total += res.retrieval_status == "weak"
+            results.append(res)
         return results, dict(out.timings_ms)
 
     def close(self) -> None:

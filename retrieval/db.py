@@ -111,6 +111,21 @@ class RetrievalDB:
         ]
         self.index.upsert(list(ids), embeddings.detach().float().cpu().numpy(), payloads)
 
+    def excluded_shards(self) -> str | None:
+        """Why some pairs are not served (feature-store shards excluded; the readable ones
+        still serve), or None."""
+        bad = getattr(self.store, "bad_shards", None)  # a FeatureStore; MemoryFeatures has none
+        if not bad:
+            return None
+        return (f"{len(bad)} feature-store shard(s) excluded, their pairs not served "
+                f"(retried on refresh): {', '.join(sorted(bad))}: {next(iter(bad.values()))}")
+
+    def index_status(self) -> tuple[bool, str | None]:
+        """(True, None), or (False, why) when the index reports itself down."""
+        status = getattr(self.index, "status", None)  # indexes that can be down say so
+        ok, why = status() if status is not None else (True, None)
+        return (True, None) if ok else (False, why or f"{self.backend_name} unavailable")
+
     def close(self) -> None:
         self.index.close()
 

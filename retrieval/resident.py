@@ -9,7 +9,7 @@ backend's device index, and maps the rows the graph returns back to pair ids and
 Pairs ingested while the service runs (in its process: ``POST /admin/ingest``, which
 calls ``refresh`` itself when it is done) reach the copy through ``refresh``: it re-reads the feature store's manifest, takes the ids that are
 not resident yet and that the index holds, and appends them (no graph re-capture unless
-the preallocated capacity is exceeded). ``retrieval.compose`` calls it between batches
+the preallocated capacity is exceeded). ``retrieval.upkeep.Upkeep`` calls it between batches
 every ``refresh_s`` seconds.
 
 ``synthetic`` fills the copy with N random pairs made on the device instead (benchmarks

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from engines.request import ImageRequest
 from service.batcher import Job, JobResult
 from service.errors import ClientGone, DeadlineExceeded, InvalidInput, NotReady
 from service.schemas import MAX_SEED, GenerateRequest
-from service.seam import image_request
 from service.state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,9 @@ async def run_job(
     if s.log_prompts:
         log.info("prompt", extra={"prompt": body.prompt, "num_images": body.num_images})
     seeds = seeds_for(body)
-    mode, k = body.retrieval.mode, body.retrieval.k
-    reqs = [image_request(body.prompt, sd, mode, k, fmt or body.format) for sd in seeds]
+    # the typed request below compose, built once: every retrieval option is a field of it
+    opts = body.retrieval.model_dump()
+    reqs = [ImageRequest(prompt=body.prompt, seed=sd, fmt=fmt or body.format, **opts) for sd in seeds]
     deadline = arrival + s.request_timeout_s
     job: Job = state.batcher.submit(reqs, deadline)  # raises QueueFull (counted)
     watcher = asyncio.ensure_future(_wait_disconnect(request))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from engines.request import ImageRequest
     from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,18 +26,10 @@ class TextToImageLike(Protocol):
     backend_name: str
     resolution: int
 
-    def generate(self, reqs: Sequence[Any]) -> tuple[list[Any], dict[str, float]]: ...
+    def generate(self, reqs: Sequence[ImageRequest]) -> tuple[list[Any], dict[str, float]]: ...
 
 
 EngineFactory = Callable[["Settings"], TextToImageLike]
-
-
-def image_request(prompt: str, seed: int, mode: str, k: int, fmt: str | None = None) -> Any:
-    """A ``retrieval.compose.ImageRequest`` (imported lazily); ``fmt`` lets an engine that
-    can encode on the device (fast: JPEG via nvJPEG) hand back encoded bytes."""
-    from retrieval.compose import ImageRequest
-
-    return ImageRequest(prompt=prompt, seed=seed, mode=mode, k=k, fmt=fmt)  # type: ignore[arg-type]
 
 
 def retrieval_probe_for(t2i: Any) -> Callable[[], tuple[bool, str | None]] | None:
@@ -88,7 +81,7 @@ def build_from_settings(settings: Settings) -> TextToImageLike:
         cache.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
         os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
-    if settings.backend == "fast":
+    if settings.device.startswith("cuda"):
         import sys
 
         # The GPU worker thread releases the GIL around every CUDA call and copy; with the
@@ -137,16 +130,13 @@ def build_from_settings(settings: Settings) -> TextToImageLike:
 
 
 def _backend_options(settings: Settings) -> dict[str, Any]:
-    """What ``create_backend`` takes besides the model: graph dirs, batch buckets."""
-    opts: dict[str, Any] = {"vae_decoder": settings.vae_decoder}
-    if settings.backend == "onnxruntime":
-        opts["onnx_dir"] = settings.onnx_dir
-    if settings.backend == "tensorrt":
-        opts["engine_dir"] = settings.engine_dir
-    if settings.backend in ("fast", "torch-opt") and settings.batch_buckets:
-        opts["buckets"] = settings.batch_buckets
-    elif settings.backend == "fast":
-        from engines.shapes import batch_buckets
+    """What ``create_backend`` takes besides the model: graph dirs, batch buckets (for a
+    backend whose capabilities say it takes them)."""
+    from engines.backends.registry import capabilities
+    from engines.shapes import batch_buckets
 
-        opts["buckets"] = batch_buckets(settings.max_batch)
+    opts: dict[str, Any] = {"vae_decoder": settings.vae_decoder, "onnx_dir": settings.onnx_dir,
+                            "engine_dir": settings.engine_dir}
+    if capabilities(settings.backend).buckets:
+        opts["buckets"] = tuple(settings.batch_buckets) or batch_buckets(settings.max_batch)
     return opts

@@ -16,13 +16,10 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from engines.backends.names import BACKENDS
+from engines.backends.registry import AUTO, BACKENDS, capabilities
 from engines.modes import DEFAULT_MIN_SCORE
 from engines.shapes import bucket_for
 from retrieval.redact import redact_url, url_secrets
-
-# "auto" plus the registry's names (engines/backends/names.py): one list, not two.
-BackendName = Literal[("auto", *BACKENDS)]  # type: ignore[valid-type]
 
 
 def _default_device() -> str:
@@ -48,8 +45,9 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     """Model directory (diffusers layout + hadapter/). None: the shipped toy model, or a
     random tiny model written under ``db_path`` (engines.default_model)."""
-    backend: BackendName = "auto"
-    """Runtime backend, chosen once. If it cannot start the service stays not ready.
+    backend: str = "auto"
+    """Runtime backend, chosen once: ``auto`` or a name of the registry
+    (``engines/backends/registry.py``: fast, torch, torch-opt, onnxruntime, tensorrt). If it cannot start the service stays not ready.
     ``auto``: ``fast`` on a CUDA device (the serving engine: retrieval search inside one
     CUDA graph per batch bucket), ``torch`` on CPU. ``torch-opt`` is the torch backend's
     optimised mode (CUDA graphs for the UNet and VAE only; the search runs on the host)."""
@@ -181,6 +179,13 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL such as http://qdrant:6333")
         return value
 
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        if value != "auto" and value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r}; choose from {('auto', *BACKENDS)}")
+        return value
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
@@ -191,26 +196,28 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_field(self) -> Settings:
-        if self.dtype == "auto":
-            object.__setattr__(self, "dtype", "float16" if self.device.startswith("cuda") else "float32")
+        dev_type = self.device.split(":")[0]
         if self.backend == "auto":
             # frozen model: resolve once here, so every reader sees the backend that runs
-            object.__setattr__(self, "backend", "fast" if self.device.startswith("cuda") else "torch")
-        if self.synthetic_pairs and self.backend != "fast":
+            object.__setattr__(self, "backend", AUTO[dev_type])
+        caps = capabilities(self.backend)
+        if self.dtype == "auto":  # float16 on CUDA, float32 on CPU, where the backend runs it
+            object.__setattr__(self, "dtype", caps.default_dtype(dev_type, "float16" if dev_type == "cuda" else "float32"))
+        if self.synthetic_pairs and not caps.searches:
             raise ValueError(
-                f"synthetic_pairs={self.synthetic_pairs} needs backend='fast', got {self.backend!r}"
+                f"synthetic_pairs={self.synthetic_pairs} needs a backend that searches inside its graph "
+                f"({', '.join(n for n in BACKENDS if capabilities(n).searches)}), got {self.backend!r}"
             )
+        why = caps.refusal(self.backend, dev_type, self.dtype, self.vae_decoder,
+                           {"onnx_dir": self.onnx_dir, "engine_dir": self.engine_dir})
+        if why is not None:
+            raise ValueError(why)
         if self.batch_buckets and max(self.batch_buckets) < self.max_batch:
             raise ValueError(
                 f"max_batch={self.max_batch} exceeds the largest batch bucket "
                 f"{max(self.batch_buckets)} (batch_buckets={self.batch_buckets})"
             )
         if self.vae_decoder == "small":
-            if self.backend in ("onnxruntime", "tensorrt"):
-                raise ValueError(
-                    f"vae_decoder='small' is not served by backend={self.backend!r} (its graphs hold "
-                    "the full decoder); use backend torch, torch-opt or fast, or vae_decoder='full'"
-                )
             small = (self.model_dir / "vae_small") if self.model_dir is not None else None
             if small is not None and not (small / "config.json").is_file():
                 raise ValueError(
@@ -221,16 +228,6 @@ class Settings(BaseSettings):
             raise ValueError(f"ingest_dir={str(self.ingest_dir)!r} needs api_keys to be set (it is empty)")
         if self.metrics_require_key and not self.api_keys:
             raise ValueError("metrics_require_key=true needs api_keys to be set (it is empty)")
-        if self.backend == "onnxruntime" and self.onnx_dir is None:
-            raise ValueError("backend='onnxruntime' needs onnx_dir (RAGTURBO_ONNX_DIR) to be set")
-        if self.backend == "tensorrt" and self.engine_dir is None:
-            raise ValueError("backend='tensorrt' needs engine_dir (RAGTURBO_ENGINE_DIR) to be set")
-        if self.backend == "tensorrt" and not self.device.startswith("cuda"):
-            raise ValueError(f"backend='tensorrt' needs a CUDA device, got device={self.device!r}")
-        if self.dtype == "float16" and self.device == "cpu" and self.backend == "fast":
-            raise ValueError("dtype='float16' needs a CUDA device for backend='fast'")
-        if self.dtype != "float32" and self.device == "cpu" and self.backend == "torch":
-            raise ValueError(f"dtype={self.dtype!r} on device='cpu' is not supported; use float32")
         if any(len(k.get_secret_value()) < 8 for k in self.api_keys):
             raise ValueError("every API key must have at least 8 characters")
         return self

@@ -29,7 +29,7 @@ from typing import TypeVar
 from service.batcher import Batcher
 from service.errors import NotReady, ServiceError
 from service.metrics import Metrics
-from service.seam import EngineFactory, TextToImageLike, image_request, retrieval_probe_for
+from service.seam import EngineFactory, TextToImageLike, retrieval_probe_for
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,9 @@ class ServiceState:
 
     def _warm_up(self, t2i: TextToImageLike, n: int, mode: str = "adapter") -> None:
         """Worker thread: one real generation of ``n`` images (raises if it fails)."""
-        reqs = [image_request("warm-up", i, mode, 1) for i in range(n)]
+        from engines.request import ImageRequest
+
+        reqs = [ImageRequest("warm-up", i, mode) for i in range(n)]  # type: ignore[arg-type]
         results, _ = t2i.generate(reqs)
         if len(results) != n:
             raise RuntimeError(f"warm-up returned {len(results)} results for {n}")
@@ -108,9 +110,8 @@ class ServiceState:
         t0 = time.perf_counter()
         try:
             t2i = await loop.run_in_executor(self.gpu_pool, self.factory, s)
-            # graph backends compile/capture per batch size; the CPU torch backend does not
-            cpu_torch = s.backend == "torch" and s.device == "cpu"
-            for n in [1] if cpu_torch else sorted({1, s.bucket_for(s.max_batch)}):
+            # graph backends compile/capture per batch size on CUDA; on the CPU nothing is captured
+            for n in [1] if s.device == "cpu" else sorted({1, s.bucket_for(s.max_batch)}):
                 await loop.run_in_executor(self.gpu_pool, self._warm_up, t2i, n)
         except Exception as e:
             self.status = "failed"

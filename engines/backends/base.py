@@ -2,12 +2,13 @@
 
 A backend exposes the same surface as ``OneStepPipeline`` for serving —
 ``encode_text``, ``generate``, ``name``, ``fingerprint``, ``resolution``, ``h_shape``,
-``embed_dim`` — plus ``backend_name``. ``GraphBackend`` implements the host side once
-(tokenisation, per-seed noise, padding of missing neighbours, per-sample mode masks,
-x0 from the model output, uint8 images, timings); a runtime only supplies
-``_run(component, inputs) -> outputs`` for the three graphs of ``engines.shapes``.
-Ingest-only calls (``encode_images``, ``retrieval_features``) use a torch pipeline
-loaded on first use.
+``embed_dim`` — plus ``backend_name``, and takes one ``engines.request.Batch`` in
+``generate``. ``GraphBackend`` implements the host side once (state from the model dir or a
+loaded pipeline, tokenisation, per-seed noise and the start latent, the batch's neighbours
+and controls, chunking, x0 from the model output, uint8 images, timings); a runtime only
+supplies ``_run(component, inputs) -> outputs`` for the three graphs of ``engines.shapes``
+(``fast`` also overrides ``generate`` with its fused CUDA graphs). Ingest-only calls
+(``encode_images``, ``retrieval_features``) use a torch pipeline loaded on first use.
 """
 
 from __future__ import annotations
@@ -16,18 +17,20 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
-from engines.pipeline import GenerateAPI, GenerateOutput, TextEmbeddings, alphas_cumprod_from_config
+from engines.backends.registry import Capabilities
+from engines.pipeline import GenerateAPI, alphas_cumprod_from_config
+from engines.request import Batch, GenerateOutput, TextEmbeddings, chunk_slices
 from engines.rules import (
     images_to_uint8,
     seeded_noise,
     stage_timer,
+    start_latent,
     tokenize_prompts,
     x0_from_output,
 )
@@ -54,21 +57,27 @@ def require_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def device_and_dtype(name: str, device: str | torch.device, dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype]:
-    """The device (``require_device``) and dtype of a graph-capturing backend: float16 on CUDA
-    and float32 on the CPU by default; float16 on the CPU is refused (BackendUnavailable)."""
+def device_and_dtype(
+    cls: type[Backend], device: str | torch.device, dtype: torch.dtype | None
+) -> tuple[torch.device, torch.dtype]:
+    """The device (``require_device``) and dtype of ``cls`` built directly: its default on
+    that device when None; a dtype its ``capabilities`` refuse raises BackendUnavailable."""
     dev = require_device(device)
-    if dtype is None:
-        dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    if dev.type == "cpu" and dtype == torch.float16:
-        raise BackendUnavailable(f"{name}: float16 needs CUDA; use float32 or bfloat16 on CPU")
-    return dev, dtype
+    name = str(dtype).removeprefix("torch.") if dtype is not None else None
+    why = cls.capabilities.refusal(cls.backend_name, dev.type, name, "full", {})
+    if why is not None and name is not None:
+        raise BackendUnavailable(why)
+    return dev, getattr(torch, cls.capabilities.default_dtype(dev.type, name))
 
 
 class Backend(ABC):
-    """What ``TextToImage`` needs from an engine (see module docstring)."""
+    """What ``TextToImage`` needs from an engine (see module docstring).
+
+    A backend class declares what it can do in ``capabilities`` (read by settings and the
+    factory, ``engines.backends.registry``) and is built by ``open``."""
 
     backend_name: str
+    capabilities: ClassVar[Capabilities] = Capabilities()
     name: str
     fingerprint: str
     device: torch.device
@@ -98,14 +107,24 @@ class Backend(ABC):
     def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings: ...
 
     @abstractmethod
-    def generate(
-        self,
-        text: TextEmbeddings,
-        seeds: Sequence[int],
-        modes: Sequence[str] | str = "adapter",
-        h_retr: torch.Tensor | None = None,
-        lam: torch.Tensor | None = None,
-    ) -> GenerateOutput: ...
+    def generate(self, batch: Batch) -> GenerateOutput:
+        """One ``engines.request.Batch`` -> uint8 images (and, for an in-graph search, the
+        rows and scores found). The graph backends and the pipeline also take the positional
+        form ``generate(text, seeds, modes, h_retr, lam)`` (``Batch.given``)."""
+
+    @classmethod
+    @abstractmethod
+    def open(
+        cls, model_dir: str | Path | ModelDir, *, device: torch.device, dtype: torch.dtype,
+        inject_weight: float, vae_decoder: str, graph_dir: str | Path | None, **options: Any,
+    ) -> Backend:
+        """Build the backend (what ``create_backend`` calls once ``capabilities`` allow the
+        setup); ``graph_dir``: the directory of ``capabilities.graph_dir``, if any."""
+
+    def warmup(self, search: bool = False) -> float:
+        """Compile and capture what serving runs, before traffic; seconds. ``search``: the
+        device copy of the database is attached (searching backends). Default: nothing."""
+        return 0.0
 
     def describe(self) -> dict[str, Any]:
         """What runs, for the startup log and the build-info metric."""
@@ -113,7 +132,7 @@ class Backend(ABC):
 
 
 class GraphBackend(GenerateAPI, Backend):
-    """Host-side logic shared by the graph runtimes (torch-opt, onnxruntime, tensorrt).
+    """Host-side logic shared by the graph runtimes (fast, torch-opt, onnxruntime, tensorrt).
 
     Subclasses set ``backend_name`` and implement ``_run``; ``max_batch`` (None: any)
     splits larger batches into chunks, which is exact because samples are independent.
@@ -133,20 +152,29 @@ class GraphBackend(GenerateAPI, Backend):
         from engines.modeldir import ModelDir
 
         md = ModelDir.open(model_dir)
-        self.model = md
+        if spec is not None and spec.stale_unet():
+            raise BackendUnavailable(str(spec.stale_unet()))
+        self.model: ModelDir | None = md
         self.model_dir = md.path
+        self._setup(device, dtype, spec or spec_from_model_dir(md), md.name, md.fingerprint, md.tokenizer,
+                    md.scheduler_config, md.info.student_timestep, inject_weight)
+
+    def _setup(
+        self, device: str | torch.device, dtype: torch.dtype, spec: ShapeSpec, name: str, fingerprint: str,
+        tokenizer: Any, scheduler_config: dict[str, Any], student_timestep: int, inject_weight: float,
+    ) -> None:
+        """The host side's state, from a model directory (``__init__``) or a loaded pipeline."""
         self.device = torch.device(device)
         self.dtype = dtype
-        self.spec = spec or spec_from_model_dir(md)
-        self._shapes = self.spec
-        self.name = md.name
-        self.fingerprint = md.fingerprint
+        self.spec = spec
+        self._shapes = spec
+        self.name = name
+        self.fingerprint = fingerprint
         self.inject_weight = float(inject_weight)
-        self.tokenizer = md.tokenizer
-        sched = md.scheduler_config
-        self.prediction_type = str(sched.get("prediction_type", "epsilon"))
-        self.alphas_cumprod = alphas_cumprod_from_config(sched)
-        self.student_timestep = int(md.info.student_timestep)
+        self.tokenizer = tokenizer
+        self.prediction_type = str(scheduler_config.get("prediction_type", "epsilon"))
+        self.alphas_cumprod = alphas_cumprod_from_config(scheduler_config)
+        self.student_timestep = int(student_timestep)
         self._torch_pipe: Any = None
 
     @property
@@ -165,10 +193,6 @@ class GraphBackend(GenerateAPI, Backend):
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         return tokenize_prompts(self.tokenizer, prompts, self.spec.text_len, self.device)
 
-    def _chunks(self, b: int) -> list[slice]:
-        step = self.max_batch or b
-        return [slice(i, min(i + step, b)) for i in range(0, b, step)]
-
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """Per-image CPU generators (as ``OneStepPipeline.initial_noise``), float32 (B,4,L,L)."""
         s = self.spec
@@ -184,55 +208,43 @@ class GraphBackend(GenerateAPI, Backend):
         """prompts (B) -> context (B,T,D), pooled (B,D) on ``self.device``, float32."""
         ids = self.tokenize(prompts)
         ctx, pooled = [], []
-        for sl in self._chunks(len(ids)):
+        for sl in chunk_slices(len(ids), self.max_batch):
             out = self._run("text_encoder", {"input_ids": ids[sl]})
             ctx.append(out["context"].float())
             pooled.append(out["pooled"].float())
         return TextEmbeddings(torch.cat(ctx), torch.cat(pooled))
 
-    def _retrieval_inputs(
-        self, b: int, modes: list[str], h_retr: torch.Tensor | None, lam: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _neighbours(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h_retr (B,k,C,h,w), λ (B,k)) float32 of the batch; one zero-λ neighbour when it has none."""
         c, hh, ww = self.h_shape
-        if (h_retr is None) != (lam is None):
-            raise ValueError("pass both h_retr and lam, or neither")
-        if h_retr is None or lam is None:
-            h_retr = torch.zeros((b, 1, c, hh, ww))
-            lam = torch.zeros((b, 1))
-        if h_retr.ndim != 5 or tuple(h_retr.shape[2:]) != (c, hh, ww) or h_retr.shape[0] != b:
-            raise ValueError(
-                f"h_retr must be (B={b},k,{c},{hh},{ww}), got {tuple(h_retr.shape)}"
-            )
-        if tuple(lam.shape) != tuple(h_retr.shape[:2]):
-            raise ValueError(f"lam must be (B,k)={tuple(h_retr.shape[:2])}, got {tuple(lam.shape)}")
-        if self.max_k is not None and h_retr.shape[1] > self.max_k:
-            raise ValueError(f"k={h_retr.shape[1]} neighbours exceeds this backend's maximum {self.max_k}")
-        ad = torch.tensor([m == "adapter" for m in modes], dtype=torch.float32)
-        inj = torch.tensor([m == "inject" for m in modes], dtype=torch.float32)
-        return h_retr.float(), lam.float(), ad, inj
+        b = len(batch)
+        nb = batch.neighbours
+        if nb is None:
+            return torch.zeros((b, 1, c, hh, ww)), torch.zeros((b, 1))
+        if tuple(nb.h_retr.shape[2:]) != (c, hh, ww):
+            raise ValueError(f"h_retr must be (B={b},k,{c},{hh},{ww}), got {tuple(nb.h_retr.shape)}")
+        if self.max_k is not None and nb.k > self.max_k:
+            raise ValueError(f"k={nb.k} neighbours exceeds this backend's maximum {self.max_k}")
+        return nb.h_retr.float(), nb.lam.float()
 
-    def _denoise(
-        self, text: TextEmbeddings, seeds: Sequence[int], modes: list[str],
-        h_retr: torch.Tensor | None, lam: torch.Tensor | None, timings: dict[str, float],
-    ) -> torch.Tensor:
-        """The graphs' step (``GenerateAPI.denoise`` checked the arguments)."""
-        b = len(text)
-        hr, lm, ad, inj = self._retrieval_inputs(b, modes, h_retr, lam)
+    def _denoise(self, batch: Batch, timings: dict[str, float]) -> torch.Tensor:
+        """The graphs' step over chunks of ``max_batch``."""
+        assert batch.text is not None
+        hr, lm = self._neighbours(batch)
+        ctrl = batch.controls()
         a = float(self.alphas_cumprod[self.student_timestep])
         dev = self.device
         x0s = []
         with self._timed(timings, "unet"):
-            for sl in self._chunks(b):
-                n = sl.stop - sl.start
-                z = (self.initial_noise(seeds[sl]) * (1 - a) ** 0.5).to(dev)
+            for sl in chunk_slices(len(batch), self.max_batch):
+                z = start_latent(self.initial_noise(batch.seeds[sl]), a).to(dev)
                 feeds = {
                     "sample": z,
-                    "timestep": torch.full((n,), float(self.student_timestep), device=dev),
-                    "context": text.context[sl].to(dev, torch.float32),
+                    "timestep": torch.full((len(z),), float(self.student_timestep), device=dev),
+                    "context": batch.text.context[sl].to(dev, torch.float32),
                     "h_retr": hr[sl].to(dev),
                     "lam": lm[sl].to(dev),
-                    "adapter_mask": ad[sl].to(dev),
-                    "inject_mask": inj[sl].to(dev),
+                    "controls": ctrl[sl].to(dev),
                 }
                 out = self._run("unet", feeds)["model_output"].float()
                 x0s.append(self.predict_x0(z, out))
@@ -245,7 +257,7 @@ class GraphBackend(GenerateAPI, Backend):
             images_to_uint8(self._run("vae_decoder", {"latent": x0[sl].to(self.device)})["image"])
             .cpu()
             .numpy()
-            for sl in self._chunks(len(x0))
+            for sl in chunk_slices(len(x0), self.max_batch)
         ]
         return np.concatenate(imgs)
 
@@ -254,6 +266,7 @@ class GraphBackend(GenerateAPI, Backend):
     def torch_pipeline(self) -> Any:
         """The torch pipeline of the same model dir (loaded once, on this device, fp32)."""
         if self._torch_pipe is None:
+            assert self.model is not None
             from engines.pipeline import OneStepPipeline
 
             log.info("%s backend: loading the torch pipeline for ingest calls", self.backend_name)
@@ -269,28 +282,13 @@ class GraphBackend(GenerateAPI, Backend):
         return self.torch_pipeline().retrieval_features(latents, context)
 
 
-@dataclass
-class SearchOutput:
-    """What a searching backend returns for a batch.
-
-    images uint8 (B,H,W,3); rows int64 (B,K): rows of the attached index, best first;
-    scores float32 (B,K): their cosine scores (-inf where the index has fewer rows than K);
-    timings_ms: text, retrieval, unet, vae.
-    """
-
-    images: np.ndarray
-    rows: np.ndarray
-    scores: np.ndarray
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    encoded: list[bytes | None] | None = None  # per image, when asked for and possible
-
-
 class SearchingBackend(Backend):
     """A backend that holds a device copy of the database and searches it inside its graph.
 
     The retrieval side (``retrieval.resident``) fills the copy with ``add_index_rows`` and
-    maps the returned rows back to pair ids; ``generate_search`` runs token ids -> exact
-    top-K cosine -> λ -> gather -> UNet -> VAE -> uint8 as one graph per batch bucket.
+    maps the returned rows back to pair ids; ``generate`` of a batch with ``search`` set runs
+    token ids -> exact top-K cosine -> λ -> gather -> UNet -> VAE -> uint8 as one graph per
+    batch bucket and returns the rows and scores with the images.
     """
 
     k_max: int
@@ -307,21 +305,3 @@ class SearchingBackend(Backend):
     @abstractmethod
     def index_rows(self) -> int:
         """Rows in the device index (0 before ``reserve_index``)."""
-
-    @abstractmethod
-    def generate_search(
-        self,
-        prompts: Sequence[str],
-        seeds: Sequence[int],
-        modes: Sequence[str],
-        ks: Sequence[int],
-        min_score: float,
-        encode: Sequence[str | None] | None = None,
-    ) -> SearchOutput:
-        """One batch through the search graph; request i uses its first ks[i] neighbours.
-        ``encode[i]`` names a format the backend may encode image i in (else None)."""
-
-    @abstractmethod
-    def warmup(self, variants: Sequence[str] | None = None) -> float:
-        """Compile and capture every batch bucket now; returns seconds."""
-

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,17 +33,20 @@ import torch
 
 from engines.backends.base import (
     BackendUnavailable,
+    GraphBackend,
     SearchingBackend,
-    SearchOutput,
     device_and_dtype,
 )
+from engines.backends.registry import Capabilities
 from engines.cuda_graphs import pad_to
 from engines.fast.gpu_index import FeatureDtype, GpuIndex, IndexFull
 from engines.fast.host import HostCopy, device_jpeg_encoder
 from engines.fast.runner import STAGES, FastConfig, FastRunner
-from engines.pipeline import GenerateOutput, OneStepPipeline, TextEmbeddings
-from engines.rules import normalize_modes, seeded_noise, tokenize_prompts
-from engines.shapes import BATCH_BUCKETS, bucket_for
+from engines.inject import mix_retrieval
+from engines.pipeline import OneStepPipeline
+from engines.request import Batch, GenerateOutput, TextEmbeddings, chunk_slices
+from engines.rules import tokenize_prompts
+from engines.shapes import BATCH_BUCKETS, bucket_for, spec_from_pipeline
 from engines.token_cache import TokenCache
 
 if TYPE_CHECKING:
@@ -53,8 +57,10 @@ log = logging.getLogger(__name__)
 DEFAULT_K_BUCKETS: tuple[int, ...] = (1, 4, 8)
 
 
-class FastBackend(SearchingBackend):
-    """The serving engine over a ``OneStepPipeline`` (see module docstring).
+class FastBackend(GraphBackend, SearchingBackend):
+    """The serving engine over a ``OneStepPipeline`` (see module docstring): a ``GraphBackend``
+    whose ``generate`` runs the runner's fused graphs; ``_run`` gives the three graphs
+    eagerly (``denoise``, ``decode_latents``, the parity tests' stage-by-stage path).
 
     Args:
         compile: "whole", "regional" or "none" (default: "whole" on CUDA, "none" on CPU).
@@ -65,6 +71,16 @@ class FastBackend(SearchingBackend):
     """
 
     backend_name = "fast"
+    capabilities = Capabilities(
+        dtypes={"cpu": ("float32", "bfloat16"), "cuda": ("float16", "bfloat16", "float32")},
+        searches=True, buckets=True)
+
+    @classmethod
+    def open(
+        cls, model_dir: str | Path | ModelDir, *, device: torch.device, dtype: torch.dtype,
+        inject_weight: float, vae_decoder: str, graph_dir: str | Path | None = None, **options: Any,
+    ) -> FastBackend:
+        return cls.from_model_dir(model_dir, device, dtype, inject_weight, vae_decoder=vae_decoder, **options)
 
     def __init__(
         self,
@@ -79,12 +95,10 @@ class FastBackend(SearchingBackend):
         tokenizer_cache: int = 4096,
     ) -> None:
         on_cuda = pipe.device.type == "cuda"
-        self.pipe = pipe
-        self._shapes = pipe
-        self.name = pipe.name
-        self.fingerprint = pipe.fingerprint
-        self.device = pipe.device
-        self.dtype = pipe.dtype
+        self.model = None
+        self._setup(pipe.device, pipe.dtype, spec_from_pipeline(pipe), pipe.name, pipe.fingerprint,
+                    pipe.tokenizer, pipe.scheduler_config, pipe.student_timestep, inject_weight)
+        self.pipe = self._torch_pipe = pipe  # ingest calls run on it
         self.k_buckets = tuple(sorted({int(k) for k in k_buckets}))
         if not self.k_buckets or self.k_buckets[0] < 1:
             raise ValueError(f"k_buckets must be positive, got {k_buckets}")
@@ -92,6 +106,7 @@ class FastBackend(SearchingBackend):
         self.buckets = tuple(sorted({int(b) for b in buckets}))
         if not self.buckets or self.buckets[0] < 1:
             raise ValueError(f"buckets must be positive batch sizes, got {buckets}")
+        self.max_batch, self.max_k = self.buckets[-1], self.k_max
         cfg = FastConfig(
             compile=compile or ("whole" if on_cuda else "none"),
             cuda_graphs=on_cuda if cuda_graphs is None else cuda_graphs,
@@ -109,6 +124,7 @@ class FastBackend(SearchingBackend):
         self._warm: set[str] = set()
         self._index_dtype: FeatureDtype = "float16"
         self._jpeg = device_jpeg_encoder(self.device)
+        self.jpeg_quality = 90
         self._to_host = HostCopy(self.device)
         log.info(
             "fast: JPEG encoding %s", "on the device (nvJPEG, torchvision.io.encode_jpeg)"
@@ -125,7 +141,7 @@ class FastBackend(SearchingBackend):
         vae_decoder: str = "full",
         **options: Any,
     ) -> FastBackend:
-        dev, dtype = device_and_dtype("fast", device, dtype)
+        dev, dtype = device_and_dtype(cls, device, dtype)
         pipe = OneStepPipeline.from_pretrained(
             model_dir, device=dev, dtype=dtype, inject_weight=inject_weight, vae_decoder=vae_decoder
         )
@@ -185,27 +201,39 @@ class FastBackend(SearchingBackend):
         log.warning("fast: device index grown to %d rows; re-capturing the search graphs", new.capacity)
         if rewarm:
             self._warm.discard("search")
-            self.warmup(("search",))
+            self._warmup(("search",))
         return rows
 
     # ------------------------------------------------------------------ host helpers
     def bucket(self, n: int) -> int:
-        """The batch bucket of a chunk of ``n`` <= the largest bucket (``_chunks``)."""
+        """The batch bucket of a chunk of ``n`` <= the largest bucket."""
         return bucket_for(n, self.buckets)
 
     def kbucket(self, k: int) -> int:
         return bucket_for(k, self.k_buckets, "k")
 
-    def _chunks(self, b: int) -> list[slice]:
-        step = self.buckets[-1]
-        return [slice(i, min(i + step, b)) for i in range(0, b, step)]
-
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         """Token ids (B,77) int64 on the host; repeated prompts come from a small LRU cache."""
         return self._tok.ids(prompts)
 
-    def _noise(self, seeds: Sequence[int]) -> torch.Tensor:
-        return seeded_noise(seeds, self.latent_shape)
+    def _run(self, component: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The three graphs of ``engines.shapes`` on the runner's modules, eagerly."""
+        r = self.runner
+        if component == "text_encoder":
+            ctx, pooled = r.text(inputs["input_ids"])
+            return {"context": ctx, "pooled": pooled}
+        if component == "unet":
+            z = inputs["sample"].to(self.dtype)
+            if r.cfg.channels_last:
+                z = z.contiguous(memory_format=torch.channels_last)
+            ctx = inputs["context"].to(self.dtype)
+            h, skips, temb = self.pipe.unet.encode(z, inputs["timestep"].long(), ctx)
+            h = mix_retrieval(h, inputs["h_retr"].to(self.dtype), inputs["lam"], inputs["controls"],
+                              self.pipe.hadapter, r.inject_weight)
+            return {"model_output": self.pipe.unet.decode(h, skips, temb, ctx)}
+        if component == "vae_decoder":
+            return {"image": r.decoder(r.post_quant_conv(inputs["latent"].to(self.dtype) / r._sf))}
+        raise KeyError(f"no graph {component!r}")
 
     @staticmethod
     def _pad(x: torch.Tensor, bb: int) -> torch.Tensor:
@@ -227,80 +255,97 @@ class FastBackend(SearchingBackend):
             return {"text": 0.0, "retrieval": 0.0, "unet": graph_ms, "vae": 0.0}
         return {s: graph_ms * sm.get(s, 0.0) / tot for s in STAGES}
 
-    # ------------------------------------------------------------------ search path
+    # ------------------------------------------------------------------ generate
     @torch.inference_mode()
-    def generate_search(
-        self,
-        prompts: Sequence[str],
-        seeds: Sequence[int],
-        modes: Sequence[str],
-        ks: Sequence[int],
-        min_score: float,
-        encode: Sequence[str | None] | None = None,
-        jpeg_quality: int = 90,
-    ) -> SearchOutput:
-        b = len(prompts)
-        want_jpeg = [f == "jpeg" for f in encode] if encode is not None and self._jpeg else [False] * b
-        encoded: list[bytes | None] = [None] * b
-        if not (len(seeds) == len(ks) == b):
-            raise ValueError(f"got {len(seeds)} seeds and {len(ks)} ks for {b} prompts")
-        if self.runner.index is None:
-            raise RuntimeError("generate_search needs a device index (reserve_index/add_index_rows)")
-        bad = [k for k in ks if not 1 <= int(k) <= self.k_max]
-        if bad:
-            raise ValueError(f"k must be in 1..{self.k_max}, got {bad}")
-        ms = normalize_modes(modes, b)
-        if self._min_score != float(min_score):
-            self.runner.set_min_score(min_score)
-            self._min_score = float(min_score)
-        t0 = time.perf_counter()
-        ids = self.tokenize(prompts)
-        noise = self._noise(seeds)
-        kmask = (torch.arange(self.k_max)[None, :] < torch.tensor([int(k) for k in ks])[:, None]).float()
-        kt = torch.tensor([int(k) for k in ks])
-        ad = torch.tensor([m == "adapter" for m in ms], dtype=torch.float32)
-        inj = torch.tensor([m == "inject" for m in ms], dtype=torch.float32)
+    def generate(
+        self, batch: Batch | TextEmbeddings, seeds: Sequence[int] | None = None,
+        modes: Sequence[str] | str = "adapter", h_retr: torch.Tensor | None = None,
+        lam: torch.Tensor | None = None,
+    ) -> GenerateOutput:
+        """A batch through the search graph (``batch.search`` set: the device index is
+        searched, request i uses its first k neighbours) or the given graph (neighbours
+        from the caller, k <= k_max); chunks of the largest bucket, each padded to its bucket."""
+        batch = Batch.of(batch, seeds, modes, h_retr, lam)
+        if batch.search is not None:
+            if self.runner.index is None:
+                raise RuntimeError("an in-graph search needs a device index (reserve_index/add_index_rows)")
+            if max(batch.ks, default=1) > self.k_max:
+                raise ValueError(f"k must be in 1..{self.k_max}, got {[k for k in batch.ks if k > self.k_max]}")
+            if self._min_score != float(batch.search):
+                self.runner.set_min_score(batch.search)
+                self._min_score = float(batch.search)
+            run = self._search_chunk
+        else:
+            nb = batch.neighbours
+            if nb is not None and (nb.k > self.k_max or tuple(nb.h_retr.shape[2:]) != tuple(self.h_shape)):
+                raise ValueError(f"h_retr must be (B,k<={self.k_max},{','.join(map(str, self.h_shape))}) "
+                                 f"and lam (B,k); got {tuple(nb.h_retr.shape)}, {tuple(nb.lam.shape)}")
+            if batch.text is None:
+                batch = replace(batch, text=self.encode_text(batch.prompts))
+            run = self._given_chunk
         timings = dict.fromkeys(STAGES, 0.0)
-        timings["text"] += (time.perf_counter() - t0) * 1e3
-        imgs, rows, scores = [], [], []
-        for sl in self._chunks(b):
-            n = sl.stop - sl.start
-            bb = self.bucket(n)
-            kb = self.kbucket(int(kt[sl].max()))
-            self._ensure_bucket(bb, "search", kb)
-            t1 = time.perf_counter()
-            img, r, s = self.runner.run(
-                "search", ids=self._pad(ids[sl], bb), noise=self._pad(noise[sl], bb),
-                kmask=self._pad(kmask[sl, :kb], bb), admask=self._pad(ad[sl], bb),
-                injmask=self._pad(inj[sl], bb),
-            )
-            r_h, s_h = r[:n].cpu(), s[:n].cpu()  # small: synchronises with the graph
-            t2 = time.perf_counter()
-            imgs.append(self._to_host(img[:n]))
-            jpeg_idx = [i for i in range(n) if want_jpeg[sl.start + i]]
-            if jpeg_idx:
-                assert self._jpeg is not None
-                chw = [img[i].permute(2, 0, 1).contiguous() for i in jpeg_idx]
-                for i, data in zip(jpeg_idx, self._jpeg(chw, quality=jpeg_quality)):
-                    encoded[sl.start + i] = data.cpu().numpy().tobytes()
-            t3 = time.perf_counter()
-            rows.append(r_h.numpy())
-            scores.append(s_h.numpy())
-            for key, v in self._split(bb, kb, (t2 - t1) * 1e3).items():
-                timings[key] += v
-            timings["vae"] += (t3 - t2) * 1e3
-        return SearchOutput(
-            images=np.concatenate(imgs), rows=np.concatenate(rows),
-            scores=np.concatenate(scores).astype(np.float32), timings_ms=timings,
+        outs = [run(part, timings) for part in batch.chunks(self.max_batch)]
+        encoded = [e for o in outs for e in (o.encoded or [None] * len(o.images))]
+        return GenerateOutput(
+            images=np.concatenate([o.images for o in outs]), timings_ms=timings,
+            rows=np.concatenate([o.rows for o in outs]) if batch.search is not None else None,  # type: ignore[misc]
+            scores=np.concatenate([o.scores for o in outs]) if batch.search is not None else None,  # type: ignore[misc]
             encoded=encoded if any(e is not None for e in encoded) else None,
         )
 
-    # ------------------------------------------------------------------ generic path
+    def _search_chunk(self, part: Batch, timings: dict[str, float]) -> GenerateOutput:
+        n = len(part)
+        bb, kb = self.bucket(n), self.kbucket(max(part.ks))
+        t0 = time.perf_counter()
+        ids = self.tokenize(part.prompts)
+        noise = self.initial_noise(part.seeds)
+        kmask = (torch.arange(kb)[None, :] < torch.tensor(part.ks)[:, None]).float()
+        timings["text"] += (time.perf_counter() - t0) * 1e3
+        self._ensure_bucket(bb, "search", kb)
+        t1 = time.perf_counter()
+        img, r, s = self.runner.run(
+            "search", ids=self._pad(ids, bb), noise=self._pad(noise, bb), kmask=self._pad(kmask, bb),
+            ctrl=self._pad(part.controls(), bb),
+        )
+        r_h, s_h = r[:n].cpu(), s[:n].cpu()  # small: synchronises with the graph
+        t2 = time.perf_counter()
+        images = self._to_host(img[:n])
+        encoded: list[bytes | None] = [None] * n
+        jpeg_idx = [i for i, r in enumerate(part.requests) if r.fmt == "jpeg"] if self._jpeg else []
+        if jpeg_idx:
+            assert self._jpeg is not None
+            chw = [img[i].permute(2, 0, 1).contiguous() for i in jpeg_idx]
+            for i, data in zip(jpeg_idx, self._jpeg(chw, quality=self.jpeg_quality)):
+                encoded[i] = data.cpu().numpy().tobytes()
+        for key, v in self._split(bb, kb, (t2 - t1) * 1e3).items():
+            timings[key] += v
+        timings["vae"] += (time.perf_counter() - t2) * 1e3
+        return GenerateOutput(images=images, rows=r_h.numpy(), scores=s_h.numpy().astype(np.float32),
+                              encoded=encoded)
+
+    def _given_chunk(self, part: Batch, timings: dict[str, float]) -> GenerateOutput:
+        assert part.text is not None
+        n, nb = len(part), part.neighbours
+        bb, kb = self.bucket(n), self.kbucket(nb.k if nb is not None else 1)
+        shape = (bb, kb, *self.h_shape)
+        hr = pad_to(nb.h_retr.float().cpu(), shape) if nb is not None else torch.zeros(shape)
+        lm = pad_to(nb.lam.float().cpu(), shape[:2]) if nb is not None else torch.zeros(shape[:2])
+        noise = self.initial_noise(part.seeds)
+        self._ensure_bucket(bb, "given", kb)
+        t1 = time.perf_counter()
+        (img,) = self.runner.run(
+            "given", ctx=self._pad(part.text.context, bb), noise=self._pad(noise, bb), h_retr=hr, lam=lm,
+            ctrl=self._pad(part.controls(), bb),
+        )
+        images = img[:n].cpu().numpy()
+        timings["unet"] += (time.perf_counter() - t1) * 1e3
+        return GenerateOutput(images=images)
+
     @torch.inference_mode()
     def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings:
         ids = self.tokenize(prompts)
         ctx, pooled = [], []
-        for sl in self._chunks(len(ids)):
+        for sl in chunk_slices(len(ids), self.max_batch):
             n = sl.stop - sl.start
             bb = self.bucket(n)
             self._ensure_bucket(bb, "text", 0)
@@ -309,60 +354,14 @@ class FastBackend(SearchingBackend):
             pooled.append(p[:n].float())
         return TextEmbeddings(torch.cat(ctx), torch.cat(pooled))
 
-    @torch.inference_mode()
-    def generate(
-        self,
-        text: TextEmbeddings,
-        seeds: Sequence[int],
-        modes: Sequence[str] | str = "adapter",
-        h_retr: torch.Tensor | None = None,
-        lam: torch.Tensor | None = None,
-    ) -> GenerateOutput:
-        """Neighbours from the caller: h_retr (B,k,C,h,w), λ (B,k) with k <= k_max."""
-        b = len(text)
-        if len(seeds) != b:
-            raise ValueError(f"got {len(seeds)} seeds for a batch of {b}")
-        ms = normalize_modes(modes, b)
-        c, hh, ww = self.h_shape
-        if (h_retr is None) != (lam is None):
-            raise ValueError("pass both h_retr and lam, or neither")
-        k = 1 if h_retr is None else int(h_retr.shape[1])
-        kb = self.kbucket(k) if k <= self.k_max else k
-        hr = torch.zeros((b, kb, c, hh, ww))
-        lm = torch.zeros((b, kb))
-        if h_retr is not None and lam is not None:
-            if k > self.k_max or tuple(h_retr.shape) != (b, k, c, hh, ww) or tuple(lam.shape) != (b, k):
-                raise ValueError(
-                    f"h_retr must be (B={b},k<={self.k_max},{c},{hh},{ww}) and lam (B,k); got "
-                    f"{tuple(h_retr.shape)}, {tuple(lam.shape)}"
-                )
-            hr[:, :k] = h_retr.float().cpu()
-            lm[:, :k] = lam.float().cpu()
-        ad = torch.tensor([m == "adapter" for m in ms], dtype=torch.float32)
-        inj = torch.tensor([m == "inject" for m in ms], dtype=torch.float32)
-        noise = self._noise(seeds)
-        timings: dict[str, float] = {"unet": 0.0, "vae": 0.0}
-        imgs = []
-        for sl in self._chunks(b):
-            n = sl.stop - sl.start
-            bb = self.bucket(n)
-            self._ensure_bucket(bb, "given", kb)
-            t1 = time.perf_counter()
-            (img,) = self.runner.run(
-                "given", ctx=self._pad(text.context[sl], bb), noise=self._pad(noise[sl], bb),
-                h_retr=self._pad(hr[sl], bb), lam=self._pad(lm[sl], bb),
-                admask=self._pad(ad[sl], bb), injmask=self._pad(inj[sl], bb),
-            )
-            imgs.append(img[:n].cpu().numpy())
-            timings["unet"] += (time.perf_counter() - t1) * 1e3
-        return GenerateOutput(images=np.concatenate(imgs), timings_ms=timings)
-
     # ------------------------------------------------------------------ warm-up
-    def warmup(self, variants: Sequence[str] | None = None) -> float:
-        """Compile and capture every bucket of ``variants`` (default: search when a device
-        index exists, else text + given); stage times are measured for the search graphs."""
-        if variants is None:
-            variants = ("search",) if self.runner.index is not None else ("text", "given")
+    def warmup(self, search: bool = False) -> float:
+        """Compile and capture every bucket that serving runs: the search graphs when the
+        device copy is attached (``search``), else text + given; seconds."""
+        return self._warmup(("search",) if search and self.runner.index is not None else ("text", "given"))
+
+    def _warmup(self, variants: Sequence[str]) -> float:
+        """Every bucket of ``variants``; stage times are measured for the search graphs."""
         t0 = time.perf_counter()
         if not self.runner.use_graphs:
             # Eager (CPU): nothing to compile or capture; profile one bucket for the stage
@@ -381,11 +380,3 @@ class FastBackend(SearchingBackend):
         dt = time.perf_counter() - t0
         log.info("fast: warm-up of %s for buckets %s took %.1f s", list(variants), self.buckets, dt)
         return dt
-
-    # ------------------------------------------------------------------ ingest (torch)
-    def encode_images(self, images: Any) -> torch.Tensor:
-        return self.pipe.encode_images(images)
-
-    def retrieval_features(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.pipe.retrieval_features(latents, context)
-

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from engines.backends.base import BackendUnavailable, GraphBackend
+from engines.backends.registry import Capabilities
 from engines.shapes import COMPONENTS, ShapeSpec
 
 if TYPE_CHECKING:
@@ -31,6 +32,16 @@ class OrtBackend(GraphBackend):
     """onnxruntime sessions over an export directory (fp32 graphs)."""
 
     backend_name = "onnxruntime"
+    capabilities = Capabilities(dtypes={"cpu": ("float32",), "cuda": ("float32",)}, vae_decoders=("full",),
+                                graph_dir=("onnx_dir", "ragturbo export onnx"))
+
+    @classmethod
+    def open(
+        cls, model_dir: str | Path | ModelDir, *, device: torch.device, dtype: torch.dtype,
+        inject_weight: float, vae_decoder: str, graph_dir: str | Path | None = None, **options: Any,
+    ) -> OrtBackend:
+        assert graph_dir is not None, "create_backend checks the onnx_dir"
+        return cls(model_dir, graph_dir, device, dtype, inject_weight, **options)
 
     def __init__(
         self,

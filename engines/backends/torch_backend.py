@@ -16,13 +16,21 @@ with bucket padding on).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engines.backends.base import Backend, BackendUnavailable, GraphBackend, device_and_dtype
+from engines.backends.base import (
+    Backend,
+    BackendUnavailable,
+    GraphBackend,
+    device_and_dtype,
+    require_device,
+)
+from engines.backends.registry import Capabilities
 from engines.cuda_graphs import PaddedBucketRunner
 from engines.pipeline import OneStepPipeline
 from engines.shapes import BATCH_BUCKETS
@@ -40,6 +48,16 @@ class TorchBackend(OneStepPipeline, Backend):
     """
 
     backend_name = "torch"
+    capabilities = Capabilities()
+
+    @classmethod
+    def open(
+        cls, model_dir: str | Path | ModelDir, *, device: torch.device, dtype: torch.dtype,
+        inject_weight: float, vae_decoder: str, graph_dir: str | Path | None = None, **options: Any,
+    ) -> TorchBackend:
+        if options:
+            raise ValueError(f"torch backend takes no options, got {sorted(options)}")
+        return cls.from_pretrained(model_dir, require_device(device), dtype, inject_weight, vae_decoder)
 
     @property
     def pipe(self) -> OneStepPipeline:
@@ -63,6 +81,15 @@ class TorchOptBackend(GraphBackend):
     """
 
     backend_name = "torch-opt"
+    capabilities = Capabilities(
+        dtypes={"cpu": ("float32", "bfloat16"), "cuda": ("float16", "bfloat16", "float32")}, buckets=True)
+
+    @classmethod
+    def open(
+        cls, model_dir: str | Path | ModelDir, *, device: torch.device, dtype: torch.dtype,
+        inject_weight: float, vae_decoder: str, graph_dir: str | Path | None = None, **options: Any,
+    ) -> TorchOptBackend:
+        return cls(model_dir, device, dtype, inject_weight, vae_decoder=vae_decoder, **options)
 
     def __init__(
         self,
@@ -80,7 +107,7 @@ class TorchOptBackend(GraphBackend):
     ) -> None:
         from engines.graphs import TextEncoderGraph, UNetGraph, VaeDecoderGraph
 
-        dev, dtype = device_and_dtype("torch-opt", device, dtype)
+        dev, dtype = device_and_dtype(type(self), device, dtype)
         on_cuda = dev.type == "cuda"
         super().__init__(model_dir, dev, dtype, inject_weight=inject_weight)
         self.compile = on_cuda if compile is None else compile
@@ -144,10 +171,12 @@ class TorchOptBackend(GraphBackend):
         outs = self._runners[component](cast)
         return dict(zip(spec.output_names, outs))
 
-    def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
-        """Compile and capture every bucket now instead of on the first requests."""
-        for b in batch_sizes or self.buckets:
+    def warmup(self, search: bool = False) -> float:
+        """Compile and capture every bucket now instead of on the first requests; seconds."""
+        t0 = time.perf_counter()
+        for b in self.buckets:
             self(["warmup"] * b, list(range(b)), "adapter")
+        return time.perf_counter() - t0
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

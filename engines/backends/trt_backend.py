@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engines.backends.base import BackendUnavailable, GraphBackend
+from engines.backends.registry import Capabilities
 from engines.shapes import COMPONENTS, ShapeSpec
 
 if TYPE_CHECKING:
@@ -44,6 +45,16 @@ class TrtBackend(GraphBackend):
     """One deserialized engine and execution context per graph."""
 
     backend_name = "tensorrt"
+    capabilities = Capabilities(dtypes={"cuda": ("float32",)}, vae_decoders=("full",),
+                                graph_dir=("engine_dir", "ragturbo build trt"))
+
+    @classmethod
+    def open(
+        cls, model_dir: str | Path | ModelDir, *, device: torch.device, dtype: torch.dtype,
+        inject_weight: float, vae_decoder: str, graph_dir: str | Path | None = None, **options: Any,
+    ) -> TrtBackend:
+        assert graph_dir is not None, "create_backend checks the engine_dir"
+        return cls(model_dir, graph_dir, device, inject_weight, **options)
 
     def __init__(
         self,

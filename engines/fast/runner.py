@@ -3,18 +3,18 @@
 Stages, each a pure tensor function (no host sync, so they can be captured):
 
 - ``text``: token ids (B,77) int64 -> context (B,77,D), pooled (B,D)
-- ``retrieve``: pooled, kmask (B,K), adapter/inject masks (B,) -> exact cosine top-K over the
+- ``retrieve``: pooled, kmask (B,K), controls (B,N) -> exact cosine top-K over the
   ``GpuIndex`` (rows, scores), λ = score where score >= min_score and > 0 (else 0), masked
   by each request's k and mode, and the gather of the rows' H-features (B,K,C,h,w)
-- ``unet``: noise (B,4,L,L), context, h_retr, λ, masks -> x0 (B,4,L,L)
+- ``unet``: noise (B,4,L,L), context, h_retr, λ, controls -> x0 (B,4,L,L)
   (UNet encoder -> adapter / slerp injection / nothing per sample -> UNet decoder -> x0)
 - ``vae``: x0 -> uint8 images (B,R,R,3) on the device
 
 Variants, each one static-shape graph per batch bucket:
 
-- ``search``: token ids, noise, kmask, masks -> images, rows, scores (the served path:
+- ``search``: token ids, noise, kmask, controls -> images, rows, scores (the served path:
   text, search, gather, UNet, VAE in one graph)
-- ``given``: context, noise, h_retr, λ, masks -> images (neighbours found elsewhere, e.g. a
+- ``given``: context, noise, h_retr, λ, controls -> images (neighbours found elsewhere, e.g. a
   Qdrant cluster when the database outgrows the device)
 - ``text``: token ids -> context, pooled (the text encoder alone, for the ``given`` path)
 - ``plain``: token ids, noise -> images (no retrieval at all: the overhead baseline)
@@ -38,17 +38,18 @@ import torch
 from engines.cuda_graphs import as_tuple, capture_graphs, replayer
 from engines.fast.compile import FastConfig, compile_regional
 from engines.fast.gpu_index import GpuIndex
-from engines.inject import mix_retrieval
+from engines.inject import mix_retrieval, retrieval_on
 from engines.pipeline import OneStepPipeline
-from engines.rules import images_to_uint8, neighbour_lambda, x0_from_output
+from engines.request import Batch, ImageRequest
+from engines.rules import images_to_uint8, neighbour_lambda, start_latent, x0_from_output
 
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("text", "retrieval", "unet", "vae")
 VARIANTS: tuple[str, ...] = ("search", "given", "text", "plain")
 _INPUTS: dict[str, tuple[str, ...]] = {
-    "search": ("ids", "noise", "kmask", "admask", "injmask"),
-    "given": ("ctx", "noise", "h_retr", "lam", "admask", "injmask"),
+    "search": ("ids", "noise", "kmask", "ctrl"),
+    "given": ("ctx", "noise", "h_retr", "lam", "ctrl"),
     "text": ("ids",),
     "plain": ("ids", "noise"),
 }
@@ -97,8 +98,7 @@ class FastRunner:
         self.dtype = pipe.dtype
         self.inject_weight = float(inject_weight)
         self.use_graphs = self.cfg.cuda_graphs and self.device.type == "cuda"
-        self._alpha_bar = a = float(pipe.alphas_cumprod[pipe.student_timestep])
-        self._s1a = (1 - a) ** 0.5
+        self._alpha_bar = float(pipe.alphas_cumprod[pipe.student_timestep])
         self._sf = float(pipe.vae.config.scaling_factor)
         self.min_score = torch.zeros((), dtype=torch.float32, device=self.device)
         self.index: GpuIndex | None = None
@@ -171,14 +171,13 @@ class FastRunner:
         return out.last_hidden_state, out.pooler_output
 
     def retrieve(
-        self, pooled: torch.Tensor, kmask: torch.Tensor, admask: torch.Tensor, injmask: torch.Tensor
+        self, pooled: torch.Tensor, kmask: torch.Tensor, ctrl: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> h_retr (B,K,C,h,w), λ (B,K), scores (B,K) float32, rows (B,K) int64 (K from kmask)."""
         if self.index is None:
             raise RuntimeError("the search variant needs an index (set_index)")
         scores, rows = self.index.search(pooled, int(kmask.shape[1]))
-        on = ((admask + injmask) > 0).to(torch.float32)[:, None]
-        lam = neighbour_lambda(scores, self.min_score) * kmask.float() * on
+        lam = neighbour_lambda(scores, self.min_score) * kmask.float() * retrieval_on(ctrl)[:, None]
         return self.index.gather(rows), lam, scores, rows
 
     def unet(
@@ -187,22 +186,16 @@ class FastRunner:
         ctx: torch.Tensor,
         h_retr: torch.Tensor | None = None,
         lam: torch.Tensor | None = None,
-        admask: torch.Tensor | None = None,
-        injmask: torch.Tensor | None = None,
+        ctrl: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        z = noise * self._s1a
+        z = start_latent(noise, self._alpha_bar)
         if self.cfg.channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
         t = torch.full((z.shape[0],), self.pipe.student_timestep, device=z.device, dtype=torch.long)
         ctx = ctx.to(self.dtype)
         h, skips, temb = self._unet_enc(z, t, ctx)
-        if h_retr is not None and lam is not None:
-            b = h.shape[0]
-            ad = admask if admask is not None else torch.ones((b,), device=h.device)
-            inj = injmask if injmask is not None else torch.zeros((b,), device=h.device)
-            h = mix_retrieval(
-                h, h_retr.to(self.dtype), lam, ad, inj, self.pipe.hadapter, self.inject_weight
-            )
+        if h_retr is not None and lam is not None and ctrl is not None:
+            h = mix_retrieval(h, h_retr.to(self.dtype), lam, ctrl, self.pipe.hadapter, self.inject_weight)
         return self._unet_dec(h, skips, temb, ctx, z)
 
     def _decode_x0(
@@ -221,20 +214,19 @@ class FastRunner:
 
     # ------------------------------------------------------------------ whole variants
     def full_search(
-        self, ids: torch.Tensor, noise: torch.Tensor, kmask: torch.Tensor,
-        admask: torch.Tensor, injmask: torch.Tensor,
+        self, ids: torch.Tensor, noise: torch.Tensor, kmask: torch.Tensor, ctrl: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids ... -> uint8 images (B,R,R,3), rows (B,K), scores (B,K)."""
         ctx, pooled = self.text(ids)
-        h_retr, lam, scores, rows = self.retrieve(pooled, kmask, admask, injmask)
-        img = self.vae(self.unet(noise, ctx, h_retr, lam, admask, injmask))
+        h_retr, lam, scores, rows = self.retrieve(pooled, kmask, ctrl)
+        img = self.vae(self.unet(noise, ctx, h_retr, lam, ctrl))
         return img, rows, scores
 
     def full_given(
         self, ctx: torch.Tensor, noise: torch.Tensor, h_retr: torch.Tensor, lam: torch.Tensor,
-        admask: torch.Tensor, injmask: torch.Tensor,
+        ctrl: torch.Tensor,
     ) -> torch.Tensor:
-        return self.vae(self.unet(noise, ctx, h_retr, lam, admask, injmask))
+        return self.vae(self.unet(noise, ctx, h_retr, lam, ctrl))
 
     def full_plain(self, ids: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         ctx, _ = self.text(ids)
@@ -264,8 +256,7 @@ class FastRunner:
             "ids": ids,
             "noise": torch.randn((batch, c, lsz, lsz), generator=g),
             "kmask": torch.ones((batch, k)),
-            "admask": torch.ones((batch,)),
-            "injmask": torch.zeros((batch,)),
+            "ctrl": Batch(tuple(ImageRequest("", 0) for _ in range(batch))).controls(),  # adapter
             "ctx": torch.randn((batch, p.max_length, p.embed_dim), generator=g),
             "h_retr": torch.randn((batch, k, *p.h_shape), generator=g),
             "lam": torch.rand((batch, k), generator=g) * 0.5 + 0.5,
@@ -283,12 +274,12 @@ class FastRunner:
             return fns
         with torch.inference_mode():
             ctx, pooled = self.text(x["ids"])
-            hr, lam, _, _ = self.retrieve(pooled, x["kmask"], x["admask"], x["injmask"])
-            x0 = self.unet(x["noise"], ctx, hr, lam, x["admask"], x["injmask"])
+            hr, lam, _, _ = self.retrieve(pooled, x["kmask"], x["ctrl"])
+            x0 = self.unet(x["noise"], ctx, hr, lam, x["ctrl"])
         fns.update(
             text=lambda: self.text(x["ids"]),
-            retrieval=lambda: self.retrieve(pooled, x["kmask"], x["admask"], x["injmask"]),
-            unet=lambda: self.unet(x["noise"], ctx, hr, lam, x["admask"], x["injmask"]),
+            retrieval=lambda: self.retrieve(pooled, x["kmask"], x["ctrl"]),
+            unet=lambda: self.unet(x["noise"], ctx, hr, lam, x["ctrl"]),
             vae=lambda: self.vae(x0),
         )
         return fns

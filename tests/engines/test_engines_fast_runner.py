@@ -9,6 +9,7 @@ import torch
 
 from engines.fast.runner import FastConfig, FastRunner
 from engines.pipeline import OneStepPipeline
+from engines.request import Batch
 
 
 @pytest.mark.parametrize("mode", ["adapter", "inject", "off"])
@@ -31,10 +32,9 @@ def test_fast_runner_equals_pipeline_generate(tiny_model_dir: Path, mode: str) -
     kmask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])  # the second request asked for k=1
     lam = torch.where(top > 0, top, torch.zeros_like(top)) * kmask
     want = pipe.generate(text, seeds, mode, store[nbr], lam).images
-    masks = {"admask": torch.full((2,), float(mode == "adapter")),
-             "injmask": torch.full((2,), float(mode == "inject"))}
+    ctrl = Batch.given(text, seeds, mode).controls()
     got, rows, sc = runner.run("search", ids=pipe.tokenize(prompts), noise=pipe.initial_noise(seeds),
-                               kmask=kmask, **masks)
+                               kmask=kmask, ctrl=ctrl)
     assert torch.equal(rows, nbr) and torch.allclose(sc, top, atol=1e-5)
     got = got.numpy()
     assert got.shape == want.shape == (2, 64, 64, 3)

@@ -70,11 +70,13 @@ def test_device_and_dtype_defaults() -> None:
 
     from engines.backends import BackendUnavailable
     from engines.backends.base import device_and_dtype
+    from engines.backends.fast_backend import FastBackend
+    from engines.backends.torch_backend import TorchOptBackend
 
-    assert device_and_dtype("fast", "cpu", None) == (torch.device("cpu"), torch.float32)
-    assert device_and_dtype("fast", "cpu", torch.bfloat16)[1] == torch.bfloat16
-    with pytest.raises(BackendUnavailable, match="torch-opt: float16 needs CUDA"):
-        device_and_dtype("torch-opt", "cpu", torch.float16)
+    assert device_and_dtype(FastBackend, "cpu", None) == (torch.device("cpu"), torch.float32)
+    assert device_and_dtype(FastBackend, "cpu", torch.bfloat16)[1] == torch.bfloat16
+    with pytest.raises(BackendUnavailable, match="'torch-opt' runs dtype .* on cpu.*float16 needs CUDA"):
+        device_and_dtype(TorchOptBackend, "cpu", torch.float16)
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailable, match="no CUDA device"):
-            device_and_dtype("fast", "cuda", None)
+            device_and_dtype(FastBackend, "cuda", None)

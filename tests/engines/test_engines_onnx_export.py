@@ -44,8 +44,9 @@ def test_spec_of_sd_turbo_matches_its_architecture() -> None:
     )
     unet = s.component("unet")
     assert unet.input_names == [
-        "sample", "timestep", "context", "h_retr", "lam", "adapter_mask", "inject_mask",
+        "sample", "timestep", "context", "h_retr", "lam", "controls",
     ]
+    assert unet.tensor("controls").concrete(3) == (3, 2)  # one column per engines.request.CONTROLS
     assert unet.dynamic_axes()["h_retr"] == {0: "B", 1: "K"}
     prof = s.profile("unet")
     assert prof["h_retr"] == ((1, 1, 1280, 8, 8), (4, 1, 1280, 8, 8), (16, 8, 1280, 8, 8))
@@ -152,3 +153,30 @@ def test_cli_export_onnx(tmp_path: Path) -> None:
               "--opt-batch", "9", "--max-batch", "8"],
     )
     assert bad.exit_code != 0 and "min <= opt <= max" in bad.output
+
+
+def test_an_export_made_with_the_older_mask_inputs_is_refused_with_what_to_do(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    from engines.backends import BackendUnavailable
+    from engines.backends.base import GraphBackend
+    from engines.shapes import ShapeSpec
+
+    class Graphs(GraphBackend):  # any runtime over exported graphs (onnxruntime, tensorrt)
+        backend_name = "graphs"
+
+        @classmethod
+        def open(cls, *a, **k):  # type: ignore[no-untyped-def]
+            raise NotImplementedError
+
+        def _run(self, component, inputs):  # type: ignore[no-untyped-def]
+            raise NotImplementedError
+
+    d = spec_from_arch("tiny").to_dict()
+    assert ShapeSpec.from_dict(d).stale_unet() is None
+    unet = d["components"]["unet"]
+    unet["inputs"] = [*unet["inputs"][:-1], {"name": "adapter_mask", "dtype": "float32", "shape": ("B",)},
+                      {"name": "inject_mask", "dtype": "float32", "shape": ("B",)}]
+    old = ShapeSpec.from_dict(d)
+    assert "re-run `ragturbo export onnx`" in (old.stale_unet() or "")
+    with pytest.raises(BackendUnavailable, match="adapter_mask"):
+        Graphs(tiny_model_dir, spec=old)
+    assert Graphs(tiny_model_dir, spec=spec_from_arch("tiny")).spec.stale_unet() is None
