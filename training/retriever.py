@@ -20,8 +20,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from engines.rules import neighbour_lambda
-
 
 @runtime_checkable
 class Retriever(Protocol):
@@ -49,24 +47,16 @@ def gather(
     neigh: Sequence[Sequence[Any]], features: Callable[[list[str]], torch.Tensor], k: int,
     h_shape: tuple[int, ...], min_score: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Neighbours per sample (best first) -> h_retr (B,k,C,h,w), λ (B,k) float32 on the CPU.
+    """Neighbours per sample (best first) -> h_retr (B,k,C,h,w), λ (B,k) float32 on the CPU,
+    by the service's one gather (``engines.request.gather_neighbours``): λ is
+    ``neighbour_lambda``; a neighbour with λ = 0 and a missing one (fewer than k) get zero
+    features. ``features(ids)`` gives the H-features of the ids in order."""
+    from engines.request import gather_neighbours
 
-    ``features(ids)`` gives the H-features of the ids in order. λ is ``neighbour_lambda``;
-    a neighbour with λ = 0 and a missing one (fewer than k) get zero features.
-    """
-    b = len(neigh)
     flat = [n.id for ns in neigh for n in ns[:k]]
-    feats = features(flat).float().cpu() if flat else torch.zeros((0, *h_shape))
-    h = torch.zeros((b, k, *h_shape))
-    lam = torch.zeros((b, k))
-    pos = 0
-    for i, ns in enumerate(neigh):
-        for j, n in enumerate(ns[:k]):
-            h[i, j] = feats[pos]
-            lam[i, j] = float(n.score)
-            pos += 1
-    lam = neighbour_lambda(lam, min_score)
-    return h * (lam != 0)[:, :, None, None, None], lam
+    feats = features(flat) if flat else torch.zeros((0, *h_shape))
+    nb = gather_neighbours([[float(n.score) for n in ns[:k]] for ns in neigh], feats, h_shape, min_score, k=k)
+    return nb.h_retr, nb.lam
 
 
 class InMemoryRetriever:
