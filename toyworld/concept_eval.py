@@ -49,9 +49,9 @@ def concept_db(pipe: Any, base: Any | None, n: int, shapes: tuple[str, ...] | No
                batch: int = 256) -> tuple[Any, list[str]]:
     """A ``retrieval.db.RetrievalDB``: ``base`` (``toyworld.fideval.Database``, or None) plus
     ``n`` pairs of every concept of ``shapes`` (default: both sets); returns it and the ids."""
-    from toyworld.models.adapter import RetrievalSplitDB
+    from toyworld.fideval import Database
 
-    ids = [f"retrieval-{i}" for i in range(len(base.captions))] if base is not None else []
+    ids = list(base.ids) if base is not None else []
     caps = list(base.captions) if base is not None else []
     pooled = [base.pooled.cpu()] if base is not None else []
     feats = [base.features.cpu()] if base is not None else []
@@ -65,8 +65,7 @@ def concept_db(pipe: Any, base: Any | None, n: int, shapes: tuple[str, ...] | No
                 pooled.append(torch.nn.functional.normalize(te.pooled.float(), dim=-1).cpu())
             ids += [f"concept-{s}-{i}" for i in range(n)]
             caps += cs
-    r = RetrievalSplitDB(ids, caps, torch.cat(pooled), torch.cat(feats), np.zeros(len(ids), dtype=bool))
-    return r.as_db(), ids
+    return Database(caps, None, torch.cat(pooled), torch.cat(feats), ids).as_retrieval_db(), ids
 
 
 def _generate(t2i: Any, prompts: list[str], seeds: list[int], mode: str) -> tuple[np.ndarray, list[str]]:

@@ -105,31 +105,43 @@ class Suite:
 
 @dataclass
 class Database:
-    """The retrieval split: captions, images (N,64,64,3), normalised pooled (N,D), H (N,C,h,w)."""
+    """Pairs in memory (by default the retrieval split): captions, images (N,64,64,3) or None,
+    normalised pooled caption embeddings (N,D), H-features (N,C,h,w) and point ids."""
 
     captions: list[str]
-    images: np.ndarray
+    images: np.ndarray | None
     pooled: torch.Tensor
     features: torch.Tensor
+    ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.ids = self.ids or [f"retrieval-{i}" for i in range(len(self.captions))]
 
     @staticmethod
     def build(pipe: Any, n: int, batch: int = 512) -> Database:
-        from toyworld.models.adapter import RetrievalSplitDB
+        """Regenerate items 0..n-1 of the retrieval split; pooled embeddings and H-features
+        (the student's encoder at t = 0) computed with ``pipe``."""
         from toyworld.models.data import make_split
 
         sp = make_split("retrieval", n)
         assert sp.images is not None
-        r = RetrievalSplitDB.from_split(pipe, sp, batch)
-        return Database(sp.captions, sp.images, r.pooled, r.features)
+        pooled, feats = [], []
+        for i in range(0, n, batch):
+            te = pipe.encode_text(sp.captions[i : i + batch])
+            lat = pipe.encode_images(sp.images[i : i + batch])
+            feats.append(pipe.retrieval_features(lat, te.context).float())
+            pooled.append(torch.nn.functional.normalize(te.pooled.float(), dim=-1))
+        return Database(sp.captions, sp.images, torch.cat(pooled), torch.cat(feats))
 
     def as_retrieval_db(self) -> Any:
-        """The pairs as a ``retrieval.db.RetrievalDB`` (exact cosine in memory), what
-        ``retrieval.compose.TextToImage`` (the service's path) searches."""
-        from toyworld.models.adapter import RetrievalSplitDB
+        """The pairs as a ``retrieval.db.RetrievalDB`` (exact cosine in memory, on the device
+        they live on), what ``retrieval.compose.TextToImage`` (the service's path) searches."""
+        from retrieval.db import RetrievalDB
+        from retrieval.memory_index import MemoryFeatures, MemoryIndex
 
-        ids = [f"retrieval-{i}" for i in range(len(self.captions))]
-        return RetrievalSplitDB(ids, self.captions, self.pooled, self.features,
-                                np.zeros(len(self.captions), dtype=bool)).as_db()
+        index = MemoryIndex.from_vectors(self.ids, self.pooled, [{"caption": c} for c in self.captions],
+                                         device=self.pooled.device, unit=True)
+        return RetrievalDB(index, MemoryFeatures(self.ids, self.features))
 
     def search(self, pooled: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """pooled (B,D) -> (λ by ``engines.rules.neighbour_lambda`` (B,k), indices (B,k))."""
@@ -212,6 +224,7 @@ def evaluate(
     text_all = base.encode_text(prompts)
     lam4, idx4 = db.search(text_all.pooled, 4)
     # does the top-1 neighbour's own image answer every question of the prompt?
+    assert db.images is not None
     nb_rows = score_images(db.images[idx4[:, 0].cpu().numpy()], prompts, workers)
     nb_full = [r["overall"] >= 1.0 - 1e-9 for r in nb_rows]
     orc_img = oracle_images(prompts)

@@ -110,8 +110,8 @@ def stage_arms(cfg: FamilyConfig, work: Path, dev: torch.device, limit: float | 
                arms: tuple[str, ...]) -> dict[str, Any]:
     from engines.pipeline import OneStepPipeline
     from lab.toyworld.arms import ArmData, self_features, train_arms
+    from lab.toyworld.recipes import ADAPTER_NOISE_SEED
     from toyworld.fideval import Database
-    from toyworld.models.adapter import ADAPTER_NOISE_SEED
     from toyworld.models.data import HELD_OUT_RARE
     from toyworld.models.teacher import sample
 

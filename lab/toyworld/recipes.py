@@ -22,11 +22,14 @@ from typing import Any
 import torch
 import typer
 
-from toyworld.models.adapter import ADAPTER_NOISE_SEED, RetrievalSplitDB
+from toyworld.fideval import Database
 from toyworld.models.configs import FamilyConfig, get_family
 from toyworld.models.export import export_model_dir, save_fp16
 
 log = logging.getLogger(__name__)
+
+ADAPTER_NOISE_SEED = 1_000_000
+"""Noise seed of the first adapter target (sample i: + i); clear of the eval seeds (1000·i + j)."""
 
 STAGES = ("vae", "text", "teacher", "student", "export", "adapter", "control")
 
@@ -236,7 +239,7 @@ def stage_adapter(st: Any, control: bool, limit: float | None = None) -> dict[st
     retriever = None
     if not control:
         pipe = OneStepPipeline.from_pretrained(work / "model", device=st.device)
-        db = RetrievalSplitDB.build(pipe, cfg.n_retrieval)
+        db = Database.build(pipe, cfg.n_retrieval)
         retriever = InMemoryRetriever(db.ids, db.pooled, db.features, 0.0)
         del pipe
     run = cfg.adapter
