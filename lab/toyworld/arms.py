@@ -48,7 +48,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from toyworld.models.common import LossLog, autocast, out_of_time
+from lab.toyworld.models.common import LossLog, out_of_time
+from toyworld.models.common import autocast
 from toyworld.models.variants import DECODER_PREFIXES, load_variant
 from training.schedule import lambda_lr
 

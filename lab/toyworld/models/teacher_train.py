@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from engines.pipeline import alphas_cumprod_from_config
-from toyworld.models.common import LossLog, autocast, batches, out_of_time
+from lab.toyworld.models.common import LossLog, batches, out_of_time
+from toyworld.models.common import autocast
 from toyworld.models.configs import SCHEDULER, FamilyConfig
 from training.ema import ParamEMA
 from training.schedule import lambda_lr

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toyworld.models.common import LossLog, autocast, batches, images_to_tensor, out_of_time
+from lab.toyworld.models.common import LossLog, batches, images_to_tensor, out_of_time
+from toyworld.models.common import autocast
 from toyworld.models.configs import FamilyConfig
 from toyworld.scene import SceneSpec
 from toyworld.vocab import COLOURS, RELATIONS, SHAPES

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toyworld.models.common import LossLog, autocast, batches, images_to_tensor, out_of_time
+from lab.toyworld.models.common import LossLog, batches, images_to_tensor, out_of_time
+from toyworld.models.common import autocast
 from toyworld.models.configs import FamilyConfig
 from training.schedule import lambda_lr
 
