@@ -16,7 +16,8 @@ from training.config import TrainConfig
 from training.data import Pair, load_image, read_pairs
 from training.discriminator import DiscHeads, TeacherFeatures
 from training.model import StudentForward, add_up_lora, load_lora_state, lora_state
-from training.retriever import InMemoryRetriever, NullRetriever, Retriever
+from training.retriever import NullRetriever, Retriever
+from training.retriever_db import DbRetriever
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +128,17 @@ def _encode_all(
     )
 
 
-def index_pairs(pipe: OneStepPipeline, pairs: list[Pair], min_score: float, bs: int = 8) -> InMemoryRetriever:
+def index_pairs(pipe: OneStepPipeline, pairs: list[Pair], min_score: float, bs: int = 8) -> DbRetriever:
     """An exact in-memory index over ``pairs``: pooled caption embeddings and H-features of
     their clean latents, computed with the frozen student."""
     _, pooled, feats = _encode_all(pipe, pairs, True, bs)
     assert pooled is not None and feats is not None
-    return InMemoryRetriever([p.id for p in pairs], pooled, feats, min_score)
+    return DbRetriever.in_memory([p.id for p in pairs], pooled, feats, min_score)
 
 
 def build_retriever(cfg: TrainConfig, pipe: OneStepPipeline, bs: int = 8) -> Retriever:
     """The configured retriever for ``source: db`` or a ``dataset`` with its own ``path``
     (an index over the training pairs themselves is built with the latent cache)."""
-    from training.retriever_db import DbRetriever
-
     r = cfg.retrieval
     assert r is not None
     if r.source == "dataset":
@@ -182,7 +181,7 @@ def build_job(cfg: TrainConfig, device: torch.device, retriever: Retriever | Non
         log.info("encoded %d target latents%s", len(pairs), " and H-features" if own_index else "")
         if own_index:
             assert pooled is not None and feats is not None and r is not None
-            retriever = InMemoryRetriever([p.id for p in pairs], pooled, feats, r.min_score)
+            retriever = DbRetriever.in_memory([p.id for p in pairs], pooled, feats, r.min_score)
         if not cfg.data.cache_latents:
             latents = None
     if cfg.is_control:

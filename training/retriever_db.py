@@ -29,6 +29,21 @@ class DbRetriever:
         self.min_score = float(min_score)
 
     @classmethod
+    def in_memory(cls, ids: Sequence[str], embeddings: torch.Tensor, features: torch.Tensor,
+                  min_score: float = 0.0) -> DbRetriever:
+        """Exact cosine top-k in memory (``retrieval.memory_index``) over ``embeddings`` (N,D),
+        any scale, with H-features ``features`` (N,C,h,w), kept in fp16 on the CPU as the
+        service's feature store keeps them; ``ids`` are what ``exclude_ids`` refers to."""
+        from retrieval.db import RetrievalDB
+        from retrieval.memory_index import MemoryFeatures, MemoryIndex
+
+        if not len(ids) == len(embeddings) == len(features):
+            raise ValueError(f"{len(ids)} ids, {len(embeddings)} embeddings, {len(features)} features")
+        feats = features.detach().cpu().to(torch.float16)
+        db = RetrievalDB(MemoryIndex.from_vectors(list(ids), embeddings), MemoryFeatures(list(ids), feats))
+        return cls(db, tuple(feats.shape[1:]), min_score)  # type: ignore[arg-type]
+
+    @classmethod
     def open(
         cls,
         pipe: Any,

@@ -225,7 +225,7 @@ def stage_adapter(st: Any, control: bool, limit: float | None = None) -> dict[st
     from engines.pipeline import OneStepPipeline
     from training.adapter import train
     from training.export import export_checkpoint
-    from training.retriever import InMemoryRetriever
+    from training.retriever_db import DbRetriever
 
     name = "control" if control else "adapter"
     cfg = st.cfg
@@ -240,7 +240,7 @@ def stage_adapter(st: Any, control: bool, limit: float | None = None) -> dict[st
     if not control:
         pipe = OneStepPipeline.from_pretrained(work / "model", device=st.device)
         db = Database.build(pipe, cfg.n_retrieval)
-        retriever = InMemoryRetriever(db.ids, db.pooled, db.features, 0.0)
+        retriever = DbRetriever.in_memory(db.ids, db.pooled, db.features, 0.0)
         del pipe
     run = cfg.adapter
     tc: dict[str, Any] = {

@@ -98,11 +98,11 @@ def test_control_run_uses_null_neighbours(make_config: Any, tmp_path: Path) -> N
 
 
 def test_retrieval_never_returns_the_pair_itself() -> None:
-    from training.retriever import InMemoryRetriever
+    from training.retriever_db import DbRetriever
 
     emb = torch.eye(3)
     feats = torch.arange(3.0)[:, None, None, None].expand(3, 2, 1, 1).clone()
-    r = InMemoryRetriever(["a", "b", "c"], emb, feats, min_score=0.0)
+    r = DbRetriever.in_memory(["a", "b", "c"], emb, feats, min_score=0.0)
     h, lam = r(emb[:1], 2, [frozenset({"a"})])
     assert lam.shape == (1, 2) and torch.all(lam == 0)  # only orthogonal pairs left: score 0
     h, lam = r(torch.tensor([[1.0, 0.5, 0.0]]), 1, [frozenset({"a"})])
