@@ -22,7 +22,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -55,6 +55,20 @@ def read_prompts(path: str | Path) -> list[str]:
 def noise_seeds(seed: int, n: int) -> list[int]:
     """The noise seed of each of ``n`` samples generated with ``--seed seed``: seed + i."""
     return [seed + i for i in range(n)]
+
+
+@torch.no_grad()
+def guided_sample(unet: torch.nn.Module, sched: Any, z: torch.Tensor, ctx2: torch.Tensor, guidance: float,
+                  amp: bool = False) -> torch.Tensor:
+    """Classifier-free guided sampling: ``sched`` (a diffusers scheduler, timesteps set) from
+    latents ``z`` (B,4,h,w), ``ctx2`` the unconditional then the conditional context (2B,T,D),
+    the model output ``u + guidance·(c − u)``; ``amp``: the UNet under bf16 autocast."""
+    for t in sched.timesteps:
+        with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=amp):
+            out = unet(sched.scale_model_input(torch.cat([z, z]), t), t, encoder_hidden_states=ctx2).sample.float()
+        e_u, e_c = out.chunk(2)
+        z = sched.step(e_u + guidance * (e_c - e_u), t, z).prev_sample
+    return z
 
 
 @torch.no_grad()
@@ -107,11 +121,7 @@ def sample_teacher(
         ctx2 = torch.cat([uncond.expand(b, -1, -1), ctx])
         eps = pipe.initial_noise(noise_seeds(seed + i, b)).float()
         assert eps.shape[1:] == shape, (eps.shape, shape)
-        z = eps.to(dev) * float(sched.init_noise_sigma)
-        for t in sched.timesteps:
-            inp = sched.scale_model_input(torch.cat([z, z]), t)
-            e_u, e_c = teacher(inp, t, encoder_hidden_states=ctx2).sample.chunk(2)
-            z = sched.step(e_u + cfg * (e_c - e_u), t, z).prev_sample
+        z = guided_sample(teacher, sched, eps.to(dev) * float(sched.init_noise_sigma), ctx2, cfg)
         lats.append(z.float().cpu())
         imgs.append(pipe.decode_latents(z))
         log.info("teacher samples %d/%d", min(i + b, len(prompts)), len(prompts))

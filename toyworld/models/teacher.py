@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 
-from toyworld.models.common import autocast
 from toyworld.models.configs import SCHEDULER
 
 
@@ -33,16 +32,9 @@ def sample(
     steps: int = 25,
     guidance: float = 3.0,
 ) -> torch.Tensor:
-    """DDIM (eta=0, diffusers' ``DDIMScheduler.step``) with classifier-free guidance:
-    noise (B,4,h,w) -> x0 latents (B,4,h,w)."""
-    dev = noise.device
-    sched = ddim_scheduler(steps)
-    x = noise.float()
-    b = x.shape[0]
+    """DDIM (eta=0, diffusers' ``DDIMScheduler.step``) with classifier-free guidance
+    (``training.teacher_samples.guided_sample``): noise (B,4,h,w) -> x0 latents (B,4,h,w)."""
+    from training.teacher_samples import guided_sample
+
     ctx2 = torch.cat([uncond.to(context.dtype).expand_as(context), context])
-    for t in sched.timesteps:  # type: ignore[attr-defined]
-        with autocast(dev):
-            out = unet(torch.cat([x, x]), torch.full((2 * b,), int(t), device=dev), ctx2).sample.float()
-        vu, vc = out.chunk(2)
-        x = sched.step(vu + guidance * (vc - vu), int(t), x).prev_sample  # type: ignore[attr-defined]
-    return x
+    return guided_sample(unet, ddim_scheduler(steps), noise.float(), ctx2, guidance, amp=noise.device.type == "cuda")
