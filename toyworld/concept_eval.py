@@ -68,15 +68,6 @@ def concept_db(pipe: Any, base: Any | None, n: int, shapes: tuple[str, ...] | No
     return Database(caps, None, torch.cat(pooled), torch.cat(feats), ids).as_retrieval_db(), ids
 
 
-def _generate(t2i: Any, prompts: list[str], seeds: list[int], mode: str) -> tuple[np.ndarray, list[str]]:
-    from retrieval.compose import ImageRequest
-
-    res, _ = t2i.generate([ImageRequest(prompt=p, seed=s, mode=mode) for p, s in zip(prompts, seeds, strict=True)])  # type: ignore[arg-type]
-    if mode != "off" and any(r.retrieval_status in ("unavailable", "off") for r in res):
-        raise RuntimeError(f"concept eval {mode}: retrieval did not answer ({[r.retrieval_status for r in res]})")
-    return np.stack([r.image for r in res]), [r.retrieved[0].id if r.retrieved else "" for r in res]
-
-
 def _score(images: np.ndarray, items: list[tuple[str, str, str | None]]) -> tuple[np.ndarray, np.ndarray]:
     """-> drawn (N,) bool, background right (N,) float (nan where the prompt names none)."""
     d, b = np.zeros(len(images), bool), np.full(len(images), np.nan)
@@ -92,6 +83,7 @@ def evaluate_concepts(pipes: dict[str, Any], base_db: Any, ns: tuple[int, ...] =
                       n_prompts: int = 10, seeds: int = 4, n_boot: int = 2000) -> dict[str, Any]:
     """``pipes``: {"adapter": pipe, "control": pipe}; -> {set: {N: {mode: {...}}}} + intervals."""
     from retrieval.compose import TextToImage
+    from toyworld.fideval import compose_images
     from toyworld.scoring import paired_bootstrap, per_prompt
 
     adapter = pipes["adapter"]
@@ -104,16 +96,19 @@ def evaluate_concepts(pipes: dict[str, Any], base_db: Any, ns: tuple[int, ...] =
         items = [(x[1], x[2], x[3]) for x in flat]
         per: dict[str, Any] = {}
         drawn_pp: dict[str, np.ndarray] = {}
-        ims, _ = _generate(TextToImage(adapter, None, retrieval_timeout_s=None), prompts, sd, "off")
+        ims = compose_images(TextToImage(adapter, None, retrieval_timeout_s=None), prompts, sd, "off")
         fixed = {"off": ims, "oracle": _oracle(adapter, pr, flat, sd)}
         for n in ns:
             rdb, _ = concept_db(adapter, base_db, n)
             cell: dict[str, Any] = {}
+            top: list[str] | None
             for m in MODES:
                 if m in fixed:
                     im, top = fixed[m], None
                 else:
-                    im, top = _generate(TextToImage(pipes[m], rdb, retrieval_timeout_s=None), prompts, sd, "adapter")
+                    top = []
+                    im = compose_images(TextToImage(pipes[m], rdb, retrieval_timeout_s=None), prompts, sd, "adapter",
+                                        top_ids=top)
                 d, b = _score(im, items)
                 drawn_pp[f"{m}@{n}"] = per_prompt(d.astype(float), seeds)
                 cell[m] = {"drawn": float(d.mean()), "bg": float(np.nanmean(b)) if np.isfinite(b).any() else None}

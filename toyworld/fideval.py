@@ -174,15 +174,19 @@ def _teacher_latents(suite: Suite, pipe: Any, prompts: list[str], seeds: list[in
     return sample(suite.teacher, text.context, unc, pipe.initial_noise(seeds), steps, guidance)
 
 
-def compose_images(t2i: Any, prompts: list[str], seeds: list[int], mode: str, k: int = 1) -> np.ndarray:
+def compose_images(t2i: Any, prompts: list[str], seeds: list[int], mode: str, k: int = 1,
+                   top_ids: list[str] | None = None) -> np.ndarray:
     """uint8 images (B,H,W,3) through ``retrieval.compose.TextToImage.generate`` (embed → search
     → gather → λ → generate: the one path the service and the CLI run); raises when retrieval
-    did not answer, so an eval never quietly falls back to no retrieval."""
+    did not answer, so an eval never quietly falls back to no retrieval. ``top_ids`` (a list)
+    receives each image's top-1 neighbour id ("" for none)."""
     from retrieval.compose import ImageRequest
 
     res, _ = t2i.generate([ImageRequest(prompt=p, seed=s, mode=mode, k=k) for p, s in zip(prompts, seeds, strict=True)])  # type: ignore[arg-type]
     if mode != "off" and any(r.retrieval_status not in ("ok", "weak") for r in res):
         raise RuntimeError(f"eval {mode}: retrieval did not answer ({[r.retrieval_status for r in res]})")
+    if top_ids is not None:
+        top_ids.extend(r.retrieved[0].id if r.retrieved else "" for r in res)
     return np.stack([r.image for r in res])
 
 
