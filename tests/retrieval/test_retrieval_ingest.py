@@ -219,7 +219,7 @@ def test_rebuild_features_for_a_new_model(pipe, other_model_dir, ingested, db_co
 
 
 def test_one_bad_row_never_aborts_an_ingest(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Issue 14.3: a lone surrogate in a caption and a malformed JSON line are rejects."""
+    """A lone surrogate in a caption and a malformed JSON line are rejects."""
     root = tmp_path / "imgs"
     rows = make_pairs(root, 2)
     caps = tmp_path / "captions.jsonl"
@@ -244,7 +244,7 @@ def test_one_bad_row_never_aborts_an_ingest(pipe, tmp_path: Path) -> None:  # ty
 
 
 def test_files_outside_the_images_dir_are_rejected_unless_allowed(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Issue 14.4: "../outside.png", absolute paths and symlinks out are not read."""
+    """Paths like "../outside.png", absolute paths and symlinks out are not read."""
     root = tmp_path / "imgs"
     rows = make_pairs(root, 1)
     outside = make_pairs(tmp_path / "elsewhere", 3, start=50)

@@ -1,4 +1,4 @@
-"""An index that is unavailable when it is opened comes back by itself (issue 14.2):
+"""An index that is unavailable when it is opened comes back by itself:
 Qdrant Edge shard held by another process, then released; Qdrant server down, then up.
 Meanwhile calls fail fast with RetrievalError and ``status()`` says why."""
 

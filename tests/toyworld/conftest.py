@@ -1,4 +1,4 @@
-"""Shared fixtures of the issue-13 tests: random-weight tiny model dirs per UNet layout, and
+"""Shared fixtures of the fidelity tests: random-weight tiny model dirs per UNet layout, and
 random adapter-training rows for them."""
 
 from __future__ import annotations
