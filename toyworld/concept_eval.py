@@ -58,11 +58,9 @@ def concept_db(pipe: Any, base: Any | None, n: int, shapes: tuple[str, ...] | No
     if n:
         for s in shapes or tuple(s for ss in CONCEPTS.values() for s in ss):
             ims, cs = concept_pairs(s, n, INGEST_SEED)
-            for lo in range(0, n, batch):
-                te = pipe.encode_text(cs[lo : lo + batch])
-                lat = pipe.encode_images(ims[lo : lo + batch])
-                feats.append(pipe.retrieval_features(lat, te.context).float().cpu())
-                pooled.append(torch.nn.functional.normalize(te.pooled.float(), dim=-1).cpu())
+            pv, fv = Database.encode(pipe, ims, cs, batch)
+            pooled.append(pv.cpu())
+            feats.append(fv.cpu())
             ids += [f"concept-{s}-{i}" for i in range(n)]
             caps += cs
     return Database(caps, None, torch.cat(pooled), torch.cat(feats), ids).as_retrieval_db(), ids

@@ -125,13 +125,18 @@ class Database:
 
         sp = make_split("retrieval", n)
         assert sp.images is not None
+        return Database(sp.captions, sp.images, *Database.encode(pipe, sp.images, sp.captions, batch))
+
+    @staticmethod
+    def encode(pipe: Any, images: np.ndarray, captions: list[str], batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pairs -> (normalised pooled caption embeddings (N,D), H-features (N,C,h,w)) on ``pipe``'s device."""
         pooled, feats = [], []
-        for i in range(0, n, batch):
-            te = pipe.encode_text(sp.captions[i : i + batch])
-            lat = pipe.encode_images(sp.images[i : i + batch])
+        for i in range(0, len(captions), batch):
+            te = pipe.encode_text(captions[i : i + batch])
+            lat = pipe.encode_images(images[i : i + batch])
             feats.append(pipe.retrieval_features(lat, te.context).float())
             pooled.append(torch.nn.functional.normalize(te.pooled.float(), dim=-1))
-        return Database(sp.captions, sp.images, torch.cat(pooled), torch.cat(feats))
+        return torch.cat(pooled), torch.cat(feats)
 
     def as_retrieval_db(self) -> Any:
         """The pairs as a ``retrieval.db.RetrievalDB`` (exact cosine in memory, on the device
