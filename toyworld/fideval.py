@@ -65,8 +65,6 @@ class Suite:
 
     @staticmethod
     def from_workdir(work: str | Path, device: torch.device) -> Suite:
-        from diffusers import UNet2DConditionModel
-
         from engines.pipeline import OneStepPipeline
 
         w = Path(work)
@@ -75,16 +73,12 @@ class Suite:
             d = w / f"{v}_model"
             if d.is_dir():
                 pipes[v] = OneStepPipeline.from_pretrained(d, device=device)
-        t = w / "teacher" / "unet"
-        teacher = UNet2DConditionModel.from_pretrained(str(t), torch_dtype=torch.float32).to(device).eval() if t.is_dir() else None
-        return Suite(pipes, teacher, str(w))
+        return Suite(pipes, _teacher(w / "teacher" / "unet", device), str(w))
 
     @staticmethod
     def from_shipped(device: torch.device, model: Path | None = None, eval_dir: Path | None = None) -> Suite:
         """``toyworld/assets/model`` (whichever variant ships, named in its ragturbo.json
         ``variant``) + ``toyworld/assets/eval/<variant>.safetensors`` overrides + teacher."""
-        from diffusers import UNet2DConditionModel
-
         from engines.pipeline import OneStepPipeline
 
         model = model or SHIPPED
@@ -98,9 +92,15 @@ class Suite:
                 p = OneStepPipeline.from_pretrained(model, device=device)
                 apply_variant(p, f)
                 pipes[v] = p
-        t = eval_dir / "teacher_unet"
-        teacher = UNet2DConditionModel.from_pretrained(str(t), torch_dtype=torch.float32).to(device).eval() if t.is_dir() else None
-        return Suite(pipes, teacher, f"{model} + {eval_dir}", {"shipped_variant": base_variant})
+        return Suite(pipes, _teacher(eval_dir / "teacher_unet", device), f"{model} + {eval_dir}",
+                     {"shipped_variant": base_variant})
+
+
+def _teacher(path: Path, device: torch.device) -> torch.nn.Module | None:
+    """The teacher UNet (fp32, eval mode) at ``path``, or None when there is none."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(str(path), torch_dtype=torch.float32).to(device).eval() if path.is_dir() else None
 
 
 @dataclass
