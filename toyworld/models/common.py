@@ -1,5 +1,4 @@
-"""Shared helpers of the toy-world models: device, autocast, the toy tokenizer (the lab's stage
-loops add their loss logs and batches in ``lab.toyworld.models.common``)."""
+"""Shared helpers of the toy-world models: device, autocast and the toy tokenizer."""
 
 from __future__ import annotations
 
