@@ -89,6 +89,13 @@ def _user_hash(body: OpenAIImagesRequest) -> str | None:
     return hashlib.sha256(who.encode()).hexdigest()[:16] if who else None
 
 
+async def _encode_b64(state: Any, results: Any, *args: Any) -> list[str]:
+    """Each result as base64 of its image, on the encode pool (``encode_result_b64(r, *args)``)."""
+    loop = asyncio.get_running_loop()
+    work = (loop.run_in_executor(state.encode_pool, encode_result_b64, r, *args) for r in results)
+    return list(await state.unless_drain_expired(asyncio.gather(*work)))
+
+
 async def generate(body: GenerateRequest, request: Request, state: State) -> Any:
     """Generate ``num_images`` images for ``prompt`` (batched with other requests)."""
     with state.track():
@@ -112,12 +119,7 @@ async def generate(body: GenerateRequest, request: Request, state: State) -> Any
             return Response(
                 data, media_type=MEDIA_TYPES[out], headers={"X-Seed": str(adm.seeds[0])}
             )
-        b64s = await state.unless_drain_expired(asyncio.gather(
-            *(
-                loop.run_in_executor(state.encode_pool, encode_result_b64, r, body.format)
-                for r in res.results
-            )
-        ))
+        b64s = await _encode_b64(state, res.results, body.format)
         encode_s = time.perf_counter() - t0
         record(state, res, encode_s)
         return _generate_json(state, body, adm, b64s, encode_s)
@@ -176,15 +178,9 @@ async def openai_images(body: OpenAIImagesRequest, request: Request, state: Stat
             msg = e.message.removeprefix(f"{e.param}: ") if e.param else e.message
             text = f"Invalid value for '{e.param}': {msg}." if e.param else e.message
             raise OpenAIBadRequest(text, param=e.param) from e
-        loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        size, quality = body.size_wh(), body.output_compression
-        b64s = await state.unless_drain_expired(asyncio.gather(
-            *(
-                loop.run_in_executor(state.encode_pool, encode_result_b64, r, fmt, size, quality)
-                for r in adm.result.results
-            )
-        ))
+        size = body.size_wh()
+        b64s = await _encode_b64(state, adm.result.results, fmt, size, body.output_compression)
         record(state, adm.result, time.perf_counter() - t0)
         res = state.t2i.resolution if state.t2i is not None else 0
         w, h = size or (res, res)
