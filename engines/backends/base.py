@@ -196,12 +196,14 @@ class GraphBackend(GenerateAPI, Backend):
     def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings:
         """prompts (B) -> context (B,T,D), pooled (B,D) on ``self.device``, float32."""
         ids = self.tokenize(prompts)
-        ctx, pooled = [], []
-        for sl in chunk_slices(len(ids), self.max_batch):
-            out = self._run("text_encoder", {"input_ids": ids[sl]})
-            ctx.append(out["context"].float())
-            pooled.append(out["pooled"].float())
-        return TextEmbeddings(torch.cat(ctx), torch.cat(pooled))
+        parts = [self._encode_chunk(ids[sl]) for sl in chunk_slices(len(ids), self.max_batch)]
+        return TextEmbeddings(torch.cat([c.float() for c, _ in parts]),
+                              torch.cat([p.float() for _, p in parts]))
+
+    def _encode_chunk(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids of at most ``max_batch`` prompts -> (context, pooled)."""
+        out = self._run("text_encoder", {"input_ids": ids})
+        return out["context"], out["pooled"]
 
     def _neighbours(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(h_retr (B,k,C,h,w), λ (B,k)) float32 of the batch; one zero-λ neighbour when it has none."""
