@@ -57,7 +57,8 @@ def alphas_cumprod_from_config(cfg: dict[str, Any]) -> torch.Tensor:
 
 class GenerateAPI:
     """The generation API (``generate``, ``denoise``, ``__call__``) over a class's
-    ``_denoise(batch, timings)``, ``decode_latents``, ``encode_text`` and ``_timed`` (shared
+    ``_denoise(batch, timings)``, ``decode_latents`` and ``encode_text``, with the timer and
+    the one-step rules (start latent, x0) of ``engines.rules`` (shared
     by OneStepPipeline and the graph backends). ``generate`` takes an ``engines.request.Batch``
     or the positional form ``(text, seeds, modes, h_retr, lam)``, which builds the same batch."""
 
@@ -65,7 +66,21 @@ class GenerateAPI:
     _denoise: Any
     decode_latents: Any
     encode_text: Any
-    _timed: Any
+    device: torch.device
+    alphas_cumprod: torch.Tensor
+    student_timestep: int
+    prediction_type: str
+
+    def predict_x0(self, z: torch.Tensor, model_out: torch.Tensor) -> torch.Tensor:
+        a = float(self.alphas_cumprod[self.student_timestep])
+        return x0_from_output(z, model_out, a, self.prediction_type)
+
+    def noisy_input(self, noise: torch.Tensor) -> torch.Tensor:
+        """The model input at the student timestep for an unknown x0 (``rules.start_latent``)."""
+        return start_latent(noise, float(self.alphas_cumprod[self.student_timestep]))
+
+    def _timed(self, timings: dict[str, float], key: str) -> AbstractContextManager[None]:
+        return stage_timer(self.device, timings, key)
 
     @torch.inference_mode()
     def denoise(
@@ -282,9 +297,6 @@ class OneStepPipeline(GenerateAPI):
         return int(self.text_encoder.config.hidden_size)
 
     # ------------------------------------------------------------------ stages
-    def _timed(self, timings: dict[str, float], key: str) -> AbstractContextManager[None]:
-        return stage_timer(self.device, timings, key)
-
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         return tokenize_prompts(self.tokenizer, prompts, self.max_length, self.device)
 
@@ -319,14 +331,6 @@ class OneStepPipeline(GenerateAPI):
         """Per-image CPU generators, so an image depends only on its own seed."""
         shape = (self.latent_channels, self.latent_size, self.latent_size)
         return seeded_noise(seeds, shape).to(self.device, self.dtype)
-
-    def predict_x0(self, z: torch.Tensor, model_out: torch.Tensor) -> torch.Tensor:
-        a = float(self.alphas_cumprod[self.student_timestep])
-        return x0_from_output(z, model_out, a, self.prediction_type)
-
-    def noisy_input(self, noise: torch.Tensor) -> torch.Tensor:
-        """The model input at the student timestep for an unknown x0 (``rules.start_latent``)."""
-        return start_latent(noise, float(self.alphas_cumprod[self.student_timestep]))
 
     def apply_retrieval(
         self,

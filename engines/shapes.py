@@ -50,9 +50,6 @@ class DimRange:
         if not 1 <= self.min <= self.opt <= self.max:
             raise ValueError(f"need 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
 
-    def contains(self, n: int) -> bool:
-        return self.min <= n <= self.max
-
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -95,9 +92,6 @@ class ComponentSpec:
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         """``torch.onnx.export``'s ``dynamic_axes`` argument."""
         return {t.name: t.dynamic_axes() for t in (*self.inputs, *self.outputs) if t.dynamic_axes()}
-
-    def uses_k(self) -> bool:
-        return any("K" in t.shape for t in self.inputs)
 
 
 @dataclass(frozen=True)
@@ -142,13 +136,6 @@ class ShapeSpec:
             return None
         return (f"the exported UNet takes {unet.input_names}; this version feeds {list(UNET_INPUTS)} "
                 f"with {len(CONTROLS)} controls: re-run `ragturbo export onnx` (and `ragturbo build trt`)")
-
-    def check_batch(self, b: int, k: int = 1) -> None:
-        """Raise ValueError when (b, k) lies outside the exported/compiled ranges."""
-        if not self.batch.contains(b):
-            raise ValueError(f"batch {b} outside the built range [{self.batch.min}, {self.batch.max}]")
-        if not self.k.contains(k):
-            raise ValueError(f"k={k} neighbours outside the built range [{self.k.min}, {self.k.max}]")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

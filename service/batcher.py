@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import time
@@ -144,20 +145,10 @@ class Batcher:
     def fail_pending(self, err: ServiceError, reason: str) -> int:
         """Answer every job not answered yet (queued or running) with ``err``; queued ones
         never run, a running batch's results are dropped. Returns how many were failed."""
-        n = 0
-        for job in list(self._queue) + list(self._running):
-            if job.future.done():
-                continue
-            try:
-                self._queue.remove(job)
-            except ValueError:
-                pass
-            job.state = "dropped"
-            job.future.set_exception(err)
-            self._metrics.rejected.labels(reason=reason).inc()
-            n += 1
-        self._metrics.queue_depth.set(len(self._queue))
-        return n
+        pending = [j for j in (*self._queue, *self._running) if not j.future.done()]
+        for job in pending:
+            self._drop(job, reason, err)
+        return len(pending)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -183,17 +174,15 @@ class Batcher:
             self._task = None
 
     # ------------------------------------------------------------------ internals
-    def _drop(self, job: Job, reason: str) -> None:
-        try:
+    def _drop(self, job: Job, reason: str, err: ServiceError | None = None) -> None:
+        with contextlib.suppress(ValueError):
             self._queue.remove(job)
-        except ValueError:
-            pass
         job.state = "dropped"
         self._metrics.queue_depth.set(len(self._queue))
         self._metrics.rejected.labels(reason=reason).inc()
         if not job.future.done():
             job.future.set_exception(
-                DeadlineExceeded("request deadline passed before it could run")
+                err or DeadlineExceeded("request deadline passed before it could run")
             )
 
     def _queued_images(self) -> int:

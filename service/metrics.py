@@ -52,36 +52,22 @@ class Metrics:
         # process_resident_memory_bytes etc.: the soak test and the dashboard read them.
         ProcessCollector(registry=r)
         self.requests = Counter(
-            "ragturbo_requests",
-            "HTTP requests by route and status code.",
-            ["route", "status"],
+            "ragturbo_requests", "HTTP requests by route and status code.", ["route", "status"],
             registry=r,
         )
-        self.request_duration = Histogram(
-            "ragturbo_request_duration_seconds",
-            "HTTP request latency, arrival to response.",
-            ["route"],
-            buckets=REQUEST_BUCKETS,
-            registry=r,
+        self.request_duration = self._histogram(
+            "request_duration_seconds", "HTTP request latency, arrival to response.",
+            REQUEST_BUCKETS, "route",
         )
-        self.queue_wait = Histogram(
-            "ragturbo_queue_wait_seconds",
-            "Time a request waited before its batch started.",
-            buckets=QUEUE_BUCKETS,
-            registry=r,
+        self.queue_wait = self._histogram(
+            "queue_wait_seconds", "Time a request waited before its batch started.", QUEUE_BUCKETS
         )
-        self.stage_duration = Histogram(
-            "ragturbo_stage_duration_seconds",
-            "Pipeline stage time per batch (encode: per request).",
-            ["stage"],
-            buckets=STAGE_BUCKETS,
-            registry=r,
+        self.stage_duration = self._histogram(
+            "stage_duration_seconds", "Pipeline stage time per batch (encode: per request).",
+            STAGE_BUCKETS, "stage",
         )
-        self.batch_size = Histogram(
-            "ragturbo_batch_size",
-            "Real images per pipeline call (padding excluded).",
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=r,
+        self.batch_size = self._histogram(
+            "batch_size", "Real images per pipeline call (padding excluded).", BATCH_SIZE_BUCKETS
         )
         self.queue_depth = Gauge(
             "ragturbo_queue_depth", "Requests admitted and waiting for the pipeline.", registry=r
@@ -89,35 +75,25 @@ class Metrics:
         self.rejected = Counter(
             "ragturbo_rejected", "Requests refused or dropped, by reason.", ["reason"], registry=r
         )
-        self.retrieval_score = Histogram(
-            "ragturbo_retrieval_score",
-            "Cosine score of each retrieved neighbour.",
-            buckets=SCORE_BUCKETS,
-            registry=r,
+        self.retrieval_score = self._histogram(
+            "retrieval_score", "Cosine score of each retrieved neighbour.", SCORE_BUCKETS
         )
-        self.retrieval_unavailable = Counter(
-            "ragturbo_retrieval_unavailable",
-            "Requests served without retrieval because it was down.",
-            registry=r,
+        self.retrieval_unavailable = self._counter(
+            "retrieval_unavailable", "Requests served without retrieval because it was down."
         )
-        self.retrieval_weak = Counter(
-            "ragturbo_retrieval_weak",
-            "Requests whose neighbours all scored below min_score (none used).",
-            registry=r,
+        self.retrieval_weak = self._counter(
+            "retrieval_weak", "Requests whose neighbours all scored below min_score (none used)."
         )
-        self.unknown_words = Counter(
-            "ragturbo_unknown_word_requests",
+        self.unknown_words = self._counter(
+            "unknown_word_requests",
             "Requests whose prompt holds a word outside the model's vocabulary.",
-            registry=r,
         )
         self.retrieval_available = Gauge(
             "ragturbo_retrieval_available",
             "1 when the retrieval index is usable, 0 while degraded (see /readyz).",
             registry=r,
         )
-        self.images_generated = Counter(
-            "ragturbo_images_generated", "Images returned to clients.", registry=r
-        )
+        self.images_generated = self._counter("images_generated", "Images returned to clients.")
         self.build_info = Gauge(
             "ragturbo_build_info",
             "Version, runtime backend and model of this process.",
@@ -129,6 +105,14 @@ class Metrics:
             self.stage_duration.labels(stage=stage)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
+
+    def _histogram(
+        self, name: str, doc: str, buckets: tuple[float, ...], *labels: str
+    ) -> Histogram:
+        return Histogram(f"ragturbo_{name}", doc, labels, buckets=buckets, registry=self.registry)
+
+    def _counter(self, name: str, doc: str) -> Counter:
+        return Counter(f"ragturbo_{name}", doc, registry=self.registry)
 
     def set_build_info(self, version: str, backend: str, model: str) -> None:
         self.build_info.clear()

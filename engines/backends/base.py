@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -29,10 +28,7 @@ from engines.request import Batch, GenerateOutput, TextEmbeddings, chunk_slices
 from engines.rules import (
     images_to_uint8,
     seeded_noise,
-    stage_timer,
-    start_latent,
     tokenize_prompts,
-    x0_from_output,
 )
 from engines.shapes import ShapeSpec, spec_from_model_dir
 
@@ -187,9 +183,6 @@ class GraphBackend(GenerateAPI, Backend):
         """Run one graph. Inputs are on ``self.device``; outputs keyed by the spec's names."""
 
     # ------------------------------------------------------------------ helpers
-    def _timed(self, timings: dict[str, float], key: str) -> AbstractContextManager[None]:
-        return stage_timer(self.device, timings, key)
-
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         return tokenize_prompts(self.tokenizer, prompts, self.spec.text_len, self.device)
 
@@ -198,21 +191,19 @@ class GraphBackend(GenerateAPI, Backend):
         s = self.spec
         return seeded_noise(seeds, (s.latent_channels, s.latent_size, s.latent_size))
 
-    def predict_x0(self, z: torch.Tensor, model_out: torch.Tensor) -> torch.Tensor:
-        a = float(self.alphas_cumprod[self.student_timestep])
-        return x0_from_output(z, model_out, a, self.prediction_type)
-
     # ------------------------------------------------------------------ API
     @torch.inference_mode()
     def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings:
         """prompts (B) -> context (B,T,D), pooled (B,D) on ``self.device``, float32."""
         ids = self.tokenize(prompts)
-        ctx, pooled = [], []
-        for sl in chunk_slices(len(ids), self.max_batch):
-            out = self._run("text_encoder", {"input_ids": ids[sl]})
-            ctx.append(out["context"].float())
-            pooled.append(out["pooled"].float())
-        return TextEmbeddings(torch.cat(ctx), torch.cat(pooled))
+        parts = [self._encode_chunk(ids[sl]) for sl in chunk_slices(len(ids), self.max_batch)]
+        return TextEmbeddings(torch.cat([c.float() for c, _ in parts]),
+                              torch.cat([p.float() for _, p in parts]))
+
+    def _encode_chunk(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids of at most ``max_batch`` prompts -> (context, pooled)."""
+        out = self._run("text_encoder", {"input_ids": ids})
+        return out["context"], out["pooled"]
 
     def _neighbours(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(h_retr (B,k,C,h,w), λ (B,k)) float32 of the batch; one zero-λ neighbour when it has none."""
@@ -232,12 +223,11 @@ class GraphBackend(GenerateAPI, Backend):
         assert batch.text is not None
         hr, lm = self._neighbours(batch)
         ctrl = batch.controls()
-        a = float(self.alphas_cumprod[self.student_timestep])
         dev = self.device
         x0s = []
         with self._timed(timings, "unet"):
             for sl in chunk_slices(len(batch), self.max_batch):
-                z = start_latent(self.initial_noise(batch.seeds[sl]), a).to(dev)
+                z = self.noisy_input(self.initial_noise(batch.seeds[sl])).to(dev)
                 feeds = {
                     "sample": z,
                     "timestep": torch.full((len(z),), float(self.student_timestep), device=dev),

@@ -44,7 +44,7 @@ from engines.fast.host import HostCopy, device_jpeg_encoder
 from engines.fast.runner import STAGES, FastConfig, FastRunner
 from engines.inject import mix_retrieval
 from engines.pipeline import OneStepPipeline
-from engines.request import Batch, GenerateOutput, TextEmbeddings, chunk_slices
+from engines.request import Batch, GenerateOutput, TextEmbeddings
 from engines.rules import tokenize_prompts
 from engines.shapes import BATCH_BUCKETS, bucket_for, spec_from_pipeline
 from engines.token_cache import TokenCache
@@ -341,18 +341,12 @@ class FastBackend(GraphBackend, SearchingBackend):
         timings["unet"] += (time.perf_counter() - t1) * 1e3
         return GenerateOutput(images=images)
 
-    @torch.inference_mode()
-    def encode_text(self, prompts: Sequence[str]) -> TextEmbeddings:
-        ids = self.tokenize(prompts)
-        ctx, pooled = [], []
-        for sl in chunk_slices(len(ids), self.max_batch):
-            n = sl.stop - sl.start
-            bb = self.bucket(n)
-            self._ensure_bucket(bb, "text", 0)
-            c, p = self.runner.run("text", ids=self._pad(ids[sl], bb))
-            ctx.append(c[:n].float())
-            pooled.append(p[:n].float())
-        return TextEmbeddings(torch.cat(ctx), torch.cat(pooled))
+    def _encode_chunk(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text graph of the chunk's bucket (``GraphBackend.encode_text`` chunks)."""
+        n, bb = len(ids), self.bucket(len(ids))
+        self._ensure_bucket(bb, "text", 0)
+        c, p = self.runner.run("text", ids=self._pad(ids, bb))
+        return c[:n], p[:n]
 
     # ------------------------------------------------------------------ warm-up
     def warmup(self, search: bool = False) -> float:
